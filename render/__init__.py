@@ -1,0 +1,1 @@
+"""Pure tensor functions: cameras, rays, volume rendering, shading, Gaussian rasterization."""
