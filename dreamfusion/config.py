@@ -101,7 +101,7 @@ class RenderConfig:
     sampler: str = "auto"
     """Ray sampler: auto (nerfacc occupancy grid on CUDA when installed), torch, or nerfacc."""
     background: str = "learned"
-    """Background: learned (MLP of view direction), random (solid colour per view), white or black."""
+    """Background: learned (MLP of view direction), random (solid colour per view), white, black or gray."""
     albedo_warmup_steps: int = 1000
     """Steps that render albedo only before random shading starts (DreamFusion)."""
     albedo_prob: float = 0.2
@@ -247,7 +247,7 @@ CHOICES = {
     "field.density_activation": ("softplus", "exp"),
     "field.triplane_aggregation": ("sum", "product", "concat"),
     "render.sampler": ("auto", "torch", "nerfacc"),
-    "render.background": ("learned", "random", "white", "black"),
+    "render.background": ("learned", "random", "white", "black", "gray"),
     "guidance.type": ("sds", "prior", "clip"),
     "guidance.t_anneal": ("none", "linear", "sqrt"),
     "guidance.weighting": ("sds", "uniform", "fantasia3d"),

@@ -1,0 +1,73 @@
+"""Render a field from cameras: rays -> volume compositing -> deferred shading -> background."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from render.cameras import Cameras
+from render.rays import generate_rays
+from render.shading import shade
+from render.volume import render_rays
+
+from .fields.background import solid_background
+
+__all__ = ["render_views", "render_views_chunked"]
+
+
+def render_views(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
+                 perturb: bool = False, shading: str = "albedo", light_dirs: Tensor | None = None,
+                 ambient: float = 0.1, background_kind: str = "white", need_normals: bool = False,
+                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Render B views of a volumetric field.
+
+    Returns rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1], albedo [B,H,W,3] (premultiplied by
+    opacity), normal [B,H,W,3] (None unless shading needs it or need_normals) and the unit ray
+    directions dirs [B,H,W,3].
+    Shading is deferred: the composited albedo and normal are shaded per pixel, which equals
+    per-sample shading when the weights concentrate on the surface.
+    """
+    if hasattr(field, "render"):  # fields with their own rasterizer (Gaussians)
+        return field.render(cameras, height, width, background=background, background_kind=background_kind,
+                            shading=shading, light_dirs=light_dirs, ambient=ambient, generator=generator)
+    B = cameras.c2w.shape[0]
+    origins, dirs = generate_rays(cameras.c2w, cameras.fovy, height, width)  # [B,H,W,3] each
+    normals_needed = need_normals or shading != "albedo"
+    out = render_rays(field, origins.reshape(-1, 3), dirs.reshape(-1, 3), field.bound, n_samples,
+                      perturb=perturb, generator=generator, need_normals=normals_needed)
+    opacity = out["opacity"].reshape(B, height, width, 1)
+    albedo = out["albedo"].reshape(B, height, width, 3)
+    normal = out["normal"].reshape(B, height, width, 3) if out["normal"] is not None else None
+    if shading == "albedo":
+        fg = albedo
+    else:
+        # Lambertian shading is linear in albedo, so shading the premultiplied albedo keeps it premultiplied.
+        base = opacity.expand(-1, -1, -1, 3) if shading == "textureless" else albedo
+        lights = light_dirs[:, None, None, :].expand(B, height, width, 3)
+        unit_normal = torch.nn.functional.normalize(normal, dim=-1, eps=1e-6)
+        fg = shade(base.reshape(-1, 3), unit_normal.reshape(-1, 3), "lambertian", lights.reshape(-1, 3),
+                   ambient).reshape(B, height, width, 3)
+    if background is not None:
+        bg = background(dirs)
+    else:
+        bg = solid_background(background_kind, (B, height, width, 3), generator, origins.device)
+    rgb = fg + (1.0 - opacity) * bg
+    return {"rgb": rgb, "opacity": opacity, "depth": out["depth"].reshape(B, height, width, 1),
+            "albedo": albedo, "normal": normal, "dirs": dirs}
+
+
+def render_views_chunked(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
+                         views_per_chunk: int = 1, need_normals: bool = False, **kwargs) -> dict[str, Tensor]:
+    """render_views without keeping a graph, a few views at a time (orbit videos, previews, evaluation).
+
+    Normals come from autograd of the density, so grad mode stays on only while they are needed.
+    """
+    need = need_normals or kwargs.get("shading", "albedo") != "albedo"
+    parts = []
+    for start in range(0, cameras.c2w.shape[0], views_per_chunk):
+        sub = Cameras(*(x[start:start + views_per_chunk] for x in cameras))
+        with torch.set_grad_enabled(need):
+            out = render_views(field, background, sub, height, width, n_samples=n_samples,
+                               need_normals=need, **kwargs)
+        parts.append({k: (v.detach() if v is not None else None) for k, v in out.items()})
+    return {k: (torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None) for k in parts[0]}

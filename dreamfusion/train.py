@@ -1,0 +1,180 @@
+"""The optimization loop: sample cameras, render, ask the guidance, step Adam."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from render.cameras import Cameras, orbit_cameras, sample_cameras
+from render.shading import random_light_dirs
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .errors import CheckpointError, UserError
+from .fields import build_field
+from .fields.background import build_background
+from .renderer import render_views, render_views_chunked
+
+__all__ = ["Trainer", "Interrupted", "pick_shading", "regularizers"]
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM: the checkpoint was saved and the run can be resumed."""
+
+
+def pick_shading(step: int, cfg, generator: torch.Generator) -> str:
+    """DreamFusion shading schedule: albedo during warm-up, then albedo / textureless / lambertian at random."""
+    if step < cfg.albedo_warmup_steps:
+        return "albedo"
+    u = torch.rand((), generator=generator).item()
+    if u < cfg.albedo_prob:
+        return "albedo"
+    return "textureless" if u < cfg.albedo_prob + cfg.textureless_prob else "lambertian"
+
+
+def regularizers(out: dict, dirs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Opacity regularisers (always) and the orientation loss (when normals were rendered).
+
+    Orientation (DreamFusion eq. 9, at pixel level): opacity * max(0, n . d)^2 penalises normals that face
+    away from the camera (d is the ray direction, pointing away from the camera).
+    """
+    opacity = out["opacity"].clamp(1e-5, 1 - 1e-5)
+    terms = {
+        "loss_sparsity": torch.sqrt(opacity ** 2 + 0.01).mean(),
+        "loss_opacity_entropy": (-opacity * torch.log(opacity) - (1 - opacity) * torch.log(1 - opacity)).mean(),
+    }
+    if out.get("normal") is not None and dirs is not None:
+        n = torch.nn.functional.normalize(out["normal"], dim=-1, eps=1e-6)
+        facing_away = (n * dirs).sum(-1, keepdim=True).clamp(min=0)
+        terms["loss_orientation"] = (out["opacity"] * facing_away ** 2).mean()
+    return terms
+
+
+class Trainer:
+    """Holds the field, background, optimizer and RNG of one run; `fit` is the loop."""
+
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device):
+        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator("cpu").manual_seed(cfg.seed)
+        self.field = build_field(cfg.field, device)
+        self.background = build_background(cfg.render.background, device)
+        groups = self.field.param_groups(cfg.optim)
+        if self.background is not None:
+            groups += self.background.param_groups(cfg.optim)
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        self.step = 0
+
+    # -- state ------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"step": self.step, "field_type": self.cfg.field.type,
+                "field": self.field.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "background": self.background.state_dict() if self.background is not None else {},
+                "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load(self, state: dict, with_optimizer: bool = True) -> None:
+        if state.get("field_type", self.cfg.field.type) != self.cfg.field.type:
+            raise CheckpointError(f"checkpoint holds a {state['field_type']} field but the config asks for "
+                                  f"field.type={self.cfg.field.type}")
+        try:
+            self.field.load_state_dict(state["field"])
+            if self.background is not None:
+                self.background.load_state_dict(state["background"])
+            if with_optimizer:
+                self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
+        self.step = int(state["step"])
+        self.generator.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def resume(self) -> None:
+        self.load(load_checkpoint(self.run_dir, map_location=self.device))
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir, self.state())
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def render_batch(self, cams: Cameras, shading: str, perturb: bool = True) -> dict:
+        c, r = self.cfg, self.cfg.render
+        light_dirs = None
+        if shading != "albedo":
+            light_dirs = random_light_dirs(cams.c2w[:, :3, 3], self.generator)
+        return render_views(self.field, self.background, cams, r.height, r.width, n_samples=r.n_samples,
+                            perturb=perturb and r.perturb, shading=shading, light_dirs=light_dirs,
+                            ambient=r.ambient, background_kind=r.background, generator=self.generator,
+                            need_normals=c.loss.orientation > 0)
+
+    def fit(self, guidance) -> None:
+        c = self.cfg
+        weights = {f"loss_{k}": v for k, v in vars(c.loss).items()}
+        metrics = open(self.run_dir / "metrics.jsonl", "a")
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, dynamic_ncols=True, desc="optimizing")
+        t0, step0 = time.perf_counter(), self.step
+        try:
+            while self.step < c.steps:
+                cams = sample_cameras(c.camera.batch_size, c.camera.elevation_range, c.camera.azimuth_range,
+                                      c.camera.distance_range, c.camera.fovy_range, generator=self.generator)
+                cams = Cameras(*(x.to(self.device) for x in cams))
+                out = self.render_batch(cams, pick_shading(self.step, c.render, self.generator))
+                terms = guidance(out["rgb"], cams, self.step, c.steps, generator=self.generator)
+                terms.update(regularizers(out, out.get("dirs")))
+                loss = sum(weights[k] * v for k, v in terms.items() if k.startswith("loss_") and weights.get(k, 0) != 0)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if hasattr(self.field, "after_backward"):  # e.g. Gaussian densification statistics
+                    self.field.after_backward(out, self.step)
+                self.optimizer.step()
+                if hasattr(self.field, "after_step"):
+                    self.field.after_step(self.step, self.optimizer)
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4g}")
+                if self.step % c.log_every == 0 or self.step == c.steps:
+                    elapsed = time.perf_counter() - t0
+                    row = {"step": self.step, "loss": loss.item(), "sec_per_step": elapsed / (self.step - step0)}
+                    row.update({k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()})
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                if c.preview_every and self.step % c.preview_every == 0:
+                    self.write_preview()
+                if self.step % c.checkpoint_every == 0:
+                    self.save()
+        except KeyboardInterrupt:
+            self.save()
+            raise Interrupted(f"interrupted at step {self.step} of {c.steps}; checkpoint saved; continue with: "
+                              f"python -m dreamfusion resume={self.run_dir} steps={c.steps}") from None
+        finally:
+            bar.close()
+            metrics.close()
+            signal.signal(signal.SIGTERM, previous_handler)
+        self.save()
+
+    @torch.no_grad()
+    def write_preview(self) -> Path:
+        """Four views (front, right, back, left) at the evaluation camera, side by side, as a PNG."""
+        c = self.cfg
+        cams = orbit_cameras(4, c.camera.eval_elevation, c.camera.eval_distance, c.camera.eval_fovy,
+                             device=self.device)
+        cams = Cameras(*(torch.roll(x, -2, 0) for x in cams))  # orbit starts at -180: roll to front first
+        side = max(c.render.height, 64)
+        out = render_views_chunked(self.field, self.background, cams, side, side, n_samples=c.render.n_samples,
+                                   views_per_chunk=4, background_kind="white")
+        row = torch.cat(list(out["rgb"].clamp(0, 1)), dim=1)  # [H, 4W, 3]
+        path = self.run_dir / "previews" / f"step_{self.step:06d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray((row.cpu().numpy() * 255).round().astype(np.uint8)).save(path)
+        return path
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
