@@ -1,0 +1,179 @@
+"""Mesh extraction from a density field: sample a grid, pick a level, marching cubes, clean up.
+
+Works on a plain callable `density_fn(points [M, 3] float32 tensor) -> density [M]`, so it knows
+nothing about field classes (`field.density` is such a callable).
+
+Grid convention: the grid is sampled at its *vertices*, which span exactly `[-bound, bound]` on every
+axis: `grid[i, j, k]` is the density at `(x_i, y_j, z_k)` with `x_i = -bound + i * h`,
+`h = 2 * bound / (R - 1)` (axis 0 = x, 1 = y, 2 = z, the world frame of docs/DESIGN.md). Marching
+cubes works in index units, so a mesh vertex at index coordinates `p` is at `-bound + p * h` in the world.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dreamfusion.errors import UserError
+
+__all__ = ["density_grid", "auto_threshold", "extract_mesh"]
+
+_LOG_EPS = 1e-6  # offset of the log in auto_threshold: densities are >= 0
+
+
+def _grid_axis(bound: float, resolution: int) -> np.ndarray:
+    return np.linspace(-bound, bound, resolution, dtype=np.float64)
+
+
+@torch.no_grad()
+def density_grid(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: float, resolution: int,
+                 chunk: int = 65536, device: str | torch.device = "cpu") -> np.ndarray:
+    """Density at the R^3 grid vertices spanning exactly [-bound, bound]^3 -> float32 [R, R, R].
+
+    `grid[i, j, k]` is the density at `(x_i, y_j, z_k)`, `x_i = -bound + i * 2 bound / (R - 1)`.
+    Points are passed to `density_fn` as float32 tensors [M, 3] on `device`, M <= chunk.
+    """
+    if resolution < 2:
+        raise ValueError(f"density_grid needs resolution >= 2, got {resolution}")
+    axis = torch.from_numpy(_grid_axis(bound, resolution).astype(np.float32))
+    r = resolution
+    n = r ** 3
+    out = np.empty(n, dtype=np.float32)
+    for start in range(0, n, chunk):  # C order: flat index = (i * R + j) * R + k
+        stop = min(start + chunk, n)
+        idx = torch.arange(start, stop)
+        pts = torch.stack([axis[idx // (r * r)], axis[(idx // r) % r], axis[idx % r]], dim=1)  # [M, 3]
+        sigma = density_fn(pts.to(device))
+        if tuple(sigma.shape) not in ((stop - start,), (stop - start, 1)):
+            raise ValueError(f"density_fn returned shape {tuple(sigma.shape)} for {stop - start} points; "
+                             f"expected [{stop - start}]")
+        out[start:stop] = sigma.detach().reshape(-1).float().cpu().numpy()
+    return out.reshape(r, r, r)
+
+
+def auto_threshold(grid: np.ndarray) -> float:
+    """Surface level by Otsu's method on log(density + 1e-6).
+
+    A trained field's density histogram is bimodal: empty space (near 0) and the object (large), with
+    orders of magnitude between them, so the split is made in log space. Otsu (1979) picks the level
+    that maximises the between-class variance of the two groups; the density level returned is
+    `exp(t) - 1e-6`. A constant grid returns its value (nothing lies above it).
+    """
+    from skimage.filters import threshold_otsu
+
+    logs = np.log(np.asarray(grid, dtype=np.float64).reshape(-1) + _LOG_EPS)
+    if not np.isfinite(logs).all():
+        raise ValueError("auto_threshold: the density grid holds negative, NaN or infinite values")
+    if logs.min() == logs.max():
+        return float(np.exp(logs[0]) - _LOG_EPS)
+    return float(np.exp(threshold_otsu(logs, nbins=256)) - _LOG_EPS)
+
+
+def _empty_error(grid: np.ndarray, threshold: float, bound: float) -> UserError:
+    top = float(grid.max())
+    if top > 0.0 and float(grid.min()) < top:
+        hint = f"try export.threshold=<lower>, e.g. export.threshold={0.5 * top:.3g}"
+    else:
+        hint = "the density is constant over the grid, so there is no surface; try export.threshold=<lower> or train longer"
+    return UserError(f"the field is empty at threshold {threshold:.4g}: the largest density in "
+                     f"[-{bound:g}, {bound:g}]^3 is {top:.4g}; {hint}")
+
+
+def _keep_large_components(vertices: np.ndarray, faces: np.ndarray, min_ratio: float):
+    """Drop connected pieces with fewer faces than min_ratio * (faces of the largest piece)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nv = len(vertices)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]], axis=0)
+    adj = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(nv, nv))
+    _, labels = connected_components(adj, directed=False)
+    face_label = labels[faces[:, 0]]
+    counts = np.bincount(face_label)
+    keep_label = counts >= min_ratio * counts.max()
+    return _compact(vertices, faces[keep_label[face_label]])
+
+
+def _compact(vertices: np.ndarray, faces: np.ndarray):
+    """Remove vertices no face uses; re-index faces."""
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces.reshape(-1)] = True
+    remap = np.cumsum(used) - 1
+    return vertices[used], remap[faces]
+
+
+def _signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Sum of signed tetrahedron volumes (origin, a, b, c); positive when normals point outward."""
+    v = vertices.astype(np.float64)
+    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+def _decimate(vertices: np.ndarray, faces: np.ndarray, target: int):
+    try:
+        import fast_simplification  # noqa: F401  (trimesh's decimation wraps it)
+    except ImportError:
+        raise UserError("export.decimate_faces needs the fast-simplification package: "
+                        "pip install fast-simplification (or set export.decimate_faces=0)") from None
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    simple = mesh.simplify_quadric_decimation(face_count=int(target))
+    return np.asarray(simple.vertices), np.asarray(simple.faces)
+
+
+def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: float, resolution: int,
+                 threshold: float | None = None, min_component_ratio: float = 0.05,
+                 decimate_faces: int = 0, chunk: int = 65536,
+                 device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Surface `density == threshold` of a field -> (vertices [V, 3] float32 world, faces [F, 3] int64).
+
+    threshold None -> `auto_threshold` of the grid. The grid is padded by one empty layer before
+    marching cubes, so the mesh is closed even where the object touches the box (those vertices are
+    clamped onto the box faces). Triangles wind counter-clockwise seen from outside (signed volume > 0),
+    the glTF / OBJ front-face convention. Pieces with fewer faces than `min_component_ratio` times the
+    largest piece are dropped (floaters); `decimate_faces > 0` then simplifies to about that many faces.
+    `density_fn` must return densities >= 0 (activated, as `Field.density` does). Raises UserError
+    when nothing in the grid exceeds the threshold, the threshold is not positive, or the grid holds
+    NaN / inf (a diverged checkpoint).
+    """
+    from skimage.measure import marching_cubes
+
+    grid = density_grid(density_fn, bound, resolution, chunk=chunk, device=device)
+    bad = int((~np.isfinite(grid)).sum())
+    if bad:
+        raise UserError(f"the field's density is NaN or infinite at {bad} of {grid.size} grid points: the "
+                        f"checkpoint has diverged; export an earlier one or retrain with a lower learning rate")
+    if grid.min() < 0:
+        raise ValueError(f"density_fn returned negative densities (min {grid.min():.4g}); densities are >= 0")
+    if threshold is not None and threshold <= 0:
+        raise UserError(f"export.threshold must be a density > 0 (or null for automatic), got {threshold}")
+    level = auto_threshold(grid) if threshold is None else float(threshold)
+    if not (grid > level).any():
+        raise _empty_error(grid, level, bound)
+
+    # Marching cubes runs on log(density + 1e-6) at log(level + 1e-6): the same level set (log is
+    # monotonic), but the linear interpolation along cell edges is far more accurate for densities
+    # that grow exponentially across the surface (exp / softplus activations), as fields' do.
+    logs = np.log(grid.astype(np.float64) + _LOG_EPS)
+    log_level = float(np.log(level + _LOG_EPS))
+    # Pad with a value far below the level: the crossing on a padded edge sits on the last real vertex.
+    far_below = log_level - 1e6 * max(float(logs.max()) - log_level, 1.0)
+    padded = np.pad(logs, 1, mode="constant", constant_values=far_below)
+    verts, faces, _, _ = marching_cubes(padded, level=log_level, gradient_direction="descent",
+                                        allow_degenerate=False)
+    h = 2.0 * bound / (resolution - 1)
+    verts = np.clip((verts - 1.0) * h - bound, -bound, bound)  # index units (minus the pad) -> world
+    faces = faces.astype(np.int64)
+
+    # skimage's winding depends on the gradient convention; make it outward by the oracle itself.
+    if _signed_volume(verts, faces) < 0:
+        faces = faces[:, ::-1].copy()
+    if min_component_ratio > 0:
+        verts, faces = _keep_large_components(verts, faces, min_component_ratio)
+    if decimate_faces and 0 < decimate_faces < len(faces):
+        verts, faces = _decimate(verts, faces, decimate_faces)
+        if _signed_volume(verts, faces) < 0:
+            faces = faces[:, ::-1].copy()
+    return verts.astype(np.float32), np.ascontiguousarray(faces, dtype=np.int64)
