@@ -28,6 +28,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 SHAPES = ("cube", "sphere", "cone", "cylinder", "torus")
 
 CONE_TAN = 0.5  # base radius 0.5 over height 1.0
+BOUNDING_RADIUS = 0.9  # every shape lies inside this sphere (the cube corner is at 0.866)
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
@@ -87,14 +88,26 @@ def inside(shape: str, p: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def render_alpha(shape: str, origins: Tensor, dirs: Tensor, iterations: int = 96) -> Tensor:
-    """Silhouette [N] in {0, 1} of rays [N,3] by sphere tracing the shape's distance bound."""
-    t = torch.zeros(origins.shape[0], dtype=origins.dtype, device=origins.device)
-    hit = torch.zeros_like(t, dtype=torch.bool)
+def render_alpha(shape: str, origins: Tensor, dirs: Tensor, iterations: int = 128) -> Tensor:
+    """Silhouette [N] in {0, 1} of rays [N,3] (unit dirs) by sphere tracing the shape's distance bound.
+
+    Marching starts where the ray enters the sphere of radius BOUNDING_RADIUS that holds every shape and
+    stops where it leaves it; only rays still marching are evaluated.
+    """
+    b = (origins * dirs).sum(-1)
+    c = (origins * origins).sum(-1) - BOUNDING_RADIUS ** 2
+    disc = b * b - c
+    hit = torch.zeros(origins.shape[0], dtype=torch.bool, device=origins.device)
+    active = (disc > 0).nonzero()[:, 0]
+    root = disc[active].sqrt()
+    t, t_exit = (-b[active] - root).clamp(min=0), -b[active] + root
     for _ in range(iterations):
-        d = sdf(shape, origins + t[:, None] * dirs)
-        hit |= d < 1e-4
-        t = torch.where(hit, t, t + d.clamp(min=1e-4))
-        if bool((hit | (t > 10)).all()):
+        if active.numel() == 0:
             break
+        d = sdf(shape, origins[active] + t[:, None] * dirs[active])
+        done = d < 1e-4
+        hit[active[done]] = True
+        t = t + d.clamp(min=1e-4)
+        keep = ~done & (t < t_exit)
+        active, t, t_exit = active[keep], t[keep], t_exit[keep]
     return hit.to(origins.dtype)

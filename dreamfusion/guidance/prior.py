@@ -71,15 +71,16 @@ def dataset_cameras(n: int, elevation_range, azimuth_range, distance_range, fovy
     return Cameras(look_at(eye, None), torch.deg2rad(fovy), elevation, azimuth, distance)
 
 
-def render_silhouettes(shape: str, cams: Cameras, resolution: int) -> Tensor:
+def render_silhouettes(shape: str, cams: Cameras, resolution: int, views_per_chunk: int = 64) -> Tensor:
     """Anti-aliased coverage [V, R, R] in [0, 1] of a primitive seen from each camera."""
     side = resolution * SUPERSAMPLE
     out = []
-    for v in range(cams.c2w.shape[0]):
-        origins, dirs = generate_rays(cams.c2w[v:v + 1], cams.fovy[v:v + 1], side, side)
-        alpha = render_alpha(shape, origins.reshape(-1, 3), dirs.reshape(-1, 3)).reshape(1, 1, side, side)
-        out.append(F.avg_pool2d(alpha, SUPERSAMPLE)[0, 0])
-    return torch.stack(out)
+    for v in range(0, cams.c2w.shape[0], views_per_chunk):
+        c2w, fovy = cams.c2w[v:v + views_per_chunk], cams.fovy[v:v + views_per_chunk]
+        origins, dirs = generate_rays(c2w, fovy, side, side)  # [n, side, side, 3]
+        alpha = render_alpha(shape, origins.reshape(-1, 3), dirs.reshape(-1, 3)).reshape(-1, 1, side, side)
+        out.append(F.avg_pool2d(alpha, SUPERSAMPLE)[:, 0])
+    return torch.cat(out)
 
 
 def load_silhouettes(shape: str, cams: Cameras, resolution: int) -> Tensor:

@@ -1,0 +1,138 @@
+"""Score distillation sampling: the guidance rule and its schedules (DreamFusion, arXiv 2209.14988).
+
+Nothing here knows which diffusion model is used. A *noise predictor* (Stable Diffusion in
+``stable_diffusion.py``, an embedded pixel-space prior elsewhere) supplies the noise schedule, the
+image -> x0 encoder and the noise prediction; this file holds the rule that turns them into a loss:
+
+    x0  = encode(images)                                  (with gradient)
+    t   ~ U{round(lo T), ..., round(hi T)},  eps ~ N(0, I)    (drawn in that order from `generator`)
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps          (DDPM forward process, Ho et al. eq. 4)
+    eps_hat = eps_u + s (eps_c - eps_u)                   (classifier-free guidance)
+    grad = w(t) (eps_hat - eps)                           (DreamFusion eq. 3, UNet Jacobian skipped)
+    loss_sds = 0.5 / B * sum_b || x0_b - sg(x0_b - grad_b) ||^2
+
+so that d loss_sds / d x0_b = grad_b / B exactly: the batch mean of per-view losses whose gradient
+is the SDS gradient itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from ..config import GuidanceConfig
+
+
+class NoisePredictor(Protocol):
+    """What the SDS rule needs from a diffusion model."""
+
+    alphas_cumprod: Tensor
+    """abar_t for t = 0 .. T-1, shape [T] (T = 1000 for Stable Diffusion)."""
+
+    def encode(self, images: Tensor) -> Tensor:
+        """images [B, H, W, 3] in [0, 1] -> x0 [B, C, h, w], differentiable."""
+        ...
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any) -> tuple[Tensor, Tensor]:
+        """x_t [B, C, h, w], t [B] long, cameras -> (eps_uncond, eps_cond), each [B, C, h, w]; no gradient."""
+        ...
+
+
+def t_range(step: int, total_steps: int, t_min: float, t_max: float, t_anneal: str = "none",
+            t_max_end: float = 0.5) -> tuple[float, float]:
+    """The (lo, hi) range of diffusion time, as fractions of T, at `step` of `total_steps`.
+
+    none: (t_min, t_max) throughout. linear: hi = t_max + (t_max_end - t_max) * step / total.
+    sqrt: hi = t_max - (t_max - t_max_end) * sqrt(step / total). hi never drops below t_min.
+    """
+    if total_steps <= 0:
+        raise ValueError(f"t_range: total_steps must be positive, got {total_steps}")
+    frac = min(max(step / total_steps, 0.0), 1.0)
+    if t_anneal == "none":
+        hi = t_max
+    elif t_anneal == "linear":
+        hi = t_max + (t_max_end - t_max) * frac
+    elif t_anneal == "sqrt":
+        hi = t_max - (t_max - t_max_end) * math.sqrt(frac)
+    else:
+        raise ValueError(f"t_range: unknown t_anneal '{t_anneal}': choose none, linear or sqrt")
+    return t_min, max(hi, t_min)
+
+
+def sample_timesteps(batch_size: int, lo: float, hi: float, num_train_timesteps: int = 1000,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """t [B] long, uniform over the integers round(lo T) .. round(hi T) inclusive, clamped to [0, T-1].
+
+    Drawn on the generator's device (CPU when none), so a CPU generator gives the same t on any device.
+    """
+    t_lo = min(max(round(lo * num_train_timesteps), 0), num_train_timesteps - 1)
+    t_hi = min(max(round(hi * num_train_timesteps), t_lo), num_train_timesteps - 1)
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randint(t_lo, t_hi + 1, (batch_size,), generator=generator, device=device)
+
+
+def sds_weight(alphas_cumprod_t: Tensor, kind: str = "sds") -> Tensor:
+    """w(t) [B] from abar_t [B]: sds 1 - abar (DreamFusion), uniform 1, fantasia3d sqrt(abar) (1 - abar)."""
+    if kind == "sds":
+        return 1.0 - alphas_cumprod_t
+    if kind == "uniform":
+        return torch.ones_like(alphas_cumprod_t)
+    if kind == "fantasia3d":
+        return alphas_cumprod_t.sqrt() * (1.0 - alphas_cumprod_t)
+    raise ValueError(f"sds_weight: unknown weighting '{kind}': choose sds, uniform or fantasia3d")
+
+
+def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
+    """eps_u + s (eps_c - eps_u) (Ho & Salimans 2022). threestudio's eps_c + s (eps_c - eps_u) is our s + 1."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+class SDSGuidance:
+    """The SDS rule around a noise predictor: ``guidance(images, cameras, step, total_steps) -> dict``."""
+
+    def __init__(self, predictor: NoisePredictor, cfg: GuidanceConfig):
+        self.predictor = predictor
+        self.cfg = cfg
+
+    def __call__(self, images: Tensor, cameras: Any, step: int, total_steps: int,
+                 generator: torch.Generator | None = None) -> dict[str, Tensor | float]:
+        """images [B, H, W, 3] in [0, 1] (requires grad), cameras for B views.
+
+        Returns loss_sds (scalar; d loss_sds / d x0_b = w(t_b) (eps_hat_b - eps_b) / B after clipping),
+        grad_norm (mean over views of the L2 norm of that per-view gradient, before the 1/B) and
+        t (mean sampled time as a fraction of T).
+        """
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"SDSGuidance: images must be [B, H, W, 3], got {tuple(images.shape)}")
+        cfg = self.cfg
+        batch = images.shape[0]
+        x0 = self.predictor.encode(images).float()  # [B, C, h, w]; fp32 for the rule whatever the model runs in
+        abar_all = self.predictor.alphas_cumprod
+        num_t = abar_all.shape[0]
+
+        lo, hi = t_range(step, total_steps, cfg.t_min, cfg.t_max, cfg.t_anneal, cfg.t_max_end)
+        t = sample_timesteps(batch, lo, hi, num_t, generator).to(x0.device)
+        noise_device = generator.device if generator is not None else x0.device
+        eps = torch.randn(x0.shape, generator=generator, device=noise_device).to(x0.device)
+
+        abar = abar_all.to(device=x0.device, dtype=torch.float32)[t].view(batch, 1, 1, 1)
+        with torch.no_grad():
+            x_t = abar.sqrt() * x0.detach() + (1.0 - abar).sqrt() * eps
+            eps_u, eps_c = self.predictor.predict_noise(x_t, t, cameras)
+            eps_hat = classifier_free_guidance(eps_u.float(), eps_c.float(), cfg.guidance_scale)
+            grad = sds_weight(abar, cfg.weighting) * (eps_hat - eps)
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+            if cfg.grad_clip > 0:
+                grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
+
+        # d/dx0 of 0.5 ||x0 - sg(x0 - grad)||^2 is x0 - (x0 - grad) = grad; the 1/B averages the views.
+        target = (x0 - grad).detach()
+        loss = 0.5 * ((x0 - target) ** 2).sum() / batch
+        return {
+            "loss_sds": loss,
+            "grad_norm": grad.flatten(1).norm(dim=1).mean().item(),
+            "t": t.float().mean().item() / num_t,
+        }

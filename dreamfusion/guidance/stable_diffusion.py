@@ -1,0 +1,215 @@
+"""Stable Diffusion as a frozen noise predictor for SDS (a latent-diffusion prior; see sds.NoisePredictor).
+
+Loads the tokenizer, CLIP text encoder, UNet, VAE and DDPM scheduler of a diffusers-format checkpoint
+with ``from_pretrained(model, subfolder=...)``; ``model`` is a hub id or a local folder, same code path.
+Text embeddings are computed once at load time; the per-step work is one VAE encode (with gradient)
+and one UNet forward on the batch [uncond x B, cond x B].
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import GuidanceConfig
+from ..errors import ModelNotFoundError, UserError
+from .prompts import view_label, view_prompts
+
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+DEFAULT_MODEL = GuidanceConfig.model
+
+
+def _how_to_get(model: str) -> str:
+    hub_id = model if not _looks_like_path(model) else DEFAULT_MODEL
+    return (f"download it with `hf download {hub_id} --local-dir <folder>` and set guidance.model=/path/to/folder "
+            f"(a folder holding {' '.join(s + '/' for s in SUBFOLDERS)}), "
+            f"or run the offline demo: python -m dreamfusion --config demo prompt=\"a red cube\"")
+
+
+def _looks_like_path(model: str) -> bool:
+    return (model.startswith(("/", "./", "../", "~", "\\")) or model.count("/") > 1
+            or Path(model).expanduser().exists() or (len(model) > 1 and model[1] == ":"))
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError)
+    try:
+        from huggingface_hub.errors import EntryNotFoundError
+        errors += (EntryNotFoundError,)
+    except ImportError:  # older huggingface_hub: its errors are OSErrors
+        pass
+    return errors
+
+
+def _hub_status(model: str, revision: str | None) -> str:
+    """'online', 'offline' or 'missing', from one quick request without retries.
+
+    Without it an offline machine spends minutes in huggingface_hub's per-file retry backoff before
+    from_pretrained gives up; with it we fall back to the local cache (local_files_only) at once.
+    """
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline"
+    try:
+        huggingface_hub.model_info(model, revision=revision, timeout=10)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return "missing"
+    except Exception:  # no network, proxy, DNS, timeout, server error: try the cache
+        return "offline"
+    return "online"
+
+
+def _resolve_model(model: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, is_local_folder); raises ModelNotFoundError for bad folders."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        for sub in SUBFOLDERS:
+            if not (path / sub).is_dir():
+                raise ModelNotFoundError(
+                    f"guidance model folder '{model}' has no {sub}/ subfolder: {_how_to_get(model)}")
+        return str(path), True
+    if _looks_like_path(model):
+        raise ModelNotFoundError(f"guidance model '{model}' is not a folder: {_how_to_get(model)}")
+    return model, False
+
+
+class StableDiffusion:
+    """Frozen Stable Diffusion: ``encode`` images to latents, ``predict_noise`` with classifier-free branches."""
+
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, *, device: torch.device,
+                 dtype: torch.dtype, prompt: str, negative_prompt: str = "", view_dependent: bool = True,
+                 vae_resolution: int = 512):
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.scheduler = scheduler
+        self.device, self.dtype = device, dtype
+        self.view_dependent = view_dependent
+        self.vae_resolution = vae_resolution
+        for module in (text_encoder, unet, vae):
+            module.to(device)
+            if module.dtype != dtype:  # load() already asks diffusers for `dtype`; this covers direct use
+                module.to(dtype)
+            module.eval().requires_grad_(False)
+        self.alphas_cumprod: Tensor = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # [T]
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+        # Text embeddings once: the negative prompt ('' when none) is the unconditional branch.
+        texts = {"uncond": negative_prompt}
+        texts.update(view_prompts(prompt) if view_dependent else {"all": prompt})
+        self._warn_if_truncated(texts)
+        embeddings = self._embed(list(texts.values()))  # [N, L, D]
+        self.uncond_embedding: Tensor = embeddings[:1]  # [1, L, D]
+        self.cond_embeddings: dict[str, Tensor] = {k: embeddings[i:i + 1] for i, k in enumerate(texts) if i > 0}
+
+    @classmethod
+    def load(cls, model: str = DEFAULT_MODEL, revision: str | None = None, device: str | torch.device = "cpu",
+             half_precision: bool = True, prompt: str = "", negative_prompt: str = "",
+             view_dependent: bool = True, vae_resolution: int = 512) -> "StableDiffusion":
+        """Load from a hub id or a local folder; fp16 on CUDA when half_precision, fp32 otherwise."""
+        if not prompt or not prompt.strip():
+            raise UserError('prompt is empty: pass prompt="..."')
+        source, local = _resolve_model(model)
+        kwargs = {}
+        if not local:
+            status = _hub_status(model, revision)
+            if status == "missing":
+                rev = f" at revision '{revision}'" if revision else ""
+                raise ModelNotFoundError(f"guidance model '{model}'{rev} is not on the hub (misspelt, private or "
+                                         f"removed?): {_how_to_get(model)}")
+            kwargs = {"revision": revision, "local_files_only": status == "offline"}
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        device = torch.device(device)
+        dtype = torch.float16 if (half_precision and device.type == "cuda") else torch.float32
+        parts = {}
+        for sub, loader, extra in (("tokenizer", CLIPTokenizer, {}), ("text_encoder", CLIPTextModel, {}),
+                                   ("unet", UNet2DConditionModel, {"torch_dtype": dtype}),
+                                   ("vae", AutoencoderKL, {"torch_dtype": dtype}),
+                                   ("scheduler", DDPMScheduler, {})):
+            try:
+                parts[sub] = loader.from_pretrained(source, subfolder=sub, **kwargs, **extra)
+            except _hub_errors() as exc:
+                if local:
+                    why = f"cannot load {sub}/ of guidance model folder '{model}': {_first_line(exc)}"
+                elif kwargs["local_files_only"]:
+                    why = f"guidance model '{model}' is not in the local cache and the hub is unreachable (offline?)"
+                else:
+                    why = f"cannot load guidance model '{model}' from the hub: {_first_line(exc)}"
+                raise ModelNotFoundError(f"{why}; {_how_to_get(model)}") from exc
+        return cls(parts["tokenizer"], parts["text_encoder"], parts["unet"], parts["vae"], parts["scheduler"],
+                   device=device, dtype=dtype, prompt=prompt, negative_prompt=negative_prompt,
+                   view_dependent=view_dependent, vae_resolution=vae_resolution)
+
+    def _warn_if_truncated(self, texts: dict[str, str]) -> None:
+        """One stderr line when the longest text exceeds the text encoder's window (it is cut, not an error)."""
+        limit = self.tokenizer.model_max_length
+        counts = {k: len(self.tokenizer(v, truncation=False, verbose=False).input_ids) for k, v in texts.items()}
+        key = max(counts, key=counts.get)
+        if counts[key] > limit:
+            which = "negative prompt" if key == "uncond" else "prompt"
+            suffix = "" if key in ("uncond", "all") else f" (with the ', {key} view' suffix)"
+            print(f"warning: {which} truncated: it is {counts[key]} tokens{suffix}, the text encoder reads "
+                  f"{limit}; the last {counts[key] - limit} are ignored", file=sys.stderr)
+
+    @torch.no_grad()
+    def _embed(self, texts: list[str]) -> Tensor:
+        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        return self.text_encoder(tokens.input_ids.to(self.device))[0]  # last hidden state [N, L, D]
+
+    def encode(self, images: Tensor) -> Tensor:
+        """images [B, H, W, 3] in [0, 1] -> latents [B, 4, R/8, R/8] (R = vae_resolution; R/2 for a 2-block VAE).
+
+        Bilinear resize to R, scale to [-1, 1], VAE posterior *mean* (deterministic: the same render
+        gives the same latent) times ``scaling_factor`` (0.18215 for SD 1.x/2.x). Differentiable.
+        """
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"StableDiffusion.encode: images must be [B, H, W, 3], got {tuple(images.shape)}")
+        x = images.permute(0, 3, 1, 2).to(device=self.device, dtype=self.dtype)  # [B, 3, H, W]
+        if x.shape[-2:] != (self.vae_resolution, self.vae_resolution):
+            x = F.interpolate(x, size=(self.vae_resolution, self.vae_resolution), mode="bilinear",
+                              align_corners=False)
+        posterior = self.vae.encode(x * 2.0 - 1.0).latent_dist
+        return posterior.mean * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents [B, 4, h, w] -> images [B, H, W, 3] in [0, 1] (debugging / previews)."""
+        x = self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
+        return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+
+    def text_embeddings(self, cameras: Any, batch_size: int) -> Tensor:
+        """[2B, L, D]: B copies of the unconditional embedding, then the conditional one per camera."""
+        if self.view_dependent:
+            if cameras is None:
+                raise ValueError("StableDiffusion: view_dependent prompts need cameras, got None")
+            labels = view_label(cameras.elevation, cameras.azimuth)
+            if len(labels) != batch_size:
+                raise ValueError(f"StableDiffusion: {len(labels)} cameras for a batch of {batch_size}")
+        else:
+            labels = ["all"] * batch_size
+        cond = [self.cond_embeddings[label] for label in labels]
+        return torch.cat([self.uncond_embedding.expand(batch_size, -1, -1), *cond], dim=0)
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any) -> tuple[Tensor, Tensor]:
+        """x_t [B, 4, h, w], t [B] long -> (eps_uncond, eps_cond) [B, 4, h, w] from one UNet forward at batch 2B."""
+        batch = x_t.shape[0]
+        x_in = torch.cat([x_t, x_t], dim=0).to(device=self.device, dtype=self.dtype)
+        t_in = torch.cat([t, t], dim=0).to(self.device)
+        eps = self.unet(x_in, t_in, encoder_hidden_states=self.text_embeddings(cameras, batch)).sample
+        eps_uncond, eps_cond = eps.chunk(2, dim=0)
+        return eps_uncond, eps_cond

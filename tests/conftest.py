@@ -1,0 +1,91 @@
+"""Shared test fixtures.
+
+``tiny_sd_dir`` is a Stable-Diffusion-shaped folder of tiny, randomly initialised components
+(diffusers' ``get_dummy_components`` idea): the same layout as a real checkpoint
+(``unet/ vae/ text_encoder/ tokenizer/ scheduler/ model_index.json``), loaded back through the same
+``from_pretrained`` code users run. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+# Before anything imports huggingface_hub: it reads the offline flag once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest
+import torch
+
+# A few byte-pair merges so the tokenizer really merges; every byte is in the vocabulary, so any
+# text tokenizes (one token per byte at worst).
+_MERGES = ["t h", "th e</w>", "r e", "re d</w>", "c u", "cu b", "cub e</w>", "v i", "vi e", "vie w</w>"]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte-level alphabet: every byte maps to a printable character."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def write_tiny_clip_tokenizer(folder) -> int:
+    """vocab.json + merges.txt + tokenizer_config.json in the byte-level BPE format of CLIP; returns the vocab size."""
+    os.makedirs(folder, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in _MERGES]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+                   "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, f)
+    return len(vocab)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    """A tiny random Stable Diffusion folder (fixed seed), built once per session."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = tmp_path_factory.mktemp("tiny-sd")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32)
+    unet.save_pretrained(root / "unet")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32, sample_size=64)
+    vae.save_pretrained(root / "vae")
+    vocab_size = write_tiny_clip_tokenizer(root / "tokenizer")
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, projection_dim=32))
+    text_encoder.save_pretrained(root / "text_encoder")
+    DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                  beta_schedule="scaled_linear", clip_sample=False).save_pretrained(root / "scheduler")
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+             "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"]}
+    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+    return root
