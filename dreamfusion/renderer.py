@@ -50,7 +50,7 @@ def render_views(field, background, cameras: Cameras, height: int, width: int, *
     if background is not None:
         bg = background(dirs)
     else:
-        bg = solid_background(background_kind, (B, height, width, 3), generator, origins.device)
+        bg = solid_background(background_kind, (B, height, width), generator, origins.device)
     rgb = fg + (1.0 - opacity) * bg
     return {"rgb": rgb, "opacity": opacity, "depth": out["depth"].reshape(B, height, width, 1),
             "albedo": albedo, "normal": normal, "dirs": dirs}

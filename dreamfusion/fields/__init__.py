@@ -1,0 +1,31 @@
+"""3D representations optimised by the guidance: ``build_field(cfg.field, device)`` is the one entry point.
+
+A volumetric field has ``forward(points [M, 3]) -> dict(density [M], albedo [M, 3])``,
+``density(points) -> [M]``, ``param_groups(optim_cfg) -> list[dict]`` and ``bound`` (docs/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import FieldConfig
+from ..errors import ConfigError
+from .background import LearnedBackground, build_background, solid_background
+from .hashgrid import HashGrid, make_hashgrid
+from .nerf import NeRFField
+
+__all__ = ["build_field", "NeRFField", "HashGrid", "make_hashgrid",
+           "LearnedBackground", "build_background", "solid_background"]
+
+_PLANNED = ("triplane", "gaussian")
+
+
+def build_field(cfg: FieldConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The field named by ``cfg.type``, on ``device``."""
+    fields = {"nerf": NeRFField}
+    if cfg.type in _PLANNED:
+        raise ConfigError(f"field.type={cfg.type} is not available yet; use field.type=nerf")
+    if cfg.type not in fields:
+        raise ConfigError(f"bad value '{cfg.type}' for 'field.type': choose one of nerf, {', '.join(_PLANNED)}")
+    return fields[cfg.type](cfg, device)

@@ -1,0 +1,85 @@
+"""Backgrounds behind the object: a learned colour per view direction, or a solid colour.
+
+DreamFusion (§3.1) composites the render over a background predicted by a small MLP of the ray
+direction; without it the field learns to paint the background into the scene. ``random`` draws one
+uniform colour per view, which stops the object from relying on any particular background.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..config import OptimConfig
+from ..errors import ConfigError
+
+__all__ = ["LearnedBackground", "solid_background", "build_background"]
+
+SOLID_KINDS = ("white", "black", "gray", "random")
+
+
+class LearnedBackground(nn.Module):
+    """Unit view direction ``[..., 3]`` -> rgb ``[..., 3]`` in [0, 1].
+
+    A low-frequency encoding (d, sin(2^k pi d), cos(2^k pi d) for k < n_frequencies) keeps the
+    background smooth, then an MLP and a sigmoid. The last layer starts at zero: the initial
+    background is a uniform 0.5 grey."""
+
+    def __init__(self, n_frequencies: int = 2, hidden_dim: int = 32, n_hidden_layers: int = 1):
+        super().__init__()
+        self.n_frequencies = n_frequencies
+        self.register_buffer("_freqs", math.pi * 2.0 ** torch.arange(n_frequencies), persistent=False)
+        layers: list[nn.Module] = []
+        width = 3 + 6 * n_frequencies
+        for _ in range(n_hidden_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.ReLU(inplace=True)]
+            width = hidden_dim
+        last = nn.Linear(width, 3)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(*layers, last)
+
+    def forward(self, dirs: Tensor) -> Tensor:  # [..., 3] -> [..., 3]
+        if dirs.shape[-1] != 3:
+            raise ValueError(f"LearnedBackground expects directions [..., 3], got {list(dirs.shape)}")
+        d = nn.functional.normalize(dirs, dim=-1)
+        angles = (d.unsqueeze(-1) * self._freqs).flatten(-2)  # [..., 3 * n_frequencies]
+        encoded = torch.cat([d, torch.sin(angles), torch.cos(angles)], dim=-1)
+        return torch.sigmoid(self.mlp(encoded))
+
+    def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
+        return [{"name": "background", "params": list(self.parameters()), "lr": optim_cfg.background_lr}]
+
+
+def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """A solid background ``[*shape, 3]``; ``shape[0]`` is the number of views.
+
+    white = 1, black = 0, gray = 0.5; random = one colour per view, uniform in [0, 1]^3, drawn from ``generator``
+    (on the generator's device, then moved), the same over the view's pixels."""
+    shape = tuple(shape)
+    if kind == "white":
+        return torch.ones(*shape, 3, device=device)
+    if kind == "black":
+        return torch.zeros(*shape, 3, device=device)
+    if kind == "gray":
+        return torch.full((*shape, 3), 0.5, device=device)
+    if kind == "random":
+        if not shape:
+            raise ValueError("solid_background('random') needs a shape whose first entry is the number of views")
+        draw_device = generator.device if generator is not None else device
+        colour = torch.rand(shape[0], 3, generator=generator, device=draw_device).to(device)  # [B, 3]
+        colour = colour.view(shape[0], *([1] * (len(shape) - 1)), 3)
+        return colour.expand(*shape, 3).contiguous()
+    raise ConfigError(f"bad background '{kind}': choose one of learned, {', '.join(SOLID_KINDS)}")
+
+
+def build_background(kind: str, device: torch.device | str = "cpu") -> LearnedBackground | None:
+    """The module for ``learned``; ``None`` for the solid kinds (use :func:`solid_background`)."""
+    if kind == "learned":
+        return LearnedBackground().to(device)
+    if kind in SOLID_KINDS:
+        return None
+    raise ConfigError(f"bad value '{kind}' for 'render.background': choose one of learned, {', '.join(SOLID_KINDS)}")
