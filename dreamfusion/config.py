@@ -189,7 +189,9 @@ class ExportConfig:
     resolution: int = 128
     """Marching-cubes grid resolution per side."""
     threshold: Optional[float] = None
-    """Density level of the surface; null picks it automatically."""
+    """Density level of the surface; null = automatic, where the optical depth seen from outside reaches auto_optical_depth."""
+    auto_optical_depth: float = 0.3
+    """Automatic surface: optical depth (min over the six axis directions) at which the mesh surface lies."""
     min_component_ratio: float = 0.05
     """Drop mesh pieces with fewer faces than this fraction of the largest piece."""
     decimate_faces: int = 0

@@ -30,7 +30,8 @@ def _albedo_fn(field):
 def export_mesh(field, cfg: Config, run_dir: Path) -> dict[str, Path]:
     e = cfg.export
     vertices, faces = extract_mesh(_density_fn(field), field.bound, e.resolution, threshold=e.threshold,
-                                   min_component_ratio=e.min_component_ratio, decimate_faces=e.decimate_faces)
+                                   min_component_ratio=e.min_component_ratio, decimate_faces=e.decimate_faces,
+                                   auto_optical_depth=e.auto_optical_depth)
     mesh_dir = Path(run_dir) / "mesh"
     mesh_dir.mkdir(exist_ok=True)
     if e.texture == "uv":

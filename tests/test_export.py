@@ -22,7 +22,7 @@ import trimesh
 from PIL import Image
 
 from dreamfusion.errors import UserError
-from dreamfusion.export import (auto_threshold, bake_texture, colorize_depth, density_grid, extract_mesh,
+from dreamfusion.export import (optical_depth, bake_texture, colorize_depth, density_grid, extract_mesh,
                                 normals_to_rgb, stack_panels, vertex_colors, write_glb, write_obj, write_video)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,24 +74,44 @@ def test_density_grid_samples_vertices_spanning_the_box():
     np.testing.assert_allclose(grid, (x + 2) + 10 * (y + 2) + 100 * (z + 2), rtol=1e-6)
 
 
-def test_step_sphere_otsu_level_between_levels_and_bounds_within_a_voxel():
+def test_optical_depth_of_constant_density_is_sigma_times_distance_to_nearest_face():
+    r, h, sigma = 9, 0.25, 2.0
+    tau = optical_depth(np.full((r, r, r), sigma), h)
+    i = np.arange(r)
+    edge = np.minimum(i, r - 1 - i)  # grid steps to the nearer face along one axis
+    nearest = np.minimum(np.minimum(edge[:, None, None], edge[None, :, None]), edge[None, None, :])
+    np.testing.assert_allclose(tau, sigma * h * nearest, atol=1e-12)
+
+
+def test_step_sphere_auto_surface_within_two_voxels():
     bound, res = 1.0, 64
     h = 2 * bound / (res - 1)
-    t = auto_threshold(density_grid(step_sphere, bound, res))
-    assert LO < t < HI
-    v, f = extract_mesh(step_sphere, bound, res)
+    v, f = extract_mesh(step_sphere, bound, res)  # automatic level
     radius = np.linalg.norm(v, axis=1)
-    assert np.all(np.abs(radius - RADIUS) <= h)  # every crossing lies on an edge between in and out
-    np.testing.assert_allclose(v.min(axis=0), -RADIUS, atol=h)
-    np.testing.assert_allclose(v.max(axis=0), RADIUS, atol=h)
+    assert np.all(np.abs(radius - RADIUS) <= 2 * h)
+    np.testing.assert_allclose(v.min(axis=0), -RADIUS, atol=2 * h)
+    np.testing.assert_allclose(v.max(axis=0), RADIUS, atol=2 * h)
+
+
+def test_auto_level_carves_away_a_uniform_fog():
+    # Fog of density 0.2 fills the box: its optical depth from the faces to the sphere is 0.2 * 0.5 = 0.1,
+    # below the automatic level, so the mesh is the sphere alone (a density threshold below 0.2 would
+    # return the whole box).
+    bound, res = 1.0, 48
+    h = 2 * bound / (res - 1)
+    foggy = lambda p: step_sphere(p) + 0.2
+    v, f = extract_mesh(foggy, bound, res)
+    np.testing.assert_allclose(v.min(axis=0), -RADIUS, atol=2 * h)
+    np.testing.assert_allclose(v.max(axis=0), RADIUS, atol=2 * h)
+    # A step density puts the surface within half a voxel of the radius: volume within 3 (h/2) / r.
+    assert signed_volume(v, f) == pytest.approx(4 / 3 * math.pi * RADIUS ** 3, rel=3 * (h / 2) / RADIUS)
 
 
 @pytest.fixture(scope="module")
 def sphere():
-    """Smooth sphere at 48^3 with the automatic threshold: (vertices, faces, threshold, voxel size)."""
-    bound, res = 1.0, 48
-    t = auto_threshold(density_grid(smooth_sphere, bound, res))
-    v, f = extract_mesh(smooth_sphere, bound, res)
+    """Smooth sphere at 48^3 with an explicit threshold: (vertices, faces, threshold, voxel size)."""
+    bound, res, t = 1.0, 48, 1.0
+    v, f = extract_mesh(smooth_sphere, bound, res, threshold=t)
     return v, f, t, 2 * bound / (res - 1)
 
 

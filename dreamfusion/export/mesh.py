@@ -17,9 +17,9 @@ import torch
 
 from dreamfusion.errors import UserError
 
-__all__ = ["density_grid", "auto_threshold", "extract_mesh"]
+__all__ = ["density_grid", "optical_depth", "extract_mesh"]
 
-_LOG_EPS = 1e-6  # offset of the log in auto_threshold: densities are >= 0
+_LOG_EPS = 1e-6  # offset of the log of densities: densities are >= 0
 
 
 def _grid_axis(bound: float, resolution: int) -> np.ndarray:
@@ -52,22 +52,22 @@ def density_grid(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: floa
     return out.reshape(r, r, r)
 
 
-def auto_threshold(grid: np.ndarray) -> float:
-    """Surface level by Otsu's method on log(density + 1e-6).
+def optical_depth(grid: np.ndarray, spacing: float) -> np.ndarray:
+    """Optical depth [R,R,R] of each grid point seen from outside: the smallest, over the six axis
+    directions, of the integral of density from the box face to the point (trapezoid rule).
 
-    A trained field's density histogram is bimodal: empty space (near 0) and the object (large), with
-    orders of magnitude between them, so the split is made in log space. Otsu (1979) picks the level
-    that maximises the between-class variance of the two groups; the density level returned is
-    `exp(t) - 1e-6`. A constant grid returns its value (nothing lies above it).
+    A renderer shows the surface where a ray's transmittance exp(-optical depth) drops through a level, so
+    an iso-surface of this field follows what the views show, whatever the scale of the densities, and a
+    faint fog (small integral) is carved away instead of becoming part of the mesh.
     """
-    from skimage.filters import threshold_otsu
-
-    logs = np.log(np.asarray(grid, dtype=np.float64).reshape(-1) + _LOG_EPS)
-    if not np.isfinite(logs).all():
-        raise ValueError("auto_threshold: the density grid holds negative, NaN or infinite values")
-    if logs.min() == logs.max():
-        return float(np.exp(logs[0]) - _LOG_EPS)
-    return float(np.exp(threshold_otsu(logs, nbins=256)) - _LOG_EPS)
+    g = np.asarray(grid, dtype=np.float64)
+    tau = np.full(g.shape, np.inf)
+    for axis in range(3):
+        for flip in (False, True):
+            d = np.flip(g, axis) if flip else g
+            acc = (np.cumsum(d, axis=axis) - 0.5 * d - 0.5 * np.take(d, [0], axis=axis)) * spacing
+            tau = np.minimum(tau, np.flip(acc, axis) if flip else acc)
+    return tau
 
 
 def _empty_error(grid: np.ndarray, threshold: float, bound: float) -> UserError:
@@ -125,11 +125,11 @@ def _decimate(vertices: np.ndarray, faces: np.ndarray, target: int):
 
 def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: float, resolution: int,
                  threshold: float | None = None, min_component_ratio: float = 0.05,
-                 decimate_faces: int = 0, chunk: int = 65536,
+                 decimate_faces: int = 0, auto_optical_depth: float = 0.3, chunk: int = 65536,
                  device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Surface `density == threshold` of a field -> (vertices [V, 3] float32 world, faces [F, 3] int64).
 
-    threshold None -> `auto_threshold` of the grid. The grid is padded by one empty layer before
+    threshold None -> automatic: the iso-surface where `optical_depth` reaches `auto_optical_depth`. The grid is padded by one empty layer before
     marching cubes, so the mesh is closed even where the object touches the box (those vertices are
     clamped onto the box faces). Triangles wind counter-clockwise seen from outside (signed volume > 0),
     the glTF / OBJ front-face convention. Pieces with fewer faces than `min_component_ratio` times the
@@ -149,21 +149,25 @@ def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: floa
         raise ValueError(f"density_fn returned negative densities (min {grid.min():.4g}); densities are >= 0")
     if threshold is not None and threshold <= 0:
         raise UserError(f"export.threshold must be a density > 0 (or null for automatic), got {threshold}")
-    level = auto_threshold(grid) if threshold is None else float(threshold)
-    if not (grid > level).any():
-        raise _empty_error(grid, level, bound)
-
-    # Marching cubes runs on log(density + 1e-6) at log(level + 1e-6): the same level set (log is
-    # monotonic), but the linear interpolation along cell edges is far more accurate for densities
-    # that grow exponentially across the surface (exp / softplus activations), as fields' do.
-    logs = np.log(grid.astype(np.float64) + _LOG_EPS)
-    log_level = float(np.log(level + _LOG_EPS))
-    # Pad with a value far below the level: the crossing on a padded edge sits on the last real vertex.
-    far_below = log_level - 1e6 * max(float(logs.max()) - log_level, 1.0)
-    padded = np.pad(logs, 1, mode="constant", constant_values=far_below)
-    verts, faces, _, _ = marching_cubes(padded, level=log_level, gradient_direction="descent",
-                                        allow_degenerate=False)
     h = 2.0 * bound / (resolution - 1)
+    if threshold is None:
+        values, level = optical_depth(grid, h), float(auto_optical_depth)
+        if not (values > level).any():
+            raise UserError(f"the field is empty at threshold auto (no point lies behind optical depth {level:g}; "
+                            f"largest density {grid.max():.4g}): train longer or set export.threshold=<density>")
+    else:
+        level = float(threshold)
+        if not (grid > level).any():
+            raise _empty_error(grid, level, bound)
+        # Marching cubes runs on log(density + 1e-6) at log(level + 1e-6): the same level set (log is
+        # monotonic), but the linear interpolation along cell edges is far more accurate for densities
+        # that grow exponentially across the surface (exp / softplus activations), as fields' do.
+        values, level = np.log(grid.astype(np.float64) + _LOG_EPS), float(np.log(level + _LOG_EPS))
+    # Pad with a value far below the level: the crossing on a padded edge sits on the last real vertex.
+    far_below = level - 1e6 * max(float(values.max()) - level, 1.0)
+    padded = np.pad(values, 1, mode="constant", constant_values=far_below)
+    verts, faces, _, _ = marching_cubes(padded, level=level, gradient_direction="descent",
+                                        allow_degenerate=False)
     verts = np.clip((verts - 1.0) * h - bound, -bound, bound)  # index units (minus the pad) -> world
     faces = faces.astype(np.int64)
 
