@@ -172,8 +172,8 @@ class LossConfig:
     """Weight of the score distillation term."""
     clip: float = 1.0
     """Weight of the CLIP similarity term."""
-    transmittance: float = 0.5
-    """Weight of the Dream Fields transmittance term."""
+    transmittance: float = 0.0
+    """Weight of the Dream Fields transmittance term (configs/dreamfields.yaml: 0.5)."""
     orientation: float = 0.0
     """Weight of the orientation loss (normals facing away from the camera)."""
     sparsity: float = 0.0
