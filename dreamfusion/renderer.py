@@ -9,6 +9,7 @@ from render.cameras import Cameras
 from render.rays import generate_rays
 from render.shading import shade
 from render.volume import render_rays
+from render.volume_nerfacc import render_rays_nerfacc
 
 from .fields.background import solid_background
 
@@ -18,12 +19,14 @@ __all__ = ["render_views", "render_views_chunked"]
 def render_views(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
                  perturb: bool = False, shading: str = "albedo", light_dirs: Tensor | None = None,
                  ambient: float = 0.1, background_kind: str = "white", need_normals: bool = False,
-                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                 generator: torch.Generator | None = None, estimator=None) -> dict[str, Tensor]:
     """Render B views of a volumetric field.
 
     Returns rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1], albedo [B,H,W,3] (premultiplied by
     opacity), normal [B,H,W,3] (None unless shading needs it or need_normals) and the unit ray
     directions dirs [B,H,W,3].
+    With a nerfacc occupancy-grid `estimator` (CUDA), rays are marched through it at the same sample
+    spacing (2 bound / n_samples) instead of n_samples equal bins; the outputs are the same.
     Shading is deferred: the composited albedo and normal are shaded per pixel, which equals
     per-sample shading when the weights concentrate on the surface.
     """
@@ -33,8 +36,13 @@ def render_views(field, background, cameras: Cameras, height: int, width: int, *
     B = cameras.c2w.shape[0]
     origins, dirs = generate_rays(cameras.c2w, cameras.fovy, height, width)  # [B,H,W,3] each
     normals_needed = need_normals or shading != "albedo"
-    out = render_rays(field, origins.reshape(-1, 3), dirs.reshape(-1, 3), field.bound, n_samples,
-                      perturb=perturb, generator=generator, need_normals=normals_needed)
+    if estimator is not None:
+        out = render_rays_nerfacc(field, origins.reshape(-1, 3), dirs.reshape(-1, 3), field.bound, estimator,
+                                  render_step_size=2 * field.bound / n_samples, need_normals=normals_needed,
+                                  perturb=perturb)
+    else:
+        out = render_rays(field, origins.reshape(-1, 3), dirs.reshape(-1, 3), field.bound, n_samples,
+                          perturb=perturb, generator=generator, need_normals=normals_needed)
     opacity = out["opacity"].reshape(B, height, width, 1)
     albedo = out["albedo"].reshape(B, height, width, 3)
     normal = out["normal"].reshape(B, height, width, 3) if out["normal"] is not None else None

@@ -15,10 +15,11 @@ from tqdm import tqdm
 
 from render.cameras import Cameras, orbit_cameras, sample_cameras
 from render.shading import random_light_dirs
+from render.volume_nerfacc import make_estimator, nerfacc_available, update_estimator
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
 from .fields.background import build_background
 from .renderer import render_views, render_views_chunked
@@ -71,14 +72,27 @@ class Trainer:
         if self.background is not None:
             groups += self.background.param_groups(cfg.optim)
         self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        self.estimator = self._make_estimator()
         self.step = 0
+
+    def _make_estimator(self):
+        """nerfacc occupancy grid: render.sampler=nerfacc, or auto on CUDA when nerfacc imports."""
+        r = self.cfg.render
+        if self.cfg.field.type == "gaussian" or r.sampler == "torch":
+            return None
+        if r.sampler == "nerfacc" and self.device.type != "cuda":
+            raise ConfigError("render.sampler=nerfacc needs a CUDA device: use render.sampler=torch on CPU")
+        if r.sampler == "nerfacc" or (self.device.type == "cuda" and nerfacc_available()):
+            return make_estimator(self.field.bound, device=self.device)
+        return None
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict:
         return {"step": self.step, "field_type": self.cfg.field.type,
                 "field": self.field.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "background": self.background.state_dict() if self.background is not None else {},
-                "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+                "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "estimator": self.estimator.state_dict() if self.estimator is not None else {}}
 
     def load(self, state: dict, with_optimizer: bool = True) -> None:
         if state.get("field_type", self.cfg.field.type) != self.cfg.field.type:
@@ -90,6 +104,8 @@ class Trainer:
                 self.background.load_state_dict(state["background"])
             if with_optimizer:
                 self.optimizer.load_state_dict(state["optimizer"])
+            if self.estimator is not None and state.get("estimator"):
+                self.estimator.load_state_dict(state["estimator"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
         self.step = int(state["step"])
@@ -111,7 +127,7 @@ class Trainer:
         return render_views(self.field, self.background, cams, r.height, r.width, n_samples=r.n_samples,
                             perturb=perturb and r.perturb, shading=shading, light_dirs=light_dirs,
                             ambient=r.ambient, background_kind=r.background, generator=self.generator,
-                            need_normals=c.loss.orientation > 0)
+                            need_normals=c.loss.orientation > 0, estimator=self.estimator)
 
     def fit(self, guidance) -> None:
         c = self.cfg
@@ -125,6 +141,9 @@ class Trainer:
                 cams = sample_cameras(c.camera.batch_size, c.camera.elevation_range, c.camera.azimuth_range,
                                       c.camera.distance_range, c.camera.fovy_range, generator=self.generator)
                 cams = Cameras(*(x.to(self.device) for x in cams))
+                if self.estimator is not None:
+                    update_estimator(self.estimator, self.field.density, self.step,
+                                     render_step_size=2 * self.field.bound / c.render.n_samples)
                 out = self.render_batch(cams, pick_shading(self.step, c.render, self.generator))
                 terms = guidance(out["rgb"], cams, self.step, c.steps, generator=self.generator)
                 terms.update(regularizers(out, out.get("dirs")))
