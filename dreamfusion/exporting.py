@@ -13,7 +13,7 @@ from .config import Config
 from .errors import UserError
 from .export import (bake_texture, colorize_depth, extract_mesh, normals_to_rgb, stack_panels, vertex_colors,
                      write_glb, write_obj, write_video)
-from .renderer import render_views_chunked
+from .renderer import occupancy_grid, render_views_chunked
 
 __all__ = ["export_mesh", "export_video", "export_run"]
 
@@ -49,8 +49,11 @@ def export_video(field, background, cfg: Config, run_dir: Path, device) -> Path:
     cams = orbit_cameras(e.video_frames, c.eval_elevation, c.eval_distance, c.eval_fovy, device=device)
     side = e.video_resolution
     need_normals = "normal" in e.video_panels
+    occupancy = None if hasattr(field, "render") else occupancy_grid(field, cfg.render.n_samples)
+    if occupancy is not None and occupancy.float().mean() > 0.5:
+        occupancy = None  # a foggy field fills the box: skipping would save little
     out = render_views_chunked(field, background, cams, side, side, n_samples=cfg.render.n_samples,
-                               background_kind="white", need_normals=need_normals)
+                               background_kind="white", need_normals=need_normals, occupancy=occupancy)
     panels = []
     for name in e.video_panels:
         if name == "rgb":

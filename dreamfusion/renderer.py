@@ -13,13 +13,32 @@ from render.volume_nerfacc import render_rays_nerfacc
 
 from .fields.background import solid_background
 
-__all__ = ["render_views", "render_views_chunked"]
+__all__ = ["render_views", "render_views_chunked", "occupancy_grid"]
+
+
+@torch.no_grad()
+def occupancy_grid(field, n_samples: int, resolution: int = 64, min_alpha: float = 1e-4) -> Tensor:
+    """Cells [R, R, R] bool where the field could add more than min_alpha to a ray sample.
+
+    Density is probed at 2^3 points per cell and the mask is dilated by one cell, so thin features that
+    fall between probes are kept; a sample of spacing 2 bound / n_samples in a skipped cell would have
+    had alpha < min_alpha.
+    """
+    bound, fine = field.bound, 2 * resolution
+    c = (torch.arange(fine, dtype=torch.float32) + 0.5) / fine * 2 * bound - bound
+    pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+    device = next(field.parameters()).device
+    density = torch.cat([field.density(p.to(device)) for p in pts.split(1 << 18)]).reshape(fine, fine, fine)
+    cell = torch.nn.functional.max_pool3d(density[None, None], 2)  # [1,1,R,R,R]
+    cell = torch.nn.functional.max_pool3d(cell, 3, stride=1, padding=1)[0, 0]
+    return cell * (2 * bound / n_samples) > min_alpha
 
 
 def render_views(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
                  perturb: bool = False, shading: str = "albedo", light_dirs: Tensor | None = None,
                  ambient: float = 0.1, background_kind: str = "white", need_normals: bool = False,
-                 generator: torch.Generator | None = None, estimator=None) -> dict[str, Tensor]:
+                 generator: torch.Generator | None = None, estimator=None,
+                 occupancy: Tensor | None = None) -> dict[str, Tensor]:
     """Render B views of a volumetric field.
 
     Returns rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1], albedo [B,H,W,3] (premultiplied by
@@ -42,7 +61,8 @@ def render_views(field, background, cameras: Cameras, height: int, width: int, *
                                   perturb=perturb)
     else:
         out = render_rays(field, origins.reshape(-1, 3), dirs.reshape(-1, 3), field.bound, n_samples,
-                          perturb=perturb, generator=generator, need_normals=normals_needed)
+                          perturb=perturb, generator=generator, need_normals=normals_needed,
+                          occupancy=occupancy)
     opacity = out["opacity"].reshape(B, height, width, 1)
     albedo = out["albedo"].reshape(B, height, width, 3)
     normal = out["normal"].reshape(B, height, width, 3) if out["normal"] is not None else None
@@ -67,6 +87,7 @@ def render_views(field, background, cameras: Cameras, height: int, width: int, *
 def render_views_chunked(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
                          views_per_chunk: int = 1, need_normals: bool = False, **kwargs) -> dict[str, Tensor]:
     """render_views without keeping a graph, a few views at a time (orbit videos, previews, evaluation).
+    Pass occupancy=occupancy_grid(field, n_samples) to skip empty space.
 
     Normals come from autograd of the density, so grad mode stays on only while they are needed.
     """

@@ -140,9 +140,16 @@ def _query_field(field_fn: FieldFn, points: Tensor, need_normals: bool, grad_ena
     return density, albedo, normal
 
 
+def occupied(points: Tensor, occupancy: Tensor, bound: float) -> Tensor:
+    """Lookup [...] bool of points [..., 3] in a boolean grid [R, R, R] (x, y, z) over [-bound, bound]^3."""
+    res = occupancy.shape[0]
+    idx = ((points + bound) / (2 * bound) * res).long().clamp(0, res - 1)
+    return occupancy[idx[..., 0], idx[..., 1], idx[..., 2]]
+
+
 def render_rays(field_fn: FieldFn, origins: Tensor, dirs: Tensor, bound: float, n_samples: int,
                 perturb: bool = False, generator: Optional[torch.Generator] = None,
-                need_normals: bool = False) -> dict:
+                need_normals: bool = False, occupancy: Optional[Tensor] = None) -> dict:
     """Render N rays through the cube [-bound, bound]^3 with S = n_samples stratified samples each.
 
     Args:
@@ -152,6 +159,9 @@ def render_rays(field_fn: FieldFn, origins: Tensor, dirs: Tensor, bound: float, 
         need_normals: also return normals: the field's 'normal' if it gives one, else the autograd
             normal -grad(density) normalised per sample (differentiable when grad is enabled; computed
             even under torch.no_grad, then detached).
+        occupancy: optional bool grid [R, R, R] (x, y, z cells over the cube): samples in empty cells
+            are not sent to the field and count as density 0 (empty-space skipping; the plain-PyTorch
+            counterpart of an occupancy grid, exact where the grid marks every cell the field fills).
     Returns:
         dict(weights [N, S], opacity [N], depth [N], albedo [N, 3], normal [N, 3] or None, t [N, S],
         sample_normal [N, S, 3] or None (unit per-sample normals, e.g. for the orientation loss)).
@@ -164,9 +174,12 @@ def render_rays(field_fn: FieldFn, origins: Tensor, dirs: Tensor, bound: float, 
     t = stratified_t(near, far, n_samples, perturb, generator)  # [N, S]; zeros for misses
     deltas = ((far - near) / n_samples)[:, None]  # [N, 1]
 
-    all_hit = bool(hit.all())
-    rays_o, rays_d, t_hit = (origins, dirs, t) if all_hit else (origins[hit], dirs[hit], t[hit])
-    points = (rays_o[:, None, :] + rays_d[:, None, :] * t_hit[..., None]).reshape(-1, 3)  # [M, 3]
+    keep = hit[:, None].expand(n_rays, n_samples)  # [N, S] samples sent to the field
+    points = origins[:, None, :] + dirs[:, None, :] * t[..., None]  # [N, S, 3]
+    if occupancy is not None:
+        keep = keep & occupied(points, occupancy, bound)
+    everything = bool(keep.all())
+    points = points.reshape(-1, 3) if everything else points[keep]  # [M, 3]
 
     grad_enabled = torch.is_grad_enabled()
     if points.shape[0] == 0:  # every ray misses: the field is not called with an empty batch
@@ -175,12 +188,12 @@ def render_rays(field_fn: FieldFn, origins: Tensor, dirs: Tensor, bound: float, 
     else:
         density, albedo, normal = _query_field(field_fn, points, need_normals, grad_enabled)
 
-    def full(values: Tensor, width: int) -> Tensor:  # [M(, C)] of hit rays -> [N, S(, C)]
-        values = values.reshape(-1, n_samples, *([width] if width else []))
-        if all_hit:
-            return values
-        dense = values.new_zeros(n_rays, n_samples, *([width] if width else []))
-        dense[hit] = values
+    def full(values: Tensor, width: int) -> Tensor:  # [M(, C)] of kept samples -> [N, S(, C)]
+        shape = (n_rays, n_samples, *([width] if width else []))
+        if everything:
+            return values.reshape(shape)
+        dense = values.new_zeros(shape)
+        dense[keep] = values
         return dense
 
     sigma = full(density, 0)

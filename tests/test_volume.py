@@ -338,3 +338,32 @@ def test_nerfacc_matches_torch_forward_and_gradient():
     fast = render_rays_nerfacc(field_fn, origins, dirs, 1.0, est, render_step_size=2.0 / n, early_stop_eps=0.0)
     for key in ("opacity", "depth", "albedo"):
         torch.testing.assert_close(fast[key], ref[key].detach(), atol=5e-3, rtol=0)
+
+
+def test_occupancy_skipping_matches_the_plain_render():
+    """Empty-space skipping with a grid derived from the field changes a render by less than min_alpha."""
+    from dreamfusion.renderer import occupancy_grid
+    from render.volume import render_rays
+
+    class Sphere(torch.nn.Module):
+        bound = 1.0
+
+        def density(self, p):
+            return 40.0 * torch.sigmoid((0.4 - p.norm(dim=-1)) / 0.02)
+
+        def forward(self, p):
+            return {"density": self.density(p), "albedo": (p * 0.5 + 0.5).clamp(0, 1)}
+
+    field = Sphere()
+    field.register_parameter("dummy", torch.nn.Parameter(torch.zeros(1)))
+    g = torch.Generator().manual_seed(0)
+    origins = torch.tensor([0.0, 0.0, 2.5]).expand(500, 3) + 0.3 * torch.randn(500, 3, generator=g)
+    dirs = torch.nn.functional.normalize(-origins + 0.3 * torch.randn(500, 3, generator=g), dim=-1)
+    occ = occupancy_grid(field, 64, resolution=32)
+    assert 0 < occ.float().mean() < 0.2  # it does skip most of the box
+    plain = render_rays(field, origins, dirs, 1.0, 64)
+    skipped = render_rays(field, origins, dirs, 1.0, 64, occupancy=occ)
+    full = render_rays(field, origins, dirs, 1.0, 64, occupancy=torch.ones(32, 32, 32, dtype=torch.bool))
+    for key in ("opacity", "depth", "albedo"):
+        torch.testing.assert_close(full[key], plain[key])
+        torch.testing.assert_close(skipped[key], plain[key], rtol=0, atol=1e-3)
