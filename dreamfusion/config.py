@@ -66,6 +66,26 @@ class FieldConfig:
     """Gaussians: opacity at init."""
     gaussian_sh_degree: int = 0
     """Gaussians: spherical-harmonics degree of the colour (0 = view independent)."""
+    gaussian_init_scale: float = 0.0
+    """Gaussians: initial scale (standard deviation); 0 = mean distance to the 3 nearest neighbours."""
+    gaussian_rasterizer: str = "auto"
+    """Gaussians: rasterizer: auto (gsplat on CUDA when installed), torch, or gsplat."""
+    gaussian_densify_every: int = 50
+    """Gaussians: clone / split / prune every N steps (0 disables)."""
+    gaussian_densify_start: int = 0
+    """Gaussians: first step at which densification may run."""
+    gaussian_densify_stop: int = 3000
+    """Gaussians: last step at which densification may run."""
+    gaussian_densify_grad_threshold: float = 0.01
+    """Gaussians: mean view-space (NDC) gradient norm of a mean above which it is cloned or split."""
+    gaussian_dense_scale: float = 0.005
+    """Gaussians: largest scale up to which a Gaussian is cloned; larger ones are split in two."""
+    gaussian_prune_opacity: float = 0.01
+    """Gaussians: prune Gaussians whose opacity is below this."""
+    gaussian_prune_scale: float = 0.05
+    """Gaussians: prune Gaussians whose largest scale exceeds this (0 disables)."""
+    gaussian_max_count: int = 0
+    """Gaussians: cap on the number of Gaussians densification may reach (0 = no cap)."""
 
 
 @dataclass
@@ -101,7 +121,7 @@ class RenderConfig:
     sampler: str = "auto"
     """Ray sampler: auto (nerfacc occupancy grid on CUDA when installed), torch, or nerfacc."""
     background: str = "learned"
-    """Background: learned (MLP of view direction), random (solid colour per view), white, black or gray."""
+    """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, or augment (Dream Fields random textures)."""
     albedo_warmup_steps: int = 1000
     """Steps that render albedo only before random shading starts (DreamFusion)."""
     albedo_prob: float = 0.2
@@ -137,7 +157,15 @@ class GuidanceConfig:
     view_dependent: bool = True
     """Append front/side/back/overhead view to the prompt by camera."""
     half_precision: bool = True
-    """Run the frozen model in fp16 on CUDA (always fp32 on CPU)."""
+    """Run the frozen model in fp16 on CUDA (always fp32 on CPU); read when guidance.dtype is auto."""
+    dtype: str = "auto"
+    """Precision of the frozen UNet and VAE: auto (see half_precision), fp32, fp16 (CUDA only) or bf16."""
+    channels_last: bool = False
+    """Store the UNet and VAE convolution weights channels-last (NHWC), the layout tensor cores prefer."""
+    attention: str = "sdpa"
+    """Attention kernel of the UNet and VAE: sdpa (fused torch scaled_dot_product_attention) or classic."""
+    compile: bool = False
+    """torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
     vae_resolution: int = 512
     """Renders are resized to this before the VAE encodes them."""
     prior_resolution: int = 32
@@ -158,8 +186,24 @@ class OptimConfig:
     """Adam learning rate of the grid / plane / Gaussian parameters."""
     network_lr: float = 0.001
     """Adam learning rate of the MLPs."""
+    triplane_lr: float = 0.02
+    """Adam learning rate of the tri-plane feature planes."""
     background_lr: float = 0.001
     """Adam learning rate of the learned background."""
+    gaussian_position_lr: float = 0.001
+    """Gaussians: Adam learning rate of the means at step 0."""
+    gaussian_position_lr_final: float = 0.00002
+    """Gaussians: learning rate of the means after gaussian_position_lr_steps (log-linear decay)."""
+    gaussian_position_lr_steps: int = 300
+    """Gaussians: steps over which the means' learning rate decays."""
+    gaussian_color_lr: float = 0.01
+    """Gaussians: learning rate of the SH colour coefficients (higher degrees at 1/20 of it)."""
+    gaussian_opacity_lr: float = 0.05
+    """Gaussians: learning rate of the opacity logits."""
+    gaussian_scale_lr: float = 0.005
+    """Gaussians: learning rate of the log-scales."""
+    gaussian_rotation_lr: float = 0.005
+    """Gaussians: learning rate of the quaternions."""
     betas: List[float] = dc_field(default_factory=lambda: [0.9, 0.99])
     """Adam betas."""
     eps: float = 1e-15
@@ -248,11 +292,14 @@ CHOICES = {
     "field.backend": ("auto", "torch", "tcnn"),
     "field.density_activation": ("softplus", "exp"),
     "field.triplane_aggregation": ("sum", "product", "concat"),
+    "field.gaussian_rasterizer": ("auto", "torch", "gsplat"),
     "render.sampler": ("auto", "torch", "nerfacc"),
-    "render.background": ("learned", "random", "white", "black", "gray"),
+    "render.background": ("learned", "random", "white", "black", "gray", "augment"),
     "guidance.type": ("sds", "prior", "clip"),
     "guidance.t_anneal": ("none", "linear", "sqrt"),
     "guidance.weighting": ("sds", "uniform", "fantasia3d"),
+    "guidance.dtype": ("auto", "fp32", "fp16", "bf16"),
+    "guidance.attention": ("sdpa", "classic"),
     "export.texture": ("uv", "vertex"),
 }
 

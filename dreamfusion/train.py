@@ -22,6 +22,7 @@ from .config import Config
 from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
 from .fields.background import build_background
+from .guidance.clip import transmittance_loss
 from .renderer import render_views, render_views_chunked
 
 __all__ = ["Trainer", "Interrupted", "pick_shading", "regularizers"]
@@ -147,6 +148,8 @@ class Trainer:
                 out = self.render_batch(cams, pick_shading(self.step, c.render, self.generator))
                 terms = guidance(out["rgb"], cams, self.step, c.steps, generator=self.generator)
                 terms.update(regularizers(out, out.get("dirs")))
+                if c.loss.transmittance:  # Dream Fields L_T; its target tau depends on the step
+                    terms["loss_transmittance"] = transmittance_loss(out["opacity"], self.step)
                 loss = sum(weights[k] * v for k, v in terms.items() if k.startswith("loss_") and weights.get(k, 0) != 0)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -89,3 +89,28 @@ def tiny_sd_dir(tmp_path_factory):
              "vae": ["diffusers", "AutoencoderKL"]}
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny random CLIP folder (2-layer text and vision towers, width 32, 32 px images, 8 px patches, fixed
+    seed) in the layout of a hub CLIP checkpoint: config.json + weights, the tokenizer files and
+    preprocessor_config.json (OpenAI's mean / std), loaded back with ``from_pretrained``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    root = tmp_path_factory.mktemp("tiny-clip")
+    vocab_size = write_tiny_clip_tokenizer(root)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab_size - 2,
+                         eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=32)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(root)
+    (root / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32},
+        "crop_size": {"height": 32, "width": 32}, "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    return root

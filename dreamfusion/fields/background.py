@@ -3,6 +3,7 @@
 DreamFusion (§3.1) composites the render over a background predicted by a small MLP of the ray
 direction; without it the field learns to paint the background into the scene. ``random`` draws one
 uniform colour per view, which stops the object from relying on any particular background.
+``augment`` draws Dream Fields' random textures per view (noise, checkerboard, Fourier; then a blur).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..errors import ConfigError
 
 __all__ = ["LearnedBackground", "solid_background", "build_background"]
 
-SOLID_KINDS = ("white", "black", "gray", "random")
+SOLID_KINDS = ("white", "black", "gray", "random", "augment")
 
 
 class LearnedBackground(nn.Module):
@@ -58,7 +59,8 @@ def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: 
     """A solid background ``[*shape, 3]``; ``shape[0]`` is the number of views.
 
     white = 1, black = 0, gray = 0.5; random = one colour per view, uniform in [0, 1]^3, drawn from ``generator``
-    (on the generator's device, then moved), the same over the view's pixels."""
+    (on the generator's device, then moved), the same over the view's pixels; augment = Dream Fields'
+    random texture per view (``dreamfusion.guidance.augment.random_backgrounds``; shape must be (B, H, W))."""
     shape = tuple(shape)
     if kind == "white":
         return torch.ones(*shape, 3, device=device)
@@ -73,6 +75,12 @@ def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: 
         colour = torch.rand(shape[0], 3, generator=generator, device=draw_device).to(device)  # [B, 3]
         colour = colour.view(shape[0], *([1] * (len(shape) - 1)), 3)
         return colour.expand(*shape, 3).contiguous()
+    if kind == "augment":
+        if len(shape) != 3:
+            raise ValueError(f"solid_background('augment') needs a shape (B, H, W), got {shape}")
+        from ..guidance.augment import random_backgrounds  # lazy: fields do not depend on guidance otherwise
+
+        return random_backgrounds(*shape, generator=generator, device=device)
     raise ConfigError(f"bad background '{kind}': choose one of learned, {', '.join(SOLID_KINDS)}")
 
 

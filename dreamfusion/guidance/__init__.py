@@ -24,7 +24,7 @@ def _build_sds(cfg: Config, device: torch.device) -> SDSGuidance:
     g = cfg.guidance
     model = StableDiffusion.load(g.model, revision=g.revision, device=device, half_precision=g.half_precision,
                                  prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
-                                 view_dependent=g.view_dependent, vae_resolution=g.vae_resolution)
+                                 view_dependent=g.view_dependent, vae_resolution=g.vae_resolution, fast_paths=g)
     return SDSGuidance(model, g)
 
 
@@ -35,9 +35,15 @@ def _build_prior(cfg: Config, device: torch.device) -> SDSGuidance:
     return SDSGuidance(model, cfg.guidance)
 
 
+def _build_clip(cfg: Config, device: torch.device):
+    from .clip import CLIPGuidance
+
+    return CLIPGuidance.load(cfg.prompt, cfg.guidance, device)
+
+
 def build_guidance(cfg: Config, device: str | torch.device) -> Callable[..., dict]:
     """The guidance named by ``cfg.guidance.type``, loaded on ``device``."""
-    builders = {"sds": _build_sds, "prior": _build_prior}
+    builders = {"sds": _build_sds, "prior": _build_prior, "clip": _build_clip}
     kind = cfg.guidance.type
     if kind not in builders:
         raise ConfigError(f"guidance.type '{kind}' is not available in this build: choose one of {', '.join(builders)}")

@@ -1,0 +1,189 @@
+"""CLIP score and CLIP R-precision of finished runs (Dream Fields §5; DreamFusion Table 1).
+
+    python -m dreamfusion eval RUN_DIR [RUN_DIR ...] --clip-model ID_OR_FOLDER [--views N] [--json PATH]
+
+Each run's field is rendered from N views on the evaluation orbit (the run's eval elevation, distance
+and fovy; azimuths offset by 17 degrees from the preview / video azimuths), on white, and embedded with
+the *evaluation* CLIP (use a different CLIP than the one that guided the run, e.g. ViT-B/32 for runs
+guided by B/16, or the score grades itself). With unit image embeddings x_rv and prompt embeddings y_r:
+
+    CLIP score (run r)   = 100 * mean_v cos(x_rv, y_r)
+    R-precision (run r)  = mean_v [ cos(x_rv, y_r) >= max_j cos(x_rv, y_j) ]    (top-1 retrieval among
+                           the prompts of all evaluated runs; identical prompts count as the same class)
+
+The table goes to stderr, the JSON report to stdout or to --json PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from render.cameras import Cameras, camera_position, look_at
+
+from .errors import UserError
+
+__all__ = ["cmd_eval", "r_precision", "clip_scores", "eval_cameras", "render_run", "evaluate"]
+
+USAGE = ("usage: python -m dreamfusion eval RUN_DIR [RUN_DIR ...] --clip-model ID_OR_FOLDER "
+         "[--views N] [--resolution PX] [--json PATH] [--device auto|cpu|cuda]")
+EVAL_AZIMUTH_OFFSET = 17.0  # degrees: never one of the preview azimuths (multiples of 90) for fewer than 360 views
+
+
+def r_precision(image_emb: Tensor, text_emb: Tensor) -> tuple[Tensor, float]:
+    """image_emb [R, V, D], text_emb [R, D] (run r's prompt in row r) -> (per_run [R], mean over runs).
+
+    View v of run r counts as retrieved when its cosine with prompt r is at least its cosine with every
+    prompt (so runs that share a prompt do not compete). Embeddings need not be unit length.
+    """
+    if image_emb.ndim != 3 or text_emb.ndim != 2 or image_emb.shape[0] != text_emb.shape[0] \
+            or image_emb.shape[2] != text_emb.shape[1]:
+        raise ValueError(f"r_precision: need image_emb [R, V, D] and text_emb [R, D], got "
+                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+    x = torch.nn.functional.normalize(image_emb.double(), dim=-1)
+    y = torch.nn.functional.normalize(text_emb.double(), dim=-1)
+    sim = torch.einsum("rvd,jd->rvj", x, y)  # [R, V, R]
+    own = sim.diagonal(dim1=0, dim2=2).T  # [R, V]: sim[r, v, r]
+    hit = (own >= sim.max(dim=-1).values).double()  # [R, V]
+    per_run = hit.mean(1)
+    return per_run.float(), float(per_run.mean())
+
+
+def clip_scores(image_emb: Tensor, text_emb: Tensor) -> Tensor:
+    """100 * mean over views of cos(image_emb[r, v], text_emb[r]): [R, V, D], [R, D] -> [R]."""
+    x = torch.nn.functional.normalize(image_emb.double(), dim=-1)
+    y = torch.nn.functional.normalize(text_emb.double(), dim=-1)
+    return (100.0 * (x * y[:, None]).sum(-1).mean(1)).float()
+
+
+def eval_cameras(n: int, elevation: float, distance: float, fovy_deg: float, device=None) -> Cameras:
+    """n cameras on the evaluation orbit: azimuth -180 + 17 + 360 k / n degrees (wrapped), looking at the origin."""
+    if n <= 0:
+        raise ValueError(f"eval_cameras: n must be positive, got {n}")
+    azimuth = -180.0 + EVAL_AZIMUTH_OFFSET + 360.0 * torch.arange(n, dtype=torch.float32) / n
+    azimuth = torch.remainder(azimuth + 180.0, 360.0) - 180.0
+    elevation_t = torch.full((n,), float(elevation))
+    distance_t = torch.full((n,), float(distance))
+    c2w = look_at(camera_position(elevation_t, azimuth, distance_t))
+    cams = Cameras(c2w, torch.full((n,), math.radians(fovy_deg)), elevation_t, azimuth, distance_t)
+    return cams.to(device) if device is not None else cams
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise UserError(f"run folder '{run_dir}' does not exist: pass folders made by python -m dreamfusion")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml)")
+
+
+@torch.no_grad()
+def render_run(run_dir: Path, views: int, resolution: int, device: torch.device) -> tuple[str, Tensor]:
+    """(prompt, images [V, R, R, 3]) of a run: its last checkpoint on the evaluation orbit, white background."""
+    from .checkpoint import load_checkpoint
+    from .config import load_run_config
+    from .renderer import render_views_chunked
+    from .train import Trainer
+
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir)
+    cfg = load_run_config(run_dir / "config.yaml")
+    trainer = Trainer(cfg, run_dir, device)
+    trainer.load(load_checkpoint(run_dir, map_location=device), with_optimizer=False)
+    trainer.field.eval()
+    c = cfg.camera
+    cams = eval_cameras(views, c.eval_elevation, c.eval_distance, c.eval_fovy, device=device)
+    out = render_views_chunked(trainer.field, None, cams, resolution, resolution, n_samples=cfg.render.n_samples,
+                               views_per_chunk=1, background_kind="white")
+    return cfg.prompt, out["rgb"].clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def evaluate(run_dirs: list[Path], clip, views: int = 8, resolution: int | None = None,
+             device: torch.device | str = "cpu") -> tuple[dict, Tensor, Tensor]:
+    """(report, image_emb [R, V, D], text_emb [R, D]) for the runs, with a loaded FrozenCLIP ``clip``."""
+    device = torch.device(device)
+    side = resolution or clip.input_size
+    prompts, image_emb = [], []
+    for run_dir in run_dirs:
+        prompt, images = render_run(Path(run_dir), views, side, device)  # [V, H, W, 3]
+        prompts.append(prompt)
+        image_emb.append(clip.embed_images(images.permute(0, 3, 1, 2)))  # [V, D]
+    image_emb_t = torch.stack(image_emb)  # [R, V, D]
+    text_emb = clip.embed_text(prompts)  # [R, D]
+    scores = clip_scores(image_emb_t, text_emb)
+    per_run, mean_r = r_precision(image_emb_t, text_emb)
+    runs = [{"run": str(d), "prompt": p, "clip_score": float(s), "r_precision": float(r)}
+            for d, p, s, r in zip(run_dirs, prompts, scores.tolist(), per_run.tolist())]
+    report = {"views": views, "resolution": side, "unique_prompts": len(set(prompts)), "runs": runs,
+              "mean": {"clip_score": float(scores.mean()), "r_precision": mean_r}}
+    return report, image_emb_t, text_emb
+
+
+def format_table(report: dict) -> str:
+    """The report as an aligned text table, one row per run and a mean row."""
+    rows = [(r["run"], r["prompt"], f"{r['clip_score']:.2f}", f"{100 * r['r_precision']:.1f}") for r in report["runs"]]
+    rows.append(("mean", "", f"{report['mean']['clip_score']:.2f}", f"{100 * report['mean']['r_precision']:.1f}"))
+    header = ("run", "prompt", "CLIP score", "R-precision %")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    note = (f"{report['views']} views at {report['resolution']} px, {report['unique_prompts']} distinct prompt(s); "
+            f"chance R-precision is {100 / report['unique_prompts']:.1f} %")
+    return "\n".join(lines + [note])
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump, no SystemExit
+        raise UserError(f"eval: {message}; {USAGE}")
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = _Parser(prog="python -m dreamfusion eval", add_help=False)
+    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--clip-model", default=None)
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--resolution", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = parser.parse_args(argv)
+    if not args.runs:
+        raise UserError(f"eval needs at least one run folder; {USAGE}")
+    if not args.clip_model:
+        raise UserError("eval needs --clip-model ID_OR_FOLDER: a CLIP other than the guidance one, "
+                        "e.g. --clip-model openai/clip-vit-base-patch32 (or a local folder)")
+    if args.views <= 0:
+        raise UserError(f"--views must be positive, got {args.views}")
+    if args.resolution is not None and args.resolution <= 0:
+        raise UserError(f"--resolution must be positive, got {args.resolution}")
+    return args
+
+
+def cmd_eval(argv: list[str]) -> int:
+    """The ``eval`` subcommand; UserErrors propagate to the CLI (one line, exit status 2)."""
+    from .cli import _device
+    from .guidance.clip import FrozenCLIP
+
+    args = _parse(argv)
+    for run_dir in args.runs:  # fail before the model load
+        _check_run_dir(run_dir)
+    device = _device(args.device)
+    clip = FrozenCLIP.load(args.clip_model, device=device, role="evaluation")
+    report, _, _ = evaluate(args.runs, clip, args.views, args.resolution, device)
+    report = {"clip_model": args.clip_model, **report}
+    print(format_table(report), file=sys.stderr)
+    text = json.dumps(report, indent=2)
+    if args.json is None:
+        print(text)
+    else:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write --json '{args.json}' ({exc.strerror or exc})") from None
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
