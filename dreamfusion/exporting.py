@@ -58,8 +58,10 @@ def export_video(field, background, cfg: Config, run_dir: Path, device) -> Path:
     for name in e.video_panels:
         if name == "rgb":
             panels.append((out["rgb"].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
-        elif name == "normal":
-            panels.append(normals_to_rgb(out["normal"].cpu().numpy(), out["opacity"].cpu().numpy()))
+        elif name == "normal":  # the composited normal is premultiplied: unit normal over white by opacity
+            unit = torch.nn.functional.normalize(out["normal"], dim=-1).cpu().numpy()
+            alpha = out["opacity"].cpu().numpy()
+            panels.append((normals_to_rgb(unit) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8))
         else:
             panels.append(colorize_depth(out["depth"][..., 0].cpu().numpy(), out["opacity"][..., 0].cpu().numpy()))
     path = Path(run_dir) / "orbit.mp4"
