@@ -10,10 +10,30 @@ import torch
 
 from .errors import CheckpointError, UserError
 
-__all__ = ["CHECKPOINT", "make_run_dir", "save_checkpoint", "load_checkpoint", "atomic_write_text"]
+__all__ = ["CHECKPOINT", "check_output_dir", "make_run_dir", "save_checkpoint", "load_checkpoint",
+           "atomic_write_text"]
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 FORMAT = 1
+
+
+def _unwritable(output_dir: str, why: str) -> UserError:
+    return UserError(f"cannot write to output_dir '{output_dir}' ({why}): "
+                     f"pass a writable folder, e.g. output_dir=$HOME/dreamfusion-runs")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Fail fast, before a slow model load, when output_dir cannot hold a run folder; creates nothing.
+
+    Looks at the nearest existing ancestor: it must be a folder we may write into. (make_run_dir
+    still probes by writing: os.access says yes to root on a read-only mount.)
+    """
+    path = Path(output_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise _unwritable(output_dir, f"'{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _unwritable(output_dir, "Permission denied")
 
 
 def make_run_dir(output_dir: str, slug: str) -> Path:
@@ -29,31 +49,42 @@ def make_run_dir(output_dir: str, slug: str) -> Path:
                 break
             except FileExistsError:
                 continue
+        else:  # never reuse an existing run folder
+            raise FileExistsError(f"100 run folders named {slug}-{stamp}[-k] already exist")
         probe = run_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write to output_dir '{output_dir}' ({exc.strerror or exc}): "
-                        f"pass a writable folder, e.g. output_dir=$HOME/dreamfusion-runs") from None
+        raise _unwritable(output_dir, exc.strerror or str(exc)) from None
     return run_dir
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def _replace_atomically(path: Path, write) -> None:
+    """write(fh) into path.tmp, fsync, rename over path. On failure the old file stays and no .tmp is left."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:  # also Ctrl-C in the middle of a write
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write '{path}' ({exc.strerror or exc}): free some disk space or check the "
+                            f"folder's permissions; the previous file, if any, is intact") from None
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _replace_atomically(Path(path), lambda fh: fh.write(text.encode("utf-8")))
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
     """Write checkpoints/last.pt atomically (temp file, fsync, rename): a kill never leaves half a file."""
     path = Path(run_dir) / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save({"format": FORMAT, **state}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _replace_atomically(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
     return path
 
 
@@ -68,7 +99,12 @@ def load_checkpoint(run_dir: Path, map_location="cpu") -> dict:
                               f"the run stopped before its first checkpoint; start a new run instead")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or not a torch file
+    except Exception as exc:  # truncated, corrupt, not a torch file, or pickled objects weights_only refuses
+        refused = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if refused:
+            raise CheckpointError(f"checkpoint '{path}' holds pickled Python objects, not only tensors "
+                                  f"({refused[0][:160]}): refusing to load it, it could run code; "
+                                  f"use a checkpoint written by dreamfusion") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({first[:160]}): "
                               f"it is corrupt; start a new run or restore the file") from None

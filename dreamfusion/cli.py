@@ -60,7 +60,7 @@ def _device(name: str):
 
 
 def cmd_run(argv: list[str]) -> Path:
-    from .checkpoint import make_run_dir
+    from .checkpoint import check_output_dir, make_run_dir
     from .config import load_config, load_run_config, to_yaml
     from .guidance import build_guidance
     from .guidance.prompts import slugify
@@ -81,6 +81,8 @@ def cmd_run(argv: list[str]) -> Path:
     if resuming:
         trainer = Trainer(cfg, run_dir, device)
         trainer.resume()  # fails before the slow model load when the checkpoint is bad
+    else:
+        check_output_dir(cfg.output_dir)  # likewise for an output_dir that cannot hold the run folder
     guidance = build_guidance(cfg, device)  # fails (model not found) before anything is written
     if not resuming:
         run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt))

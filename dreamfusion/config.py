@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
 from typing import List, Optional
@@ -82,7 +82,7 @@ class FieldConfig:
     """Gaussians: largest scale up to which a Gaussian is cloned; larger ones are split in two."""
     gaussian_prune_opacity: float = 0.01
     """Gaussians: prune Gaussians whose opacity is below this."""
-    gaussian_prune_scale: float = 0.05
+    gaussian_prune_scale: float = 0.1
     """Gaussians: prune Gaussians whose largest scale exceeds this (0 disables)."""
     gaussian_max_count: int = 0
     """Gaussians: cap on the number of Gaussians densification may reach (0 = no cap)."""
@@ -369,6 +369,18 @@ def _omegaconf_error(exc: OmegaConfBaseException, origin: str) -> ConfigError:
     return ConfigError(f"bad config (in {origin}): {msg}")
 
 
+def _load_yaml(path: Path) -> DictConfig:
+    """A YAML mapping, or a one-line ConfigError (syntax error, unreadable, not a mapping)."""
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml syntax errors, unreadable files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot parse {path}: {first}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"cannot use {path}: its top level must be a mapping of keys (key: value), not a list")
+    return loaded
+
+
 def _merge(base: DictConfig, other, origin: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
@@ -376,11 +388,44 @@ def _merge(base: DictConfig, other, origin: str) -> DictConfig:
         raise _omegaconf_error(exc, origin) from None
 
 
-def _parse_overrides(overrides: list[str]) -> list[str]:
+def _string_keys(cls: type = Config, prefix: str = "") -> set[str]:
+    """Dotted keys whose type is str or Optional[str]: their override values are taken verbatim."""
+    out = set()
+    for f in fields(cls):
+        default = getattr(cls(), f.name)
+        if is_dataclass(default):
+            out |= _string_keys(type(default), prefix + f.name + ".")
+        elif f.type in ("str", "Optional[str]", str, Optional[str]):
+            out.add(prefix + f.name)
+    return out
+
+
+def _escape(value: str) -> str:
+    """OmegaConf would resolve '${...}' in a value; text from users is never an interpolation."""
+    return value.replace("${", "\\${")
+
+
+def _overrides_config(overrides: list[str]) -> DictConfig:
+    """key=value items -> a config. String keys keep their text exactly (a prompt such as 'yes', '007'
+    or 'a sign that says: hello' stays as typed); other values are read as YAML (numbers, lists, null)."""
+    strings = _string_keys()
+    verbatim, parsed = {}, []
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"cannot read argument '{item}': overrides are key=value, e.g. prompt=\"a red cube\"")
-    return overrides
+        key, value = item.split("=", 1)
+        if key in strings:
+            node = verbatim
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = _escape(value)
+        else:
+            parsed.append(item)
+    try:
+        return OmegaConf.merge(OmegaConf.create(verbatim), OmegaConf.from_dotlist(parsed))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot read overrides: {str(exc).splitlines()[0]}") from None
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None,
@@ -390,17 +435,9 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
     cfg = schema
     if name_or_path is not None or base is None:
         path = resolve_config_path(name_or_path or DEFAULT_CONFIG)
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:  # yaml syntax errors
-            raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
-        cfg = _merge(cfg, loaded, str(path))
+        cfg = _merge(cfg, _load_yaml(path), str(path))
     if overrides:
-        try:
-            dot = OmegaConf.from_dotlist(_parse_overrides(overrides))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"cannot read overrides: {str(exc).splitlines()[0]}") from None
-        cfg = _merge(cfg, dot, "command line")
+        cfg = _merge(cfg, _overrides_config(overrides), "command line")
     obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(obj)
     return obj
@@ -429,6 +466,24 @@ def validate(cfg: Config) -> None:
         value = _get(cfg, key)
         if len(value) != 2 or value[0] > value[1]:
             raise ConfigError(f"{key} must be [min, max] with min <= max, got {list(value)}")
+    for key in ("field.bound", "render.width", "export.texture_size", "export.video_resolution",
+                "guidance.vae_resolution", "guidance.prior_resolution", "guidance.prior_views"):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
+    if cfg.preview_every < 0:
+        raise ConfigError(f"preview_every must be >= 0 (0 disables previews), got {cfg.preview_every}")
+    for key in ("render.albedo_prob", "render.textureless_prob", "render.ambient"):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {_get(cfg, key)}")
+    if cfg.render.albedo_prob + cfg.render.textureless_prob > 1.0:
+        raise ConfigError("render.albedo_prob + render.textureless_prob must be <= 1")
+    betas = cfg.optim.betas
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(betas)}")
+    if cfg.camera.distance_range[0] <= 0:
+        raise ConfigError(f"camera.distance_range must be positive, got {list(cfg.camera.distance_range)}")
+    if not (0.0 < cfg.camera.fovy_range[0] and cfg.camera.fovy_range[1] < 180.0):
+        raise ConfigError(f"camera.fovy_range must lie in (0, 180) degrees, got {list(cfg.camera.fovy_range)}")
     g = cfg.guidance
     if not 0.0 < g.t_min <= g.t_max < 1.0:
         raise ConfigError(f"need 0 < guidance.t_min <= guidance.t_max < 1, got {g.t_min} and {g.t_max}")
@@ -438,11 +493,18 @@ def validate(cfg: Config) -> None:
 
 
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The resolved config as YAML; text values are escaped so '${' reads back as typed."""
+    def escaped(node):
+        if isinstance(node, dict):
+            return {k: escaped(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [escaped(v) for v in node]
+        return _escape(node) if isinstance(node, str) else node
+    return OmegaConf.to_yaml(OmegaConf.create(escaped(asdict(cfg))))
 
 
 def load_run_config(path: Path, overrides: list[str] | None = None) -> Config:
     """The resolved config.yaml of a run folder, with optional overrides on top."""
     schema = OmegaConf.structured(Config)
-    cfg = _merge(schema, OmegaConf.load(path), str(path))
+    cfg = _merge(schema, _load_yaml(Path(path)), str(path))
     return load_config(None, overrides, base=cfg)

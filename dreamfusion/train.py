@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 import time
@@ -110,8 +111,8 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
         self.step = int(state["step"])
-        self.generator.set_state(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["rng"].cpu())  # map_location may have moved the states
+        torch.set_rng_state(state["torch_rng"].cpu())
 
     def resume(self) -> None:
         self.load(load_checkpoint(self.run_dir, map_location=self.device))
@@ -174,7 +175,7 @@ class Trainer:
         except KeyboardInterrupt:
             self.save()
             raise Interrupted(f"interrupted at step {self.step} of {c.steps}; checkpoint saved; continue with: "
-                              f"python -m dreamfusion resume={self.run_dir} steps={c.steps}") from None
+                              f"python -m dreamfusion resume={shlex.quote(str(self.run_dir))} steps={c.steps}") from None
         finally:
             bar.close()
             metrics.close()

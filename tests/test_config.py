@@ -1,0 +1,233 @@
+"""Typed configuration: precedence, the shipped YAML files, and one-line errors that name the key.
+
+Oracles: the YAML files themselves (read with PyYAML, independently of OmegaConf), the dataclass
+defaults, the CHOICES table against each key's docstring, and to_yaml -> load_run_config round trips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+
+import pytest
+import yaml
+
+from dreamfusion.config import (CHOICES, CONFIG_DIR, Config, all_keys, available_configs, load_config,
+                                load_run_config, to_yaml)
+from dreamfusion.errors import ConfigError, UserError
+
+SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def error(name_or_path=None, overrides=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(name_or_path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# -- precedence and the shipped files --------------------------------------------------------------
+
+def test_defaults_then_yaml_then_overrides(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("seed: 3\nsteps: 7\nfield:\n  hidden_dim: 32\nguidance:\n  t_min: 0.1\n")
+    cfg = load_config(str(path), ["steps=9", "guidance.t_min=0.05", "camera.elevation_range=[0,30]"])
+    default = Config()
+    assert cfg.steps == 9 and cfg.guidance.t_min == 0.05  # the command line beats the file
+    assert cfg.seed == 3 and cfg.field.hidden_dim == 32  # the file beats the defaults
+    assert cfg.camera.elevation_range == [0.0, 30.0]
+    assert cfg.log_every == default.log_every and cfg.field.n_levels == default.field.n_levels
+    assert load_config(str(path), ["steps=9", "steps=11"]).steps == 11  # the last override wins
+
+
+def test_no_config_means_configs_dreamfusion_yaml():
+    by_path = load_config(str(CONFIG_DIR / "dreamfusion.yaml"))
+    assert load_config(None) == load_config("dreamfusion") == by_path
+
+
+def test_available_configs_are_the_files_in_configs():
+    assert available_configs() == [p.stem for p in SHIPPED]
+    assert {"demo", "dreamfusion"} <= set(available_configs())
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_config_loads_with_exactly_its_values(path):
+    written = leaves(yaml.safe_load(path.read_text()) or {})
+    keys = {k for k, _, _ in all_keys()}
+    assert set(written) <= keys, set(written) - keys
+    cfg = load_config(path.stem)
+    for key, _, default in all_keys():
+        expected = written.get(key, default)
+        value = get(cfg, key)
+        if isinstance(expected, float) or isinstance(value, float):
+            assert value == pytest.approx(expected), key
+        else:
+            assert value == expected, key
+
+
+@pytest.mark.parametrize("prompt", ["un cube rouge: très rouge # 1", "yes", "007", "[a cat]", 'say "hi"'])
+def test_yaml_round_trip_through_a_run_folder(tmp_path, prompt):
+    cfg = load_config("demo", ["export.threshold=2.5", "seed=7", "guidance.revision=main",
+                               "export.video_panels=[rgb,normal,depth]"])
+    cfg.prompt = prompt  # YAML-looking text must come back as the same string
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    assert load_run_config(tmp_path / "config.yaml") == cfg
+    again = load_run_config(tmp_path / "config.yaml", ["steps=900"])
+    assert again.steps == 900 and again.prompt == prompt and again.field == cfg.field
+
+
+@pytest.mark.parametrize("prompt", ["a sign that says: hello", "yes", "007", "a cat # cute", "[a cat]", '"a" b',
+                                    "a ${x} cube"])
+def test_string_overrides_are_taken_verbatim(prompt):
+    assert load_config(None, [f"prompt={prompt}"]).prompt == prompt
+
+
+# -- errors that name the key ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, named, close", [
+    ("feild.type=nerf", "feild", "field"),
+    ("stepz=3", "stepz", "steps"),
+    ("guidance.modle=x", "guidance.modle", "guidance.model"),
+    ("render.with=32", "render.with", "render.width"),
+    ("camera.elevation=10", "camera.elevation", "camera.elevation_range"),
+])
+def test_unknown_key_names_it_and_a_close_match(override, named, close):
+    message = error(None, [override])
+    assert message.startswith(f"unknown config key '{named}'; did you mean ")
+    suggestions = message.split("did you mean ", 1)[1].split("?")[0].split(" or ")
+    assert close in suggestions
+    assert message.endswith("(in command line)")
+
+
+def test_unknown_key_without_a_close_match_points_to_help():
+    assert error(None, ["zzzz=1"]) == "unknown config key 'zzzz'; see --help for the keys (in command line)"
+
+
+def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("steps: 5\nguidance:\n  modle: x\n")
+    message = error(str(path))
+    assert "unknown config key 'guidance.modle'" in message and "guidance.model" in message
+    assert f"(in {path})" in message
+
+
+@pytest.mark.parametrize("override, key", [
+    ("steps=abc", "steps"), ("steps=1.5", "steps"), ("seed=1e3", "seed"), ("field.bound=abc", "field.bound"),
+    ("render.perturb=maybe", "render.perturb"), ("camera.elevation_range=5", "camera.elevation_range"),
+    ("export.video_panels=rgb", "export.video_panels"),
+])
+def test_wrong_type_names_the_key(override, key):
+    assert error(None, [override]).startswith(f"bad value for '{key}' (in command line)")
+
+
+def test_wrong_type_in_a_yaml_file_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("steps: abc\n")
+    assert error(str(path)).startswith(f"bad value for 'steps' (in {path})")
+
+
+def test_missing_config_and_bare_words():
+    message = error("no-such-config")
+    assert message.startswith("config 'no-such-config' not found: use one of ")
+    assert all(name in message for name in available_configs())
+    assert "key=value" in error(None, ["steps"])
+
+
+def test_yaml_syntax_error_is_a_config_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("steps: [1, 2\n")
+    assert error(str(path)).startswith(f"cannot parse {path}")
+
+
+# -- values ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_choice_keys_list_their_choices_and_accept_each(key):
+    allowed = CHOICES[key]
+    assert error(None, [f"{key}=foo"]) == f"bad value 'foo' for '{key}': choose one of {', '.join(allowed)}"
+    for value in allowed:
+        assert get(load_config(None, [f"{key}={value}"]), key) == value
+    doc = {k: d for k, d, _ in all_keys()}[key]
+    assert all(value in doc for value in allowed), (key, doc)  # --help documents every choice
+
+
+@pytest.mark.parametrize("key", ["camera.elevation_range", "camera.azimuth_range", "camera.distance_range",
+                                 "camera.fovy_range"])
+def test_ranges_are_min_max_pairs(key):
+    assert error(None, [f"{key}=[50,10]"]) == f"{key} must be [min, max] with min <= max, got [50.0, 10.0]"
+    assert key in error(None, [f"{key}=[1,2,3]"])
+    assert get(load_config(None, [f"{key}=[2.5,2.5]"]), key) == [2.5, 2.5]  # a fixed value is a range too
+
+
+@pytest.mark.parametrize("t_min, t_max", [(0.0, 0.98), (0.5, 0.4), (0.02, 1.0), (-0.1, 0.5)])
+def test_diffusion_time_range(t_min, t_max):
+    message = error(None, [f"guidance.t_min={t_min}", f"guidance.t_max={t_max}"])
+    assert "guidance.t_min" in message and "guidance.t_max" in message
+
+
+@pytest.mark.parametrize("key", ["steps", "checkpoint_every", "log_every", "render.width", "render.height",
+                                 "render.n_samples", "camera.batch_size", "export.resolution",
+                                 "export.video_frames", "export.video_fps"])
+@pytest.mark.parametrize("value", [0, -2])
+def test_counts_must_be_positive(key, value):
+    message = error(None, [f"{key}={value}"])
+    assert message.startswith(key) and "positive" in message and str(value) in message
+
+
+def test_video_panels_are_checked():
+    assert error(None, ["export.video_panels=[rgb,foo]"]).startswith("bad export.video_panels entry 'foo'")
+    assert load_config(None, ["export.video_panels=[depth,rgb]"]).export.video_panels == ["depth", "rgb"]
+
+
+@pytest.mark.parametrize("override", [
+    "field.bound=0", "optim.betas=[0.9]", "optim.betas=[0.9,1.5]", "preview_every=-1", "render.albedo_prob=2",
+    "export.texture_size=0", "export.video_resolution=0", "camera.distance_range=[-1,0]",
+    "camera.fovy_range=[0,200]", "guidance.vae_resolution=0",
+])
+def test_out_of_range_values_are_config_errors(override):
+    error(None, [override])
+
+
+def test_yaml_that_is_not_a_mapping_is_a_config_error(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- steps\n- 5\n")
+    error(str(path))
+
+
+# -- documentation -----------------------------------------------------------------------------------
+
+def test_every_key_has_a_one_line_docstring():
+    keys = all_keys()
+    assert len(keys) == len({k for k, _, _ in keys}) > 50
+    for key, doc, _ in keys:
+        assert doc.strip() and "\n" not in doc and doc == doc.strip(), key
+
+
+def test_all_keys_covers_every_dataclass_field():
+    def walk(cls, prefix=""):
+        for f in fields(cls):
+            default = getattr(cls(), f.name)
+            yield from walk(type(default), prefix + f.name + ".") if is_dataclass(default) else [prefix + f.name]
+
+    assert [k for k, _, _ in all_keys()] == list(walk(Config))
+
+
+def test_config_error_is_a_user_error():
+    assert issubclass(ConfigError, UserError)
