@@ -407,7 +407,8 @@ def _escape(value: str) -> str:
 
 def _overrides_config(overrides: list[str]) -> DictConfig:
     """key=value items -> a config. String keys keep their text exactly (a prompt such as 'yes', '007'
-    or 'a sign that says: hello' stays as typed); other values are read as YAML (numbers, lists, null)."""
+    or 'a sign that says: hello' stays as typed; one pair of quotes around the whole value is removed);
+    other values are read as YAML (numbers, lists, null)."""
     strings = _string_keys()
     verbatim, parsed = {}, []
     for item in overrides:
@@ -415,6 +416,8 @@ def _overrides_config(overrides: list[str]) -> DictConfig:
             raise ConfigError(f"cannot read argument '{item}': overrides are key=value, e.g. prompt=\"a red cube\"")
         key, value = item.split("=", 1)
         if key in strings:
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]  # prompt='a cat' written for a launcher that passes the quotes on
             node = verbatim
             *parents, leaf = key.split(".")
             for part in parents:
