@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..config import GuidanceConfig
 from ..errors import ModelNotFoundError, UserError
+from .fastpaths import apply_fast_paths, resolve_dtype
 from .prompts import view_label, view_prompts
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -116,10 +117,17 @@ class StableDiffusion:
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, revision: str | None = None, device: str | torch.device = "cpu",
              half_precision: bool = True, prompt: str = "", negative_prompt: str = "",
-             view_dependent: bool = True, vae_resolution: int = 512) -> "StableDiffusion":
-        """Load from a hub id or a local folder; fp16 on CUDA when half_precision, fp32 otherwise."""
+             view_dependent: bool = True, vae_resolution: int = 512,
+             fast_paths: GuidanceConfig | None = None) -> "StableDiffusion":
+        """Load from a hub id or a local folder; fp16 on CUDA when half_precision, fp32 otherwise.
+
+        ``fast_paths`` (the run's GuidanceConfig) sets dtype, channels_last, attention and compile
+        (guidance/fastpaths.py); None keeps the defaults (dtype auto, sdpa attention).
+        """
         if not prompt or not prompt.strip():
             raise UserError('prompt is empty: pass prompt="..."')
+        fast = fast_paths if fast_paths is not None else GuidanceConfig()
+        dtype = resolve_dtype(fast.dtype, half_precision, device)  # before any file or hub access
         source, local = _resolve_model(model)
         kwargs = {}
         if not local:
@@ -133,7 +141,6 @@ class StableDiffusion:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         device = torch.device(device)
-        dtype = torch.float16 if (half_precision and device.type == "cuda") else torch.float32
         parts = {}
         for sub, loader, extra in (("tokenizer", CLIPTokenizer, {}), ("text_encoder", CLIPTextModel, {}),
                                    ("unet", UNet2DConditionModel, {"torch_dtype": dtype}),
@@ -149,9 +156,11 @@ class StableDiffusion:
                 else:
                     why = f"cannot load guidance model '{model}' from the hub: {_first_line(exc)}"
                 raise ModelNotFoundError(f"{why}; {_how_to_get(model)}") from exc
-        return cls(parts["tokenizer"], parts["text_encoder"], parts["unet"], parts["vae"], parts["scheduler"],
-                   device=device, dtype=dtype, prompt=prompt, negative_prompt=negative_prompt,
-                   view_dependent=view_dependent, vae_resolution=vae_resolution)
+        sd = cls(parts["tokenizer"], parts["text_encoder"], parts["unet"], parts["vae"], parts["scheduler"],
+                 device=device, dtype=dtype, prompt=prompt, negative_prompt=negative_prompt,
+                 view_dependent=view_dependent, vae_resolution=vae_resolution)
+        apply_fast_paths(sd.unet, sd.vae, fast, device)
+        return sd
 
     def _warn_if_truncated(self, texts: dict[str, str]) -> None:
         """One stderr line when the longest text exceeds the text encoder's window (it is cut, not an error)."""

@@ -1,0 +1,282 @@
+"""Time one SDS training step part by part, against the floor of one UNet forward at batch 2.
+
+    python benchmarks/sds_step.py --model full --device cuda --dtype fp16 --channels-last   # a GPU
+    python benchmarks/sds_step.py --model tiny --device cpu                                  # CPU, tiny SD
+    python benchmarks/sds_step.py --model full --device cpu --floor-only --iters 1 --warmup 0
+
+The step is the one ``Trainer.fit`` runs with the default config: sample B cameras, render the hash-grid
+NeRF at 64x64 (128 samples per ray, learned background), SDS on Stable Diffusion (resize to the VAE
+resolution, VAE encode with gradient, UNet forward on [uncond, cond] = batch 2B, the rule), backward,
+Adam. ``--model full`` builds SD 1.5's UNet / VAE / text encoder from benchmarks/configs/ with random
+weights (the real model's cost, no download); ``--model tiny`` the test fixture's tiny components.
+
+Phases, all after ``--warmup`` untimed steps: (1) ``--iters`` instrumented steps with a device sync
+around each part, (2) ``--iters`` plain steps synced once per step (the step time and it/s reported),
+(3) the floor: ``--iters`` UNet forwards at batch 2 on latents of the step's size, same dtype and
+switches. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from dreamfusion.config import CameraConfig, FieldConfig, GuidanceConfig, OptimConfig  # noqa: E402
+from dreamfusion.fields import build_background, build_field  # noqa: E402
+from dreamfusion.guidance import SDSGuidance  # noqa: E402
+from dreamfusion.renderer import render_views  # noqa: E402
+from render.cameras import Cameras, sample_cameras  # noqa: E402
+from render.shading import random_light_dirs  # noqa: E402
+from sd_models import build_stable_diffusion  # noqa: E402
+
+PARTS = ("render", "encode", "unet", "sds_rule", "backward", "optimizer")
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo with the thread count torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+class Clock:
+    """perf_counter after a device sync (CUDA work is asynchronous: without the sync a time is a launch time)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+class TimedPredictor:
+    """Wraps StableDiffusion: same encode / predict_noise, each timed into ``times`` when ``on``."""
+
+    def __init__(self, sd, clock: Clock):
+        self.sd, self.clock, self.on = sd, clock, False
+        self.alphas_cumprod = sd.alphas_cumprod
+        self.times: dict[str, float] = {}
+
+    def _timed(self, name, fn, *args):
+        if not self.on:
+            return fn(*args)
+        t0 = self.clock()
+        out = fn(*args)
+        self.times[name] = self.clock() - t0
+        return out
+
+    def encode(self, images):
+        return self._timed("encode", self.sd.encode, images)
+
+    def predict_noise(self, x_t, t, cameras):
+        return self._timed("unet", self.sd.predict_noise, x_t, t, cameras)
+
+
+class Step:
+    """One training step of the default NeRF + SDS run (Trainer.fit's body, minus logging)."""
+
+    def __init__(self, args, device: torch.device, fast: GuidanceConfig):
+        self.args, self.device = args, device
+        self.generator = torch.Generator("cpu").manual_seed(0)
+        self.field = build_field(FieldConfig(), device)
+        self.background = build_background("learned", device)
+        optim = OptimConfig()
+        groups = self.field.param_groups(optim) + self.background.param_groups(optim)
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(optim.betas), eps=optim.eps)
+        self.clock = Clock(device)
+        self.sd = build_stable_diffusion(args.model, device, fast, vae_resolution=args.vae_resolution)
+        self.predictor = TimedPredictor(self.sd, self.clock)
+        self.guidance = SDSGuidance(self.predictor, fast)
+        self.cameras = CameraConfig()
+        self.step = 0
+
+    def __call__(self, timed: bool) -> dict[str, float]:
+        a, c, clock = self.args, self.cameras, self.clock
+        self.predictor.on = timed
+        t = {"start": clock() if timed else 0.0}
+        cams = sample_cameras(a.batch, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range,
+                              generator=self.generator)
+        cams = Cameras(*(x.to(self.device) for x in cams))
+        light_dirs = random_light_dirs(cams.c2w[:, :3, 3], self.generator) if a.shading != "albedo" else None
+        out = render_views(self.field, self.background, cams, a.height, a.width, n_samples=a.n_samples,
+                           perturb=True, shading=a.shading, light_dirs=light_dirs, background_kind="learned",
+                           generator=self.generator)
+        if timed:
+            t["render"] = clock()
+        terms = self.guidance(out["rgb"], cams, self.step, 10000, generator=self.generator)
+        if timed:
+            t["guidance"] = clock()
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss_sds"].backward()
+        if timed:
+            t["backward"] = clock()
+        self.optimizer.step()
+        self.step += 1
+        end = clock()
+        if not timed:
+            return {}
+        guidance = t["guidance"] - t["render"]
+        parts = {"render": t["render"] - t["start"], **self.predictor.times,
+                 "backward": t["backward"] - t["guidance"], "optimizer": end - t["backward"]}
+        parts["sds_rule"] = guidance - parts["encode"] - parts["unet"]
+        return parts
+
+
+def latent_shape(sd) -> tuple[int, ...]:
+    """[1, 4, h, w]: the latents the VAE makes of one render at sd.vae_resolution."""
+    with torch.no_grad():
+        return tuple(sd.encode(torch.zeros(1, 8, 8, 3, device=sd.device)).shape)
+
+
+class Floor:
+    """The UNet forward at batch 2 (uncond + cond of one front view) on latents of the step's size."""
+
+    def __init__(self, sd):
+        self.sd = sd
+        self.x_t = torch.randn(latent_shape(sd), device=sd.device)
+        self.t = torch.tensor([500], device=sd.device)
+        self.cams = sample_cameras(1, [0, 0], [0, 0], [1.5, 1.5], [50, 50], device=sd.device)
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        self.sd.predict_noise(self.x_t, self.t, self.cams)
+
+
+def ms_stats(values: list[float], cpu: list[float] | None = None) -> dict[str, float]:
+    """Wall-clock statistics in ms; with ``cpu`` (process CPU seconds per iteration) also the share of the
+    threads' capacity this process got, cpu / (threads x wall): well below 1 means other processes held the cores."""
+    out = {"mean": 1e3 * statistics.fmean(values), "median": 1e3 * statistics.median(values),
+           "min": 1e3 * min(values), "n": len(values)}
+    if cpu is not None:
+        out["cpu_share"] = sum(cpu) / (torch.get_num_threads() * sum(values))
+    return out
+
+
+def run(args) -> dict:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    fast = GuidanceConfig(dtype=args.dtype, channels_last=args.channels_last, attention=args.attention,
+                          compile=args.compile, half_precision=True)
+    clock = Clock(device)
+    t0 = time.perf_counter()
+    if args.floor_only:  # only the diffusion model: no field, no optimizer
+        step, sd = None, build_stable_diffusion(args.model, device, fast, vae_resolution=args.vae_resolution)
+    else:
+        step = Step(args, device, fast)
+        sd = step.sd
+    floor_call = Floor(sd)
+    build_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    result = {"benchmark": "sds_step", "model": args.model, "device": device_name(device), "device_type": device.type,
+              "torch": torch.__version__, "dtype": str(sd.dtype).replace("torch.", ""),
+              "fast_paths": {"channels_last": args.channels_last, "attention": args.attention, "compile": args.compile},
+              "batch": args.batch, "render": f"{args.height}x{args.width}x{args.n_samples}",
+              "vae_resolution": args.vae_resolution, "latents": list(floor_call.x_t.shape), "shading": args.shading,
+              "warmup": args.warmup, "iters": args.iters, "build_s": round(build_s, 1), "date": args.date,
+              "threads": torch.get_num_threads(), "loadavg_1min_at_start": os.getloadavg()[0]}
+    if step is not None:
+        for _ in range(args.warmup):
+            step(timed=False)
+        parts = {name: [] for name in PARTS}
+        for _ in range(args.iters):
+            for name, value in step(timed=True).items():
+                parts[name].append(value)
+        whole, whole_cpu = [], []
+        for _ in range(args.iters):
+            start, cpu = clock(), time.process_time()
+            step(timed=False)
+            whole.append(clock() - start)
+            whole_cpu.append(time.process_time() - cpu)
+        result["parts_ms"] = {name: ms_stats(values) for name, values in parts.items()}
+        result["step_ms"] = ms_stats(whole, whole_cpu if device.type == "cpu" else None)
+        result["it_per_s"] = 1e3 / result["step_ms"]["mean"]
+
+    for _ in range(args.warmup):
+        floor_call()
+    floor, floor_cpu = [], []
+    for _ in range(args.iters):
+        start, cpu = clock(), time.process_time()
+        floor_call()
+        floor.append(clock() - start)
+        floor_cpu.append(time.process_time() - cpu)
+    result["floor_ms"] = ms_stats(floor, floor_cpu if device.type == "cpu" else None)
+    if step is not None:
+        result["ratio_to_floor"] = result["step_ms"]["mean"] / result["floor_ms"]["mean"]
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return result
+
+
+def print_table(r: dict) -> None:
+    floor = r["floor_ms"]["mean"]
+    print(f"# sds_step  model={r['model']}  device={r['device']}  dtype={r['dtype']}  fast={r['fast_paths']}")
+    print(f"# batch={r['batch']}  render={r['render']}  vae={r['vae_resolution']}  latents={r['latents']}  "
+          f"warmup={r['warmup']}  iters={r['iters']}")
+    print(f"{'part':<22}{'mean ms':>11}{'median ms':>11}{'x floor':>9}")
+    rows = [(name, r["parts_ms"][name]) for name in PARTS] if "parts_ms" in r else []
+    if rows:
+        rows.append(("sum of parts", {"mean": sum(v["mean"] for _, v in rows),
+                                      "median": sum(v["median"] for _, v in rows)}))
+        rows.append(("step (unsynced parts)", r["step_ms"]))
+    rows.append(("floor: UNet fwd, bs 2", r["floor_ms"]))
+    for name, s in rows:
+        print(f"{name:<22}{s['mean']:>11.1f}{s['median']:>11.1f}{s['mean'] / floor:>9.2f}")
+    if "it_per_s" in r:
+        print(f"it/s {r['it_per_s']:.3f}   step / floor {r['ratio_to_floor']:.2f}")
+    for key in ("step_ms", "floor_ms"):
+        if "cpu_share" in r.get(key, {}):
+            print(f"{key[:-3]}: this process got {100 * r[key]['cpu_share']:.0f} % of {r['threads']} threads' CPU time")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", choices=("full", "tiny"), default="tiny", help="full: SD 1.5 sizes; tiny: test-sized")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch", type=int, default=1, help="views per step (UNet batch is twice this)")
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--n-samples", type=int, default=128, help="samples per ray")
+    p.add_argument("--vae-resolution", type=int, default=None,
+                   help="resize before the VAE (default 512 full -> 64x64 latents; 128 tiny -> 64x64 latents)")
+    p.add_argument("--shading", choices=("albedo", "lambertian", "textureless"), default="albedo",
+                   help="albedo (warm-up) or a lit shading, which adds the normals' double backward")
+    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto", help="guidance.dtype")
+    p.add_argument("--channels-last", action="store_true", help="guidance.channels_last")
+    p.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa", help="guidance.attention")
+    p.add_argument("--compile", action="store_true", help="guidance.compile (warm-up absorbs compilation)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--iters", type=int, default=10, help="timed steps per phase")
+    p.add_argument("--floor-only", action="store_true", help="only the UNet floor (e.g. the full model on CPU)")
+    p.add_argument("--date", default=time.strftime("%Y-%m-%d"), help="date recorded in the JSON line")
+    args = p.parse_args(argv)
+    if args.vae_resolution is None:
+        args.vae_resolution = 512 if args.model == "full" else 128
+    result = run(args)
+    print_table(result)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

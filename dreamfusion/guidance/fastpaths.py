@@ -1,0 +1,83 @@
+"""Speed switches of the frozen Stable Diffusion, each with a plain twin that tests compare it against.
+
+    guidance.dtype          auto | fp32 | fp16 | bf16   weights and activations of the UNet and VAE
+    guidance.channels_last  bool                        NHWC weights (tensor-core convolutions prefer it)
+    guidance.attention      sdpa | classic              fused torch SDPA vs explicit softmax(QK^T / sqrt(d)) V
+    guidance.compile        bool                        torch.compile of the UNet
+
+Precision is whole-model (weights cast once at load, as threestudio and stable-dreamfusion run SD),
+not ``torch.autocast``: autocast would re-cast the 860M UNet weights on every forward. The SDS rule
+itself always runs in fp32 (``SDSGuidance`` upcasts the latents and noise predictions), so only the
+network's own rounding differs. fp16 is CUDA-only (CPU fp16 kernels are slow reference code); bf16
+runs anywhere but is only fast on CPUs with native bf16 (AVX512-BF16 / AMX): on this project's AVX2
+test CPU it is ~25x slower than fp32 (docs/BENCHMARKS.md).
+
+Two things that look like fast paths and are not switches here:
+- Text embeddings are already computed once at load (``StableDiffusion.__init__``): per step there is
+  no text encoder call, only a gather of the cached [1, 77, D] rows per camera view label.
+- Rendering latents directly (Latent-NeRF) needs a 4-channel field output and renderer; it is not
+  implemented (docs/BENCHMARKS.md, "Not done").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import GuidanceConfig
+from ..errors import ConfigError
+
+__all__ = ["DTYPES", "resolve_dtype", "set_attention", "apply_fast_paths"]
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, half_precision: bool, device: str | torch.device) -> torch.dtype:
+    """The torch dtype of the UNet and VAE for ``guidance.dtype`` on ``device``.
+
+    auto: fp16 on CUDA when ``half_precision`` (the long-standing default), fp32 otherwise.
+    fp32 / fp16 / bf16: that dtype; fp16 raises ConfigError off CUDA.
+    """
+    device = torch.device(device)
+    if dtype == "auto":
+        return torch.float16 if (half_precision and device.type == "cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"bad value '{dtype}' for 'guidance.dtype': choose one of auto, {', '.join(DTYPES)}")
+    if dtype == "fp16" and device.type != "cuda":
+        raise ConfigError(f"guidance.dtype=fp16 needs a CUDA device, got {device}: use guidance.dtype=fp32 "
+                          f"(or bf16 on a CPU with native bf16)")
+    return DTYPES[dtype]
+
+
+def set_attention(module: nn.Module, kind: str) -> None:
+    """Give every attention layer of a diffusers model the ``sdpa`` or ``classic`` processor (in place).
+
+    sdpa = ``AttnProcessor2_0`` (``F.scaled_dot_product_attention``: flash / memory-efficient kernels on
+    CUDA, never materialises the [tokens x tokens] matrix there); classic = ``AttnProcessor``
+    (``baddbmm`` + softmax + ``bmm``). Same maths: outputs agree to float rounding.
+    """
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    processors = {"sdpa": AttnProcessor2_0, "classic": AttnProcessor}
+    if kind not in processors:
+        raise ConfigError(f"bad value '{kind}' for 'guidance.attention': choose one of {', '.join(processors)}")
+    if module.attn_processors:  # a model without attention layers has nothing to set
+        module.set_attn_processor(processors[kind]())
+
+
+def apply_fast_paths(unet: nn.Module, vae: nn.Module, cfg: GuidanceConfig, device: str | torch.device) -> None:
+    """Apply ``cfg``'s attention, memory-format and compile switches to a loaded UNet and VAE, in place.
+
+    The modules must already be on ``device`` in their final dtype (``resolve_dtype`` picks it at load);
+    none of the current switches depends on the device, so ``device`` is only part of the contract.
+    """
+    set_attention(unet, cfg.attention)
+    set_attention(vae, cfg.attention)
+    if cfg.channels_last:
+        # Only 4-D parameters (convolution kernels) change layout; module outputs then come out NHWC,
+        # which every later op (chunk, float, arithmetic) accepts. Values are unchanged.
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        # nn.Module.compile compiles in place: `unet` keeps its type, .config and .dtype.
+        unet.compile()
