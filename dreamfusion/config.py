@@ -58,9 +58,9 @@ class FieldConfig:
     """Tri-plane: feature channels per plane."""
     triplane_aggregation: str = "sum"
     """Tri-plane: how the three plane features combine: sum (EG3D), product or concat."""
-    gaussian_count: int = 5000
+    gaussian_count: int = 3000
     """Gaussians: number of Gaussians at init (DreamGaussian: 5000)."""
-    gaussian_init_radius: float = 0.5
+    gaussian_init_radius: float = 0.8
     """Gaussians: radius of the ball the means are drawn in."""
     gaussian_init_opacity: float = 0.1
     """Gaussians: opacity at init."""
@@ -80,11 +80,11 @@ class FieldConfig:
     """Gaussians: mean view-space (NDC) gradient norm of a mean above which it is cloned or split."""
     gaussian_dense_scale: float = 0.005
     """Gaussians: largest scale up to which a Gaussian is cloned; larger ones are split in two."""
-    gaussian_prune_opacity: float = 0.01
+    gaussian_prune_opacity: float = 0.05
     """Gaussians: prune Gaussians whose opacity is below this."""
     gaussian_prune_scale: float = 0.1
     """Gaussians: prune Gaussians whose largest scale exceeds this (0 disables)."""
-    gaussian_max_count: int = 0
+    gaussian_max_count: int = 8000
     """Gaussians: cap on the number of Gaussians densification may reach (0 = no cap)."""
 
 
@@ -190,11 +190,11 @@ class OptimConfig:
     """Adam learning rate of the tri-plane feature planes."""
     background_lr: float = 0.001
     """Adam learning rate of the learned background."""
-    gaussian_position_lr: float = 0.001
+    gaussian_position_lr: float = 0.005
     """Gaussians: Adam learning rate of the means at step 0."""
-    gaussian_position_lr_final: float = 0.00002
+    gaussian_position_lr_final: float = 0.0002
     """Gaussians: learning rate of the means after gaussian_position_lr_steps (log-linear decay)."""
-    gaussian_position_lr_steps: int = 300
+    gaussian_position_lr_steps: int = 600
     """Gaussians: steps over which the means' learning rate decays."""
     gaussian_color_lr: float = 0.01
     """Gaussians: learning rate of the SH colour coefficients (higher degrees at 1/20 of it)."""

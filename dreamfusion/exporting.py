@@ -77,6 +77,9 @@ def export_run(field, background, cfg: Config, run_dir: Path, device) -> tuple[d
     field.eval()
     written: dict[str, Path] = {}
     errors: list[str] = []
+    if hasattr(field, "sh_dc"):  # Gaussian splats: the standard 3DGS .ply (SuperSplat, `dreamfusion view`)
+        from .export.ply import write_ply
+        written["splats"] = write_ply(Path(run_dir) / "splats.ply", field)
     for name, job in (("mesh", lambda: export_mesh(field, cfg, run_dir)),
                       ("video", lambda: {"video": export_video(field, background, cfg, run_dir, device)})):
         try:

@@ -13,19 +13,21 @@ from ..config import FieldConfig
 from ..errors import ConfigError
 from .background import LearnedBackground, build_background, solid_background
 from .hashgrid import HashGrid, make_hashgrid
+from .gaussian import GaussianField
 from .nerf import NeRFField
+from .triplane import TriplaneField
 
-__all__ = ["build_field", "NeRFField", "HashGrid", "make_hashgrid",
+__all__ = ["build_field", "NeRFField", "TriplaneField", "GaussianField", "HashGrid", "make_hashgrid",
            "LearnedBackground", "build_background", "solid_background"]
 
-_PLANNED = ("triplane", "gaussian")
+_PLANNED: tuple[str, ...] = ()
 
 
 def build_field(cfg: FieldConfig, device: torch.device | str = "cpu") -> nn.Module:
     """The field named by ``cfg.type``, on ``device``."""
-    fields = {"nerf": NeRFField}
+    fields = {"nerf": NeRFField, "triplane": TriplaneField, "gaussian": GaussianField}
     if cfg.type in _PLANNED:
         raise ConfigError(f"field.type={cfg.type} is not available yet; use field.type=nerf")
     if cfg.type not in fields:
-        raise ConfigError(f"bad value '{cfg.type}' for 'field.type': choose one of nerf, {', '.join(_PLANNED)}")
+        raise ConfigError(f"bad value '{cfg.type}' for 'field.type': choose one of {', '.join([*fields, *_PLANNED])}")
     return fields[cfg.type](cfg, device)

@@ -1,0 +1,339 @@
+"""3D Gaussian field (Kerbl et al. 2023; DreamGaussian, arXiv 2309.16653): splats optimised by the guidance.
+
+Parameters (stored before activation, the .ply convention):
+    means [N,3], log_scales [N,3] (scale = exp), quats [N,4] (w first, normalised at use),
+    opacity_logits [N] (opacity = sigmoid), sh_dc [N,3] (colour = 0.5 + 0.28209479 sh_dc),
+    sh_rest [N,K-1,3] only when gaussian_sh_degree > 0.
+
+Rendering goes through ``render.gaussians.rasterize_gaussians`` (``render`` has the renderer.py contract).
+Shading: Gaussians have no surface normal, so the 'lambertian' and 'textureless' modes of the
+DreamFusion schedule render albedo (use render.albedo_prob=1 with Gaussians; DreamGaussian does).
+
+Adaptive density control (3DGS §5.2), every ``gaussian_densify_every`` steps from ``gaussian_densify_start``
+to ``gaussian_densify_stop``: Gaussians whose mean view-space (NDC) gradient exceeds the threshold are
+cloned when small (largest scale <= gaussian_dense_scale) or split in two when large (children sampled
+from the parent, scales / 1.6); then those with opacity < gaussian_prune_opacity or largest scale >
+gaussian_prune_scale are pruned. The parameters are replaced by resized ones, in the optimizer passed
+to ``after_step`` too (its param_groups and Adam moments are updated in place; new rows start with zero
+moments). The running statistics are buffers, so they are checkpointed, and ``load_state_dict`` accepts
+a checkpoint with any Gaussian count (it resizes in place, keeping the optimizer's references valid).
+
+As a volume (mesh export): density(x) = sum_i o_i exp(-d_i^T Sigma_i^-1 d_i / 2) (cut at 3 sigma), and
+albedo(x) = the density-weighted mean colour; only Gaussians near a point are evaluated (a uniform grid of
+cells over the query points).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from render.cameras import Cameras
+from render.gaussians import ALPHA_MAX, SH_C0, quat_to_rotmat, rasterize_gaussians
+from render.rays import generate_rays
+
+from ..config import FieldConfig, OptimConfig
+from ..errors import ConfigError
+from .background import solid_background
+
+__all__ = ["GaussianField", "position_lr"]
+
+_PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
+_BUFFERS = ("grad_accum", "grad_count")
+_CUTOFF = 3.0  # density: Mahalanobis radius beyond which a Gaussian contributes nothing
+_PAIR_BUDGET = 1 << 22  # density: point x Gaussian pairs evaluated per batch
+
+
+def position_lr(step: int, lr_init: float, lr_final: float, decay_steps: int) -> float:
+    """Learning rate of the means: log-linear from lr_init at step 0 to lr_final at decay_steps, then constant
+    (3DGS's exponential schedule without its delay)."""
+    if decay_steps <= 0:
+        return lr_final
+    t = min(max(step / decay_steps, 0.0), 1.0)
+    return lr_init * (lr_final / lr_init) ** t
+
+
+def _ball(n: int, radius: float, device) -> Tensor:
+    """n points uniform in the ball of ``radius`` (torch's global generator)."""
+    d = torch.randn(n, 3, device=device)
+    d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return d * radius * torch.rand(n, 1, device=device) ** (1.0 / 3.0)
+
+
+def _neighbour_distance(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
+    """Mean distance [N] of each point to its k nearest neighbours (brute force, in chunks)."""
+    k = min(k, points.shape[0] - 1)
+    if k < 1:
+        return torch.full((points.shape[0],), 0.01, device=points.device)
+    out = []
+    for start in range(0, points.shape[0], chunk):
+        d = torch.cdist(points[start:start + chunk], points)
+        out.append(d.topk(k + 1, largest=False).values[:, 1:].mean(-1))  # drop the point itself
+    return torch.cat(out).clamp_min(1e-7)
+
+
+class GaussianField(nn.Module):
+    """N anisotropic 3D Gaussians; see the module docstring for parameters, rendering and densification."""
+
+    def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu"):
+        super().__init__()
+        if cfg.gaussian_count < 1 or cfg.gaussian_init_radius <= 0:
+            raise ConfigError(f"field.gaussian_count must be >= 1 and field.gaussian_init_radius > 0, got "
+                              f"{cfg.gaussian_count} and {cfg.gaussian_init_radius}")
+        if not 0.0 < cfg.gaussian_init_opacity < 1.0:
+            raise ConfigError(f"field.gaussian_init_opacity must be in (0, 1), got {cfg.gaussian_init_opacity}")
+        if cfg.gaussian_sh_degree not in (0, 1, 2, 3):
+            raise ConfigError(f"field.gaussian_sh_degree must be 0, 1, 2 or 3, got {cfg.gaussian_sh_degree}")
+        if cfg.gaussian_rasterizer not in ("auto", "torch", "gsplat"):
+            raise ConfigError(f"bad value '{cfg.gaussian_rasterizer}' for 'field.gaussian_rasterizer': "
+                              f"choose one of auto, torch, gsplat")
+        self.cfg = cfg
+        self.bound = float(cfg.bound)
+        self.sh_degree = int(cfg.gaussian_sh_degree)
+        self.rasterizer = cfg.gaussian_rasterizer
+        self._position_schedule: tuple[float, float, int] | None = None
+        self.volume_dilation = 0.02 * self.bound  # density(): Gaussians widened by this (grid sampling)
+        n = cfg.gaussian_count
+        means = _ball(n, cfg.gaussian_init_radius, device)
+        scale = (torch.full((n,), float(cfg.gaussian_init_scale), device=device) if cfg.gaussian_init_scale > 0
+                 else _neighbour_distance(means))
+        p = float(cfg.gaussian_init_opacity)
+        self.means = nn.Parameter(means)
+        self.log_scales = nn.Parameter(scale.log()[:, None].repeat(1, 3))
+        self.quats = nn.Parameter(torch.tensor([1.0, 0.0, 0.0, 0.0], device=device).repeat(n, 1))
+        self.opacity_logits = nn.Parameter(torch.full((n,), math.log(p / (1.0 - p)), device=device))
+        # random colours (not grey): splats of the background's colour would get no gradient to leave
+        self.sh_dc = nn.Parameter((torch.rand(n, 3, device=device) - 0.5) / SH_C0)
+        k = (self.sh_degree + 1) ** 2 - 1
+        self.sh_rest = nn.Parameter(torch.zeros(n, k, 3, device=device)) if k else None
+        self.register_buffer("grad_accum", torch.zeros(n, device=device))  # sum of |d loss / d means2d| (NDC)
+        self.register_buffer("grad_count", torch.zeros(n, device=device))  # views that saw each Gaussian
+
+    # -- activated values ---------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def scales(self) -> Tensor:  # [N, 3]
+        return self.log_scales.exp()
+
+    @property
+    def opacities(self) -> Tensor:  # [N]
+        return torch.sigmoid(self.opacity_logits)
+
+    @property
+    def base_colors(self) -> Tensor:  # [N, 3], the view-independent (DC) colour in [0, 1]
+        return (0.5 + SH_C0 * self.sh_dc).clamp(0.0, 1.0)
+
+    def _params(self) -> list[tuple[str, nn.Parameter]]:
+        return [(name, getattr(self, name)) for name in _PARAMS if getattr(self, name) is not None]
+
+    # -- rendering ----------------------------------------------------------------------------------
+    def render(self, cameras: Cameras, height: int, width: int, *, background=None, background_kind: str = "white",
+               shading: str = "albedo", light_dirs: Tensor | None = None, ambient: float = 0.1,
+               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """renderer.render_views' contract: rgb, opacity, depth, albedo (premultiplied), normal (None), dirs;
+        plus means2d [B,N,2] (gradient retained for densification) and radii [B,N]."""
+        if self.sh_degree == 0:
+            colors = (0.5 + SH_C0 * self.sh_dc).clamp_min(0.0)
+        else:
+            colors = torch.cat([self.sh_dc[:, None], self.sh_rest], 1)
+        out = rasterize_gaussians(self.means, self.quats, self.scales, self.opacities, colors, cameras.c2w,
+                                  cameras.fovy, height, width, None, backend=self.rasterizer)
+        if out["means2d"].requires_grad:
+            out["means2d"].retain_grad()
+        _, dirs = generate_rays(cameras.c2w.to(self.means), cameras.fovy.to(self.means), height, width)
+        B = cameras.c2w.shape[0]
+        bg = background(dirs) if background is not None else solid_background(
+            background_kind, (B, height, width), generator, self.means.device)
+        albedo, opacity = out["rgb"], out["alpha"]
+        return {"rgb": albedo + (1.0 - opacity) * bg, "opacity": opacity, "depth": out["depth"], "albedo": albedo,
+                "normal": None, "dirs": dirs, "means2d": out["means2d"], "radii": out["radii"]}
+
+    # -- optimisation -------------------------------------------------------------------------------
+    def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
+        """One Adam group per parameter, each with its learning rate (3DGS / DreamGaussian)."""
+        o = optim_cfg
+        self._position_schedule = (o.gaussian_position_lr, o.gaussian_position_lr_final, o.gaussian_position_lr_steps)
+        lrs = {"means": position_lr(0, *self._position_schedule), "log_scales": o.gaussian_scale_lr,
+               "quats": o.gaussian_rotation_lr, "opacity_logits": o.gaussian_opacity_lr,
+               "sh_dc": o.gaussian_color_lr, "sh_rest": o.gaussian_color_lr / 20.0}
+        return [{"name": f"gaussian_{name}", "params": [p], "lr": lrs[name]} for name, p in self._params()]
+
+    def _densifying(self, step: int) -> bool:
+        c = self.cfg
+        return c.gaussian_densify_every > 0 and c.gaussian_densify_start <= step <= c.gaussian_densify_stop
+
+    @torch.no_grad()
+    def after_backward(self, out: dict, step: int) -> None:
+        """Accumulate |d loss / d means2d| in NDC units (pixels * (W/2, H/2), 3DGS's threshold units) over the
+        views in which each Gaussian was visible."""
+        grad = out.get("means2d")
+        grad = grad.grad if grad is not None else None
+        if grad is None or not self._densifying(step + 1) or grad.shape[1] != self.count:
+            return
+        H, W = out["rgb"].shape[1:3]
+        norm = (grad * grad.new_tensor([0.5 * W, 0.5 * H])).norm(dim=-1)  # [B, N]
+        seen = out["radii"] > 0
+        self.grad_accum += torch.where(seen, norm, torch.zeros_like(norm)).sum(0)
+        self.grad_count += seen.sum(0).to(self.grad_count.dtype)
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Decay the means' learning rate; densify and prune every gaussian_densify_every steps."""
+        done = step + 1
+        if optimizer is not None and self._position_schedule is not None:
+            for group in optimizer.param_groups:
+                if group.get("name") == "gaussian_means":
+                    group["lr"] = position_lr(done, *self._position_schedule)
+        if self._densifying(done) and done % self.cfg.gaussian_densify_every == 0:
+            self.densify_and_prune(optimizer)
+
+    @torch.no_grad()
+    def densify_and_prune(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+        """Clone / split / prune (module docstring) and reset the statistics; returns the counts."""
+        c = self.cfg
+        n = self.count
+        grads = self.grad_accum / self.grad_count.clamp_min(1.0)
+        hot = (grads >= c.gaussian_densify_grad_threshold) & (self.grad_count > 0)
+        if c.gaussian_max_count > 0:  # keep the largest gradients within the cap (each adds one Gaussian)
+            budget = max(c.gaussian_max_count - n, 0)
+            if int(hot.sum()) > budget:
+                top = torch.topk(torch.where(hot, grads, torch.full_like(grads, -1.0)), budget).indices
+                hot = torch.zeros_like(hot)
+                hot[top] = True
+        small = self.scales.max(-1).values <= c.gaussian_dense_scale
+        clone, split = hot & small, hot & ~small
+        keep = torch.nonzero(~split).squeeze(1)
+        clone_idx, split_idx = torch.nonzero(clone).squeeze(1), torch.nonzero(split).squeeze(1)
+        # split children: two samples from the parent Gaussian, scales / (0.8 * 2) (3DGS)
+        s = self.scales[split_idx].repeat(2, 1)
+        rot = quat_to_rotmat(nn.functional.normalize(self.quats[split_idx], dim=-1)).repeat(2, 1, 1)
+        offsets = (rot @ (torch.randn_like(s) * s)[..., None])[..., 0]
+        extra = {"means": self.means[split_idx].repeat(2, 1) + offsets,
+                 "log_scales": (s / 1.6).log()}
+        new_values = {}
+        for name, p in self._params():
+            born = extra.get(name, p[split_idx].repeat(2, *([1] * (p.dim() - 1))))
+            new_values[name] = torch.cat([p[keep], p[clone_idx], born])
+        opacity = torch.sigmoid(new_values["opacity_logits"])
+        big = new_values["log_scales"].exp().max(-1).values
+        prune = opacity < c.gaussian_prune_opacity
+        if c.gaussian_prune_scale > 0:
+            prune |= big > c.gaussian_prune_scale
+        final = torch.nonzero(~prune).squeeze(1)
+        n_new = len(clone_idx) + 2 * len(split_idx)
+        for name, p in self._params():
+            self._resize(name, new_values[name][final], optimizer, keep, n_new, final)
+        self._reset_stats()
+        return {"cloned": len(clone_idx), "split": len(split_idx), "pruned": int(prune.sum()), "count": self.count}
+
+    def _resize(self, name: str, value: Tensor, optimizer, keep: Tensor, n_new: int, final: Tensor) -> None:
+        """Replace parameter ``name`` by a new one holding ``value``, in the optimizer too: its Adam moments
+        follow the rows (kept rows keep theirs, new rows start at zero). A new Parameter (not ``p.data = ...``)
+        because autograd caches a leaf's shape while an old graph is alive."""
+        old = getattr(self, name)
+        new = nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["params"] = [new if q is old else q for q in group["params"]]
+            state = optimizer.state.pop(old, None)
+            if state:
+                for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                    if key in state:
+                        m = state[key]
+                        state[key] = torch.cat([m[keep], m.new_zeros((n_new, *m.shape[1:]))])[final].contiguous()
+                optimizer.state[new] = state
+        setattr(self, name, new)
+
+    def _reset_stats(self) -> None:
+        self.grad_accum = torch.zeros(self.count, device=self.means.device)
+        self.grad_count = torch.zeros(self.count, device=self.means.device)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Resize the parameters and buffers to the checkpoint's Gaussian count first (densification changes it)."""
+        for name in (*_PARAMS, *_BUFFERS):
+            value = state_dict.get(name)
+            current = getattr(self, name)
+            if value is None or current is None or tuple(value.shape) == tuple(current.shape):
+                continue
+            if isinstance(current, nn.Parameter):
+                current.data = current.data.new_empty(value.shape)
+                current.grad = None
+            else:
+                setattr(self, name, current.new_empty(value.shape))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # -- as a volume (mesh export) ------------------------------------------------------------------
+    def forward(self, points: Tensor) -> dict[str, Tensor]:
+        """points [M,3] -> density [M] (sum of opacity-weighted Gaussians) and albedo [M,3] (their weighted colour)."""
+        density, weighted = self._splat_points(points, with_color=True)
+        albedo = torch.where(density[:, None] > 1e-12, weighted / density[:, None].clamp_min(1e-12),
+                             torch.full_like(weighted, 0.5))
+        return {"density": density, "albedo": albedo}
+
+    def density(self, points: Tensor) -> Tensor:  # [M, 3] -> [M]
+        return self._splat_points(points, with_color=False)[0]
+
+    def _splat_points(self, points: Tensor, with_color: bool) -> tuple[Tensor, Tensor | None]:
+        """Sum over Gaussians within 3 sigma of each point, evaluated cell by cell (a uniform grid over the
+        points' box, cell side ~ the median 3-sigma radius) instead of all M x N pairs."""
+        if points.dim() != 2 or points.shape[-1] != 3:
+            raise ValueError(f"GaussianField expects points [M, 3], got {list(points.shape)}")
+        points = points.to(self.means)
+        M, dev = points.shape[0], points.device
+        rot = quat_to_rotmat(nn.functional.normalize(self.quats, dim=-1))
+        scales = torch.sqrt(self.scales ** 2 + self.volume_dilation ** 2)  # Sigma + d^2 I (same axes)
+        inv = rot / scales[:, None, :]  # R S^-1: d^T R S^-2 R^T d = |S^-1 R^T d|^2
+        radius = _CUTOFF * scales.max(-1).values.detach()
+        # peak extinction: integral across the thinnest axis = -ln(1 - opacity) (the splat's optical depth)
+        opac = -torch.log1p(-self.opacities.clamp(max=ALPHA_MAX)) / (math.sqrt(2 * math.pi) * scales.min(-1).values)
+        colors = self.base_colors
+        density = points.new_zeros(M)
+        weighted = points.new_zeros(M, 3) if with_color else None
+        if M == 0:
+            return density, weighted
+        with torch.no_grad():
+            lo, hi = points.min(0).values, points.max(0).values
+            side = float((hi - lo).max())
+            cell = max(2.0 * float(radius.median()), side / 64.0, 1e-6)
+            dims = (((hi - lo) / cell).floor().long() + 1).clamp_min(1)
+            g0 = ((self.means.detach() - radius[:, None] - lo) / cell).floor().long()
+            g1 = ((self.means.detach() + radius[:, None] - lo) / cell).floor().long()
+            hit = ((g1 >= 0) & (g0 < dims)).all(-1)
+            g0, g1 = torch.maximum(g0, torch.zeros_like(g0)), torch.minimum(g1, dims - 1)
+            span = (g1 - g0 + 1).clamp_min(0)
+            counts = torch.where(hit, span.prod(-1), torch.zeros_like(span[:, 0]))
+            gid = torch.repeat_interleave(torch.arange(self.count, device=dev), counts)
+            off = torch.arange(gid.shape[0], device=dev) - (torch.cumsum(counts, 0) - counts)[gid]
+            sx, sy = span[gid, 0], span[gid, 1]
+            cx, cy, cz = g0[gid, 0] + off % sx, g0[gid, 1] + (off // sx) % sy, g0[gid, 2] + off // (sx * sy)
+            pair_cell = (cx * dims[1] + cy) * dims[2] + cz
+            pc = ((points - lo) / cell).floor().long().clamp_min(0)
+            pc = torch.minimum(pc, dims - 1)
+            point_cell = (pc[:, 0] * dims[1] + pc[:, 1]) * dims[2] + pc[:, 2]
+            order = torch.argsort(point_cell)
+            in_cell = torch.bincount(point_cell, minlength=int(dims.prod()))
+            cell_first = torch.cumsum(in_cell, 0) - in_cell
+            per_pair = in_cell[pair_cell]
+            ends = torch.cumsum(per_pair, 0)
+        start = 0
+        while start < gid.shape[0]:  # batches of pairs with at most _PAIR_BUDGET point evaluations
+            base = int(ends[start - 1]) if start else 0
+            stop = max(int(torch.searchsorted(ends, base + _PAIR_BUDGET, right=True)), start + 1)
+            with torch.no_grad():
+                reps = per_pair[start:stop]
+                pair = torch.repeat_interleave(torch.arange(start, stop, device=dev), reps)
+                k = torch.arange(pair.shape[0], device=dev) - (torch.cumsum(reps, 0) - reps)[pair - start]
+                pt = order[cell_first[pair_cell[pair]] + k]
+                g = gid[pair]
+            d = ((points[pt] - self.means[g])[:, None, :] @ inv[g])[:, 0]  # [P, 3] = (S^-1 R^T d)^T
+            m2 = (d * d).sum(-1)
+            w = torch.where(m2 <= _CUTOFF ** 2, opac[g] * torch.exp(-0.5 * m2), torch.zeros_like(m2))
+            density = density.index_add(0, pt, w)
+            if with_color:
+                weighted = weighted.index_add(0, pt, w[:, None] * colors[g])
+            start = stop
+        return density, weighted

@@ -1,0 +1,123 @@
+"""`python -m dreamfusion view RUN_DIR [--port P] [--host H]`: browse a run's splats and mesh with viser.
+
+Serves the Gaussian splats (RUN_DIR/splats.ply, else the Gaussian checkpoint) and the mesh
+(RUN_DIR/mesh/model.glb, shown beside the splats, at x + MESH_OFFSET) to a browser, prints the URL
+and blocks until Ctrl-C. viser is optional: `pip install "dreamfusion[viewer]"`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+__all__ = ["cmd_view"]
+
+USAGE = "usage: python -m dreamfusion view RUN_DIR [--port 8080] [--host 127.0.0.1]"
+MESH_OFFSET = 1.5  # the mesh stands this far along +x from the splats, so both are visible at once
+_SH_C0 = 0.28209479177387814
+
+
+def _parse(argv: list[str]) -> tuple[Path, str, int]:
+    run_dir, host, port, i = None, "127.0.0.1", 8080, 0
+    while i < len(argv):
+        arg = argv[i]
+        key, _, value = arg.partition("=")
+        if key in ("--port", "--host"):
+            if not value:
+                if i + 1 >= len(argv):
+                    raise UserError(f"{key} needs a value; {USAGE}")
+                value, i = argv[i + 1], i + 1
+            if key == "--host":
+                host = value
+            else:
+                try:
+                    port = int(value)
+                except ValueError:
+                    raise UserError(f"--port must be an integer, got '{value}'") from None
+        elif arg.startswith("-"):
+            raise UserError(f"unknown option '{arg}'; {USAGE}")
+        elif run_dir is None:
+            run_dir = Path(arg)
+        else:
+            raise UserError(f"unexpected argument '{arg}'; {USAGE}")
+        i += 1
+    if run_dir is None:
+        raise UserError(USAGE)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder '{run_dir}' does not exist")
+    return run_dir, host, port
+
+
+def load_splats(run_dir: Path) -> dict | None:
+    """The run's splats as activated numpy arrays (centers, covariances, rgbs, opacities), or None."""
+    import torch
+
+    from .export.ply import read_ply
+
+    ply = run_dir / "splats.ply"
+    if ply.is_file():
+        t = read_ply(ply)
+    else:
+        ckpt = run_dir / "checkpoints" / "last.pt"
+        if not ckpt.is_file():
+            return None
+        from .checkpoint import load_checkpoint
+
+        state = load_checkpoint(run_dir)
+        if state.get("field_type") != "gaussian":
+            return None
+        t = {k: v.float() for k, v in state["field"].items() if k in ("means", "log_scales", "quats", "opacity_logits", "sh_dc")}
+    from render.gaussians import quat_to_rotmat
+
+    rot = quat_to_rotmat(torch.nn.functional.normalize(t["quats"], dim=-1))
+    m = rot * t["log_scales"].exp()[:, None, :]
+    return {"centers": t["means"].numpy(), "covariances": (m @ m.transpose(1, 2)).numpy(),
+            "rgbs": (0.5 + _SH_C0 * t["sh_dc"]).clamp(0, 1).numpy(),
+            "opacities": torch.sigmoid(t["opacity_logits"])[:, None].numpy()}
+
+
+def cmd_view(argv: list[str]) -> int:
+    run_dir, host, port = _parse(argv)
+    try:
+        import viser
+    except ImportError:
+        raise UserError('the viewer needs viser: pip install "dreamfusion[viewer]"') from None
+    splats = load_splats(run_dir)
+    glb = run_dir / "mesh" / "model.glb"
+    if splats is None and not glb.is_file():
+        raise UserError(f"nothing to show in '{run_dir}': no splats.ply, Gaussian checkpoint or mesh/model.glb "
+                        f"(run python -m dreamfusion export {run_dir} first)")
+    try:
+        server = viser.ViserServer(host=host, port=port, verbose=False)
+    except OSError as exc:
+        raise UserError(f"cannot serve on {host}:{port} ({exc.strerror or exc}): pass --port with a free port") from None
+    server.scene.set_up_direction("+y")  # docs/DESIGN.md: the world is y up, the front faces +z
+    server.initial_camera.position = (0.0, 0.8, 3.0)
+    server.initial_camera.look_at = (0.75 if splats is not None and glb.is_file() else 0.0, 0.0, 0.0)
+    handles = {}
+    if splats is not None:
+        handles["splats"] = server.scene.add_gaussian_splats("/splats", **{k: np.ascontiguousarray(v, dtype=np.float32)
+                                                                           for k, v in splats.items()})
+    if glb.is_file():
+        offset = (MESH_OFFSET, 0.0, 0.0) if splats is not None else (0.0, 0.0, 0.0)
+        handles["mesh"] = server.scene.add_glb("/mesh", glb.read_bytes(), position=offset)
+    for name, handle in handles.items():
+        box = server.gui.add_checkbox(f"show {name}", initial_value=True)
+        box.on_update(lambda event, h=handle, b=box: setattr(h, "visible", b.value))
+    shown = " and ".join(f"{k} ({len(splats['centers'])} Gaussians)" if k == "splats" else k for k in handles)
+    url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{server.get_port()}"
+    print(f"viewing {shown} of {run_dir} at {url} (Ctrl-C to stop)", file=sys.stderr)
+    print(url, flush=True)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
