@@ -77,6 +77,9 @@ def export_run(field, background, cfg: Config, run_dir: Path, device) -> tuple[d
     field.eval()
     written: dict[str, Path] = {}
     errors: list[str] = []
+    if hasattr(field, "tv_loss"):  # tri-planes as arrays + metadata, for other tools
+        from .fields.triplane import save_planes
+        written["planes"] = save_planes(field, Path(run_dir) / "triplane.npz")
     if hasattr(field, "sh_dc"):  # Gaussian splats: the standard 3DGS .ply (SuperSplat, `dreamfusion view`)
         from .export.ply import write_ply
         written["splats"] = write_ply(Path(run_dir) / "splats.ply", field)

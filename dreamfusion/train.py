@@ -149,6 +149,8 @@ class Trainer:
                 out = self.render_batch(cams, pick_shading(self.step, c.render, self.generator))
                 terms = guidance(out["rgb"], cams, self.step, c.steps, generator=self.generator)
                 terms.update(regularizers(out, out.get("dirs")))
+                if c.loss.tv and hasattr(self.field, "tv_loss"):  # tri-plane total variation
+                    terms["loss_tv"] = self.field.tv_loss()
                 if c.loss.transmittance:  # Dream Fields L_T; its target tau depends on the step
                     terms["loss_transmittance"] = transmittance_loss(out["opacity"], self.step)
                 loss = sum(weights[k] * v for k, v in terms.items() if k.startswith("loss_") and weights.get(k, 0) != 0)
