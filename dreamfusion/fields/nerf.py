@@ -50,19 +50,24 @@ def trunc_exp(x: Tensor) -> Tensor:
 _ACTIVATIONS = {"softplus": F.softplus, "exp": trunc_exp}
 
 
+def check_decoder_config(cfg: FieldConfig) -> None:
+    """The settings every MLP-decoded field shares (NeRF, tri-plane): activation, MLP size, blob."""
+    if cfg.density_activation not in _ACTIVATIONS:
+        raise ConfigError(f"bad value '{cfg.density_activation}' for 'field.density_activation': "
+                          f"choose one of {', '.join(_ACTIVATIONS)}")
+    if cfg.hidden_dim < 1 or cfg.n_hidden_layers < 0:
+        raise ConfigError(f"field.hidden_dim must be >= 1 and field.n_hidden_layers >= 0, "
+                          f"got {cfg.hidden_dim} and {cfg.n_hidden_layers}")
+    if cfg.blob_radius <= 0:
+        raise ConfigError(f"field.blob_radius must be positive, got {cfg.blob_radius}")
+
+
 class NeRFField(nn.Module):
     """Volumetric field (DESIGN.md "fields/"): ``forward(points [M, 3]) -> dict(density [M], albedo [M, 3])``."""
 
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu"):
         super().__init__()
-        if cfg.density_activation not in _ACTIVATIONS:
-            raise ConfigError(f"bad value '{cfg.density_activation}' for 'field.density_activation': "
-                              f"choose one of {', '.join(_ACTIVATIONS)}")
-        if cfg.hidden_dim < 1 or cfg.n_hidden_layers < 0:
-            raise ConfigError(f"field.hidden_dim must be >= 1 and field.n_hidden_layers >= 0, "
-                              f"got {cfg.hidden_dim} and {cfg.n_hidden_layers}")
-        if cfg.blob_radius <= 0:
-            raise ConfigError(f"field.blob_radius must be positive, got {cfg.blob_radius}")
+        check_decoder_config(cfg)
         self.bound = float(cfg.bound)
         self.blob_density = float(cfg.blob_density)
         self.blob_radius = float(cfg.blob_radius)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..config import FieldConfig, OptimConfig
 from ..errors import ConfigError, UserError
-from .nerf import _ACTIVATIONS, NeRFField, _check_points
+from .nerf import _ACTIVATIONS, NeRFField, _check_points, check_decoder_config
 
 __all__ = ["TriplaneField", "PLANE_AXES", "save_planes", "load_planes"]
 
@@ -50,20 +50,13 @@ class TriplaneField(nn.Module):
 
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu"):
         super().__init__()
-        if cfg.density_activation not in _ACTIVATIONS:
-            raise ConfigError(f"bad value '{cfg.density_activation}' for 'field.density_activation': "
-                              f"choose one of {', '.join(_ACTIVATIONS)}")
+        check_decoder_config(cfg)
         if cfg.triplane_aggregation not in _AGGREGATIONS:
             raise ConfigError(f"bad value '{cfg.triplane_aggregation}' for 'field.triplane_aggregation': "
                               f"choose one of {', '.join(_AGGREGATIONS)}")
         if cfg.triplane_resolution < 2 or cfg.triplane_channels < 1:
             raise ConfigError(f"field.triplane_resolution must be >= 2 and field.triplane_channels >= 1, "
                               f"got {cfg.triplane_resolution} and {cfg.triplane_channels}")
-        if cfg.hidden_dim < 1 or cfg.n_hidden_layers < 0:
-            raise ConfigError(f"field.hidden_dim must be >= 1 and field.n_hidden_layers >= 0, "
-                              f"got {cfg.hidden_dim} and {cfg.n_hidden_layers}")
-        if cfg.blob_radius <= 0:
-            raise ConfigError(f"field.blob_radius must be positive, got {cfg.blob_radius}")
         self.cfg = cfg
         self.bound = float(cfg.bound)
         self.blob_density = float(cfg.blob_density)
