@@ -50,6 +50,13 @@ def trunc_exp(x: Tensor) -> Tensor:
 _ACTIVATIONS = {"softplus": F.softplus, "exp": trunc_exp}
 
 
+def decode_outputs(raw: Tensor, points: Tensor, activation, blob: Tensor, bound: float) -> dict[str, Tensor]:
+    """MLP output [M, 4] -> density [M] = activation(raw + blob), 0 outside the box; albedo = sigmoid [M, 3]."""
+    density = activation(raw[:, 0] + blob)
+    inside = (points.abs() <= bound).all(dim=-1)
+    return {"density": torch.where(inside, density, torch.zeros_like(density)), "albedo": torch.sigmoid(raw[:, 1:])}
+
+
 def check_decoder_config(cfg: FieldConfig) -> None:
     """The settings every MLP-decoded field shares (NeRF, tri-plane): activation, MLP size, blob."""
     if cfg.density_activation not in _ACTIVATIONS:
@@ -90,10 +97,7 @@ class NeRFField(nn.Module):
         """points ``[M, 3]`` -> ``density [M]`` (>= 0, 0 outside the box), ``albedo [M, 3]`` in [0, 1]."""
         _check_points(points)
         out = self.mlp(self.encoding(points))  # [M, 4]
-        density = self._activation(out[:, 0] + self.blob(points))
-        inside = (points.abs() <= self.bound).all(dim=-1)
-        return {"density": torch.where(inside, density, torch.zeros_like(density)),
-                "albedo": torch.sigmoid(out[:, 1:])}
+        return decode_outputs(out, points, self._activation, self.blob(points), self.bound)
 
     def density(self, points: Tensor) -> Tensor:  # [M, 3] -> [M]
         return self.forward(points)["density"]

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..config import FieldConfig, OptimConfig
 from ..errors import ConfigError, UserError
-from .nerf import _ACTIVATIONS, NeRFField, _check_points, check_decoder_config
+from .nerf import _ACTIVATIONS, NeRFField, _check_points, check_decoder_config, decode_outputs
 
 __all__ = ["TriplaneField", "PLANE_AXES", "save_planes", "load_planes"]
 
@@ -98,10 +98,7 @@ class TriplaneField(nn.Module):
             parts = [self(chunk) for chunk in points.split(_NO_GRAD_CHUNK)]
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         out = self.mlp(self.features(points))  # [M, 4]
-        density = self._activation(out[:, 0] + self.blob(points))
-        inside = (points.abs() <= self.bound).all(dim=-1)
-        return {"density": torch.where(inside, density, torch.zeros_like(density)),
-                "albedo": torch.sigmoid(out[:, 1:])}
+        return decode_outputs(out, points, self._activation, self.blob(points), self.bound)
 
     def density(self, points: Tensor) -> Tensor:  # [M, 3] -> [M]
         return self.forward(points)["density"]
