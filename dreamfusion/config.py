@@ -114,6 +114,10 @@ class RenderConfig:
     """Training render width in pixels."""
     height: int = 64
     """Training render height in pixels."""
+    progressive_sizes: List[int] = dc_field(default_factory=list)
+    """Progressive resolution: square render sides used in turn, e.g. [128, 256, 512] (DreamGaussian); empty keeps width x height."""
+    progressive_milestones: List[int] = dc_field(default_factory=list)
+    """Steps at which training moves on to the next of progressive_sizes (one fewer entry than it, increasing)."""
     n_samples: int = 128
     """Stratified samples per ray inside the scene cube."""
     perturb: bool = True
@@ -121,7 +125,7 @@ class RenderConfig:
     sampler: str = "auto"
     """Ray sampler: auto (nerfacc occupancy grid on CUDA when installed), torch, or nerfacc."""
     background: str = "learned"
-    """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, or augment (Dream Fields random textures)."""
+    """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, white_or_black (either, per view), or augment (Dream Fields random textures)."""
     albedo_warmup_steps: int = 1000
     """Steps that render albedo only before random shading starts (DreamFusion)."""
     albedo_prob: float = 0.2
@@ -294,7 +298,7 @@ CHOICES = {
     "field.triplane_aggregation": ("sum", "product", "concat"),
     "field.gaussian_rasterizer": ("auto", "torch", "gsplat"),
     "render.sampler": ("auto", "torch", "nerfacc"),
-    "render.background": ("learned", "random", "white", "black", "gray", "augment"),
+    "render.background": ("learned", "random", "white", "black", "gray", "white_or_black", "augment"),
     "guidance.type": ("sds", "prior", "clip"),
     "guidance.t_anneal": ("none", "linear", "sqrt"),
     "guidance.weighting": ("sds", "uniform", "fantasia3d"),
@@ -473,6 +477,15 @@ def validate(cfg: Config) -> None:
                 "guidance.vae_resolution", "guidance.prior_resolution", "guidance.prior_views"):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
+    sizes, milestones = list(cfg.render.progressive_sizes), list(cfg.render.progressive_milestones)
+    if sizes or milestones:
+        if len(milestones) != len(sizes) - 1:
+            raise ConfigError(f"render.progressive_milestones needs one entry fewer than render.progressive_sizes "
+                              f"(got {len(milestones)} and {len(sizes)}), e.g. sizes [128, 256] milestones [300]")
+        if any(s <= 0 for s in sizes):
+            raise ConfigError(f"render.progressive_sizes must be positive, got {sizes}")
+        if any(b <= a for a, b in zip([0] + milestones, milestones)):
+            raise ConfigError(f"render.progressive_milestones must be positive and increasing, got {milestones}")
     if cfg.preview_every < 0:
         raise ConfigError(f"preview_every must be >= 0 (0 disables previews), got {cfg.preview_every}")
     for key in ("render.albedo_prob", "render.textureless_prob", "render.ambient"):

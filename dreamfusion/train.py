@@ -26,7 +26,7 @@ from .fields.background import build_background
 from .guidance.clip import transmittance_loss
 from .renderer import render_views, render_views_chunked
 
-__all__ = ["Trainer", "Interrupted", "pick_shading", "regularizers"]
+__all__ = ["Trainer", "Interrupted", "pick_shading", "regularizers", "render_size"]
 
 
 class Interrupted(UserError):
@@ -41,6 +41,16 @@ def pick_shading(step: int, cfg, generator: torch.Generator) -> str:
     if u < cfg.albedo_prob:
         return "albedo"
     return "textureless" if u < cfg.albedo_prob + cfg.textureless_prob else "lambertian"
+
+
+def render_size(step: int, cfg) -> tuple[int, int]:
+    """(height, width) of the training render at `step`: render.progressive_sizes[i] (square) once
+    render.progressive_milestones[i - 1] is reached, or height x width without a schedule."""
+    if not cfg.progressive_sizes:
+        return cfg.height, cfg.width
+    stage = sum(step >= m for m in cfg.progressive_milestones)
+    side = cfg.progressive_sizes[stage]
+    return side, side
 
 
 def regularizers(out: dict, dirs: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -126,7 +136,8 @@ class Trainer:
         light_dirs = None
         if shading != "albedo":
             light_dirs = random_light_dirs(cams.c2w[:, :3, 3], self.generator)
-        return render_views(self.field, self.background, cams, r.height, r.width, n_samples=r.n_samples,
+        height, width = render_size(self.step, r)
+        return render_views(self.field, self.background, cams, height, width, n_samples=r.n_samples,
                             perturb=perturb and r.perturb, shading=shading, light_dirs=light_dirs,
                             ambient=r.ambient, background_kind=r.background, generator=self.generator,
                             need_normals=c.loss.orientation > 0, estimator=self.estimator)

@@ -474,3 +474,54 @@ def test_demo_gaussians_converge_to_the_cube(tmp_path):
     mesh = trimesh.load(run / "mesh" / "model.glb", force="mesh")
     iou = volumetric_iou(np.asarray(mesh.vertices), np.asarray(mesh.faces), lambda p: inside("cube", p), 96)
     assert iou >= 0.8, f"mesh-from-splats IoU {iou:.3f}"
+
+
+def test_progressive_resolution_follows_the_milestones(tmp_path):
+    """render.progressive_sizes / progressive_milestones (DreamGaussian's 128 -> 512): `fit` hands the guidance
+    renders of side sizes[i] from milestone i - 1 on; render_size is the same rule without a Trainer."""
+    from dreamfusion.config import load_config
+    from dreamfusion.train import Trainer, render_size
+
+    cfg = load_config("demo", ["field.type=gaussian", "field.gaussian_count=200", "steps=6", "preview_every=0",
+                               "render.progressive_sizes=[8,12,16]", "render.progressive_milestones=[2,5]"])
+    assert [render_size(s, cfg.render) for s in (0, 1, 2, 4, 5, 100)] == [(8, 8), (8, 8), (12, 12), (12, 12),
+                                                                           (16, 16), (16, 16)]
+    plain = load_config("demo", ["render.width=24", "render.height=20"]).render
+    assert render_size(1000, plain) == (20, 24)
+    seen = []
+
+    def guidance(rgb, cams, step, steps, generator=None):
+        seen.append(tuple(rgb.shape[1:3]))
+        return {"loss_sds": rgb.mean()}
+
+    Trainer(cfg, tmp_path, torch.device("cpu")).fit(guidance)
+    assert seen == [(8, 8), (8, 8), (12, 12), (12, 12), (12, 12), (16, 16)]
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("render.progressive_milestones=[100,200]", "one entry fewer"),
+    ("render.progressive_sizes=[64,0]", "must be positive"),
+])
+def test_progressive_resolution_config_errors(override, fragment):
+    from dreamfusion.config import load_config
+    from dreamfusion.errors import ConfigError
+
+    extra = ["render.progressive_milestones=[100]"] if "sizes" in override else ["render.progressive_sizes=[64,128]"]
+    with pytest.raises(ConfigError, match=fragment):
+        load_config("demo", extra + [override])
+    with pytest.raises(ConfigError, match="positive and increasing"):
+        load_config("demo", ["render.progressive_sizes=[64,128,256]", "render.progressive_milestones=[300,200]"])
+
+
+def test_white_or_black_background_is_one_of_the_two_per_view():
+    from dreamfusion.fields.background import solid_background
+
+    g = torch.Generator().manual_seed(3)
+    bg = solid_background("white_or_black", (64, 5, 4), g)
+    per_view = bg.reshape(64, -1)
+    assert torch.equal(per_view.min(1).values, per_view.max(1).values)  # solid per view
+    levels = per_view[:, 0]
+    assert set(levels.tolist()) == {0.0, 1.0}
+    assert 16 <= int(levels.sum()) <= 48  # equal odds: 32 expected, binomial sd 4
+    again = solid_background("white_or_black", (64, 5, 4), torch.Generator().manual_seed(3))
+    assert torch.equal(again, bg)

@@ -2,7 +2,8 @@
 
 DreamFusion (§3.1) composites the render over a background predicted by a small MLP of the ray
 direction; without it the field learns to paint the background into the scene. ``random`` draws one
-uniform colour per view, which stops the object from relying on any particular background.
+uniform colour per view, which stops the object from relying on any particular background;
+``white_or_black`` picks white or black per view with equal odds (DreamGaussian's text stage).
 ``augment`` draws Dream Fields' random textures per view (noise, checkerboard, Fourier; then a blur).
 """
 
@@ -18,7 +19,7 @@ from ..errors import ConfigError
 
 __all__ = ["LearnedBackground", "solid_background", "build_background"]
 
-SOLID_KINDS = ("white", "black", "gray", "random", "augment")
+SOLID_KINDS = ("white", "black", "gray", "random", "white_or_black", "augment")
 
 
 class LearnedBackground(nn.Module):
@@ -59,7 +60,8 @@ def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: 
     """A solid background ``[*shape, 3]``; ``shape[0]`` is the number of views.
 
     white = 1, black = 0, gray = 0.5; random = one colour per view, uniform in [0, 1]^3, drawn from ``generator``
-    (on the generator's device, then moved), the same over the view's pixels; augment = Dream Fields'
+    (on the generator's device, then moved), the same over the view's pixels; white_or_black = white or black
+    per view, drawn the same way; augment = Dream Fields'
     random texture per view (``dreamfusion.guidance.augment.random_backgrounds``; shape must be (B, H, W))."""
     shape = tuple(shape)
     if kind == "white":
@@ -75,6 +77,12 @@ def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: 
         colour = torch.rand(shape[0], 3, generator=generator, device=draw_device).to(device)  # [B, 3]
         colour = colour.view(shape[0], *([1] * (len(shape) - 1)), 3)
         return colour.expand(*shape, 3).contiguous()
+    if kind == "white_or_black":
+        if not shape:
+            raise ValueError("solid_background('white_or_black') needs a shape whose first entry is the number of views")
+        draw_device = generator.device if generator is not None else device
+        level = (torch.rand(shape[0], generator=generator, device=draw_device) < 0.5).float().to(device)  # [B]
+        return level.view(shape[0], *([1] * len(shape))).expand(*shape, 3).contiguous()
     if kind == "augment":
         if len(shape) != 3:
             raise ValueError(f"solid_background('augment') needs a shape (B, H, W), got {shape}")
