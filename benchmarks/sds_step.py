@@ -3,6 +3,7 @@
     python benchmarks/sds_step.py --model full --device cuda --dtype fp16 --channels-last   # a GPU
     python benchmarks/sds_step.py --model tiny --device cpu                                  # CPU, tiny SD
     python benchmarks/sds_step.py --model full --device cpu --floor-only --iters 1 --warmup 0
+    python benchmarks/sds_step.py --model tiny --device cpu --latent-render   # Latent-NeRF: no VAE in the step
 
 The step is the one ``Trainer.fit`` runs with the default config: sample B cameras, render the hash-grid
 NeRF at 64x64 (128 samples per ray, learned background), SDS on Stable Diffusion (resize to the VAE
@@ -99,7 +100,7 @@ class Step:
     def __init__(self, args, device: torch.device, fast: GuidanceConfig):
         self.args, self.device = args, device
         self.generator = torch.Generator("cpu").manual_seed(0)
-        self.field = build_field(FieldConfig(), device)
+        self.field = build_field(FieldConfig(), device, 4 if args.latent_render else 3)
         self.background = build_background("learned", device)
         optim = OptimConfig()
         groups = self.field.param_groups(optim) + self.background.param_groups(optim)
@@ -193,7 +194,7 @@ def run(args) -> dict:
               "torch": torch.__version__, "dtype": str(sd.dtype).replace("torch.", ""),
               "fast_paths": {"channels_last": args.channels_last, "attention": args.attention, "compile": args.compile},
               "batch": args.batch, "render": f"{args.height}x{args.width}x{args.n_samples}",
-              "vae_resolution": args.vae_resolution, "latents": list(floor_call.x_t.shape), "shading": args.shading,
+              "vae_resolution": args.vae_resolution, "latents": list(floor_call.x_t.shape), "shading": args.shading, "latent_render": args.latent_render,
               "warmup": args.warmup, "iters": args.iters, "build_s": round(build_s, 1), "date": args.date,
               "threads": torch.get_num_threads(), "loadavg_1min_at_start": os.getloadavg()[0]}
     if step is not None:
@@ -233,6 +234,7 @@ def print_table(r: dict) -> None:
     floor = r["floor_ms"]["mean"]
     print(f"# sds_step  model={r['model']}  device={r['device']}  dtype={r['dtype']}  fast={r['fast_paths']}")
     print(f"# batch={r['batch']}  render={r['render']}  vae={r['vae_resolution']}  latents={r['latents']}  "
+          f"latent_render={r.get('latent_render', False)}  "
           f"warmup={r['warmup']}  iters={r['iters']}")
     print(f"{'part':<22}{'mean ms':>11}{'median ms':>11}{'x floor':>9}")
     rows = [(name, r["parts_ms"][name]) for name in PARTS] if "parts_ms" in r else []
@@ -266,11 +268,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels-last", action="store_true", help="guidance.channels_last")
     p.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa", help="guidance.attention")
     p.add_argument("--compile", action="store_true", help="guidance.compile (warm-up absorbs compilation)")
+    p.add_argument("--latent-render", action="store_true",
+                   help="guidance.latent_render: the field renders 4 latent channels at --height x --width and the "
+                        "'encode' part is only a reshape (no VAE)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--iters", type=int, default=10, help="timed steps per phase")
     p.add_argument("--floor-only", action="store_true", help="only the UNet floor (e.g. the full model on CPU)")
     p.add_argument("--date", default=time.strftime("%Y-%m-%d"), help="date recorded in the JSON line")
     args = p.parse_args(argv)
+    if args.latent_render and args.shading != "albedo":
+        p.error("--latent-render renders albedo only: drop --shading")
     if args.vae_resolution is None:
         args.vae_resolution = 512 if args.model == "full" else 128
     result = run(args)

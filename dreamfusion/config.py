@@ -172,6 +172,8 @@ class GuidanceConfig:
     """torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
     vae_resolution: int = 512
     """Renders are resized to this before the VAE encodes them."""
+    latent_render: bool = False
+    """Latent-NeRF: the field renders SD's 4 latent channels (albedo only, no lighting) at render.width x height (64 for SD) and SDS skips the VAE; nerf / triplane with guidance.type=sds."""
     prior_resolution: int = 32
     """Embedded prior: image resolution of its dataset and of the denoiser."""
     prior_views: int = 256
@@ -503,6 +505,12 @@ def validate(cfg: Config) -> None:
     g = cfg.guidance
     if not 0.0 < g.t_min <= g.t_max < 1.0:
         raise ConfigError(f"need 0 < guidance.t_min <= guidance.t_max < 1, got {g.t_min} and {g.t_max}")
+    if g.latent_render and g.type != "sds":
+        raise ConfigError(f"guidance.latent_render needs guidance.type=sds (Stable Diffusion latents), got "
+                          f"guidance.type={g.type}: set guidance.latent_render=false")
+    if g.latent_render and cfg.field.type == "gaussian":
+        raise ConfigError("guidance.latent_render needs field.type=nerf or triplane (Gaussians carry RGB "
+                          "colours): set guidance.latent_render=false")
     for panel in cfg.export.video_panels:
         if panel not in ("rgb", "normal", "depth"):
             raise ConfigError(f"bad export.video_panels entry '{panel}': choose from rgb, normal, depth")

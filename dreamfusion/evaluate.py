@@ -87,6 +87,7 @@ def render_run(run_dir: Path, views: int, resolution: int, device: torch.device)
     """(prompt, images [V, R, R, 3]) of a run: its last checkpoint on the evaluation orbit, white background."""
     from .checkpoint import load_checkpoint
     from .config import load_run_config
+    from .latent import rgb_view
     from .renderer import render_views_chunked
     from .train import Trainer
 
@@ -98,7 +99,7 @@ def render_run(run_dir: Path, views: int, resolution: int, device: torch.device)
     trainer.field.eval()
     c = cfg.camera
     cams = eval_cameras(views, c.eval_elevation, c.eval_distance, c.eval_fovy, device=device)
-    out = render_views_chunked(trainer.field, None, cams, resolution, resolution, n_samples=cfg.render.n_samples,
+    out = render_views_chunked(rgb_view(trainer.field), None, cams, resolution, resolution, n_samples=cfg.render.n_samples,
                                views_per_chunk=1, background_kind="white")
     return cfg.prompt, out["rgb"].clamp(0.0, 1.0)
 

@@ -11,6 +11,7 @@ from render.cameras import orbit_cameras
 
 from .config import Config
 from .errors import UserError
+from .latent import rgb_view
 from .export import (bake_texture, colorize_depth, extract_mesh, normals_to_rgb, stack_panels, vertex_colors,
                      write_glb, write_obj, write_video)
 from .renderer import occupancy_grid, render_views_chunked
@@ -83,8 +84,9 @@ def export_run(field, background, cfg: Config, run_dir: Path, device) -> tuple[d
     if hasattr(field, "sh_dc"):  # Gaussian splats: the standard 3DGS .ply (SuperSplat, `dreamfusion view`)
         from .export.ply import write_ply
         written["splats"] = write_ply(Path(run_dir) / "splats.ply", field)
-    for name, job in (("mesh", lambda: export_mesh(field, cfg, run_dir)),
-                      ("video", lambda: {"video": export_video(field, background, cfg, run_dir, device)})):
+    view = rgb_view(field)  # a latent field (guidance.latent_render) is exported through latent_to_rgb
+    for name, job in (("mesh", lambda: export_mesh(view, cfg, run_dir)),
+                      ("video", lambda: {"video": export_video(view, background, cfg, run_dir, device)})):
         try:
             written.update(job())
         except UserError as exc:

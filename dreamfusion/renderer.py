@@ -12,6 +12,7 @@ from render.volume import render_rays
 from render.volume_nerfacc import render_rays_nerfacc
 
 from .fields.background import solid_background
+from .latent import LATENT_CHANNELS, rgb_to_latent
 
 __all__ = ["render_views", "render_views_chunked", "occupancy_grid"]
 
@@ -43,7 +44,9 @@ def render_views(field, background, cameras: Cameras, height: int, width: int, *
 
     Returns rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1], albedo [B,H,W,3] (premultiplied by
     opacity), normal [B,H,W,3] (None unless shading needs it or need_normals) and the unit ray
-    directions dirs [B,H,W,3].
+    directions dirs [B,H,W,3]. A field with 4 albedo channels (Stable Diffusion latents,
+    guidance.latent_render) gives rgb and albedo [B,H,W,4]: the latent image, over the background's colour
+    mapped to latents (dreamfusion/latent.py); it cannot be lit, so shading must be albedo.
     With a nerfacc occupancy-grid `estimator` (CUDA), rays are marched through it at the same sample
     spacing (2 bound / n_samples) instead of n_samples equal bins; the outputs are the same.
     Shading is deferred: the composited albedo and normal are shaded per pixel, which equals
@@ -64,7 +67,10 @@ def render_views(field, background, cameras: Cameras, height: int, width: int, *
                           perturb=perturb, generator=generator, need_normals=normals_needed,
                           occupancy=occupancy)
     opacity = out["opacity"].reshape(B, height, width, 1)
-    albedo = out["albedo"].reshape(B, height, width, 3)
+    albedo = out["albedo"].reshape(B, height, width, -1)
+    latent = albedo.shape[-1] == LATENT_CHANNELS
+    if latent and shading != "albedo":
+        raise ValueError(f"render_views: a latent field renders albedo only, got shading '{shading}'")
     normal = out["normal"].reshape(B, height, width, 3) if out["normal"] is not None else None
     if shading == "albedo":
         fg = albedo
@@ -79,6 +85,8 @@ def render_views(field, background, cameras: Cameras, height: int, width: int, *
         bg = background(dirs)
     else:
         bg = solid_background(background_kind, (B, height, width), generator, origins.device)
+    if latent:
+        bg = rgb_to_latent(bg)
     rgb = fg + (1.0 - opacity) * bg
     return {"rgb": rgb, "opacity": opacity, "depth": out["depth"].reshape(B, height, width, 1),
             "albedo": albedo, "normal": normal, "dirs": dirs}

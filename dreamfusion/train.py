@@ -24,6 +24,7 @@ from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
 from .fields.background import build_background
 from .guidance.clip import transmittance_loss
+from .latent import LATENT_CHANNELS, rgb_view
 from .renderer import render_views, render_views_chunked
 
 __all__ = ["Trainer", "Interrupted", "pick_shading", "regularizers", "render_size"]
@@ -78,7 +79,7 @@ class Trainer:
         self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator("cpu").manual_seed(cfg.seed)
-        self.field = build_field(cfg.field, device)
+        self.field = build_field(cfg.field, device, LATENT_CHANNELS if cfg.guidance.latent_render else 3)
         self.background = build_background(cfg.render.background, device)
         groups = self.field.param_groups(cfg.optim)
         if self.background is not None:
@@ -157,7 +158,8 @@ class Trainer:
                 if self.estimator is not None:
                     update_estimator(self.estimator, self.field.density, self.step,
                                      render_step_size=2 * self.field.bound / c.render.n_samples)
-                out = self.render_batch(cams, pick_shading(self.step, c.render, self.generator))
+                shading = "albedo" if c.guidance.latent_render else pick_shading(self.step, c.render, self.generator)
+                out = self.render_batch(cams, shading)
                 terms = guidance(out["rgb"], cams, self.step, c.steps, generator=self.generator)
                 terms.update(regularizers(out, out.get("dirs")))
                 if c.loss.tv and hasattr(self.field, "tv_loss"):  # tri-plane total variation
@@ -203,7 +205,7 @@ class Trainer:
                              device=self.device)
         cams = Cameras(*(torch.roll(x, -2, 0) for x in cams))  # orbit starts at -180: roll to front first
         side = max(c.render.height, 64)
-        out = render_views_chunked(self.field, self.background, cams, side, side, n_samples=c.render.n_samples,
+        out = render_views_chunked(rgb_view(self.field), self.background, cams, side, side, n_samples=c.render.n_samples,
                                    views_per_chunk=4, background_kind="white")
         row = torch.cat(list(out["rgb"].clamp(0, 1)), dim=1)  # [H, 4W, 3]
         path = self.run_dir / "previews" / f"step_{self.step:06d}.png"

@@ -97,11 +97,11 @@ def _field_outputs(field_fn: FieldFn, points: Tensor) -> dict:
     m = points.shape[0]
     density, albedo = out.get("density"), out.get("albedo")
     if density is None or albedo is None:
-        raise ValueError(f"field_fn must return a dict with 'density' [M] and 'albedo' [M, 3], got keys {sorted(out)}")
+        raise ValueError(f"field_fn must return a dict with 'density' [M] and 'albedo' [M, C], got keys {sorted(out)}")
     if density.shape != (m,):
         raise ValueError(f"field_fn 'density' must be [M] = [{m}], got {tuple(density.shape)}")
-    if albedo.shape != (m, 3):
-        raise ValueError(f"field_fn 'albedo' must be [M, 3] = [{m}, 3], got {tuple(albedo.shape)}")
+    if albedo.ndim != 2 or albedo.shape[0] != m:
+        raise ValueError(f"field_fn 'albedo' must be [M, C] with M = {m}, got {tuple(albedo.shape)}")
     normal = out.get("normal")
     if normal is not None and normal.shape != (m, 3):
         raise ValueError(f"field_fn 'normal' must be [M, 3] = [{m}, 3], got {tuple(normal.shape)}")
@@ -183,7 +183,7 @@ def render_rays(field_fn: FieldFn, origins: Tensor, dirs: Tensor, bound: float, 
 
     grad_enabled = torch.is_grad_enabled()
     if points.shape[0] == 0:  # every ray misses: the field is not called with an empty batch
-        density, albedo = points.new_zeros(0), points.new_zeros(0, 3)
+        density, albedo = points.new_zeros(0), points.new_zeros(0, getattr(field_fn, "albedo_channels", 3))
         normal = points.new_zeros(0, 3) if need_normals else None
     else:
         density, albedo, normal = _query_field(field_fn, points, need_normals, grad_enabled)
@@ -202,7 +202,7 @@ def render_rays(field_fn: FieldFn, origins: Tensor, dirs: Tensor, bound: float, 
         "weights": weights,
         "opacity": weights.sum(-1),
         "depth": (weights * t).sum(-1),
-        "albedo": (weights[..., None] * full(albedo, 3)).sum(-2),
+        "albedo": (weights[..., None] * full(albedo, albedo.shape[-1])).sum(-2),
         "normal": None,
         "t": t,
         "sample_normal": None,

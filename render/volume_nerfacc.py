@@ -117,7 +117,7 @@ def render_rays_nerfacc(field_fn: FieldFn, origins: Tensor, dirs: Tensor, bound:
 
     if points.shape[0] == 0:  # nothing occupied along any ray
         zeros = origins.new_zeros(n_rays)
-        return {"weights": t_mid, "opacity": zeros, "depth": zeros.clone(), "albedo": origins.new_zeros(n_rays, 3),
+        return {"weights": t_mid, "opacity": zeros, "depth": zeros.clone(), "albedo": origins.new_zeros(n_rays, getattr(field_fn, "albedo_channels", 3)),
                 "normal": origins.new_zeros(n_rays, 3) if need_normals else None, "t": t_mid,
                 "sample_normal": points if need_normals else None, "ray_indices": ray_indices}
 

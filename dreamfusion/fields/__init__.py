@@ -23,11 +23,17 @@ __all__ = ["build_field", "NeRFField", "TriplaneField", "GaussianField", "HashGr
 _PLANNED: tuple[str, ...] = ()
 
 
-def build_field(cfg: FieldConfig, device: torch.device | str = "cpu") -> nn.Module:
-    """The field named by ``cfg.type``, on ``device``."""
+def build_field(cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3) -> nn.Module:
+    """The field named by ``cfg.type``, on ``device``; ``albedo_channels=4`` renders Stable Diffusion latents
+    (guidance.latent_render; NeRF and tri-plane only)."""
     fields = {"nerf": NeRFField, "triplane": TriplaneField, "gaussian": GaussianField}
     if cfg.type in _PLANNED:
         raise ConfigError(f"field.type={cfg.type} is not available yet; use field.type=nerf")
     if cfg.type not in fields:
         raise ConfigError(f"bad value '{cfg.type}' for 'field.type': choose one of {', '.join([*fields, *_PLANNED])}")
+    if albedo_channels != 3:
+        if cfg.type == "gaussian":
+            raise ConfigError("guidance.latent_render needs field.type=nerf or triplane (Gaussians carry RGB "
+                              "colours): set guidance.latent_render=false")
+        return fields[cfg.type](cfg, device, albedo_channels=albedo_channels)
     return fields[cfg.type](cfg, device)

@@ -20,7 +20,7 @@ from ..config import FieldConfig, OptimConfig
 from ..errors import ConfigError
 from .hashgrid import make_hashgrid
 
-__all__ = ["NeRFField", "trunc_exp"]
+__all__ = ["NeRFField", "trunc_exp", "decode_outputs", "check_decoder_config", "check_albedo_channels"]
 
 _EXP_CLAMP = 15.0  # exp(15) ~ 3.3e6: far past any useful density
 
@@ -51,10 +51,18 @@ _ACTIVATIONS = {"softplus": F.softplus, "exp": trunc_exp}
 
 
 def decode_outputs(raw: Tensor, points: Tensor, activation, blob: Tensor, bound: float) -> dict[str, Tensor]:
-    """MLP output [M, 4] -> density [M] = activation(raw + blob), 0 outside the box; albedo = sigmoid [M, 3]."""
+    """MLP output [M, 1 + C] -> density [M] = activation(raw + blob), 0 outside the box; albedo [M, C]:
+    sigmoid for RGB (C = 3), the raw outputs for Stable Diffusion latents (C = 4, guidance.latent_render)."""
     density = activation(raw[:, 0] + blob)
     inside = (points.abs() <= bound).all(dim=-1)
-    return {"density": torch.where(inside, density, torch.zeros_like(density)), "albedo": torch.sigmoid(raw[:, 1:])}
+    albedo = torch.sigmoid(raw[:, 1:]) if raw.shape[1] == 4 else raw[:, 1:]
+    return {"density": torch.where(inside, density, torch.zeros_like(density)), "albedo": albedo}
+
+
+def check_albedo_channels(channels: int) -> int:
+    if channels not in (3, 4):
+        raise ConfigError(f"a field renders 3 albedo channels (RGB) or 4 (SD latents), got {channels}")
+    return channels
 
 
 def check_decoder_config(cfg: FieldConfig) -> None:
@@ -72,9 +80,10 @@ def check_decoder_config(cfg: FieldConfig) -> None:
 class NeRFField(nn.Module):
     """Volumetric field (DESIGN.md "fields/"): ``forward(points [M, 3]) -> dict(density [M], albedo [M, 3])``."""
 
-    def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3):
         super().__init__()
         check_decoder_config(cfg)
+        self.albedo_channels = check_albedo_channels(albedo_channels)
         self.bound = float(cfg.bound)
         self.blob_density = float(cfg.blob_density)
         self.blob_radius = float(cfg.blob_radius)
@@ -86,7 +95,7 @@ class NeRFField(nn.Module):
         for _ in range(cfg.n_hidden_layers):
             layers += [nn.Linear(width, cfg.hidden_dim), nn.ReLU(inplace=True)]
             width = cfg.hidden_dim
-        layers.append(nn.Linear(width, 4))  # raw density, 3 albedo logits
+        layers.append(nn.Linear(width, 1 + albedo_channels))  # raw density, 3 albedo logits (or 4 latents)
         self.mlp = nn.Sequential(*layers).to(device)
 
     def blob(self, points: Tensor) -> Tensor:  # [M, 3] -> [M]

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..config import FieldConfig, OptimConfig
 from ..errors import ConfigError, UserError
-from .nerf import _ACTIVATIONS, NeRFField, _check_points, check_decoder_config, decode_outputs
+from .nerf import _ACTIVATIONS, NeRFField, _check_points, check_albedo_channels, check_decoder_config, decode_outputs
 
 __all__ = ["TriplaneField", "PLANE_AXES", "save_planes", "load_planes"]
 
@@ -48,9 +48,10 @@ class TriplaneField(nn.Module):
 
     blob = NeRFField.blob  # Magic3D bias blob_density * (1 - |x| / blob_radius), added before the activation
 
-    def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3):
         super().__init__()
         check_decoder_config(cfg)
+        self.albedo_channels = check_albedo_channels(albedo_channels)
         if cfg.triplane_aggregation not in _AGGREGATIONS:
             raise ConfigError(f"bad value '{cfg.triplane_aggregation}' for 'field.triplane_aggregation': "
                               f"choose one of {', '.join(_AGGREGATIONS)}")
@@ -71,7 +72,7 @@ class TriplaneField(nn.Module):
         for _ in range(cfg.n_hidden_layers):
             layers += [nn.Linear(width, cfg.hidden_dim), nn.ReLU(inplace=True)]
             width = cfg.hidden_dim
-        layers.append(nn.Linear(width, 4))  # raw density, 3 albedo logits
+        layers.append(nn.Linear(width, 1 + albedo_channels))  # raw density, 3 albedo logits (or 4 latents)
         self.mlp = nn.Sequential(*layers).to(device)
 
     def sample_planes(self, points: Tensor) -> Tensor:  # [M, 3] -> [3, M, C]
@@ -137,8 +138,10 @@ def save_planes(field: TriplaneField, path: str | Path) -> Path:
         "sampling": "bilinear, align_corners=True: column i at -bound + i * 2 * bound / (N - 1); "
                     "points outside the box are clamped to it and get density 0",
         "decoder": "mlp.<i> are nn.Linear (y = x W^T + b) with ReLU between; output 0 is raw density, "
-                   "density = activation(raw + blob_density * (1 - |x| / blob_radius)); outputs 1-3 are "
-                   "albedo logits, albedo = sigmoid",
+                   "density = activation(raw + blob_density * (1 - |x| / blob_radius)); with albedo_channels "
+                   "3, outputs 1-3 are albedo logits, albedo = sigmoid; with 4, outputs 1-4 are Stable Diffusion "
+                   "latents (scaled by the VAE's scaling_factor), used as they are",
+        "albedo_channels": field.albedo_channels,
         "mlp_layers": [name for name, m in field.mlp.named_children() if isinstance(m, nn.Linear)],
     })
     arrays = {name: field.planes[i].detach().cpu().float().numpy() for i, name in enumerate(PLANE_AXES)}
@@ -166,7 +169,8 @@ def load_planes(path: str | Path, field: TriplaneField | None = None,
     if meta.get("format") != _FORMAT:
         raise UserError(f"'{path}' is not a dreamfusion tri-plane file (format {meta.get('format')!r})")
     if field is None:
-        field = TriplaneField(FieldConfig(type="triplane", **{k: meta[k] for k in _META_KEYS}), device)
+        field = TriplaneField(FieldConfig(type="triplane", **{k: meta[k] for k in _META_KEYS}), device,
+                             albedo_channels=meta.get("albedo_channels", 3))
     differ = [f"{k}={meta[k]!r} (field: {getattr(field.cfg, k)!r})" for k in _META_KEYS
               if meta[k] != getattr(field.cfg, k)]
     if differ:

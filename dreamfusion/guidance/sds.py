@@ -99,14 +99,15 @@ class SDSGuidance:
 
     def __call__(self, images: Tensor, cameras: Any, step: int, total_steps: int,
                  generator: torch.Generator | None = None) -> dict[str, Tensor | float]:
-        """images [B, H, W, 3] in [0, 1] (requires grad), cameras for B views.
+        """images [B, H, W, 3] in [0, 1] (requires grad), or latents [B, h, w, 4] for a latent
+        predictor (guidance.latent_render), cameras for B views.
 
         Returns loss_sds (scalar; d loss_sds / d x0_b = w(t_b) (eps_hat_b - eps_b) / B after clipping),
         grad_norm (mean over views of the L2 norm of that per-view gradient, before the 1/B) and
         t (mean sampled time as a fraction of T).
         """
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"SDSGuidance: images must be [B, H, W, 3], got {tuple(images.shape)}")
+        if images.ndim != 4:
+            raise ValueError(f"SDSGuidance: images must be [B, H, W, C], got {tuple(images.shape)}")
         cfg = self.cfg
         batch = images.shape[0]
         x0 = self.predictor.encode(images).float()  # [B, C, h, w]; fp32 for the rule whatever the model runs in

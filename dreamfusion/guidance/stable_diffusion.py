@@ -105,6 +105,8 @@ class StableDiffusion:
             module.eval().requires_grad_(False)
         self.alphas_cumprod: Tensor = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # [T]
         self.scaling_factor = float(vae.config.scaling_factor)
+        self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD; 2 for the test's tiny VAE
+        self.latent_size = vae_resolution // self.latent_factor
 
         # Text embeddings once: the negative prompt ('' when none) is the unconditional branch.
         texts = {"uncond": negative_prompt}
@@ -185,14 +187,26 @@ class StableDiffusion:
         Bilinear resize to R, scale to [-1, 1], VAE posterior *mean* (deterministic: the same render
         gives the same latent) times ``scaling_factor`` (0.18215 for SD 1.x/2.x). Differentiable.
         """
+        if images.ndim == 4 and images.shape[-1] == self.vae.config.latent_channels:
+            return self.latents_from_render(images)
         if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"StableDiffusion.encode: images must be [B, H, W, 3], got {tuple(images.shape)}")
+            raise ValueError(f"StableDiffusion.encode: images must be [B, H, W, 3] (or [B, h, w, "
+                             f"{self.vae.config.latent_channels}] latents), got {tuple(images.shape)}")
         x = images.permute(0, 3, 1, 2).to(device=self.device, dtype=self.dtype)  # [B, 3, H, W]
         if x.shape[-2:] != (self.vae_resolution, self.vae_resolution):
             x = F.interpolate(x, size=(self.vae_resolution, self.vae_resolution), mode="bilinear",
                               align_corners=False)
         posterior = self.vae.encode(x * 2.0 - 1.0).latent_dist
         return posterior.mean * self.scaling_factor
+
+    def latents_from_render(self, latents: Tensor) -> Tensor:
+        """Latent rendering (guidance.latent_render): rendered latents [B, h, w, 4] -> [B, 4, s, s] as they are,
+        bilinearly resized only when h, w differ from the latent size s = vae_resolution / 8 (64 for SD at
+        512). No VAE: the gradient flows straight into the render."""
+        x = latents.permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (self.latent_size, self.latent_size):
+            x = F.interpolate(x, size=(self.latent_size, self.latent_size), mode="bilinear", align_corners=False)
+        return x
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
