@@ -240,8 +240,8 @@ class ExportConfig:
     """Marching-cubes grid resolution per side."""
     threshold: Optional[float] = None
     """Density level of the surface; null = automatic, where the optical depth seen from outside reaches auto_optical_depth."""
-    auto_optical_depth: float = 0.3
-    """Automatic surface: optical depth (min over the six axis directions) at which the mesh surface lies."""
+    auto_optical_depth: Optional[float] = None
+    """Automatic surface: optical depth (min over the six axis directions) at which the mesh surface lies; null = the field's own (0.3 for nerf / triplane, 0.15 for gaussian)."""
     min_component_ratio: float = 0.05
     """Drop mesh pieces with fewer faces than this fraction of the largest piece."""
     decimate_faces: int = 0
@@ -511,6 +511,9 @@ def validate(cfg: Config) -> None:
     if g.latent_render and cfg.field.type == "gaussian":
         raise ConfigError("guidance.latent_render needs field.type=nerf or triplane (Gaussians carry RGB "
                           "colours): set guidance.latent_render=false")
+    if cfg.export.auto_optical_depth is not None and cfg.export.auto_optical_depth <= 0:
+        raise ConfigError(f"export.auto_optical_depth must be positive (or null for the field's own), "
+                          f"got {cfg.export.auto_optical_depth}")
     for panel in cfg.export.video_panels:
         if panel not in ("rgb", "normal", "depth"):
             raise ConfigError(f"bad export.video_panels entry '{panel}': choose from rgb, normal, depth")

@@ -19,6 +19,11 @@ from .renderer import occupancy_grid, render_views_chunked
 __all__ = ["export_mesh", "export_video", "export_run"]
 
 
+def surface_optical_depth(field, configured: float | None) -> float:
+    """export.auto_optical_depth, or when it is null the field's `surface_optical_depth` (default 0.3)."""
+    return configured if configured is not None else getattr(field, "surface_optical_depth", 0.3)
+
+
 def _density_fn(field):
     return lambda pts: field.density(pts)
 
@@ -32,7 +37,7 @@ def export_mesh(field, cfg: Config, run_dir: Path) -> dict[str, Path]:
     e = cfg.export
     vertices, faces = extract_mesh(_density_fn(field), field.bound, e.resolution, threshold=e.threshold,
                                    min_component_ratio=e.min_component_ratio, decimate_faces=e.decimate_faces,
-                                   auto_optical_depth=e.auto_optical_depth)
+                                   auto_optical_depth=surface_optical_depth(field, e.auto_optical_depth))
     mesh_dir = Path(run_dir) / "mesh"
     mesh_dir.mkdir(exist_ok=True)
     if e.texture == "uv":

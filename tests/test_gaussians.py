@@ -525,3 +525,19 @@ def test_white_or_black_background_is_one_of_the_two_per_view():
     assert 16 <= int(levels.sum()) <= 48  # equal odds: 32 expected, binomial sd 4
     again = solid_background("white_or_black", (64, 5, 4), torch.Generator().manual_seed(3))
     assert torch.equal(again, bg)
+
+
+def test_mesh_level_is_the_fields_own_unless_configured():
+    """export.auto_optical_depth: null -> 0.15 for splats, 0.3 for volumetric fields; a value overrides both."""
+    from dreamfusion.config import FieldConfig, load_config
+    from dreamfusion.errors import ConfigError
+    from dreamfusion.exporting import surface_optical_depth
+    from dreamfusion.fields import build_field
+
+    splats = _field(count=10)
+    nerf = build_field(FieldConfig(n_levels=2, log2_hashmap_size=8, base_resolution=4, hidden_dim=8))
+    assert (surface_optical_depth(splats, None), surface_optical_depth(nerf, None)) == (0.15, 0.3)
+    assert (surface_optical_depth(splats, 0.2), surface_optical_depth(nerf, 0.2)) == (0.2, 0.2)
+    assert load_config("demo").export.auto_optical_depth is None
+    with pytest.raises(ConfigError, match="export.auto_optical_depth must be positive"):
+        load_config("demo", ["export.auto_optical_depth=0"])

@@ -77,6 +77,11 @@ def _neighbour_distance(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor
 class GaussianField(nn.Module):
     """N anisotropic 3D Gaussians; see the module docstring for parameters, rendering and densification."""
 
+    # Mesh level (export.auto_optical_depth: null): splats' summed density rises more gently at the surface
+    # than a NeRF's, and 0.3 put the mesh inside the object. Embedded-prior grid, demo config: orange cube IoU
+    # 0.856 -> 0.871, white sphere 0.795 -> 0.832 going from 0.3 to 0.15 (0.1: 0.858 / 0.846, darker albedo).
+    surface_optical_depth = 0.15
+
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu"):
         super().__init__()
         if cfg.gaussian_count < 1 or cfg.gaussian_init_radius <= 0:
