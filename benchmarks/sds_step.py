@@ -4,6 +4,11 @@
     python benchmarks/sds_step.py --model tiny --device cpu                                  # CPU, tiny SD
     python benchmarks/sds_step.py --model full --device cpu --floor-only --iters 1 --warmup 0
     python benchmarks/sds_step.py --model tiny --device cpu --latent-render   # Latent-NeRF: no VAE in the step
+    python benchmarks/sds_step.py --model full --device cuda --config gaussian --fit-steps 500   # a whole run
+
+With ``--config NAME --fit-steps N`` the harness instead runs ``Trainer.fit`` of configs/NAME.yaml for N steps
+(densification, schedules and progressive resolution included; no export) with the random model as the
+guidance, and reports the seconds for the N steps beside N x the floor.
 
 The step is the one ``Trainer.fit`` runs with the default config: sample B cameras, render the hash-grid
 NeRF at 64x64 (128 samples per ray, learned background), SDS on Stable Diffusion (resize to the VAE
@@ -175,11 +180,55 @@ def ms_stats(values: list[float], cpu: list[float] | None = None) -> dict[str, f
     return out
 
 
+def run_fit(args, device: torch.device, fast: GuidanceConfig, clock: Clock) -> dict:
+    """Seconds for ``--fit-steps`` steps of ``Trainer.fit`` on configs/``--config`` with the random SD model."""
+    import tempfile
+
+    from dreamfusion.config import load_config
+    from dreamfusion.train import Trainer
+
+    cfg = load_config(args.config, [f"steps={args.fit_steps}", f"device={device.type}", "preview_every=0",
+                                    f"checkpoint_every={10 ** 9}", f"guidance.dtype={args.dtype}"]
+                      + ([f"guidance.vae_resolution={args.vae_resolution}"] if args.vae_resolution else []))
+    t0 = time.perf_counter()
+    sd = build_stable_diffusion(args.model, device, fast, vae_resolution=cfg.guidance.vae_resolution)
+    floor_call = Floor(sd)
+    build_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, Path(run_dir), device)
+        guidance = SDSGuidance(sd, cfg.guidance)
+        start, cpu = clock(), time.process_time()
+        trainer.fit(guidance)
+        fit_s, fit_cpu = clock() - start, time.process_time() - cpu
+        final_count = getattr(trainer.field, "count", None)
+    for _ in range(args.warmup):
+        floor_call()
+    floor = []
+    for _ in range(args.iters):
+        start = clock()
+        floor_call()
+        floor.append(clock() - start)
+    floor_ms = ms_stats(floor)
+    result = {"benchmark": "sds_fit", "config": args.config, "model": args.model, "device": device_name(device),
+              "device_type": device.type, "torch": torch.__version__, "dtype": str(sd.dtype).replace("torch.", ""),
+              "steps": args.fit_steps, "fit_s": fit_s, "it_per_s": args.fit_steps / fit_s,
+              "floor_ms": floor_ms, "ratio_to_floor": fit_s * 1e3 / (args.fit_steps * floor_ms["mean"]),
+              "build_s": round(build_s, 1), "date": args.date, "threads": torch.get_num_threads(),
+              "final_gaussians": final_count, "loadavg_1min_at_start": os.getloadavg()[0]}
+    if device.type == "cpu":
+        result["cpu_share"] = fit_cpu / (torch.get_num_threads() * fit_s)
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return result
+
+
 def run(args) -> dict:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     fast = GuidanceConfig(dtype=args.dtype, channels_last=args.channels_last, attention=args.attention,
                           compile=args.compile, half_precision=True)
     clock = Clock(device)
+    if args.config:
+        return run_fit(args, device, fast, clock)
     t0 = time.perf_counter()
     if args.floor_only:  # only the diffusion model: no field, no optimizer
         step, sd = None, build_stable_diffusion(args.model, device, fast, vae_resolution=args.vae_resolution)
@@ -272,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latent-render", action="store_true",
                    help="guidance.latent_render: the field renders 4 latent channels at --height x --width and the "
                         "'encode' part is only a reshape (no VAE)")
+    p.add_argument("--config", default=None, help="time Trainer.fit of this config (e.g. gaussian) instead of one step")
+    p.add_argument("--fit-steps", type=int, default=500, help="with --config: steps of the timed fit")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--iters", type=int, default=10, help="timed steps per phase")
     p.add_argument("--floor-only", action="store_true", help="only the UNet floor (e.g. the full model on CPU)")
@@ -279,10 +330,17 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.latent_render and args.shading != "albedo":
         p.error("--latent-render renders albedo only: drop --shading")
-    if args.vae_resolution is None:
+    if args.vae_resolution is None and not args.config:  # --config: the config's own
         args.vae_resolution = 512 if args.model == "full" else 128
     result = run(args)
-    print_table(result)
+    if result["benchmark"] == "sds_fit":
+        print(f"# sds_fit  config={result['config']}  model={result['model']}  device={result['device']}  "
+              f"dtype={result['dtype']}")
+        print(f"{result['steps']} steps: {result['fit_s']:.1f} s ({result['it_per_s']:.2f} it/s); floor "
+              f"{result['floor_ms']['mean']:.1f} ms; fit / (steps x floor) = {result['ratio_to_floor']:.2f}; "
+              f"Gaussians at the end: {result['final_gaussians']}")
+    else:
+        print_table(result)
     print(json.dumps(result))
 
 

@@ -90,11 +90,12 @@ def test_prompt_outside_the_vocabulary_is_a_one_line_error_listing_it(prompt):
 
 
 def test_sdf_is_zero_on_the_surface_and_negative_exactly_inside():
-    pts = torch.rand(20000, 3) * 2 - 1
+    pts = torch.rand(20000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
     for shape in SHAPES:
         d = sdf(shape, pts)
         assert torch.equal(d < 0, inside(shape, pts) & (d < 0))  # the bound never claims outside points
-        torch.testing.assert_close((d <= 0), inside(shape, pts) | (d.abs() < 1e-6))
+        far = d.abs() >= 1e-6  # within float error of the surface either answer is right
+        assert torch.equal((d <= 0)[far], inside(shape, pts)[far]), shape
 
 
 def test_sphere_silhouette_coverage_matches_the_projected_disc():
