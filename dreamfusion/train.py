@@ -27,7 +27,7 @@ from .guidance.clip import transmittance_loss
 from .latent import LATENT_CHANNELS, rgb_view
 from .renderer import render_views, render_views_chunked
 
-__all__ = ["Trainer", "Interrupted", "pick_shading", "regularizers", "render_size"]
+__all__ = ["Trainer", "Interrupted", "pick_shading", "regularizers", "render_size", "warmup_factor"]
 
 
 class Interrupted(UserError):
@@ -52,6 +52,13 @@ def render_size(step: int, cfg) -> tuple[int, int]:
     stage = sum(step >= m for m in cfg.progressive_milestones)
     side = cfg.progressive_sizes[stage]
     return side, side
+
+
+def warmup_factor(step: int, cfg) -> float:
+    """Learning-rate multiplier at `step`: lr_warmup_start -> 1 linearly over optim.lr_warmup_steps, then 1."""
+    if cfg.lr_warmup_steps <= 0 or step >= cfg.lr_warmup_steps:
+        return 1.0
+    return cfg.lr_warmup_start + (1.0 - cfg.lr_warmup_start) * step / cfg.lr_warmup_steps
 
 
 def regularizers(out: dict, dirs: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -171,7 +178,7 @@ class Trainer:
                 loss.backward()
                 if hasattr(self.field, "after_backward"):  # e.g. Gaussian densification statistics
                     self.field.after_backward(out, self.step)
-                self.optimizer.step()
+                self._adam_step(warmup_factor(self.step, c.optim))
                 if hasattr(self.field, "after_step"):
                     self.field.after_step(self.step, self.optimizer)
                 self.step += 1
@@ -196,6 +203,17 @@ class Trainer:
             metrics.close()
             signal.signal(signal.SIGTERM, previous_handler)
         self.save()
+
+    def _adam_step(self, factor: float) -> None:
+        """optimizer.step() with every group's lr scaled by `factor` for this step only, so the warm-up
+        composes with the groups' own schedules (the Gaussian means' decay) and checkpoints keep plain lrs."""
+        if factor != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= factor
+        self.optimizer.step()
+        if factor != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] /= factor
 
     @torch.no_grad()
     def write_preview(self) -> Path:
