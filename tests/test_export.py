@@ -184,7 +184,7 @@ def test_decimation_without_fast_simplification_names_the_package(monkeypatch):
 def test_decimation_reaches_the_target_and_keeps_the_shape(sphere):
     pytest.importorskip("fast_simplification", reason="optional: pip install fast-simplification")
     _, full_f, t, _ = sphere
-    v, f = extract_mesh(smooth_sphere, 1.0, 48, decimate_faces=1000)
+    v, f = extract_mesh(smooth_sphere, 1.0, 48, threshold=t, decimate_faces=1000)  # the fixture's level
     assert len(f) <= 1000 < len(full_f)
     assert signed_volume(v, f) == pytest.approx(4 / 3 * math.pi * level_radius(t) ** 3, rel=0.03)
 
