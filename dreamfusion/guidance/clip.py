@@ -24,7 +24,7 @@ from ..config import GuidanceConfig
 from ..errors import ModelNotFoundError, UserError
 from .augment import crop, random_crop_boxes
 from .prompts import view_label, view_prompts
-from .stable_diffusion import _first_line, _hub_errors, _hub_status, _looks_like_path
+from .stable_diffusion import _looks_like_path, hub_kwargs, load_parts
 
 __all__ = ["FrozenCLIP", "CLIPGuidance", "transmittance_target", "transmittance_loss", "DEFAULT_CLIP"]
 
@@ -126,28 +126,14 @@ class FrozenCLIP:
         elif _looks_like_path(model):
             raise ModelNotFoundError(f"{what} '{model}' is not a folder: {how}")
         else:
-            status = _hub_status(model, revision)
-            if status == "missing":
-                rev = f" at revision '{revision}'" if revision else ""
-                raise ModelNotFoundError(f"{what} '{model}'{rev} is not on the hub "
-                                         f"(misspelt, private or removed?): {how}")
-            source, kwargs = model, {"revision": revision, "local_files_only": status == "offline"}
+            source, kwargs = model, hub_kwargs(model, revision, what, how)
         from transformers import CLIPModel, CLIPTokenizer
 
         device = torch.device(device)
         dtype = torch.float16 if (half_precision and device.type == "cuda") else torch.float32
-        parts = {}
-        for name, loader, extra in (("tokenizer", CLIPTokenizer, {}), ("model", CLIPModel, {"dtype": dtype})):
-            try:
-                parts[name] = loader.from_pretrained(source, **kwargs, **extra)
-            except _hub_errors() as exc:
-                if local:
-                    why = f"cannot load the CLIP {name} of {what} folder '{model}': {_first_line(exc)}"
-                elif kwargs["local_files_only"]:
-                    why = f"{what} '{model}' is not in the local cache and the hub is unreachable (offline?)"
-                else:
-                    why = f"cannot load {what} '{model}' from the hub: {_first_line(exc)}"
-                raise ModelNotFoundError(f"{why}; {how}") from exc
+        specs = [("tokenizer", CLIPTokenizer, {}, "the CLIP tokenizer"),
+                 ("model", CLIPModel, {"dtype": dtype}, "the CLIP model")]
+        parts = load_parts(specs, source, kwargs, model=model, local=local, what=what, how=how)
         pre = _read_preprocessor(source, local, kwargs)
         return cls(parts["model"], parts["tokenizer"], device=device, dtype=dtype,
                    mean=tuple(pre.get("image_mean", CLIP_MEAN)), std=tuple(pre.get("image_std", CLIP_STD)))

@@ -73,6 +73,35 @@ def _hub_status(model: str, revision: str | None) -> str:
     return "online"
 
 
+def hub_kwargs(model: str, revision: str | None, what: str, how: str) -> dict:
+    """from_pretrained kwargs for a hub id: the revision, and local_files_only when the hub is unreachable
+    (so the cache answers at once). A repository or revision the hub says does not exist is a one-line
+    ModelNotFoundError; ``what`` names the model's role, ``how`` says how to get it."""
+    status = _hub_status(model, revision)
+    if status == "missing":
+        rev = f" at revision '{revision}'" if revision else ""
+        raise ModelNotFoundError(f"{what} '{model}'{rev} is not on the hub (misspelt, private or removed?): {how}")
+    return {"revision": revision, "local_files_only": status == "offline"}
+
+
+def load_parts(specs, source: str, kwargs: dict, *, model: str, local: bool, what: str, how: str) -> dict:
+    """``{name: loader.from_pretrained(source, **kwargs, **extra)}`` for specs ``(name, loader, extra, label)``;
+    a part that fails to load is one ModelNotFoundError line (``label`` names the part inside a local folder)."""
+    parts = {}
+    for name, loader, extra, label in specs:
+        try:
+            parts[name] = loader.from_pretrained(source, **kwargs, **extra)
+        except _hub_errors() as exc:
+            if local:
+                why = f"cannot load {label} of {what} folder '{model}': {_first_line(exc)}"
+            elif kwargs["local_files_only"]:
+                why = f"{what} '{model}' is not in the local cache and the hub is unreachable (offline?)"
+            else:
+                why = f"cannot load {what} '{model}' from the hub: {_first_line(exc)}"
+            raise ModelNotFoundError(f"{why}; {how}") from exc
+    return parts
+
+
 def _resolve_model(model: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, is_local_folder); raises ModelNotFoundError for bad folders."""
     path = Path(model).expanduser()
@@ -131,33 +160,18 @@ class StableDiffusion:
         fast = fast_paths if fast_paths is not None else GuidanceConfig()
         dtype = resolve_dtype(fast.dtype, half_precision, device)  # before any file or hub access
         source, local = _resolve_model(model)
-        kwargs = {}
-        if not local:
-            status = _hub_status(model, revision)
-            if status == "missing":
-                rev = f" at revision '{revision}'" if revision else ""
-                raise ModelNotFoundError(f"guidance model '{model}'{rev} is not on the hub (misspelt, private or "
-                                         f"removed?): {_how_to_get(model)}")
-            kwargs = {"revision": revision, "local_files_only": status == "offline"}
+        how = _how_to_get(model)
+        kwargs = {} if local else hub_kwargs(model, revision, "guidance model", how)
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         device = torch.device(device)
-        parts = {}
-        for sub, loader, extra in (("tokenizer", CLIPTokenizer, {}), ("text_encoder", CLIPTextModel, {}),
-                                   ("unet", UNet2DConditionModel, {"torch_dtype": dtype}),
-                                   ("vae", AutoencoderKL, {"torch_dtype": dtype}),
-                                   ("scheduler", DDPMScheduler, {})):
-            try:
-                parts[sub] = loader.from_pretrained(source, subfolder=sub, **kwargs, **extra)
-            except _hub_errors() as exc:
-                if local:
-                    why = f"cannot load {sub}/ of guidance model folder '{model}': {_first_line(exc)}"
-                elif kwargs["local_files_only"]:
-                    why = f"guidance model '{model}' is not in the local cache and the hub is unreachable (offline?)"
-                else:
-                    why = f"cannot load guidance model '{model}' from the hub: {_first_line(exc)}"
-                raise ModelNotFoundError(f"{why}; {_how_to_get(model)}") from exc
+        specs = [(sub, loader, {"subfolder": sub, **extra}, f"{sub}/")
+                 for sub, loader, extra in (("tokenizer", CLIPTokenizer, {}), ("text_encoder", CLIPTextModel, {}),
+                                            ("unet", UNet2DConditionModel, {"torch_dtype": dtype}),
+                                            ("vae", AutoencoderKL, {"torch_dtype": dtype}),
+                                            ("scheduler", DDPMScheduler, {}))]
+        parts = load_parts(specs, source, kwargs, model=model, local=local, what="guidance model", how=how)
         sd = cls(parts["tokenizer"], parts["text_encoder"], parts["unet"], parts["vae"], parts["scheduler"],
                  device=device, dtype=dtype, prompt=prompt, negative_prompt=negative_prompt,
                  view_dependent=view_dependent, vae_resolution=vae_resolution)
