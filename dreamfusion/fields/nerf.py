@@ -20,7 +20,8 @@ from ..config import FieldConfig, OptimConfig
 from ..errors import ConfigError
 from .hashgrid import make_hashgrid
 
-__all__ = ["NeRFField", "trunc_exp", "decode_outputs", "check_decoder_config", "check_albedo_channels"]
+__all__ = ["NeRFField", "trunc_exp", "decode_outputs", "check_decoder_config", "check_albedo_channels",
+           "init_decoder"]
 
 _EXP_CLAMP = 15.0  # exp(15) ~ 3.3e6: far past any useful density
 
@@ -77,26 +78,34 @@ def check_decoder_config(cfg: FieldConfig) -> None:
         raise ConfigError(f"field.blob_radius must be positive, got {cfg.blob_radius}")
 
 
+def init_decoder(field: nn.Module, cfg: FieldConfig, albedo_channels: int, in_width: int,
+                 device: torch.device | str) -> None:
+    """The decoder every MLP-decoded field shares (NeRF, tri-plane): bound, blob, density activation and
+    ``field.mlp``: in_width -> (Linear, ReLU) x n_hidden_layers -> 1 raw density + albedo_channels outputs."""
+    field.albedo_channels = check_albedo_channels(albedo_channels)
+    field.bound = float(cfg.bound)
+    field.blob_density = float(cfg.blob_density)
+    field.blob_radius = float(cfg.blob_radius)
+    field.density_activation = cfg.density_activation
+    field._activation = _ACTIVATIONS[cfg.density_activation]
+    layers: list[nn.Module] = []
+    width = in_width
+    for _ in range(cfg.n_hidden_layers):
+        layers += [nn.Linear(width, cfg.hidden_dim), nn.ReLU(inplace=True)]
+        width = cfg.hidden_dim
+    layers.append(nn.Linear(width, 1 + albedo_channels))  # raw density, 3 albedo logits (or 4 latents)
+    field.mlp = nn.Sequential(*layers).to(device)
+
+
 class NeRFField(nn.Module):
     """Volumetric field (DESIGN.md "fields/"): ``forward(points [M, 3]) -> dict(density [M], albedo [M, 3])``."""
 
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3):
         super().__init__()
         check_decoder_config(cfg)
-        self.albedo_channels = check_albedo_channels(albedo_channels)
-        self.bound = float(cfg.bound)
-        self.blob_density = float(cfg.blob_density)
-        self.blob_radius = float(cfg.blob_radius)
-        self.density_activation = cfg.density_activation
-        self._activation = _ACTIVATIONS[cfg.density_activation]
+        check_albedo_channels(albedo_channels)
         self.encoding = make_hashgrid(cfg, device)
-        layers: list[nn.Module] = []
-        width = self.encoding.output_dim
-        for _ in range(cfg.n_hidden_layers):
-            layers += [nn.Linear(width, cfg.hidden_dim), nn.ReLU(inplace=True)]
-            width = cfg.hidden_dim
-        layers.append(nn.Linear(width, 1 + albedo_channels))  # raw density, 3 albedo logits (or 4 latents)
-        self.mlp = nn.Sequential(*layers).to(device)
+        init_decoder(self, cfg, albedo_channels, self.encoding.output_dim, device)
 
     def blob(self, points: Tensor) -> Tensor:  # [M, 3] -> [M]
         """Magic3D density bias blob_density * (1 - |x| / blob_radius), added before the activation."""

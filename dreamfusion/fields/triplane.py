@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..config import FieldConfig, OptimConfig
 from ..errors import ConfigError, UserError
-from .nerf import _ACTIVATIONS, NeRFField, _check_points, check_albedo_channels, check_decoder_config, decode_outputs
+from .nerf import NeRFField, _check_points, check_albedo_channels, check_decoder_config, decode_outputs, init_decoder
 
 __all__ = ["TriplaneField", "PLANE_AXES", "save_planes", "load_planes"]
 
@@ -51,7 +51,7 @@ class TriplaneField(nn.Module):
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3):
         super().__init__()
         check_decoder_config(cfg)
-        self.albedo_channels = check_albedo_channels(albedo_channels)
+        check_albedo_channels(albedo_channels)
         if cfg.triplane_aggregation not in _AGGREGATIONS:
             raise ConfigError(f"bad value '{cfg.triplane_aggregation}' for 'field.triplane_aggregation': "
                               f"choose one of {', '.join(_AGGREGATIONS)}")
@@ -59,21 +59,10 @@ class TriplaneField(nn.Module):
             raise ConfigError(f"field.triplane_resolution must be >= 2 and field.triplane_channels >= 1, "
                               f"got {cfg.triplane_resolution} and {cfg.triplane_channels}")
         self.cfg = cfg
-        self.bound = float(cfg.bound)
-        self.blob_density = float(cfg.blob_density)
-        self.blob_radius = float(cfg.blob_radius)
-        self.density_activation = cfg.density_activation
         self.aggregation = cfg.triplane_aggregation
-        self._activation = _ACTIVATIONS[cfg.density_activation]
         C, N = cfg.triplane_channels, cfg.triplane_resolution
         self.planes = nn.Parameter(torch.randn(3, C, N, N, device=device) * _INIT_STD)  # xy, xz, yz
-        layers: list[nn.Module] = []
-        width = 3 * C if self.aggregation == "concat" else C
-        for _ in range(cfg.n_hidden_layers):
-            layers += [nn.Linear(width, cfg.hidden_dim), nn.ReLU(inplace=True)]
-            width = cfg.hidden_dim
-        layers.append(nn.Linear(width, 1 + albedo_channels))  # raw density, 3 albedo logits (or 4 latents)
-        self.mlp = nn.Sequential(*layers).to(device)
+        init_decoder(self, cfg, albedo_channels, 3 * C if self.aggregation == "concat" else C, device)
 
     def sample_planes(self, points: Tensor) -> Tensor:  # [M, 3] -> [3, M, C]
         """Bilinear samples of the xy, xz, yz planes at the point's projections (conventions: module doc)."""
