@@ -541,3 +541,31 @@ def test_mesh_level_is_the_fields_own_unless_configured():
     assert load_config("demo").export.auto_optical_depth is None
     with pytest.raises(ConfigError, match="export.auto_optical_depth must be positive"):
         load_config("demo", ["export.auto_optical_depth=0"])
+
+
+def test_cli_gaussian_config_with_tiny_sd_writes_ply_glb_and_video(tiny_sd_dir, tmp_path):
+    """Issue 6's first "done when": --config gaussian on the tiny SD folder, 10 steps through the progressive
+    schedule (sizes shrunk for the CPU) and the white_or_black background, then every artifact."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dreamfusion.export.ply import read_ply
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "dreamfusion", "--config", "gaussian", "prompt=a red cube",
+           f"guidance.model={tiny_sd_dir}", "guidance.vae_resolution=32", "steps=10", "device=cpu",
+           "field.gaussian_count=500", "render.progressive_sizes=[16,24,32]", "render.progressive_milestones=[4,8]",
+           "field.gaussian_densify_every=5", f"output_dir={tmp_path}", "export.resolution=32",
+           "export.texture=vertex", "export.video_frames=4", "export.video_resolution=32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = Path(proc.stdout.strip().splitlines()[-1])
+    splats = read_ply(run / "splats.ply")
+    assert splats["means"].shape[1] == 3 and splats["means"].shape[0] > 0
+    assert (run / "mesh" / "model.glb").stat().st_size > 0 and (run / "orbit.mp4").stat().st_size > 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 10 and all(math.isfinite(r["loss"]) for r in rows)
