@@ -180,6 +180,19 @@ def ms_stats(values: list[float], cpu: list[float] | None = None) -> dict[str, f
     return out
 
 
+def time_floor(floor_call: "Floor", args, clock: Clock, device: torch.device) -> dict[str, float]:
+    """``--warmup`` untimed then ``--iters`` timed UNet forwards: ms_stats (with the CPU share on CPU)."""
+    for _ in range(args.warmup):
+        floor_call()
+    floor, floor_cpu = [], []
+    for _ in range(args.iters):
+        start, cpu = clock(), time.process_time()
+        floor_call()
+        floor.append(clock() - start)
+        floor_cpu.append(time.process_time() - cpu)
+    return ms_stats(floor, floor_cpu if device.type == "cpu" else None)
+
+
 def run_fit(args, device: torch.device, fast: GuidanceConfig, clock: Clock) -> dict:
     """Seconds for ``--fit-steps`` steps of ``Trainer.fit`` on configs/``--config`` with the random SD model."""
     import tempfile
@@ -201,14 +214,7 @@ def run_fit(args, device: torch.device, fast: GuidanceConfig, clock: Clock) -> d
         trainer.fit(guidance)
         fit_s, fit_cpu = clock() - start, time.process_time() - cpu
         final_count = getattr(trainer.field, "count", None)
-    for _ in range(args.warmup):
-        floor_call()
-    floor = []
-    for _ in range(args.iters):
-        start = clock()
-        floor_call()
-        floor.append(clock() - start)
-    floor_ms = ms_stats(floor)
+    floor_ms = time_floor(floor_call, args, clock, device)
     result = {"benchmark": "sds_fit", "config": args.config, "model": args.model, "device": device_name(device),
               "device_type": device.type, "torch": torch.__version__, "dtype": str(sd.dtype).replace("torch.", ""),
               "steps": args.fit_steps, "fit_s": fit_s, "it_per_s": args.fit_steps / fit_s,
@@ -264,15 +270,7 @@ def run(args) -> dict:
         result["step_ms"] = ms_stats(whole, whole_cpu if device.type == "cpu" else None)
         result["it_per_s"] = 1e3 / result["step_ms"]["mean"]
 
-    for _ in range(args.warmup):
-        floor_call()
-    floor, floor_cpu = [], []
-    for _ in range(args.iters):
-        start, cpu = clock(), time.process_time()
-        floor_call()
-        floor.append(clock() - start)
-        floor_cpu.append(time.process_time() - cpu)
-    result["floor_ms"] = ms_stats(floor, floor_cpu if device.type == "cpu" else None)
+    result["floor_ms"] = time_floor(floor_call, args, clock, device)
     if step is not None:
         result["ratio_to_floor"] = result["step_ms"]["mean"] / result["floor_ms"]["mean"]
     if device.type == "cuda":

@@ -295,6 +295,9 @@ class Config:
     export: ExportConfig = dc_field(default_factory=ExportConfig)
 
 
+LATENT_NEEDS_VOLUME = ("guidance.latent_render needs field.type=nerf or triplane (Gaussians carry RGB colours): "
+                       "set guidance.latent_render=false")
+
 # Allowed values of the string-valued choice keys; checked after merging.
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
@@ -516,8 +519,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"guidance.latent_render needs guidance.type=sds (Stable Diffusion latents), got "
                           f"guidance.type={g.type}: set guidance.latent_render=false")
     if g.latent_render and cfg.field.type == "gaussian":
-        raise ConfigError("guidance.latent_render needs field.type=nerf or triplane (Gaussians carry RGB "
-                          "colours): set guidance.latent_render=false")
+        raise ConfigError(LATENT_NEEDS_VOLUME)
     if cfg.export.auto_optical_depth is not None and cfg.export.auto_optical_depth <= 0:
         raise ConfigError(f"export.auto_optical_depth must be positive (or null for the field's own), "
                           f"got {cfg.export.auto_optical_depth}")

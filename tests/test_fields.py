@@ -124,19 +124,23 @@ def test_hashgrid_dense_to_hashed_switch_closed_form():
     assert float(grid.embeddings.detach().abs().max()) <= 1e-4  # U(-1e-4, 1e-4)
 
 
-def _zeroed_field(**overrides):
+def _zeroed_field(kind: str = "nerf", **overrides):
+    """A NeRF (hash table) or tri-plane (planes) field whose features and last MLP layer are zero."""
     torch.manual_seed(0)
-    field = NeRFField(FieldConfig(backend="torch", n_levels=4, log2_hashmap_size=12, **overrides))
+    field = build_field(FieldConfig(type=kind, backend="torch", n_levels=4, log2_hashmap_size=12,
+                                    triplane_resolution=16, triplane_channels=4, **overrides))
     with torch.no_grad():
-        field.encoding.embeddings.zero_()
+        (field.encoding.embeddings if kind == "nerf" else field.planes).zero_()
         field.mlp[-1].weight.zero_()
         field.mlp[-1].bias.zero_()
     return field
 
 
+@pytest.mark.parametrize("kind", ["nerf", "triplane"])
 @pytest.mark.parametrize("activation", ["softplus", "exp"])
-def test_nerf_at_init_is_the_blob(activation):
-    field = _zeroed_field(density_activation=activation, blob_density=10.0, blob_radius=0.5)
+def test_field_at_init_is_the_blob(kind, activation):
+    """Both MLP-decoded fields share init_decoder: zero features and a zero last layer leave only the blob."""
+    field = _zeroed_field(kind, density_activation=activation, blob_density=10.0, blob_radius=0.5)
     gen = torch.Generator().manual_seed(0)
     inside = torch.rand(400, 3, generator=gen) * 2 - 1
     outside = torch.tensor([[1.2, 0.0, 0.0], [0.0, -1.01, 0.5], [2.0, 2.0, 2.0]])

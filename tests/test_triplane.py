@@ -120,26 +120,6 @@ def test_no_grad_chunks_equal_one_pass(monkeypatch):
         assert torch.equal(chunked[key], whole[key].detach())
 
 
-@pytest.mark.parametrize("activation", ["softplus", "exp"])
-def test_triplane_at_init_is_the_blob(activation):
-    torch.manual_seed(0)
-    field = TriplaneField(FieldConfig(type="triplane", density_activation=activation, blob_density=10.0,
-                                      blob_radius=0.5, triplane_resolution=16, triplane_channels=4))
-    with torch.no_grad():
-        field.planes.zero_()
-        field.mlp[-1].weight.zero_()
-        field.mlp[-1].bias.zero_()
-    inside = torch.rand(400, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    outside = torch.tensor([[1.2, 0.0, 0.0], [0.0, -1.01, 0.5], [2.0, 2.0, 2.0]])
-    out = field(torch.cat([inside, outside]))
-    blob = 10.0 * (1 - inside.norm(dim=-1) / 0.5)  # Magic3D, added before the activation
-    expected = F.softplus(blob) if activation == "softplus" else torch.exp(blob)
-    torch.testing.assert_close(out["density"][:400], expected, atol=0, rtol=1e-6)
-    assert torch.equal(out["density"][400:], torch.zeros(3))
-    assert torch.equal(out["albedo"], torch.full((403, 3), 0.5))
-    assert torch.equal(field.density(inside), out["density"][:400])
-
-
 def test_tv_loss_against_loop_twin_and_closed_form():
     field = _field(triplane_resolution=5, triplane_channels=2)
     P = field.planes

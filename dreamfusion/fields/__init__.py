@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import FieldConfig
+from ..config import LATENT_NEEDS_VOLUME, FieldConfig
 from ..errors import ConfigError
 from .background import LearnedBackground, build_background, solid_background
 from .hashgrid import HashGrid, make_hashgrid
@@ -31,9 +31,8 @@ def build_field(cfg: FieldConfig, device: torch.device | str = "cpu", albedo_cha
         raise ConfigError(f"field.type={cfg.type} is not available yet; use field.type=nerf")
     if cfg.type not in fields:
         raise ConfigError(f"bad value '{cfg.type}' for 'field.type': choose one of {', '.join([*fields, *_PLANNED])}")
-    if albedo_channels != 3:
-        if cfg.type == "gaussian":
-            raise ConfigError("guidance.latent_render needs field.type=nerf or triplane (Gaussians carry RGB "
-                              "colours): set guidance.latent_render=false")
-        return fields[cfg.type](cfg, device, albedo_channels=albedo_channels)
-    return fields[cfg.type](cfg, device)
+    if cfg.type == "gaussian":  # colours are SH coefficients: RGB only
+        if albedo_channels != 3:
+            raise ConfigError(LATENT_NEEDS_VOLUME)
+        return GaussianField(cfg, device)
+    return fields[cfg.type](cfg, device, albedo_channels=albedo_channels)

@@ -70,19 +70,16 @@ def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: 
         return torch.zeros(*shape, 3, device=device)
     if kind == "gray":
         return torch.full((*shape, 3), 0.5, device=device)
-    if kind == "random":
+    if kind in ("random", "white_or_black"):  # one draw per view, the same over the view's pixels
         if not shape:
-            raise ValueError("solid_background('random') needs a shape whose first entry is the number of views")
+            raise ValueError(f"solid_background('{kind}') needs a shape whose first entry is the number of views")
         draw_device = generator.device if generator is not None else device
-        colour = torch.rand(shape[0], 3, generator=generator, device=draw_device).to(device)  # [B, 3]
-        colour = colour.view(shape[0], *([1] * (len(shape) - 1)), 3)
+        if kind == "random":
+            colour = torch.rand(shape[0], 3, generator=generator, device=draw_device)  # [B, 3]
+        else:
+            colour = (torch.rand(shape[0], 1, generator=generator, device=draw_device) < 0.5).float().expand(-1, 3)
+        colour = colour.to(device).view(shape[0], *([1] * (len(shape) - 1)), 3)
         return colour.expand(*shape, 3).contiguous()
-    if kind == "white_or_black":
-        if not shape:
-            raise ValueError("solid_background('white_or_black') needs a shape whose first entry is the number of views")
-        draw_device = generator.device if generator is not None else device
-        level = (torch.rand(shape[0], generator=generator, device=draw_device) < 0.5).float().to(device)  # [B]
-        return level.view(shape[0], *([1] * len(shape))).expand(*shape, 3).contiguous()
     if kind == "augment":
         if len(shape) != 3:
             raise ValueError(f"solid_background('augment') needs a shape (B, H, W), got {shape}")

@@ -103,7 +103,6 @@ class NeRFField(nn.Module):
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3):
         super().__init__()
         check_decoder_config(cfg)
-        check_albedo_channels(albedo_channels)
         self.encoding = make_hashgrid(cfg, device)
         init_decoder(self, cfg, albedo_channels, self.encoding.output_dim, device)
 

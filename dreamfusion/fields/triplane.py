@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..config import FieldConfig, OptimConfig
 from ..errors import ConfigError, UserError
-from .nerf import NeRFField, _check_points, check_albedo_channels, check_decoder_config, decode_outputs, init_decoder
+from .nerf import NeRFField, _check_points, check_decoder_config, decode_outputs, init_decoder
 
 __all__ = ["TriplaneField", "PLANE_AXES", "save_planes", "load_planes"]
 
@@ -51,7 +51,6 @@ class TriplaneField(nn.Module):
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3):
         super().__init__()
         check_decoder_config(cfg)
-        check_albedo_channels(albedo_channels)
         if cfg.triplane_aggregation not in _AGGREGATIONS:
             raise ConfigError(f"bad value '{cfg.triplane_aggregation}' for 'field.triplane_aggregation': "
                               f"choose one of {', '.join(_AGGREGATIONS)}")
