@@ -81,8 +81,8 @@ def _tiny_components():
     return unet, vae, text_encoder
 
 
-def build_stable_diffusion(kind: str, device: torch.device, fast: GuidanceConfig, prompt: str = "a hamburger",
-                           vae_resolution: int = 512, seed: int = 0) -> StableDiffusion:
+def build_stable_diffusion(kind: str, device: torch.device, fast: GuidanceConfig, vae_resolution: int = 512,
+                           seed: int = 0) -> StableDiffusion:
     """A random-weight ``StableDiffusion`` (``kind`` full | tiny) on ``device`` with ``fast``'s switches applied
     exactly as ``StableDiffusion.load`` applies them."""
     from diffusers import DDPMScheduler
@@ -98,6 +98,6 @@ def build_stable_diffusion(kind: str, device: torch.device, fast: GuidanceConfig
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False)
     sd = StableDiffusion(ByteTokenizer(), text_encoder, unet, vae, scheduler, device=device, dtype=dtype,
-                         prompt=prompt, view_dependent=True, vae_resolution=vae_resolution)
+                         vae_resolution=vae_resolution)
     apply_fast_paths(sd.unet, sd.vae, fast, device)
     return sd

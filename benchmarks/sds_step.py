@@ -10,10 +10,10 @@ With ``--config NAME --fit-steps N`` the harness instead runs ``Trainer.fit`` of
 (densification, schedules and progressive resolution included; no export) with the random model as the
 guidance, and reports the seconds for the N steps beside N x the floor.
 
-The step is the one ``Trainer.fit`` runs with the default config: sample B cameras, render the hash-grid
-NeRF at 64x64 (128 samples per ray, learned background), SDS on Stable Diffusion (resize to the VAE
-resolution, VAE encode with gradient, UNet forward on [uncond, cond] = batch 2B, the rule), backward,
-Adam. ``--model full`` builds SD 1.5's UNet / VAE / text encoder from benchmarks/configs/ with random
+The step is ``Trainer.train_step`` itself on the default config (configs/dreamfusion.yaml): sample B cameras,
+render the hash-grid NeRF at 64x64 (128 samples per ray, learned background), SDS on Stable Diffusion (resize
+to the VAE resolution, VAE encode with gradient, UNet forward on [uncond, cond] = batch 2B, the rule),
+backward, Adam. The parts are timed by wrapping the trainer's renderer, guidance and optimizer step. ``--model full`` builds SD 1.5's UNet / VAE / text encoder from benchmarks/configs/ with random
 weights (the real model's cost, no download); ``--model tiny`` the test fixture's tiny components.
 
 Phases, all after ``--warmup`` untimed steps: (1) ``--iters`` instrumented steps with a device sync
@@ -30,6 +30,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,13 +40,13 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repo, when i
 
 import torch  # noqa: E402
 
-from dreamfusion.config import CameraConfig, FieldConfig, GuidanceConfig, OptimConfig  # noqa: E402
-from dreamfusion.fields import build_background, build_field  # noqa: E402
+from dreamfusion.config import GuidanceConfig, load_config  # noqa: E402
 from dreamfusion.guidance import SDSGuidance  # noqa: E402
-from dreamfusion.renderer import render_views  # noqa: E402
-from render.cameras import Cameras, sample_cameras  # noqa: E402
-from render.shading import random_light_dirs  # noqa: E402
+from dreamfusion.train import Trainer  # noqa: E402
+from render.cameras import sample_cameras  # noqa: E402
 from sd_models import build_stable_diffusion  # noqa: E402
+
+PROMPT = "a hamburger"
 
 PARTS = ("render", "encode", "unet", "sds_rule", "backward", "optimizer")
 
@@ -78,7 +79,7 @@ class Clock:
 
 
 class TimedPredictor:
-    """Wraps StableDiffusion: same encode / predict_noise, each timed into ``times`` when ``on``."""
+    """Wraps StableDiffusion: same encode / encode_prompt / predict_noise, encode and UNet timed when ``on``."""
 
     def __init__(self, sd, clock: Clock):
         self.sd, self.clock, self.on = sd, clock, False
@@ -96,57 +97,67 @@ class TimedPredictor:
     def encode(self, images):
         return self._timed("encode", self.sd.encode, images)
 
-    def predict_noise(self, x_t, t, cameras):
-        return self._timed("unet", self.sd.predict_noise, x_t, t, cameras)
+    def encode_prompt(self, prompt, negative_prompt, view_dependent):
+        return self.sd.encode_prompt(prompt, negative_prompt, view_dependent)
+
+    def predict_noise(self, x_t, t, cameras, cond):
+        return self._timed("unet", self.sd.predict_noise, x_t, t, cameras, cond)
+
+
+def step_config(args, device: torch.device, overrides: list[str] = ()):
+    """The default config (configs/dreamfusion.yaml) sized by the command line, never writing previews or checkpoints."""
+    lit = args.shading != "albedo"
+    return load_config(None, [f"device={device.type}", f"camera.batch_size={args.batch}", f"render.height={args.height}",
+                              f"render.width={args.width}", f"render.n_samples={args.n_samples}",
+                              f"guidance.latent_render={args.latent_render}", "preview_every=0",
+                              f"checkpoint_every={10 ** 9}", f"render.albedo_warmup_steps={0 if lit else 10 ** 9}",
+                              "render.albedo_prob=0", f"render.textureless_prob={1 if args.shading == 'textureless' else 0}",
+                              *overrides])
 
 
 class Step:
-    """One training step of the default NeRF + SDS run (Trainer.fit's body, minus logging)."""
+    """``Trainer.train_step`` on the default NeRF + SDS config; its renderer, guidance and optimizer step are
+    wrapped so a timed step records when each part ends."""
 
-    def __init__(self, args, device: torch.device, fast: GuidanceConfig):
-        self.args, self.device = args, device
-        self.generator = torch.Generator("cpu").manual_seed(0)
-        self.field = build_field(FieldConfig(), device, 4 if args.latent_render else 3)
-        self.background = build_background("learned", device)
-        optim = OptimConfig()
-        groups = self.field.param_groups(optim) + self.background.param_groups(optim)
-        self.optimizer = torch.optim.Adam(groups, betas=tuple(optim.betas), eps=optim.eps)
+    def __init__(self, args, device: torch.device, fast: GuidanceConfig, run_dir: Path):
         self.clock = Clock(device)
+        cfg = step_config(args, device)
         self.sd = build_stable_diffusion(args.model, device, fast, vae_resolution=args.vae_resolution)
         self.predictor = TimedPredictor(self.sd, self.clock)
-        self.guidance = SDSGuidance(self.predictor, fast)
-        self.cameras = CameraConfig()
-        self.step = 0
+        guidance = SDSGuidance(self.predictor, cfg.guidance, PROMPT)
+        self.trainer = Trainer(cfg, run_dir, device, guidance)
+        self.marks: dict[str, float] = {}
+        self.timed = False
+        self._wrap("render_batch", "render")
+        self._wrap("_adam_step", "optimizer", start="backward")
+        real_guidance = self.trainer.guidance
+        self.trainer.guidance = lambda *a, **k: self._mark(real_guidance(*a, **k), "guidance")
+
+    def _mark(self, value, name: str):
+        if self.timed:
+            self.marks[name] = self.clock()
+        return value
+
+    def _wrap(self, method: str, name: str, start: str | None = None):
+        real = getattr(self.trainer, method)
+
+        def wrapped(*a, **k):
+            if start:
+                self._mark(None, start)
+            return self._mark(real(*a, **k), name)
+        setattr(self.trainer, method, wrapped)
 
     def __call__(self, timed: bool) -> dict[str, float]:
-        a, c, clock = self.args, self.cameras, self.clock
-        self.predictor.on = timed
-        t = {"start": clock() if timed else 0.0}
-        cams = sample_cameras(a.batch, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range,
-                              generator=self.generator)
-        cams = Cameras(*(x.to(self.device) for x in cams))
-        light_dirs = random_light_dirs(cams.c2w[:, :3, 3], self.generator) if a.shading != "albedo" else None
-        out = render_views(self.field, self.background, cams, a.height, a.width, n_samples=a.n_samples,
-                           perturb=True, shading=a.shading, light_dirs=light_dirs, background_kind="learned",
-                           generator=self.generator)
-        if timed:
-            t["render"] = clock()
-        terms = self.guidance(out["rgb"], cams, self.step, 10000, generator=self.generator)
-        if timed:
-            t["guidance"] = clock()
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["loss_sds"].backward()
-        if timed:
-            t["backward"] = clock()
-        self.optimizer.step()
-        self.step += 1
-        end = clock()
+        self.timed = self.predictor.on = timed
+        start = self.clock() if timed else 0.0
+        self.trainer.train_step()
+        end = self.clock()
         if not timed:
             return {}
-        guidance = t["guidance"] - t["render"]
-        parts = {"render": t["render"] - t["start"], **self.predictor.times,
-                 "backward": t["backward"] - t["guidance"], "optimizer": end - t["backward"]}
-        parts["sds_rule"] = guidance - parts["encode"] - parts["unet"]
+        m = self.marks
+        parts = {"render": m["render"] - start, **self.predictor.times, "backward": m["backward"] - m["guidance"],
+                 "optimizer": end - m["backward"]}
+        parts["sds_rule"] = m["guidance"] - m["render"] - parts["encode"] - parts["unet"]
         return parts
 
 
@@ -164,10 +175,11 @@ class Floor:
         self.x_t = torch.randn(latent_shape(sd), device=sd.device)
         self.t = torch.tensor([500], device=sd.device)
         self.cams = sample_cameras(1, [0, 0], [0, 0], [1.5, 1.5], [50, 50], device=sd.device)
+        self.cond = sd.encode_prompt(PROMPT)
 
     @torch.no_grad()
     def __call__(self) -> None:
-        self.sd.predict_noise(self.x_t, self.t, self.cams)
+        self.sd.predict_noise(self.x_t, self.t, self.cams, self.cond)
 
 
 def ms_stats(values: list[float], cpu: list[float] | None = None) -> dict[str, float]:
@@ -195,11 +207,6 @@ def time_floor(floor_call: "Floor", args, clock: Clock, device: torch.device) ->
 
 def run_fit(args, device: torch.device, fast: GuidanceConfig, clock: Clock) -> dict:
     """Seconds for ``--fit-steps`` steps of ``Trainer.fit`` on configs/``--config`` with the random SD model."""
-    import tempfile
-
-    from dreamfusion.config import load_config
-    from dreamfusion.train import Trainer
-
     cfg = load_config(args.config, [f"steps={args.fit_steps}", f"device={device.type}", "preview_every=0",
                                     f"checkpoint_every={10 ** 9}", f"guidance.dtype={args.dtype}"]
                       + ([f"guidance.vae_resolution={args.vae_resolution}"] if args.vae_resolution else []))
@@ -208,10 +215,9 @@ def run_fit(args, device: torch.device, fast: GuidanceConfig, clock: Clock) -> d
     floor_call = Floor(sd)
     build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, Path(run_dir), device)
-        guidance = SDSGuidance(sd, cfg.guidance)
+        trainer = Trainer(cfg, Path(run_dir), device, SDSGuidance(sd, cfg.guidance, PROMPT))
         start, cpu = clock(), time.process_time()
-        trainer.fit(guidance)
+        trainer.fit()
         fit_s, fit_cpu = clock() - start, time.process_time() - cpu
         final_count = getattr(trainer.field, "count", None)
     floor_ms = time_floor(floor_call, args, clock, device)
@@ -236,10 +242,11 @@ def run(args) -> dict:
     if args.config:
         return run_fit(args, device, fast, clock)
     t0 = time.perf_counter()
+    run_dir = tempfile.mkdtemp(prefix="sds_step-")
     if args.floor_only:  # only the diffusion model: no field, no optimizer
         step, sd = None, build_stable_diffusion(args.model, device, fast, vae_resolution=args.vae_resolution)
     else:
-        step = Step(args, device, fast)
+        step = Step(args, device, fast, Path(run_dir))
         sd = step.sd
     floor_call = Floor(sd)
     build_s = time.perf_counter() - t0

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, UserError
+from .io import atomic_write
 
-__all__ = ["CHECKPOINT", "check_output_dir", "make_run_dir", "save_checkpoint", "load_checkpoint",
-           "atomic_write_text"]
+__all__ = ["CHECKPOINT", "check_output_dir", "make_run_dir", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 FORMAT = 1
@@ -59,32 +59,11 @@ def make_run_dir(output_dir: str, slug: str) -> Path:
     return run_dir
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """write(fh) into path.tmp, fsync, rename over path. On failure the old file stays and no .tmp is left."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:  # also Ctrl-C in the middle of a write
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write '{path}' ({exc.strerror or exc}): free some disk space or check the "
-                            f"folder's permissions; the previous file, if any, is intact") from None
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _replace_atomically(Path(path), lambda fh: fh.write(text.encode("utf-8")))
-
-
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
     """Write checkpoints/last.pt atomically (temp file, fsync, rename): a kill never leaves half a file."""
     path = Path(run_dir) / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
+    atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
     return path
 
 

@@ -6,7 +6,7 @@
     python -m dreamfusion view RUN_DIR                         browse the result in a web viewer
 
 Every mistake a user can make ends in one line on stderr and exit status 2; the last line printed on
-stdout is the run folder.
+stdout is the run folder. The work itself is the run API (dreamfusion/run.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def _help() -> str:
     return "\n".join(lines)
 
 
-def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(--config NAME or None, the key=value items); any other option is a UserError."""
     name, rest, i = None, [], 0
     while i < len(argv):
         arg = argv[i]
@@ -49,85 +50,31 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return name, rest
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA device is visible: use device=cpu or device=auto")
-    return torch.device(name)
-
-
 def cmd_run(argv: list[str]) -> Path:
-    from .checkpoint import check_output_dir, make_run_dir
-    from .config import load_config, load_run_config, to_yaml
-    from .guidance import build_guidance
-    from .guidance.prompts import slugify
-    from .train import Trainer
+    from .config import load_config, load_run_config
+    from .run import run
 
-    name, overrides = _split_config_flag(argv)
+    name, overrides = split_config_flag(argv)
     cfg = load_config(name, overrides)
-    resuming = cfg.resume is not None
-    if resuming:
-        run_dir = Path(cfg.resume)
-        config_path = run_dir / "config.yaml"
+    if cfg.resume is not None:
+        config_path = Path(cfg.resume) / "config.yaml"
         if not config_path.is_file():
-            raise UserError(f"cannot resume: '{run_dir}' has no config.yaml; pass a run folder made by dreamfusion")
+            raise UserError(f"cannot resume: '{cfg.resume}' has no config.yaml; pass a run folder made by dreamfusion")
         cfg = load_run_config(config_path, [o for o in overrides if not o.startswith("resume=")])
-    if not cfg.prompt.strip():
-        raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
-    device = _device(cfg.device)
-    if resuming:
-        trainer = Trainer(cfg, run_dir, device)
-        trainer.resume()  # fails before the slow model load when the checkpoint is bad
-    else:
-        check_output_dir(cfg.output_dir)  # likewise for an output_dir that cannot hold the run folder
-    guidance = build_guidance(cfg, device)  # fails (model not found) before anything is written
-    if not resuming:
-        run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt))
-        trainer = Trainer(cfg, run_dir, device)
-    from .checkpoint import atomic_write_text
-
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    print(f"run folder: {run_dir}", file=sys.stderr)
-    try:
-        trainer.fit(guidance)
-    except UserError:
-        print(run_dir)
-        raise
-    _export(trainer, cfg, run_dir, device)
-    return run_dir
-
-
-def _export(trainer, cfg, run_dir: Path, device) -> None:
-    from .exporting import export_run
-
-    written, errors = export_run(trainer.field, trainer.background, cfg, run_dir, device)
-    for path in written.values():
-        print(f"wrote {path}", file=sys.stderr)
-    if errors:
-        print(run_dir)
-        raise UserError("; ".join(errors) + f" (the checkpoint in {run_dir} is intact: retry with "
-                        f"python -m dreamfusion export {run_dir} key=value)")
+    return run(cfg, config_name=name, overrides=overrides).run_dir
 
 
 def cmd_export(argv: list[str]) -> Path:
-    from .config import load_run_config
-    from .train import Trainer
-    from .checkpoint import load_checkpoint
+    from .run import export
 
     if not argv or argv[0].startswith("-") or "=" in argv[0]:
         raise UserError("usage: python -m dreamfusion export RUN_DIR [export.resolution=256 ...]")
-    run_dir, overrides = Path(argv[0]), argv[1:]
+    run_dir = Path(argv[0])
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.yaml)")
-    cfg = load_run_config(run_dir / "config.yaml", overrides)
-    device = _device(cfg.device)
-    state = load_checkpoint(run_dir, map_location=device)
-    trainer = Trainer(cfg, run_dir, device)
-    trainer.load(state, with_optimizer=False)
-    _export(trainer, cfg, run_dir, device)
+    result = export(run_dir, argv[1:])
+    for path in result.artifacts.values():
+        print(f"wrote {path}", file=sys.stderr)
     return run_dir
 
 
@@ -137,19 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         print(_help())
         return 0
     try:
-        if argv and argv[0] in SUBCOMMANDS:
-            sub, rest = argv[0], argv[1:]
-            if sub == "export":
-                run_dir = cmd_export(rest)
-            elif sub == "eval":
-                from .evaluate import cmd_eval
-                return cmd_eval(rest)
-            else:
-                from .viewer import cmd_view
-                return cmd_view(rest)
-        else:
-            run_dir = cmd_run(argv)
+        if argv and argv[0] == "eval":
+            from .evaluate import cmd_eval
+            return cmd_eval(argv[1:])
+        if argv and argv[0] == "view":
+            from .viewer import cmd_view
+            return cmd_view(argv[1:])
+        run_dir = cmd_export(argv[1:]) if argv and argv[0] == "export" else cmd_run(argv)
     except UserError as exc:
+        if exc.run_dir is not None:
+            print(exc.run_dir)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,9 @@
 class UserError(Exception):
     """Something the user can fix: bad input, a missing model, an unwritable folder."""
 
+    run_dir = None
+    """The run folder the error happened in, when one had been made (the CLI prints it as its last line)."""
+
 
 class ConfigError(UserError):
     """An unknown config key, a wrong type or an out-of-range value."""

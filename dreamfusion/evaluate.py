@@ -85,23 +85,18 @@ def _check_run_dir(run_dir: Path) -> None:
 @torch.no_grad()
 def render_run(run_dir: Path, views: int, resolution: int, device: torch.device) -> tuple[str, Tensor]:
     """(prompt, images [V, R, R, 3]) of a run: its last checkpoint on the evaluation orbit, white background."""
-    from .checkpoint import load_checkpoint
-    from .config import load_run_config
     from .latent import rgb_view
     from .renderer import render_views_chunked
-    from .train import Trainer
+    from .run import load_run
 
-    run_dir = Path(run_dir)
-    _check_run_dir(run_dir)
-    cfg = load_run_config(run_dir / "config.yaml")
-    trainer = Trainer(cfg, run_dir, device)
-    trainer.load(load_checkpoint(run_dir, map_location=device), with_optimizer=False)
-    trainer.field.eval()
-    c = cfg.camera
+    _check_run_dir(Path(run_dir))
+    loaded = load_run(run_dir, device)
+    loaded.field.eval()
+    c = loaded.cfg.camera
     cams = eval_cameras(views, c.eval_elevation, c.eval_distance, c.eval_fovy, device=device)
-    out = render_views_chunked(rgb_view(trainer.field), None, cams, resolution, resolution, n_samples=cfg.render.n_samples,
-                               views_per_chunk=1, background_kind="white")
-    return cfg.prompt, out["rgb"].clamp(0.0, 1.0)
+    out = render_views_chunked(rgb_view(loaded.field), None, cams, resolution, resolution,
+                               n_samples=loaded.cfg.render.n_samples, views_per_chunk=1, background_kind="white")
+    return loaded.cfg.prompt, out["rgb"].clamp(0.0, 1.0)
 
 
 @torch.no_grad()
@@ -166,13 +161,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def cmd_eval(argv: list[str]) -> int:
     """The ``eval`` subcommand; UserErrors propagate to the CLI (one line, exit status 2)."""
-    from .cli import _device
     from .guidance.clip import FrozenCLIP
+    from .run import resolve_device
 
     args = _parse(argv)
     for run_dir in args.runs:  # fail before the model load
         _check_run_dir(run_dir)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     clip = FrozenCLIP.load(args.clip_model, device=device, role="evaluation")
     report, _, _ = evaluate(args.runs, clip, args.views, args.resolution, device)
     report = {"clip_model": args.clip_model, **report}

@@ -1,7 +1,11 @@
-"""Write a run's artifacts from its field: mesh (.obj + .mtl + .png, .glb) and the orbit video."""
+"""Write a run's artifacts from its field: the field's own files, mesh (.obj + .mtl + .png, .glb) and the orbit
+video. Each phase prints a line on stderr when it starts and is timed (the seconds go to run.json)."""
 
 from __future__ import annotations
 
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,87 +15,99 @@ from render.cameras import orbit_cameras
 
 from .config import Config
 from .errors import UserError
-from .latent import rgb_view
 from .export import (bake_texture, colorize_depth, extract_mesh, normals_to_rgb, stack_panels, vertex_colors,
                      write_glb, write_obj, write_video)
-from .renderer import occupancy_grid, render_views_chunked
+from .latent import rgb_view
+from .renderer import render_views_chunked
 
-__all__ = ["export_mesh", "export_video", "export_run"]
+__all__ = ["export_mesh", "export_video", "export_run", "PhaseTimer"]
+
+
+class PhaseTimer:
+    """Seconds per named phase; ``with timer.phase("export.mesh"):`` prints what starts, on stderr."""
+
+    def __init__(self, quiet: bool = False):
+        self.seconds: dict[str, float] = {}
+        self.quiet = quiet
+
+    @contextmanager
+    def phase(self, name: str, what: str = ""):
+        if not self.quiet and what:
+            print(f"{name}: {what}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
 def surface_optical_depth(field, configured: float | None) -> float:
-    """export.auto_optical_depth, or when it is null the field's `surface_optical_depth` (default 0.3)."""
-    return configured if configured is not None else getattr(field, "surface_optical_depth", 0.3)
-
-
-def _density_fn(field):
-    return lambda pts: field.density(pts)
-
-
-def _albedo_fn(field):
-    return lambda pts: field(pts)["albedo"]
+    """export.auto_optical_depth, or when it is null the field's own ``surface_optical_depth``."""
+    return configured if configured is not None else field.surface_optical_depth
 
 
 @torch.no_grad()
-def export_mesh(field, cfg: Config, run_dir: Path) -> dict[str, Path]:
-    e = cfg.export
-    vertices, faces = extract_mesh(_density_fn(field), field.bound, e.resolution, threshold=e.threshold,
-                                   min_component_ratio=e.min_component_ratio, decimate_faces=e.decimate_faces,
-                                   auto_optical_depth=surface_optical_depth(field, e.auto_optical_depth))
+def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = None) -> dict[str, Path]:
+    e, timer = cfg.export, timer or PhaseTimer(quiet=True)
+    with timer.phase("export.mesh", f"marching cubes on a {e.resolution}^3 density grid"):
+        vertices, faces = extract_mesh(field.density, field.bound, e.resolution, threshold=e.threshold,
+                                       min_component_ratio=e.min_component_ratio, decimate_faces=e.decimate_faces,
+                                       auto_optical_depth=surface_optical_depth(field, e.auto_optical_depth))
+    albedo_fn = lambda pts: field(pts)["albedo"]  # noqa: E731
     mesh_dir = Path(run_dir) / "mesh"
     mesh_dir.mkdir(exist_ok=True)
     if e.texture == "uv":
-        vertices, faces, uv, texture = bake_texture(vertices, faces, _albedo_fn(field), size=e.texture_size)
+        with timer.phase("export.texture", f"UV unwrap of {len(faces)} faces and a {e.texture_size} px albedo bake"):
+            vertices, faces, uv, texture = bake_texture(vertices, faces, albedo_fn, size=e.texture_size)
         kwargs = {"uv": uv, "texture": texture}
     else:
-        kwargs = {"vertex_colors": vertex_colors(vertices, _albedo_fn(field))}
-    write_obj(mesh_dir / "model.obj", vertices, faces, **kwargs)
-    write_glb(mesh_dir / "model.glb", vertices, faces, **kwargs)
+        with timer.phase("export.texture", f"vertex colours of {len(vertices)} vertices"):
+            kwargs = {"vertex_colors": vertex_colors(vertices, albedo_fn)}
+    with timer.phase("export.write", "mesh/model.obj and mesh/model.glb"):
+        write_obj(mesh_dir / "model.obj", vertices, faces, **kwargs)
+        write_glb(mesh_dir / "model.glb", vertices, faces, **kwargs)
     return {"obj": mesh_dir / "model.obj", "glb": mesh_dir / "model.glb"}
 
 
-def export_video(field, background, cfg: Config, run_dir: Path, device) -> Path:
-    e, c = cfg.export, cfg.camera
-    cams = orbit_cameras(e.video_frames, c.eval_elevation, c.eval_distance, c.eval_fovy, device=device)
-    side = e.video_resolution
-    need_normals = "normal" in e.video_panels
-    occupancy = None if hasattr(field, "render") else occupancy_grid(field, cfg.render.n_samples)
-    if occupancy is not None and occupancy.float().mean() > 0.5:
-        occupancy = None  # a foggy field fills the box: skipping would save little
-    out = render_views_chunked(field, background, cams, side, side, n_samples=cfg.render.n_samples,
-                               background_kind="white", need_normals=need_normals, occupancy=occupancy)
-    panels = []
-    for name in e.video_panels:
-        if name == "rgb":
-            panels.append((out["rgb"].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
-        elif name == "normal":  # the composited normal is premultiplied: unit normal over white by opacity
-            unit = torch.nn.functional.normalize(out["normal"], dim=-1).cpu().numpy()
-            alpha = out["opacity"].cpu().numpy()
-            panels.append((normals_to_rgb(unit) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8))
-        else:
-            panels.append(colorize_depth(out["depth"][..., 0].cpu().numpy(), out["opacity"][..., 0].cpu().numpy()))
-    path = Path(run_dir) / "orbit.mp4"
-    write_video(path, stack_panels(panels), fps=e.video_fps)
+def export_video(field, background, cfg: Config, run_dir: Path, device, timer: PhaseTimer | None = None) -> Path:
+    e, c, timer = cfg.export, cfg.camera, timer or PhaseTimer(quiet=True)
+    with timer.phase("export.video", f"{e.video_frames} frames at {e.video_resolution} px"):
+        cams = orbit_cameras(e.video_frames, c.eval_elevation, c.eval_distance, c.eval_fovy, device=device)
+        side = e.video_resolution
+        out = render_views_chunked(field, background, cams, side, side, n_samples=cfg.render.n_samples,
+                                   background_kind="white", need_normals="normal" in e.video_panels,
+                                   occupancy=field.skip_grid(cfg.render.n_samples),
+                                   progress=None if timer.quiet else "video frames")
+        panels = []
+        for name in e.video_panels:
+            if name == "rgb":
+                panels.append((out["rgb"].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+            elif name == "normal":  # the composited normal is premultiplied: unit normal over white by opacity
+                unit = torch.nn.functional.normalize(out["normal"], dim=-1).cpu().numpy()
+                alpha = out["opacity"].cpu().numpy()
+                panels.append((normals_to_rgb(unit) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8))
+            else:
+                panels.append(colorize_depth(out["depth"][..., 0].cpu().numpy(), out["opacity"][..., 0].cpu().numpy()))
+        path = Path(run_dir) / "orbit.mp4"
+        write_video(path, stack_panels(panels), fps=e.video_fps)
     return path
 
 
-def export_run(field, background, cfg: Config, run_dir: Path, device) -> tuple[dict[str, Path], list[str]]:
+def export_run(field, background, cfg: Config, run_dir: Path, device,
+               timer: PhaseTimer | None = None) -> tuple[dict[str, Path], list[str]]:
     """Every artifact that can be made; the errors of those that could not, one line each.
 
     A failure of one artifact (an empty field has no mesh) does not lose the others.
     """
+    timer = timer or PhaseTimer(quiet=True)
     field.eval()
     written: dict[str, Path] = {}
     errors: list[str] = []
-    if hasattr(field, "tv_loss"):  # tri-planes as arrays + metadata, for other tools
-        from .fields.triplane import save_planes
-        written["planes"] = save_planes(field, Path(run_dir) / "triplane.npz")
-    if hasattr(field, "sh_dc"):  # Gaussian splats: the standard 3DGS .ply (SuperSplat, `dreamfusion view`)
-        from .export.ply import write_ply
-        written["splats"] = write_ply(Path(run_dir) / "splats.ply", field)
+    with timer.phase("export.field", "the field's own files"):
+        written.update(field.write_artifacts(Path(run_dir)))  # triplane.npz, splats.ply
     view = rgb_view(field)  # a latent field (guidance.latent_render) is exported through latent_to_rgb
-    for name, job in (("mesh", lambda: export_mesh(view, cfg, run_dir)),
-                      ("video", lambda: {"video": export_video(view, background, cfg, run_dir, device)})):
+    for name, job in (("mesh", lambda: export_mesh(view, cfg, run_dir, timer)),
+                      ("video", lambda: {"video": export_video(view, background, cfg, run_dir, device, timer)})):
         try:
             written.update(job())
         except UserError as exc:

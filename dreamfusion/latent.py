@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .fields.base import Field
+
 __all__ = ["LATENT_CHANNELS", "LATENT_TO_RGB", "latent_to_rgb", "rgb_to_latent", "LatentAsRGB", "rgb_view"]
 
 LATENT_CHANNELS = 4
@@ -37,7 +39,7 @@ def rgb_to_latent(rgb: Tensor) -> Tensor:
     return (rgb * 2.0 - 1.0) @ _RGB_TO_LATENT.to(rgb)
 
 
-class LatentAsRGB(nn.Module):
+class LatentAsRGB(Field):
     """A latent field seen in RGB: same density, albedo = latent_to_rgb(latent albedo). For export, video and
     previews, which expect albedo [M, 3] in [0, 1]."""
 
@@ -54,6 +56,9 @@ class LatentAsRGB(nn.Module):
 
     def density(self, points: Tensor) -> Tensor:
         return self.field.density(points)
+
+    def param_groups(self, optim_cfg) -> list[dict]:
+        return self.field.param_groups(optim_cfg)
 
 
 def rgb_view(field: nn.Module) -> nn.Module:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from render.cameras import Cameras
 from render.rays import generate_rays
@@ -14,7 +17,7 @@ from render.volume_nerfacc import render_rays_nerfacc
 from .fields.background import solid_background
 from .latent import LATENT_CHANNELS, rgb_to_latent
 
-__all__ = ["render_views", "render_views_chunked", "occupancy_grid"]
+__all__ = ["render_views", "render_volume", "render_views_chunked", "occupancy_grid"]
 
 
 @torch.no_grad()
@@ -35,7 +38,13 @@ def occupancy_grid(field, n_samples: int, resolution: int = 64, min_alpha: float
     return cell * (2 * bound / n_samples) > min_alpha
 
 
-def render_views(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
+def render_views(field, background, cameras: Cameras, height: int, width: int, **options) -> dict[str, Tensor]:
+    """Render B views of any field: ``field.render`` (volume rendering below, or a field's own rasterizer).
+    Returns rgb [B,H,W,C], opacity [B,H,W,1], depth [B,H,W,1], albedo, normal | None, dirs (see render_volume)."""
+    return field.render(cameras, height, width, background=background, **options)
+
+
+def render_volume(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
                  perturb: bool = False, shading: str = "albedo", light_dirs: Tensor | None = None,
                  ambient: float = 0.1, background_kind: str = "white", need_normals: bool = False,
                  generator: torch.Generator | None = None, estimator=None,
@@ -52,9 +61,6 @@ def render_views(field, background, cameras: Cameras, height: int, width: int, *
     Shading is deferred: the composited albedo and normal are shaded per pixel, which equals
     per-sample shading when the weights concentrate on the surface.
     """
-    if hasattr(field, "render"):  # fields with their own rasterizer (Gaussians)
-        return field.render(cameras, height, width, background=background, background_kind=background_kind,
-                            shading=shading, light_dirs=light_dirs, ambient=ambient, generator=generator)
     B = cameras.c2w.shape[0]
     origins, dirs = generate_rays(cameras.c2w, cameras.fovy, height, width)  # [B,H,W,3] each
     normals_needed = need_normals or shading != "albedo"
@@ -93,15 +99,19 @@ def render_views(field, background, cameras: Cameras, height: int, width: int, *
 
 
 def render_views_chunked(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
-                         views_per_chunk: int = 1, need_normals: bool = False, **kwargs) -> dict[str, Tensor]:
+                         views_per_chunk: int = 1, need_normals: bool = False, progress: str | None = None,
+                         **kwargs) -> dict[str, Tensor]:
     """render_views without keeping a graph, a few views at a time (orbit videos, previews, evaluation).
-    Pass occupancy=occupancy_grid(field, n_samples) to skip empty space.
+    Pass occupancy=field.skip_grid(n_samples) to skip empty space; ``progress`` names a progress bar on stderr.
 
     Normals come from autograd of the density, so grad mode stays on only while they are needed.
     """
     need = need_normals or kwargs.get("shading", "albedo") != "albedo"
     parts = []
-    for start in range(0, cameras.c2w.shape[0], views_per_chunk):
+    starts = range(0, cameras.c2w.shape[0], views_per_chunk)
+    if progress:
+        starts = tqdm(starts, desc=progress, file=sys.stderr, dynamic_ncols=True, leave=False)
+    for start in starts:
         sub = Cameras(*(x[start:start + views_per_chunk] for x in cameras))
         with torch.set_grad_enabled(need):
             out = render_views(field, background, sub, height, width, n_samples=n_samples,

@@ -1,4 +1,5 @@
-"""The optimization loop: sample cameras, render, ask the guidance, step Adam."""
+"""The optimization loop: sample cameras, render, ask the guidance, step Adam (``Trainer.train_step``), with
+logging, previews and checkpoints as plain calls in ``Trainer.fit``."""
 
 from __future__ import annotations
 
@@ -24,14 +25,20 @@ from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
 from .fields.background import build_background
 from .guidance.clip import transmittance_loss
+from .io import atomic_write_text
 from .latent import LATENT_CHANNELS, rgb_view
 from .renderer import render_views, render_views_chunked
 
-__all__ = ["Trainer", "Interrupted", "pick_shading", "regularizers", "render_size", "warmup_factor"]
+__all__ = ["Trainer", "Interrupted", "Diverged", "pick_shading", "regularizers", "render_size", "warmup_factor",
+           "weighted_loss"]
 
 
 class Interrupted(UserError):
     """Ctrl-C or SIGTERM: the checkpoint was saved and the run can be resumed."""
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite; the last checkpoint is intact."""
 
 
 def pick_shading(step: int, cfg, generator: torch.Generator) -> str:
@@ -79,11 +86,31 @@ def regularizers(out: dict, dirs: torch.Tensor | None) -> dict[str, torch.Tensor
     return terms
 
 
-class Trainer:
-    """Holds the field, background, optimizer and RNG of one run; `fit` is the loop."""
+def weighted_loss(terms: dict, loss_cfg) -> torch.Tensor:
+    """sum_k weight_k * term_k over the ``loss_*`` terms, weights from the config's ``loss`` section (terms
+    weighted 0 are left out). A ``loss_<name>`` with no ``loss.<name>`` key is a ConfigError, never dropped."""
+    weights = vars(loss_cfg)
+    total = None
+    for key, value in terms.items():
+        if not key.startswith("loss_"):
+            continue
+        name = key[len("loss_"):]
+        if name not in weights:
+            raise ConfigError(f"the guidance or field returned the term '{key}' but the config has no weight "
+                              f"'loss.{name}': add it to LossConfig (dreamfusion/config/schema.py)")
+        if weights[name] != 0:
+            total = weights[name] * value if total is None else total + weights[name] * value
+    if total is None:
+        raise ConfigError(f"every computed loss term has weight 0 ({', '.join(k for k in terms if k.startswith('loss_'))}): "
+                          f"set one of the loss.* weights, e.g. loss.sds=1")
+    return total
 
-    def __init__(self, cfg: Config, run_dir: Path, device: torch.device):
-        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+
+class Trainer:
+    """Holds the field, background, optimizer, RNG and (when training) the guidance of one run."""
+
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device, guidance=None):
+        self.cfg, self.run_dir, self.device, self.guidance = cfg, Path(run_dir), device, guidance
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator("cpu").manual_seed(cfg.seed)
         self.field = build_field(cfg.field, device, LATENT_CHANNELS if cfg.guidance.latent_render else 3)
@@ -91,6 +118,8 @@ class Trainer:
         groups = self.field.param_groups(cfg.optim)
         if self.background is not None:
             groups += self.background.param_groups(cfg.optim)
+        if guidance is not None:
+            groups += guidance.param_groups()  # trainable guidance state (e.g. a VSD LoRA)
         self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         self.estimator = self._make_estimator()
         self.step = 0
@@ -111,6 +140,7 @@ class Trainer:
         return {"step": self.step, "field_type": self.cfg.field.type,
                 "field": self.field.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "background": self.background.state_dict() if self.background is not None else {},
+                "guidance": self.guidance.state_dict() if self.guidance is not None else {},
                 "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "estimator": self.estimator.state_dict() if self.estimator is not None else {}}
 
@@ -122,6 +152,8 @@ class Trainer:
             self.field.load_state_dict(state["field"])
             if self.background is not None:
                 self.background.load_state_dict(state["background"])
+            if self.guidance is not None:
+                self.guidance.load_state_dict(state.get("guidance", {}))
             if with_optimizer:
                 self.optimizer.load_state_dict(state["optimizer"])
             if self.estimator is not None and state.get("estimator"):
@@ -132,13 +164,22 @@ class Trainer:
         self.generator.set_state(state["rng"].cpu())  # map_location may have moved the states
         torch.set_rng_state(state["torch_rng"].cpu())
 
-    def resume(self) -> None:
-        self.load(load_checkpoint(self.run_dir, map_location=self.device))
+    def resume(self, state: dict | None = None) -> None:
+        """Continue from the last checkpoint (``state``, when already loaded); metrics rows and previews written
+        after it (a kill between checkpoints) are dropped, so the resumed run writes each step once."""
+        self.load(state if state is not None else load_checkpoint(self.run_dir, map_location=self.device))
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.is_file():
+            rows = [line for line in metrics.read_text().splitlines(keepends=True) if 0 <= _row_step(line) <= self.step]
+            atomic_write_text(metrics, "".join(rows))
+        for preview in (self.run_dir / "previews").glob("step_*.png"):
+            if int(preview.stem[len("step_"):]) > self.step:
+                preview.unlink()
 
     def save(self) -> Path:
         return save_checkpoint(self.run_dir, self.state())
 
-    # -- the loop ---------------------------------------------------------------------------------
+    # -- one step ---------------------------------------------------------------------------------
     def render_batch(self, cams: Cameras, shading: str, perturb: bool = True) -> dict:
         c, r = self.cfg, self.cfg.render
         light_dirs = None
@@ -150,45 +191,65 @@ class Trainer:
                             ambient=r.ambient, background_kind=r.background, generator=self.generator,
                             need_normals=c.loss.orientation > 0, estimator=self.estimator)
 
-    def fit(self, guidance) -> None:
+    def train_step(self) -> dict[str, float]:
+        """One optimization step; returns the loss and every term as floats. Raises Diverged on a NaN loss
+        (before the optimizer step, so the parameters stay finite)."""
         c = self.cfg
-        weights = {f"loss_{k}": v for k, v in vars(c.loss).items()}
+        cams = sample_cameras(c.camera.batch_size, c.camera.elevation_range, c.camera.azimuth_range,
+                              c.camera.distance_range, c.camera.fovy_range, generator=self.generator)
+        cams = Cameras(*(x.to(self.device) for x in cams))
+        if self.estimator is not None:
+            update_estimator(self.estimator, self.field.density, self.step,
+                             render_step_size=2 * self.field.bound / c.render.n_samples)
+        shading = "albedo" if c.guidance.latent_render else pick_shading(self.step, c.render, self.generator)
+        out = self.render_batch(cams, shading)
+        terms = self.guidance(out["rgb"], cams, self.step, c.steps, generator=self.generator)
+        terms.update(regularizers(out, out.get("dirs")))
+        terms.update(self.field.regularizers())
+        if c.loss.transmittance:  # Dream Fields L_T; its target tau depends on the step
+            terms["loss_transmittance"] = transmittance_loss(out["opacity"], self.step)
+        loss = weighted_loss(terms, c.loss)
+        if not torch.isfinite(loss):
+            raise Diverged(f"the loss is {loss.item()} at step {self.step}: lower the learning rates (optim.*) or "
+                           f"guidance.guidance_scale, or set guidance.grad_clip; the last checkpoint is intact")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.field.after_backward(out, self.step)  # e.g. Gaussian densification statistics
+        self._adam_step(warmup_factor(self.step, c.optim))
+        self.field.after_step(self.step, self.optimizer)
+        self.step += 1
+        return {"loss": loss.item(), **{k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()}}
+
+    def _adam_step(self, factor: float) -> None:
+        """optimizer.step() with every group's lr scaled by `factor` for this step only, so the warm-up
+        composes with the groups' own schedules (the Gaussian means' decay) and checkpoints keep plain lrs."""
+        if factor != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= factor
+        self.optimizer.step()
+        if factor != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] /= factor
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        """Steps until cfg.steps with metrics rows, previews and checkpoints; returns the last step's terms."""
+        c = self.cfg
+        if self.guidance is None:
+            raise ValueError("Trainer.fit needs the guidance: Trainer(cfg, run_dir, device, guidance)")
         metrics = open(self.run_dir / "metrics.jsonl", "a")
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, dynamic_ncols=True, desc="optimizing")
-        t0, step0 = time.perf_counter(), self.step
+        t0, step0, row = time.perf_counter(), self.step, {}
         try:
             while self.step < c.steps:
-                cams = sample_cameras(c.camera.batch_size, c.camera.elevation_range, c.camera.azimuth_range,
-                                      c.camera.distance_range, c.camera.fovy_range, generator=self.generator)
-                cams = Cameras(*(x.to(self.device) for x in cams))
-                if self.estimator is not None:
-                    update_estimator(self.estimator, self.field.density, self.step,
-                                     render_step_size=2 * self.field.bound / c.render.n_samples)
-                shading = "albedo" if c.guidance.latent_render else pick_shading(self.step, c.render, self.generator)
-                out = self.render_batch(cams, shading)
-                terms = guidance(out["rgb"], cams, self.step, c.steps, generator=self.generator)
-                terms.update(regularizers(out, out.get("dirs")))
-                if c.loss.tv and hasattr(self.field, "tv_loss"):  # tri-plane total variation
-                    terms["loss_tv"] = self.field.tv_loss()
-                if c.loss.transmittance:  # Dream Fields L_T; its target tau depends on the step
-                    terms["loss_transmittance"] = transmittance_loss(out["opacity"], self.step)
-                loss = sum(weights[k] * v for k, v in terms.items() if k.startswith("loss_") and weights.get(k, 0) != 0)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if hasattr(self.field, "after_backward"):  # e.g. Gaussian densification statistics
-                    self.field.after_backward(out, self.step)
-                self._adam_step(warmup_factor(self.step, c.optim))
-                if hasattr(self.field, "after_step"):
-                    self.field.after_step(self.step, self.optimizer)
-                self.step += 1
+                row = self.train_step()
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4g}")
+                bar.set_postfix(loss=f"{row['loss']:.4g}")
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     elapsed = time.perf_counter() - t0
-                    row = {"step": self.step, "loss": loss.item(), "sec_per_step": elapsed / (self.step - step0)}
-                    row.update({k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()})
-                    metrics.write(json.dumps(row) + "\n")
+                    metrics.write(json.dumps({"step": self.step, "loss": row["loss"],
+                                              "sec_per_step": elapsed / (self.step - step0), **row}) + "\n")
                     metrics.flush()
                 if c.preview_every and self.step % c.preview_every == 0:
                     self.write_preview()
@@ -203,33 +264,34 @@ class Trainer:
             metrics.close()
             signal.signal(signal.SIGTERM, previous_handler)
         self.save()
-
-    def _adam_step(self, factor: float) -> None:
-        """optimizer.step() with every group's lr scaled by `factor` for this step only, so the warm-up
-        composes with the groups' own schedules (the Gaussian means' decay) and checkpoints keep plain lrs."""
-        if factor != 1.0:
-            for group in self.optimizer.param_groups:
-                group["lr"] *= factor
-        self.optimizer.step()
-        if factor != 1.0:
-            for group in self.optimizer.param_groups:
-                group["lr"] /= factor
+        return row
 
     @torch.no_grad()
     def write_preview(self) -> Path:
-        """Four views (front, right, back, left) at the evaluation camera, side by side, as a PNG."""
+        """Four views (front, right, back, left) at the evaluation camera, side by side, as a PNG; each view
+        preview_resolution pixels square, empty space skipped."""
         c = self.cfg
         cams = orbit_cameras(4, c.camera.eval_elevation, c.camera.eval_distance, c.camera.eval_fovy,
                              device=self.device)
         cams = Cameras(*(torch.roll(x, -2, 0) for x in cams))  # orbit starts at -180: roll to front first
-        side = max(c.render.height, 64)
-        out = render_views_chunked(rgb_view(self.field), self.background, cams, side, side, n_samples=c.render.n_samples,
-                                   views_per_chunk=4, background_kind="white")
+        side = c.preview_resolution
+        view = rgb_view(self.field)
+        out = render_views_chunked(view, self.background, cams, side, side, n_samples=c.render.n_samples,
+                                   views_per_chunk=1, background_kind="white",
+                                   occupancy=view.skip_grid(c.render.n_samples))
         row = torch.cat(list(out["rgb"].clamp(0, 1)), dim=1)  # [H, 4W, 3]
         path = self.run_dir / "previews" / f"step_{self.step:06d}.png"
         path.parent.mkdir(exist_ok=True)
         Image.fromarray((row.cpu().numpy() * 255).round().astype(np.uint8)).save(path)
         return path
+
+
+def _row_step(line: str) -> int:
+    """The step of a metrics.jsonl row; -1 for a torn line (a kill in the middle of a write)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return -1
 
 
 def _raise_interrupt(signum, frame):

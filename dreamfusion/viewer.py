@@ -19,7 +19,6 @@ __all__ = ["cmd_view"]
 
 USAGE = "usage: python -m dreamfusion view RUN_DIR [--port 8080] [--host 127.0.0.1]"
 MESH_OFFSET = 1.5  # the mesh stands this far along +x from the splats, so both are visible at once
-_SH_C0 = 0.28209479177387814
 
 
 def _parse(argv: list[str]) -> tuple[Path, str, int]:
@@ -58,26 +57,26 @@ def load_splats(run_dir: Path) -> dict | None:
     import torch
 
     from .export.ply import read_ply
+    from .fields import GaussianField
 
     ply = run_dir / "splats.ply"
     if ply.is_file():
         t = read_ply(ply)
     else:
-        ckpt = run_dir / "checkpoints" / "last.pt"
-        if not ckpt.is_file():
-            return None
-        from .checkpoint import load_checkpoint
+        from .run import load_run
 
-        state = load_checkpoint(run_dir)
-        if state.get("field_type") != "gaussian":
+        if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / "config.yaml").is_file():
             return None
-        t = {k: v.float() for k, v in state["field"].items() if k in ("means", "log_scales", "quats", "opacity_logits", "sh_dc")}
-    from render.gaussians import quat_to_rotmat
+        field = load_run(run_dir, "cpu").field
+        if not isinstance(field, GaussianField):
+            return None
+        t = {k: getattr(field, k).detach().float() for k in ("means", "log_scales", "quats", "opacity_logits", "sh_dc")}
+    from render.gaussians import SH_C0, quat_to_rotmat
 
     rot = quat_to_rotmat(torch.nn.functional.normalize(t["quats"], dim=-1))
     m = rot * t["log_scales"].exp()[:, None, :]
     return {"centers": t["means"].numpy(), "covariances": (m @ m.transpose(1, 2)).numpy(),
-            "rgbs": (0.5 + _SH_C0 * t["sh_dc"]).clamp(0, 1).numpy(),
+            "rgbs": (0.5 + SH_C0 * t["sh_dc"]).clamp(0, 1).numpy(),
             "opacities": torch.sigmoid(t["opacity_logits"])[:, None].numpy()}
 
 

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamfusion.checkpoint import (CHECKPOINT, atomic_write_text, check_output_dir, load_checkpoint, make_run_dir,
-                                    save_checkpoint)
+from dreamfusion.checkpoint import CHECKPOINT, check_output_dir, load_checkpoint, make_run_dir, save_checkpoint
 from dreamfusion.config import load_config
 from dreamfusion.errors import CheckpointError, UserError
+from dreamfusion.io import atomic_write_text
 from dreamfusion.train import Trainer
 from render.cameras import Cameras, orbit_cameras, sample_cameras
 
-SMALL = ["device=cpu", "render.width=16", "render.height=16", "render.n_samples=16", "field.n_levels=4",
-         "field.log2_hashmap_size=10", "field.base_resolution=8", "field.hidden_dim=16"]
+SMALL = ["device=cpu", "render.width=16", "render.height=16", "render.n_samples=16", "field.hashgrid.n_levels=4",
+         "field.hashgrid.log2_hashmap_size=10", "field.hashgrid.base_resolution=8", "field.hidden_dim=16"]
 
 
 def make_trainer(run_dir: Path, *extra: str) -> Trainer:

@@ -33,6 +33,7 @@ from PIL import Image
 from dreamfusion.checkpoint import CHECKPOINT, load_checkpoint
 from dreamfusion.cli import main
 from dreamfusion.config import all_keys, load_config, load_run_config
+from dreamfusion.guidance import FrozenGuidance
 
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATOR = ROOT / "tools" / "gltf-validator"
@@ -41,7 +42,7 @@ PROMPT = "a peacock on a surfboard"
 # Small enough for 2 CPU cores; identical training settings in the smoke and the resume runs so that
 # the resumed run can be compared with the straight one (t_anneal=none: the schedule must not depend
 # on the total step count, which differs between the 6-step run and its resumption).
-FIELD = ["field.n_levels=4", "field.log2_hashmap_size=12", "field.base_resolution=8", "field.hidden_dim=16"]
+FIELD = ["field.hashgrid.n_levels=4", "field.hashgrid.log2_hashmap_size=12", "field.hashgrid.base_resolution=8", "field.hidden_dim=16"]
 TRAIN = ["device=cpu", "render.width=32", "render.height=32", "render.n_samples=32", "guidance.vae_resolution=32",
          "guidance.t_anneal=none", "log_every=1", *FIELD]
 EXPORT = ["export.resolution=32", "export.texture_size=128", "export.video_frames=30", "export.video_resolution=32"]
@@ -111,7 +112,7 @@ def test_run_folder_holds_every_artifact_and_is_the_last_stdout_line(finished, t
     for name in ("config.yaml", "checkpoints/last.pt", "metrics.jsonl", "mesh/model.obj", "mesh/model.mtl",
                  "mesh/model_albedo.png", "mesh/model.glb", "orbit.mp4"):
         assert (run_dir / name).is_file(), name
-    assert not list(run_dir.rglob("*.tmp"))
+    assert not list(run_dir.rglob("*.tmp*"))
     # config.yaml is the resolved config: it loads back to what the command line asked for.
     asked = load_config(None, [f"prompt={PROMPT}", f"guidance.model={tiny_sd_dir}", f"output_dir={out_dir}",
                                "steps=10", "checkpoint_every=5", "preview_every=5", *TRAIN, *EXPORT])
@@ -219,7 +220,7 @@ def test_resume_continues_the_step_counter_and_matches_a_straight_run(finished, 
         torch.testing.assert_close(resumed[key], reference[key], atol=1e-5, rtol=1e-4, msg=key)
 
 
-class _StubGuidance:
+class _StubGuidance(FrozenGuidance):
     """A cheap differentiable guidance that interrupts the loop at `stop_at` (Ctrl-C or SIGTERM)."""
 
     def __init__(self, stop_at: int | None, how: str = "ctrl-c"):
@@ -238,7 +239,7 @@ class _StubGuidance:
 def test_interrupt_saves_the_step_reached_and_names_the_resume_command(tmp_path, monkeypatch, how):
     import dreamfusion.guidance as guidance_pkg
 
-    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device: _StubGuidance(4, how))
+    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device, model=None: _StubGuidance(4, how))
     args = ["prompt=a red cube", f"output_dir={tmp_path}", "steps=8", "checkpoint_every=3", "preview_every=0",
             "log_every=1", "device=cpu", "render.width=16", "render.height=16", "render.n_samples=16", *FIELD,
             *CHEAP_EXPORT]
@@ -251,13 +252,13 @@ def test_interrupt_saves_the_step_reached_and_names_the_resume_command(tmp_path,
     assert "resume=" in message and str(run_dir) in message
     # Four steps finished (the periodic checkpoint held step 3); the interrupt came in the fifth.
     assert load_checkpoint(run_dir)["step"] == 4
-    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "mesh").exists()
+    assert not list(run_dir.rglob("*.tmp*")) and not (run_dir / "mesh").exists()
     assert signal.getsignal(signal.SIGTERM) == sigterm_handler  # the loop's handler is removed again
 
     # The printed command works: it continues to the end in the same folder.
     command = shlex.split(message.split("continue with: ", 1)[1])
     assert command[:3] == ["python", "-m", "dreamfusion"]
-    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device: _StubGuidance(None))
+    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device, model=None: _StubGuidance(None))
     rc, out, err = run_cli(command[3:])
     assert rc == 0, err
     assert last_line(out) == str(run_dir) and list(tmp_path.iterdir()) == [run_dir]

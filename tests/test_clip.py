@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dreamfusion.checkpoint import atomic_write_text
+from dreamfusion.io import atomic_write_text
 from dreamfusion.cli import main
-from dreamfusion.config import GuidanceConfig, load_config, to_yaml
+from dreamfusion.config import ClipConfig, GuidanceConfig, load_config, to_yaml
 from dreamfusion.errors import ModelNotFoundError, UserError
 from dreamfusion.evaluate import clip_scores, eval_cameras, r_precision, render_run
 from dreamfusion.fields import build_background, build_field, solid_background
@@ -38,7 +38,7 @@ from dreamfusion.train import Trainer
 from render.cameras import orbit_cameras
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL_FIELD = ["field.n_levels=4", "field.log2_hashmap_size=12", "field.base_resolution=8", "field.hidden_dim=16"]
+SMALL_FIELD = ["field.hashgrid.n_levels=4", "field.hashgrid.log2_hashmap_size=12", "field.hashgrid.base_resolution=8", "field.hidden_dim=16"]
 SMALL_RUN = ["device=cpu", "render.width=32", "render.height=32", "render.n_samples=32", "export.resolution=32",
              "export.video_frames=30", "export.video_resolution=32", "export.texture_size=128", *SMALL_FIELD]
 
@@ -156,7 +156,7 @@ def test_embeddings_match_hand_written_twin(tiny_clip_dir, tiny_clip):
 
 
 def test_clip_loss_matches_hand_computation(tiny_clip_dir, tiny_clip):
-    cfg = GuidanceConfig(view_dependent=False, clip_crops=3, clip_crop_fraction=0.75)
+    cfg = GuidanceConfig(view_dependent=False, clip=ClipConfig(crops=3, crop_fraction=0.75))
     guidance = CLIPGuidance(tiny_clip, "a bouquet of flowers", cfg)
     images = torch.rand(2, 40, 40, 3, generator=torch.Generator().manual_seed(5))
     terms = guidance(images, None, 0, 10, generator=torch.Generator().manual_seed(9))
@@ -181,7 +181,7 @@ def test_gradient_through_render_matches_finite_difference(tiny_clip):
     torch.manual_seed(0)
     cfg = load_config("dreamfields", ["prompt=x", *SMALL_FIELD])
     field = build_field(cfg.field)
-    guidance = CLIPGuidance(tiny_clip, "a bouquet of flowers", GuidanceConfig(view_dependent=False, clip_crops=2))
+    guidance = CLIPGuidance(tiny_clip, "a bouquet of flowers", GuidanceConfig(view_dependent=False, clip=ClipConfig(crops=2)))
     cams = orbit_cameras(2, 30.0, 4.0, 30.0)
 
     def loss_fn():

@@ -11,7 +11,7 @@ from dataclasses import fields, is_dataclass
 import pytest
 import yaml
 
-from dreamfusion.config import (CHOICES, CONFIG_DIR, Config, all_keys, available_configs, load_config,
+from dreamfusion.config import (CHOICES, CONFIG_DIR, RENAMED, Config, all_keys, available_configs, load_config,
                                 load_run_config, to_yaml)
 from dreamfusion.errors import ConfigError, UserError
 
@@ -231,3 +231,59 @@ def test_all_keys_covers_every_dataclass_field():
 
 def test_config_error_is_a_user_error():
     assert issubclass(ConfigError, UserError)
+
+
+# -- grouped keys: one "renamed to" line per old key; old run folders still load ------------------------
+
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_every_old_key_names_its_new_name(old, tmp_path):
+    new = RENAMED[old]
+    value = get(Config(), new)
+    text = value if isinstance(value, str) else yaml.safe_dump(value).strip().removesuffix("\n...")
+    assert error(None, [f"{old}={text}"]) == (f"config key '{old}' was renamed to '{new}' (in command line): "
+                                              f"use {new}")
+    section, leaf = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({section: {leaf: value}}))
+    assert error(str(path)).startswith(f"config key '{old}' was renamed to '{new}' (in {path})")
+    assert get(load_config(None, [f"{new}={text}"]), new) == value  # the new name takes the same value
+
+
+def test_a_run_folder_written_with_old_key_names_loads_with_a_note(tmp_path, capsys):
+    cfg = load_config("gaussian", ["prompt=a red cube", "field.gaussian.count=123", "optim.gaussian.color_lr=0.02"])
+    tree = yaml.safe_load(to_yaml(cfg))
+    old = {k: v for k, v in tree.items() if not isinstance(v, dict)}
+    for section, group in tree.items():  # flatten every group the old way: field.gaussian.count -> field.gaussian_count
+        if isinstance(group, dict):
+            old[section] = {}
+            for key, value in group.items():
+                if isinstance(value, dict):
+                    renamed = {o.split(".")[1]: v for o, n in RENAMED.items() for leaf, v in value.items()
+                               if n == f"{section}.{key}.{leaf}"}
+                    assert len(renamed) == len(value), (section, key)
+                    old[section].update(renamed)
+                else:
+                    old[section][key] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert load_run_config(path) == cfg
+    assert "old key name(s)" in capsys.readouterr().err
+
+
+def test_builders_accept_exactly_the_allowed_values():
+    """CHOICES is the one list: the literal builder maps carry the same names."""
+    from dreamfusion.fields import build_field
+    from dreamfusion.fields.background import SOLID_KINDS
+    from dreamfusion.fields.decoder import _ACTIVATIONS
+    from dreamfusion.guidance import load_guidance_model
+
+    assert tuple(_ACTIVATIONS) == CHOICES["field.density_activation"]
+    assert ("learned",) + SOLID_KINDS == CHOICES["render.background"]
+    for builder, key in ((lambda c: build_field(c.field), "field.type"), (lambda c: load_guidance_model(c, "cpu"),
+                                                                         "guidance.type")):
+        cfg = Config()
+        *parents, leaf = key.split(".")
+        setattr(get(cfg, ".".join(parents)), leaf, "nope")
+        with pytest.raises(ConfigError, match=f"bad value 'nope' for '{key}': choose one of "
+                                              f"{', '.join(CHOICES[key])}"):
+            builder(cfg)

@@ -20,8 +20,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 def load(tiny_sd_dir, device="cpu", **switches) -> StableDiffusion:
     cfg = GuidanceConfig(**switches)
-    return StableDiffusion.load(str(tiny_sd_dir), device=device, prompt="a red cube", view_dependent=False,
-                                vae_resolution=32, fast_paths=cfg)
+    return StableDiffusion.load(str(tiny_sd_dir), device=device, vae_resolution=32, fast_paths=cfg)
 
 
 def inputs(device="cpu"):
@@ -36,7 +35,7 @@ def inputs(device="cpu"):
 def outputs(sd: StableDiffusion, device="cpu") -> dict[str, torch.Tensor]:
     """UNet noise predictions (both branches), VAE latents and d(latents . v)/d images, all fp32 on CPU."""
     x_t, t, images = inputs(device)
-    eps_u, eps_c = sd.predict_noise(x_t, t, None)
+    eps_u, eps_c = sd.predict_noise(x_t, t, None, sd.encode_prompt("a red cube", "", view_dependent=False))
     images.requires_grad_(True)
     latents = sd.encode(images).float()
     v = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1)).to(device)
@@ -143,7 +142,7 @@ def test_bf16_sds_gradient_is_close_to_fp32(tiny_sd_dir):
     """The whole SDS step in bf16 against fp32: same seed, same t and noise, d loss / d images compared."""
     def image_grad(sd):
         images = inputs()[2].requires_grad_(True)
-        guidance = SDSGuidance(sd, GuidanceConfig(guidance_scale=7.5))
+        guidance = SDSGuidance(sd, GuidanceConfig(guidance_scale=7.5, view_dependent=False), "a red cube")
         out = guidance(images, None, 0, 100, torch.Generator().manual_seed(3))
         out["loss_sds"].backward()
         return images.grad

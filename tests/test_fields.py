@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dreamfusion.config import FieldConfig, OptimConfig
+from dreamfusion.config import FieldConfig, GaussianConfig, HashGridConfig, OptimConfig, TriplaneConfig
 from dreamfusion.errors import ConfigError
 from dreamfusion.fields import (HashGrid, LearnedBackground, NeRFField, build_background, build_field,
                                 make_hashgrid, solid_background)
 from dreamfusion.fields import hashgrid
 from dreamfusion.fields.hashgrid import _import_tcnn
-from dreamfusion.fields.nerf import trunc_exp
+from dreamfusion.fields.decoder import trunc_exp
 
 PRIMES = (1, 2654435761, 805459861)
 SMALL = dict(bound=1.5, n_levels=6, log2_hashmap_size=11, base_resolution=3, per_level_scale=1.9)
@@ -84,14 +84,15 @@ def test_hashgrid_matches_naive_twin_values_and_gradients(n_feat):
 
 
 def test_hashgrid_default_config_float32_matches_twin():
-    cfg = FieldConfig()
-    grid = make_hashgrid(FieldConfig(backend="torch"), "cpu")
+    cfg = FieldConfig().hashgrid
+    bound = FieldConfig().bound
+    grid = make_hashgrid(FieldConfig(hashgrid=HashGridConfig(backend="torch")), "cpu")
     assert isinstance(grid, HashGrid)
     with torch.no_grad():
         grid.embeddings.uniform_(-1, 1)
-    pts = _points(500, cfg.bound, torch.float32, seed=1).requires_grad_()
+    pts = _points(500, bound, torch.float32, seed=1).requires_grad_()
     out = grid(pts)
-    ref = reference_encoding(pts, grid.embeddings, cfg.bound, cfg.n_levels, cfg.n_features_per_level,
+    ref = reference_encoding(pts, grid.embeddings, bound, cfg.n_levels, cfg.n_features_per_level,
                              cfg.log2_hashmap_size, cfg.base_resolution, cfg.per_level_scale)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)  # same float32 positions, other summation order
     g_table, = torch.autograd.grad(out.sum(), grid.embeddings)
@@ -110,8 +111,8 @@ def test_hashgrid_no_grad_chunks_equal_one_pass(monkeypatch):
 
 
 def test_hashgrid_dense_to_hashed_switch_closed_form():
-    cfg = FieldConfig()  # 16 levels, base 16, scale 1.447, 2^19 entries
-    grid = HashGrid(cfg.bound, cfg.n_levels, cfg.n_features_per_level, cfg.log2_hashmap_size,
+    cfg = FieldConfig().hashgrid  # 16 levels, base 16, scale 1.447, 2^19 entries
+    grid = HashGrid(FieldConfig().bound, cfg.n_levels, cfg.n_features_per_level, cfg.log2_hashmap_size,
                     cfg.base_resolution, cfg.per_level_scale)
     res = [math.floor(16 * 1.447 ** level) for level in range(16)]
     sizes = [min(2 ** 19, (r + 1) ** 3) for r in res]
@@ -127,8 +128,8 @@ def test_hashgrid_dense_to_hashed_switch_closed_form():
 def _zeroed_field(kind: str = "nerf", **overrides):
     """A NeRF (hash table) or tri-plane (planes) field whose features and last MLP layer are zero."""
     torch.manual_seed(0)
-    field = build_field(FieldConfig(type=kind, backend="torch", n_levels=4, log2_hashmap_size=12,
-                                    triplane_resolution=16, triplane_channels=4, **overrides))
+    field = build_field(FieldConfig(type=kind, hashgrid=HashGridConfig(backend="torch", n_levels=4, log2_hashmap_size=12),
+                                    triplane=TriplaneConfig(resolution=16, channels=4), **overrides))
     with torch.no_grad():
         (field.encoding.embeddings if kind == "nerf" else field.planes).zero_()
         field.mlp[-1].weight.zero_()
@@ -139,7 +140,7 @@ def _zeroed_field(kind: str = "nerf", **overrides):
 @pytest.mark.parametrize("kind", ["nerf", "triplane"])
 @pytest.mark.parametrize("activation", ["softplus", "exp"])
 def test_field_at_init_is_the_blob(kind, activation):
-    """Both MLP-decoded fields share init_decoder: zero features and a zero last layer leave only the blob."""
+    """Both MLP-decoded fields share the decoder (fields/decoder.py): zero features and a zero last layer leave only the blob."""
     field = _zeroed_field(kind, density_activation=activation, blob_density=10.0, blob_radius=0.5)
     gen = torch.Generator().manual_seed(0)
     inside = torch.rand(400, 3, generator=gen) * 2 - 1
@@ -169,7 +170,8 @@ def test_trunc_exp_forward_and_finite_gradient():
 
 def test_param_groups_cover_each_parameter_once():
     optim = OptimConfig(encoding_lr=0.03, network_lr=0.002, background_lr=0.0007)
-    field = NeRFField(FieldConfig(backend="torch", n_levels=4, log2_hashmap_size=12, n_hidden_layers=2))
+    field = NeRFField(FieldConfig(hashgrid=HashGridConfig(backend="torch", n_levels=4, log2_hashmap_size=12),
+                                  n_hidden_layers=2))
     groups = field.param_groups(optim)
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in field.parameters())  # each exactly once, none missing
@@ -209,15 +211,15 @@ def test_learned_background():
 
 
 def test_build_field_and_backends(monkeypatch):
-    field = build_field(FieldConfig(backend="auto", n_levels=2, log2_hashmap_size=10), "cpu")
+    field = build_field(FieldConfig(hashgrid=HashGridConfig(backend="auto", n_levels=2, log2_hashmap_size=10)), "cpu")
     assert isinstance(field, NeRFField) and isinstance(field.encoding, HashGrid)  # auto on CPU: torch twin
     from dreamfusion.fields.gaussian import GaussianField
     from dreamfusion.fields.triplane import TriplaneField
 
-    assert isinstance(build_field(FieldConfig(type="triplane", triplane_resolution=8), "cpu"), TriplaneField)
-    assert isinstance(build_field(FieldConfig(type="gaussian", gaussian_count=10), "cpu"), GaussianField)
+    assert isinstance(build_field(FieldConfig(type="triplane", triplane=TriplaneConfig(resolution=8)), "cpu"), TriplaneField)
+    assert isinstance(build_field(FieldConfig(type="gaussian", gaussian=GaussianConfig(count=10)), "cpu"), GaussianField)
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        make_hashgrid(FieldConfig(backend="tcnn"), "cpu")
+        make_hashgrid(FieldConfig(hashgrid=HashGridConfig(backend="tcnn")), "cpu")
     monkeypatch.setitem(sys.modules, "tinycudann", None)  # as if not installed
     with pytest.raises(ConfigError, match="not on PyPI"):
         _import_tcnn()

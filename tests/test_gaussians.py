@@ -13,7 +13,7 @@ import torch
 from render.cameras import look_at, orbit_cameras
 from render.gaussians import eval_sh, rasterize_gaussians
 
-from dreamfusion.config import FieldConfig, OptimConfig
+from dreamfusion.config import FieldConfig, GaussianConfig, GaussianOptimConfig, HashGridConfig, OptimConfig
 from dreamfusion.fields import build_field
 from dreamfusion.fields.gaussian import GaussianField, position_lr
 
@@ -177,15 +177,14 @@ def test_projection_matches_gsplat_torch_reference():
 
 
 # -- the field ------------------------------------------------------------------------------------
-def _field(**kw) -> GaussianField:
+def _field(count: int = 200, **kw) -> GaussianField:
     torch.manual_seed(0)
-    cfg = FieldConfig(type="gaussian", gaussian_count=kw.pop("count", 200), **kw)
-    return build_field(cfg)
+    return build_field(FieldConfig(type="gaussian", gaussian=GaussianConfig(count=count, **kw)))
 
 
 # DreamGaussian's text-stage rates (the defaults are tuned for the CPU demo; configs/gaussian.yaml sets these).
-DREAMGAUSSIAN_OPTIM = OptimConfig(gaussian_position_lr=1e-3, gaussian_position_lr_final=2e-5,
-                                  gaussian_position_lr_steps=300)
+DREAMGAUSSIAN_OPTIM = OptimConfig(gaussian=GaussianOptimConfig(position_lr=1e-3, position_lr_final=2e-5,
+                                                                position_lr_steps=300))
 
 
 def test_position_lr_schedule():
@@ -196,7 +195,7 @@ def test_position_lr_schedule():
 
 
 def test_field_init_and_render_contract():
-    field = _field(count=300, gaussian_init_radius=0.5, gaussian_init_opacity=0.1)
+    field = _field(count=300, init_radius=0.5, init_opacity=0.1)
     assert isinstance(field, GaussianField) and field.count == 300
     assert float(field.means.detach().norm(dim=-1).max()) <= 0.5 + 1e-6
     torch.testing.assert_close(field.opacities, torch.full((300,), 0.1))
@@ -213,8 +212,8 @@ def test_field_init_and_render_contract():
 
 def _constructed_field():
     """Four Gaussians: A small + hot (clone), B large + hot (split), C faint (prune), D quiet (keep)."""
-    field = _field(count=4, gaussian_densify_grad_threshold=0.01, gaussian_dense_scale=0.05,
-                   gaussian_prune_opacity=0.05, gaussian_prune_scale=0.5)
+    field = _field(count=4, densify_grad_threshold=0.01, dense_scale=0.05,
+                   prune_opacity=0.05, prune_scale=0.5)
     with torch.no_grad():
         field.means.copy_(torch.tensor([[0.0, 0, 0], [0.3, 0, 0], [0, 0.3, 0], [0, 0, 0.3]]))
         field.log_scales.copy_(torch.tensor([0.02, 0.2, 0.05, 0.05]).log()[:, None].expand(4, 3))
@@ -264,7 +263,7 @@ def test_after_step_schedule_and_densify_cadence():
 
 
 def test_after_backward_accumulates_ndc_gradient():
-    field = _field(count=50, gaussian_init_opacity=0.5)
+    field = _field(count=50, init_opacity=0.5)
     cams = orbit_cameras(2, 15.0, 2.0, 50.0)
     out = field.render(cams, 16, 16)
     out["rgb"].sum().backward()
@@ -295,8 +294,8 @@ def test_trainer_checkpoint_round_trip_after_densification(tmp_path):
     from dreamfusion.config import load_config
     from dreamfusion.train import Trainer
 
-    cfg = load_config("demo", ["field.type=gaussian", "field.gaussian_count=300", "field.gaussian_densify_every=1",
-                               "field.gaussian_densify_grad_threshold=0.0", "field.gaussian_init_opacity=0.5"])
+    cfg = load_config("demo", ["field.type=gaussian", "field.gaussian.count=300", "field.gaussian.densify_every=1",
+                               "field.gaussian.densify_grad_threshold=0.0", "field.gaussian.init_opacity=0.5"])
     trainer = Trainer(cfg, tmp_path, torch.device("cpu"))
     cams = orbit_cameras(1, 10.0, 2.4, 45.0)
     out = trainer.render_batch(cams, "albedo")
@@ -321,7 +320,7 @@ def test_trainer_checkpoint_round_trip_after_densification(tmp_path):
 
 def test_density_integrates_to_the_splat_optical_depth():
     """Across a flat splat along its thin axis, the integral of density is -ln(1 - opacity) (up to the 3-sigma cut)."""
-    field = _field(count=1, gaussian_init_opacity=0.6)
+    field = _field(count=1, init_opacity=0.6)
     with torch.no_grad():
         field.means.zero_()
         field.log_scales.copy_(torch.tensor([[0.1, 0.005, 0.1]]).log())
@@ -334,7 +333,7 @@ def test_density_integrates_to_the_splat_optical_depth():
 
 
 def test_density_matches_brute_force_and_albedo_is_weighted_colour():
-    field = _field(count=400, gaussian_init_opacity=0.3)
+    field = _field(count=400, init_opacity=0.3)
     with torch.no_grad():
         field.sh_dc.uniform_(-1, 1)
         field.log_scales.add_(torch.randn_like(field.log_scales) * 0.3)
@@ -365,7 +364,7 @@ def test_density_matches_brute_force_and_albedo_is_weighted_colour():
 def test_ply_round_trip_header_and_order(tmp_path, sh_degree):
     from dreamfusion.export.ply import read_ply, write_ply
 
-    field = _field(count=7, gaussian_sh_degree=sh_degree)
+    field = _field(count=7, sh_degree=sh_degree)
     with torch.no_grad():
         for p in field.parameters():
             p.copy_(torch.randn_like(p))
@@ -390,7 +389,7 @@ def test_ply_round_trip_header_and_order(tmp_path, sh_degree):
     if sh_degree:
         torch.testing.assert_close(back["sh_rest"], field.sh_rest.detach())
     # a field loaded from the .ply renders like the original
-    fresh = _field(count=2, gaussian_sh_degree=sh_degree)
+    fresh = _field(count=2, sh_degree=sh_degree)
     fresh.load_state_dict({**back, "grad_accum": torch.zeros(7), "grad_count": torch.zeros(7)})
     cams = orbit_cameras(1, 10.0, 2.0, 50.0)
     with torch.no_grad():
@@ -444,10 +443,10 @@ def test_gsplat_cuda_matches_torch_rasterizer():
 
 
 # -- convergence under the embedded prior (the demo at Gaussian settings) ---------------------------------
-DEMO_GAUSSIAN = ["field.type=gaussian", "field.gaussian_count=3000", "field.gaussian_init_radius=0.8",
-                 "field.gaussian_max_count=8000", "field.gaussian_prune_opacity=0.05",
-                 "optim.gaussian_position_lr=0.005", "optim.gaussian_position_lr_final=0.0002",
-                 "optim.gaussian_position_lr_steps=600"]
+DEMO_GAUSSIAN = ["field.type=gaussian", "field.gaussian.count=3000", "field.gaussian.init_radius=0.8",
+                 "field.gaussian.max_count=8000", "field.gaussian.prune_opacity=0.05",
+                 "optim.gaussian.position_lr=0.005", "optim.gaussian.position_lr_final=0.0002",
+                 "optim.gaussian.position_lr_steps=600"]
 
 
 @pytest.mark.slow  # ~80 s of training + export on the shared 2-core machine
@@ -480,9 +479,10 @@ def test_progressive_resolution_follows_the_milestones(tmp_path):
     """render.progressive_sizes / progressive_milestones (DreamGaussian's 128 -> 512): `fit` hands the guidance
     renders of side sizes[i] from milestone i - 1 on; render_size is the same rule without a Trainer."""
     from dreamfusion.config import load_config
+    from dreamfusion.guidance import FunctionGuidance
     from dreamfusion.train import Trainer, render_size
 
-    cfg = load_config("demo", ["field.type=gaussian", "field.gaussian_count=200", "steps=6", "preview_every=0",
+    cfg = load_config("demo", ["field.type=gaussian", "field.gaussian.count=200", "steps=6", "preview_every=0",
                                "render.progressive_sizes=[8,12,16]", "render.progressive_milestones=[2,5]"])
     assert [render_size(s, cfg.render) for s in (0, 1, 2, 4, 5, 100)] == [(8, 8), (8, 8), (12, 12), (12, 12),
                                                                            (16, 16), (16, 16)]
@@ -494,7 +494,7 @@ def test_progressive_resolution_follows_the_milestones(tmp_path):
         seen.append(tuple(rgb.shape[1:3]))
         return {"loss_sds": rgb.mean()}
 
-    Trainer(cfg, tmp_path, torch.device("cpu")).fit(guidance)
+    Trainer(cfg, tmp_path, torch.device("cpu"), FunctionGuidance(guidance)).fit()
     assert seen == [(8, 8), (8, 8), (12, 12), (12, 12), (12, 12), (16, 16)]
 
 
@@ -535,7 +535,7 @@ def test_mesh_level_is_the_fields_own_unless_configured():
     from dreamfusion.fields import build_field
 
     splats = _field(count=10)
-    nerf = build_field(FieldConfig(n_levels=2, log2_hashmap_size=8, base_resolution=4, hidden_dim=8))
+    nerf = build_field(FieldConfig(hashgrid=HashGridConfig(n_levels=2, log2_hashmap_size=8, base_resolution=4), hidden_dim=8))
     assert (surface_optical_depth(splats, None), surface_optical_depth(nerf, None)) == (0.15, 0.3)
     assert (surface_optical_depth(splats, 0.2), surface_optical_depth(nerf, 0.2)) == (0.2, 0.2)
     assert load_config("demo").export.auto_optical_depth is None
@@ -557,8 +557,8 @@ def test_cli_gaussian_config_with_tiny_sd_writes_ply_glb_and_video(tiny_sd_dir, 
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "dreamfusion", "--config", "gaussian", "prompt=a red cube",
            f"guidance.model={tiny_sd_dir}", "guidance.vae_resolution=32", "steps=10", "device=cpu",
-           "field.gaussian_count=500", "render.progressive_sizes=[16,24,32]", "render.progressive_milestones=[4,8]",
-           "field.gaussian_densify_every=5", f"output_dir={tmp_path}", "export.resolution=32",
+           "field.gaussian.count=500", "render.progressive_sizes=[16,24,32]", "render.progressive_milestones=[4,8]",
+           "field.gaussian.densify_every=5", f"output_dir={tmp_path}", "export.resolution=32",
            "export.texture=vertex", "export.video_frames=4", "export.video_resolution=32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamfusion.config import FieldConfig, GuidanceConfig, load_config
+from dreamfusion.config import FieldConfig, GuidanceConfig, HashGridConfig, TriplaneConfig, load_config
 from dreamfusion.errors import ConfigError
 from dreamfusion.fields import build_field
 from dreamfusion.guidance import SDSGuidance, StableDiffusion
@@ -27,7 +27,7 @@ from render.rays import generate_rays
 from render.volume import render_rays
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = FieldConfig(n_levels=4, log2_hashmap_size=10, base_resolution=8, hidden_dim=16)
+SMALL = FieldConfig(hashgrid=HashGridConfig(n_levels=4, log2_hashmap_size=10, base_resolution=8), hidden_dim=16)
 
 
 def test_latent_to_rgb_by_hand_and_round_trip():
@@ -44,7 +44,7 @@ def test_latent_to_rgb_by_hand_and_round_trip():
 @pytest.mark.parametrize("kind", ["nerf", "triplane"])
 def test_latent_field_composites_four_channels(kind):
     torch.manual_seed(0)
-    cfg = FieldConfig(**{**vars(SMALL), "type": kind, "triplane_resolution": 16, "triplane_channels": 4})
+    cfg = FieldConfig(**{**vars(SMALL), "type": kind, "triplane": TriplaneConfig(resolution=16, channels=4)})
     field = build_field(cfg, "cpu", albedo_channels=4)
     assert field.albedo_channels == 4
     cams = orbit_cameras(2, 20.0, 2.4, 45.0)
@@ -71,7 +71,7 @@ def test_latent_field_composites_four_channels(kind):
 
 
 def test_sds_on_rendered_latents_skips_the_vae_and_matches_replay(tiny_sd_dir, monkeypatch):
-    sd = StableDiffusion.load(str(tiny_sd_dir), prompt="a red cube", view_dependent=False, vae_resolution=16)
+    sd = StableDiffusion.load(str(tiny_sd_dir), vae_resolution=16)
     assert sd.latent_size == 8  # the tiny VAE halves: 16 / 2
 
     def no_vae(*args, **kwargs):
@@ -79,7 +79,8 @@ def test_sds_on_rendered_latents_skips_the_vae_and_matches_replay(tiny_sd_dir, m
     monkeypatch.setattr(sd.vae, "encode", no_vae)
     latents = torch.randn(1, 8, 8, 4, generator=torch.Generator().manual_seed(5)).requires_grad_()
     cfg = GuidanceConfig(guidance_scale=7.5, view_dependent=False)
-    out = SDSGuidance(sd, cfg)(latents, None, 0, 100, torch.Generator().manual_seed(42))
+    guidance = SDSGuidance(sd, cfg, "a red cube")
+    out = guidance(latents, None, 0, 100, torch.Generator().manual_seed(42))
     out["loss_sds"].backward()
 
     gen = torch.Generator().manual_seed(42)  # replay: t in [20, 980], then eps
@@ -88,7 +89,7 @@ def test_sds_on_rendered_latents_skips_the_vae_and_matches_replay(tiny_sd_dir, m
     eps = torch.randn(x0.shape, generator=gen)
     abar = sd.alphas_cumprod[t].view(1, 1, 1, 1)
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-    emb = torch.cat([sd.uncond_embedding, sd.cond_embeddings["all"]])
+    emb = torch.cat([guidance.cond.uncond, guidance.cond.cond["all"]])
     with torch.no_grad():
         eps_u, eps_c = sd.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=emb).sample.chunk(2)
     grad = (1 - abar) * (eps_u + 7.5 * (eps_c - eps_u) - eps)
@@ -112,7 +113,7 @@ def test_cli_latent_run_exports_rgb(tiny_sd_dir, tmp_path):
     mesh + video coloured through latent_to_rgb."""
     cmd = [sys.executable, "-m", "dreamfusion", "--config", "triplane", "prompt=a red cube",
            f"guidance.model={tiny_sd_dir}", "guidance.latent_render=true", "guidance.vae_resolution=16",
-           "render.width=8", "render.height=8", "render.n_samples=16", "field.triplane_resolution=16",
+           "render.width=8", "render.height=8", "render.n_samples=16", "field.triplane.resolution=16",
            "steps=3", "device=cpu", f"output_dir={tmp_path}", "export.resolution=32", "export.texture=vertex",
            "export.video_frames=4", "export.video_resolution=32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ,

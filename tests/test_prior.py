@@ -108,12 +108,12 @@ def test_sphere_silhouette_coverage_matches_the_projected_disc():
 
 
 def _prior(prompt="a red cube", **over):
-    cfg = load_config("demo", [f"prompt={prompt}", "guidance.prior_views=64", *[f"{k}={v}" for k, v in over.items()]])
-    return cfg, EmbeddedPrior(cfg.prompt, cfg.negative_prompt, cfg.camera, cfg.guidance, cfg.render.background, "cpu")
+    cfg = load_config("demo", [f"prompt={prompt}", "guidance.prior.views=64", *[f"{k}={v}" for k, v in over.items()]])
+    return cfg, EmbeddedPrior(cfg.camera, cfg.guidance.prior, cfg.render.background, "cpu")
 
 
 def test_view_selection_stays_inside_the_window():
-    cfg, prior = _prior(**{"guidance.prior_view_window": 40})
+    cfg, prior = _prior(**{"guidance.prior.view_window": 40})
     cams = sample_cameras(6, cfg.camera.elevation_range, cfg.camera.azimuth_range, cfg.camera.distance_range,
                           cfg.camera.fovy_range, generator=torch.Generator().manual_seed(0))
     for b in range(6):
@@ -131,7 +131,7 @@ def test_prior_needs_a_solid_background():
 def test_sds_gradient_through_the_prior_is_w_t_times_eps_gap():
     # The same SDS rule as Stable Diffusion: d loss / d x0 = w(t) (eps_hat - eps) / B, replayed independently.
     cfg, prior = _prior(**{"guidance.guidance_scale": 3.0})
-    guidance = SDSGuidance(prior, cfg.guidance)
+    guidance = SDSGuidance(prior, cfg.guidance, cfg.prompt)
     cams = sample_cameras(2, cfg.camera.elevation_range, cfg.camera.azimuth_range, cfg.camera.distance_range,
                           cfg.camera.fovy_range, generator=torch.Generator().manual_seed(5))
     images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(6), requires_grad=True)
@@ -143,7 +143,7 @@ def test_sds_gradient_through_the_prior_is_w_t_times_eps_gap():
     abar = prior.alphas_cumprod[t].view(2, 1, 1, 1)
     x0 = images.detach().permute(0, 3, 1, 2) * 2 - 1
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-    eps_u, eps_c = prior.predict_noise(x_t, t, cams)
+    eps_u, eps_c = prior.predict_noise(x_t, t, cams, prior.encode_prompt(cfg.prompt))
     grad_x0 = (1 - abar) * (eps_u + 3.0 * (eps_c - eps_u) - eps) / 2
     expected = (grad_x0 * 2).permute(0, 2, 3, 1)  # x0 = 2 image - 1
     torch.testing.assert_close(images.grad, expected, rtol=1e-4, atol=1e-5)
@@ -161,11 +161,11 @@ def test_sds_on_the_prior_recovers_a_cone(tmp_path, monkeypatch):
     from dreamfusion.train import Trainer
 
     monkeypatch.setenv("DREAMFUSION_CACHE", str(tmp_path / "cache"))
-    cfg = load_config("demo", ["prompt=an orange cone", "steps=150", "guidance.prior_views=128",
+    cfg = load_config("demo", ["prompt=an orange cone", "steps=150", "guidance.prior.views=128",
                                "render.n_samples=48", "preview_every=0"])
-    trainer = Trainer(cfg, tmp_path, torch.device("cpu"))
+    trainer = Trainer(cfg, tmp_path, torch.device("cpu"), build_guidance(cfg, "cpu"))
     cone = lambda p: inside("cone", p)
     before = volumetric_iou(*extract_mesh(trainer.field.density, 1.0, 48), cone, 64)
-    trainer.fit(build_guidance(cfg, "cpu"))
+    trainer.fit()
     after = volumetric_iou(*extract_mesh(trainer.field.density, 1.0, 48), cone, 64)
     assert after >= 0.55 and after >= before + 0.25, (before, after)

@@ -11,10 +11,11 @@ import torch
 
 from dreamfusion.config import load_config
 from dreamfusion.errors import ConfigError
+from dreamfusion.guidance import FunctionGuidance
 from dreamfusion.train import Trainer, warmup_factor
 
-SMALL = ["device=cpu", "render.width=8", "render.height=8", "render.n_samples=8", "field.n_levels=2",
-         "field.log2_hashmap_size=8", "field.base_resolution=4", "field.hidden_dim=8", "preview_every=0",
+SMALL = ["device=cpu", "render.width=8", "render.height=8", "render.n_samples=8", "field.hashgrid.n_levels=2",
+         "field.hashgrid.log2_hashmap_size=8", "field.hashgrid.base_resolution=4", "field.hidden_dim=8", "preview_every=0",
          "render.background=white", "render.albedo_warmup_steps=100", "camera.elevation_range=[10,20]"]
 
 
@@ -28,10 +29,11 @@ def test_warmup_factor_closed_form():
 @pytest.mark.parametrize("warmup, expected_scale", [(0, 1.0), (10, 0.1)])
 def test_first_adam_step_moves_by_the_warmed_up_lr(tmp_path, warmup, expected_scale):
     cfg = load_config(None, SMALL + ["steps=1", f"optim.lr_warmup_steps={warmup}", "optim.network_lr=0.003"])
-    trainer = Trainer(cfg, tmp_path, torch.device("cpu"))
+    guidance = FunctionGuidance(lambda rgb, cams, step, steps, generator=None: {"loss_sds": (rgb - 0.3).pow(2).sum()})
+    trainer = Trainer(cfg, tmp_path, torch.device("cpu"), guidance)
     bias = trainer.field.mlp[-1].bias
     before = bias.detach().clone()
-    trainer.fit(lambda rgb, cams, step, steps, generator=None: {"loss_sds": (rgb - 0.3).pow(2).sum()})
+    trainer.fit()
     moved = (bias.detach() - before).abs()
     torch.testing.assert_close(moved, torch.full_like(moved, 0.003 * expected_scale), rtol=1e-4, atol=1e-9)
     assert [g["lr"] for g in trainer.optimizer.param_groups if g["name"] == "network"] == [0.003]  # restored

@@ -41,7 +41,12 @@ def sd_alphas_cumprod() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tiny_sd(tiny_sd_dir):
-    return StableDiffusion.load(str(tiny_sd_dir), prompt="a red cube", negative_prompt="blurry", vae_resolution=16)
+    return StableDiffusion.load(str(tiny_sd_dir), vae_resolution=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_cond(tiny_sd):
+    return tiny_sd.encode_prompt("a red cube", "blurry")
 
 
 # --- the rule and its schedules -------------------------------------------------------------------
@@ -106,7 +111,10 @@ class ConstantPredictor:
         self.x0.retain_grad()
         return self.x0
 
-    def predict_noise(self, x_t, t, cameras):
+    def encode_prompt(self, prompt, negative_prompt, view_dependent):
+        return None
+
+    def predict_noise(self, x_t, t, cameras, cond):
         return self.eps_u.expand_as(x_t), self.eps_c.expand_as(x_t)
 
 
@@ -116,7 +124,7 @@ def test_grad_clip_clamps_and_nan_becomes_zero():
     predictor = ConstantPredictor(torch.zeros(1, 3, 4, 4), eps_c)
     cfg = GuidanceConfig(guidance_scale=1.0, grad_clip=0.25, t_min=0.5, t_max=0.5)
     images = torch.rand(2, 4, 4, 3, requires_grad=True)
-    out = SDSGuidance(predictor, cfg)(images, None, 0, 10, torch.Generator().manual_seed(0))
+    out = SDSGuidance(predictor, cfg, "a red cube")(images, None, 0, 10, torch.Generator().manual_seed(0))
     out["loss_sds"].backward()
     # t = 500 exactly; w = 1 - abar_500 ~ 0.72, |eps| < 6, so w (50 - eps) > 0.25 everywhere: all clipped
     assert out["t"] == 0.5
@@ -133,7 +141,7 @@ def test_sds_gradient_on_x0_matches_rule_with_constant_predictor():
     predictor = ConstantPredictor(eps_u, eps_c)
     cfg = GuidanceConfig(guidance_scale=100.0, weighting="fantasia3d")
     images = torch.rand(3, 4, 4, 3, requires_grad=True)
-    out = SDSGuidance(predictor, cfg)(images, None, 0, 10, torch.Generator().manual_seed(7))
+    out = SDSGuidance(predictor, cfg, "a red cube")(images, None, 0, 10, torch.Generator().manual_seed(7))
     out["loss_sds"].backward()
     gen = torch.Generator().manual_seed(7)
     t = torch.randint(20, 981, (3,), generator=gen)
@@ -178,7 +186,7 @@ def test_slugify():
 def test_missing_folder_is_one_line_model_not_found(tmp_path):
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(ModelNotFoundError) as info:
-        StableDiffusion.load(missing, prompt="a red cube")
+        StableDiffusion.load(missing)
     msg = str(info.value)
     assert "\n" not in msg and missing in msg
     assert "hf download" in msg and "guidance.model=" in msg and "--config demo" in msg
@@ -186,7 +194,7 @@ def test_missing_folder_is_one_line_model_not_found(tmp_path):
 
 def test_unreachable_hub_id_is_one_line_model_not_found():
     with pytest.raises(ModelNotFoundError) as info:  # HF_HUB_OFFLINE=1 (conftest): fails without the network
-        StableDiffusion.load("no-such-org/no-such-model", prompt="a red cube")
+        StableDiffusion.load("no-such-org/no-such-model")
     msg = str(info.value)
     assert "\n" not in msg and "no-such-org/no-such-model" in msg
     assert "hf download no-such-org/no-such-model --local-dir" in msg
@@ -207,7 +215,7 @@ def test_unreachable_hub_falls_back_to_cache_at_once(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "model_info", no_network)
     with pytest.raises(ModelNotFoundError, match="not in the local cache and the hub is unreachable") as info:
-        StableDiffusion.load("some-org/some-model", prompt="a red cube")
+        StableDiffusion.load("some-org/some-model")
     assert calls == ["some-org/some-model"] and "\n" not in str(info.value)
 
     def not_found(repo_id, **kwargs):
@@ -217,46 +225,57 @@ def test_unreachable_hub_falls_back_to_cache_at_once(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "model_info", not_found)
     with pytest.raises(ModelNotFoundError, match=r"'some-org/typo' is not on the hub \(misspelt"):
-        StableDiffusion.load("some-org/typo", prompt="a red cube")
+        StableDiffusion.load("some-org/typo")
 
 
 def test_folder_missing_unet_names_it(tiny_sd_dir, tmp_path):
     folder = tmp_path / "partial"
     shutil.copytree(tiny_sd_dir, folder, ignore=shutil.ignore_patterns("unet"))
     with pytest.raises(ModelNotFoundError, match=r"no unet/ subfolder") as info:
-        StableDiffusion.load(str(folder), prompt="a red cube")
+        StableDiffusion.load(str(folder))
     assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("prompt", ["", "   "])
-def test_empty_prompt_is_user_error(tiny_sd_dir, prompt):
+def test_empty_prompt_is_user_error(tiny_sd, prompt):
     with pytest.raises(UserError, match=r'prompt is empty: pass prompt="..."'):
-        StableDiffusion.load(str(tiny_sd_dir), prompt=prompt)
+        tiny_sd.encode_prompt(prompt)
 
 
-def test_long_prompt_warns_once_and_loads(tiny_sd_dir, capsys):
-    sd = StableDiffusion.load(str(tiny_sd_dir), prompt="cube " * 100, vae_resolution=16)
+def test_one_loaded_model_serves_many_prompts(tiny_sd):
+    """encode_prompt is independent per prompt: the same model embeds two prompts, each as if it were alone."""
+    red, blue = tiny_sd.encode_prompt("a red cube", "", False), tiny_sd.encode_prompt("a blue ball", "", False)
+    tok = tiny_sd.tokenizer
+    for cond, text in ((red, "a red cube"), (blue, "a blue ball")):
+        ids = tok(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        assert torch.equal(cond.cond["all"], tiny_sd.text_encoder(ids)[0])
+    assert not torch.equal(red.cond["all"], blue.cond["all"])
+
+
+def test_long_prompt_warns_once_and_loads(tiny_sd, capsys):
+    sd = tiny_sd
+    cond = sd.encode_prompt("cube " * 100)
     err = capsys.readouterr().err
     assert err.count("truncated") == 1
     # "cube" is one token, plus start/end tokens; the longest text is the one with ", overhead view"
     n = len(sd.tokenizer("cube " * 100 + ", overhead view").input_ids)
     assert f"it is {n} tokens" in err and f"the last {n - 77} are ignored" in err
-    assert sd.cond_embeddings["front"].shape == (1, 77, 32)
+    assert cond.cond["front"].shape == (1, 77, 32)
 
 
-def test_text_embeddings_are_the_text_encoder_outputs(tiny_sd):
+def test_text_embeddings_are_the_text_encoder_outputs(tiny_sd, tiny_cond):
     tok = tiny_sd.tokenizer
     for key, text in [("front", "a red cube, front view"), ("overhead", "a red cube, overhead view")]:
         ids = tok(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        assert torch.allclose(tiny_sd.cond_embeddings[key], tiny_sd.text_encoder(ids)[0])
+        assert torch.allclose(tiny_cond.cond[key], tiny_sd.text_encoder(ids)[0])
     ids = tok("blurry", padding="max_length", max_length=77, return_tensors="pt").input_ids
-    assert torch.allclose(tiny_sd.uncond_embedding, tiny_sd.text_encoder(ids)[0])
+    assert torch.allclose(tiny_cond.uncond, tiny_sd.text_encoder(ids)[0])
     assert not any(p.requires_grad for p in tiny_sd.unet.parameters())
     assert torch.allclose(tiny_sd.alphas_cumprod, sd_alphas_cumprod(), atol=1e-6)
 
 
 def test_encode_shape_and_gradient(tiny_sd_dir):
-    sd = StableDiffusion.load(str(tiny_sd_dir), prompt="a red cube", vae_resolution=32)
+    sd = StableDiffusion.load(str(tiny_sd_dir), vae_resolution=32)
     sd.vae.double()  # float64 so that central differences are an exact enough oracle
     sd.dtype = torch.float64
     images = torch.rand(2, 12, 12, 3, dtype=torch.float64, requires_grad=True)
@@ -282,6 +301,7 @@ def test_sds_gradient_on_tiny_sd_matches_independent_computation(tiny_sd):
     class Recording:  # the same predictor, keeping x0 to read its gradient
         alphas_cumprod = tiny_sd.alphas_cumprod
         predict_noise = staticmethod(tiny_sd.predict_noise)
+        encode_prompt = staticmethod(tiny_sd.encode_prompt)
 
         def encode(self, images):
             self.x0 = tiny_sd.encode(images)
@@ -292,7 +312,8 @@ def test_sds_gradient_on_tiny_sd_matches_independent_computation(tiny_sd):
     cfg = GuidanceConfig(guidance_scale=7.5, t_anneal="linear", t_max_end=0.5)
     cameras = make_cameras([10.0, 5.0], [20.0, 170.0])  # front, back
     images = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(3)).requires_grad_()
-    out = SDSGuidance(predictor, cfg)(images, cameras, 300, 1000, torch.Generator().manual_seed(1234))
+    guidance = SDSGuidance(predictor, cfg, "a red cube", "blurry")
+    out = guidance(images, cameras, 300, 1000, torch.Generator().manual_seed(1234))
     out["loss_sds"].backward()
 
     # independently: t in [20, round(1000 (0.98 - 0.48 * 0.3))] = [20, 836], then eps, from the same seed
@@ -302,8 +323,8 @@ def test_sds_gradient_on_tiny_sd_matches_independent_computation(tiny_sd):
     eps = torch.randn(x0.shape, generator=gen)
     abar = sd_alphas_cumprod()[t].view(2, 1, 1, 1)
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-    emb = torch.cat([tiny_sd.uncond_embedding, tiny_sd.uncond_embedding,
-                     tiny_sd.cond_embeddings["front"], tiny_sd.cond_embeddings["back"]])
+    cond = guidance.cond
+    emb = torch.cat([cond.uncond, cond.uncond, cond.cond["front"], cond.cond["back"]])
     with torch.no_grad():
         eps_u, eps_c = tiny_sd.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=emb).sample.chunk(2)
     grad = (1 - abar) * (eps_u + 7.5 * (eps_c - eps_u) - eps)
@@ -318,7 +339,7 @@ def test_build_guidance_from_config(tiny_sd_dir):
     cfg = Config(prompt="a red cube")
     cfg.guidance.model, cfg.guidance.vae_resolution, cfg.guidance.view_dependent = str(tiny_sd_dir), 16, False
     guidance = build_guidance(cfg, "cpu")
-    assert isinstance(guidance, SDSGuidance) and set(guidance.predictor.cond_embeddings) == {"all"}
+    assert isinstance(guidance, SDSGuidance) and set(guidance.cond.cond) == {"all"}
     out = guidance(torch.rand(1, 8, 8, 3, requires_grad=True), None, 0, 100, torch.Generator().manual_seed(0))
     assert set(out) == {"loss_sds", "grad_norm", "t"} and out["loss_sds"].requires_grad
     cfg.guidance.type = "nope"

@@ -7,14 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dreamfusion.config import FieldConfig, OptimConfig, load_config
+from dreamfusion.config import FieldConfig, OptimConfig, TriplaneConfig, load_config
 from dreamfusion.errors import ConfigError, UserError
-from dreamfusion.fields import TriplaneField, build_field, triplane
+from dreamfusion.fields import TriplaneField, build_field, decoder
 from dreamfusion.fields.triplane import PLANE_AXES, load_planes, save_planes
 from dreamfusion.renderer import render_views
 from render.cameras import orbit_cameras
 
-SMALL = dict(type="triplane", bound=1.5, triplane_resolution=7, triplane_channels=3, hidden_dim=16)
+SMALL = dict(type="triplane", bound=1.5, hidden_dim=16)
+PLANES = dict(resolution=7, channels=3)
 
 
 def reference_plane(points, plane, bound, a, b):
@@ -39,9 +40,10 @@ def _points(n, bound, seed=0, outside=True):
     return (torch.rand(n, 3, generator=gen, dtype=torch.float64) * 2 - 1) * bound * scale
 
 
-def _field(**overrides):
+def _field(aggregation: str = "sum", resolution: int = 7, channels: int = 3, **overrides):
     torch.manual_seed(0)
-    field = TriplaneField(FieldConfig(**{**SMALL, **overrides})).double()
+    planes = TriplaneConfig(resolution=resolution, channels=channels, aggregation=aggregation)
+    field = TriplaneField(FieldConfig(**{**SMALL, "triplane": planes, **overrides})).double()
     with torch.no_grad():
         field.planes.normal_()  # O(1) features so the comparisons mean something
     return field
@@ -84,7 +86,7 @@ def test_texel_lattice_convention():
 
 @pytest.mark.parametrize("aggregation", ["sum", "product", "concat"])
 def test_aggregations_against_twin(aggregation):
-    field = _field(triplane_aggregation=aggregation)
+    field = _field(aggregation=aggregation)
     pts = _points(300, 1.5)
     r = [reference_plane(pts, field.planes[k], 1.5, *ab) for k, ab in enumerate(PLANE_AXES.values())]
     expected = {"sum": r[0] + r[1] + r[2], "product": r[0] * r[1] * r[2], "concat": torch.cat(r, -1)}[aggregation]
@@ -113,7 +115,7 @@ def test_no_grad_chunks_equal_one_pass(monkeypatch):
     field = _field()
     pts = _points(1000, 1.5)
     whole = field(pts)  # grad mode: one pass
-    monkeypatch.setattr(triplane, "_NO_GRAD_CHUNK", 128)
+    monkeypatch.setattr(decoder, "_NO_GRAD_CHUNK", 128)
     with torch.no_grad():
         chunked = field(pts)
     for key in ("density", "albedo"):
@@ -121,7 +123,7 @@ def test_no_grad_chunks_equal_one_pass(monkeypatch):
 
 
 def test_tv_loss_against_loop_twin_and_closed_form():
-    field = _field(triplane_resolution=5, triplane_channels=2)
+    field = _field(resolution=5, channels=2)
     P = field.planes
     total, pairs = 0.0, 0
     for k in range(3):
@@ -143,27 +145,28 @@ def test_tv_loss_against_loop_twin_and_closed_form():
 
 
 def test_param_groups_and_builder():
-    field = build_field(FieldConfig(type="triplane", triplane_resolution=8, triplane_channels=4, n_hidden_layers=2))
+    field = build_field(FieldConfig(type="triplane", triplane=TriplaneConfig(resolution=8, channels=4), n_hidden_layers=2))
     assert isinstance(field, TriplaneField) and field.planes.shape == (3, 4, 8, 8)
     groups = field.param_groups(OptimConfig(triplane_lr=0.05, network_lr=0.002, encoding_lr=0.3))
     assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in field.parameters())
     assert {g["name"]: g["lr"] for g in groups} == {"planes": 0.05, "network": 0.002}
     assert [id(p) for p in groups[0]["params"]] == [id(field.planes)]
     torch.optim.Adam(groups)
-    for bad, key in ((dict(triplane_resolution=1), "triplane_resolution"), (dict(triplane_aggregation="max"),
-                     "triplane_aggregation"), (dict(density_activation="relu"), "density_activation")):
+    for bad, key in ((dict(triplane=TriplaneConfig(resolution=1)), "field.triplane.resolution"),
+                     (dict(triplane=TriplaneConfig(aggregation="max")), "field.triplane.aggregation"),
+                     (dict(density_activation="relu"), "field.density_activation")):
         with pytest.raises(ConfigError, match=key):
             TriplaneField(FieldConfig(type="triplane", **bad))
 
 
 def test_save_load_round_trip(tmp_path):
-    field = _field(triplane_aggregation="concat", density_activation="exp", blob_density=3.0).float()
+    field = _field(aggregation="concat", density_activation="exp", blob_density=3.0).float()
     with torch.no_grad():
         field.planes.mul_(0.3)
         for p in field.mlp.parameters():
             p.add_(0.1 * torch.randn_like(p))
     path = save_planes(field, tmp_path / "triplane.npz")
-    assert path == tmp_path / "triplane.npz" and not (tmp_path / "triplane.npz.tmp").exists()
+    assert path == tmp_path / "triplane.npz" and [p.name for p in tmp_path.iterdir()] == ["triplane.npz"]
     with np.load(path, allow_pickle=False) as data:  # readable by any numpy user, no pickle
         for k, name in enumerate(("xy", "xz", "yz")):
             assert data[name].dtype == np.float32 and data[name].shape == (3, 7, 7)
@@ -185,9 +188,9 @@ def test_save_load_round_trip(tmp_path):
     into = TriplaneField(loaded.cfg)  # into an existing field of the same shape
     assert load_planes(path, into) is into and torch.equal(into(pts)["density"], a["density"])
     with pytest.raises(UserError, match=r"saved with triplane_resolution=7 \(field: 9\)"):
-        load_planes(path, TriplaneField(FieldConfig(**{**loaded.cfg.__dict__, "triplane_resolution": 9})))
+        load_planes(path, TriplaneField(FieldConfig(**{**loaded.cfg.__dict__, "triplane": TriplaneConfig(9, 3, "concat")})))
     with pytest.raises(UserError, match=r"triplane_aggregation='concat' \(field: 'sum'\)"):
-        load_planes(path, TriplaneField(FieldConfig(**{**loaded.cfg.__dict__, "triplane_aggregation": "sum"})))
+        load_planes(path, TriplaneField(FieldConfig(**{**loaded.cfg.__dict__, "triplane": TriplaneConfig(7, 3, "sum")})))
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="cannot read tri-plane file"):
         load_planes(tmp_path / "bad.npz")
@@ -195,7 +198,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_triplane_config_runs_sds_and_exports(tiny_sd_dir, tmp_path, monkeypatch):
     cfg = load_config("triplane")
-    assert (cfg.field.type, cfg.guidance.type, cfg.field.triplane_aggregation) == ("triplane", "sds", "sum")
+    assert (cfg.field.type, cfg.guidance.type, cfg.field.triplane.aggregation) == ("triplane", "sds", "sum")
     from dreamfusion.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -203,7 +206,7 @@ def test_triplane_config_runs_sds_and_exports(tiny_sd_dir, tmp_path, monkeypatch
                "render.width=16", "render.height=16", "render.n_samples=16", "guidance.vae_resolution=32",
                "export.resolution=16", "export.video_frames=4", "export.video_resolution=16",
                "export.texture=vertex", f"output_dir={tmp_path}", "checkpoint_every=3", "preview_every=0",
-               "field.triplane_resolution=16", "field.triplane_channels=4", "device=cpu"])
+               "field.triplane.resolution=16", "field.triplane.channels=4", "device=cpu"])
     assert rc == 0
     run = next(p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("a-hamburger"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

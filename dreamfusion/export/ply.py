@@ -15,18 +15,19 @@ COLMAP captures (y down) may show upside down.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from render.gaussians import SH_C0
+
 from ..errors import UserError
+from ..io import atomic_write
 
 __all__ = ["write_ply", "read_ply", "write_splat"]
 
-_SH_C0 = 0.28209479177387814
 _KEYS = ("means", "log_scales", "quats", "opacity_logits", "sh_dc")
 
 
@@ -50,15 +51,6 @@ def _tensors(field_or_tensors) -> dict[str, np.ndarray]:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
-
-
 def write_ply(path, field_or_tensors) -> Path:
     """Write the standard 3DGS .ply of a GaussianField (or of a dict of its tensors); returns the path."""
     t = _tensors(field_or_tensors)
@@ -73,7 +65,7 @@ def write_ply(path, field_or_tensors) -> Path:
     header = ("ply\nformat binary_little_endian 1.0\n" f"element vertex {n}\n"
               + "".join(f"property float {name}\n" for name in names) + "end_header\n")
     body = np.ascontiguousarray(np.concatenate(columns, axis=1), dtype="<f4").tobytes()
-    return _atomic_write(path, header.encode("ascii") + body)
+    return atomic_write(path, header.encode("ascii") + body)
 
 
 def read_ply(path) -> dict[str, Tensor]:
@@ -129,11 +121,11 @@ def write_splat(path, field_or_tensors) -> Path:
     scales = np.exp(t["log_scales"])
     opacity = 1.0 / (1.0 + np.exp(-t["opacity_logits"]))
     order = np.argsort(-(scales.prod(-1) * opacity), kind="stable")
-    rgba = np.concatenate([0.5 + _SH_C0 * t["sh_dc"], opacity[:, None]], 1)[order]
+    rgba = np.concatenate([0.5 + SH_C0 * t["sh_dc"], opacity[:, None]], 1)[order]
     q = t["quats"][order]
     q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
     record = np.zeros(len(order), dtype=[("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
     record["pos"], record["scale"] = t["means"][order], scales[order]
     record["rgba"] = np.clip(np.round(rgba * 255.0), 0, 255).astype(np.uint8)
     record["rot"] = np.clip(np.round(q * 128.0 + 128.0), 0, 255).astype(np.uint8)
-    return _atomic_write(path, record.tobytes())
+    return atomic_write(path, record.tobytes())

@@ -6,11 +6,10 @@ imageio-ffmpeg wheel bundles, so writing works offline.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from dreamfusion.errors import UserError
+from dreamfusion.io import atomic_path
 
 __all__ = ["write_video", "stack_panels", "colorize_depth", "normals_to_rgb"]
 
@@ -20,13 +19,6 @@ def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
 
 
 def _check_frames(frames, name: str = "frames") -> np.ndarray:
@@ -40,8 +32,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30, crf:
     """H.264 (libx264, yuv420p, `crf` quality) .mp4 of frames uint8 [N, H, W, 3].
 
     yuv420p needs even sides, so an odd height / width is padded by repeating the last row / column
-    (the video is then [H + H % 2, W + W % 2]). Written to `.<stem>.<pid>.tmp.mp4` next to path, then
-    moved onto path with os.replace. `+faststart` puts the index first so browsers can stream it.
+    (the video is then [H + H % 2, W + W % 2]). Written atomically (dreamfusion.io.atomic_path). `+faststart` puts the index first so browsers can stream it.
     """
     import imageio.v2 as imageio
 
@@ -50,10 +41,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30, crf:
         raise ValueError("write_video needs at least one frame")
     n, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
         writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                     pixelformat="yuv420p", macro_block_size=1, quality=None,
                                     output_params=["-crf", str(int(crf)), "-movflags", "+faststart"])
@@ -62,13 +50,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30, crf:
                 writer.append_data(frame)
         finally:
             writer.close()
-        os.replace(tmp, path)
-    except OSError as exc:
-        _remove(tmp)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def stack_panels(panels: list[np.ndarray]) -> np.ndarray:

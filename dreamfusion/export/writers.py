@@ -3,7 +3,7 @@
 Inputs are plain arrays in the world frame of docs/DESIGN.md (glTF frame, y up), so no axis change is
 made. `uv` follows the OBJ convention (v = 0 at the bottom of the texture image, see texture.py);
 `texture` is uint8 [H, W, 3] with row 0 at the top. Every file is written to a temporary name in the
-destination folder and moved into place with os.replace, so a reader never sees a half-written file.
+destination folder and moved into place (dreamfusion.io.atomic_write), so a reader never sees a half-written file.
 """
 from __future__ import annotations
 
@@ -13,29 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamfusion.errors import UserError
+from dreamfusion.io import atomic_write
 
 __all__ = ["write_obj", "write_glb"]
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `.<name>.<pid>.tmp` next to path, then os.replace it onto path (mode 0666 & ~umask)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        _remove(tmp)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _check(vertices, faces, uv, texture, vertex_colors):
@@ -112,13 +92,13 @@ def write_obj(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray, 
     if uv is not None:
         mtl_path = path.with_suffix(".mtl")
         png_path = path.with_name(f"{path.stem}_albedo.png")
-        _atomic_write(png_path, _png_bytes(texture))
+        atomic_write(png_path, _png_bytes(texture))
         mtl = ("# dreamfusion albedo material\n"
                "newmtl albedo\n"
                "Ka 1.000 1.000 1.000\nKd 1.000 1.000 1.000\nKs 0.000 0.000 0.000\n"
                "d 1.0\nillum 1\n"
                f"map_Kd {png_path.name}\n")
-        _atomic_write(mtl_path, mtl.encode())
+        atomic_write(mtl_path, mtl.encode())
         lines.append(f"mtllib {mtl_path.name}\n")
     if vertex_colors is not None:
         lines.append(_rows("v %.9g %.9g %.9g %.9g %.9g %.9g",
@@ -134,7 +114,7 @@ def write_obj(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray, 
         lines.append(_rows("f %d/%d/%d %d/%d/%d %d/%d/%d", np.repeat(f1, 3, axis=1)))
     else:
         lines.append(_rows("f %d//%d %d//%d %d//%d", np.repeat(f1, 2, axis=1)))
-    _atomic_write(path, "".join(lines).encode())
+    atomic_write(path, "".join(lines).encode())
 
 
 def write_glb(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
@@ -167,4 +147,4 @@ def write_glb(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray, 
         mesh.visual.material = trimesh.visual.material.PBRMaterial(
             name="albedo", baseColorFactor=[255, 255, 255, 255], metallicFactor=0.0, roughnessFactor=1.0)
     data = trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh), include_normals=True)
-    _atomic_write(path, data)
+    atomic_write(path, data)

@@ -14,12 +14,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..config import OptimConfig
+from ..config import CHOICES, OptimConfig, check_choice
 from ..errors import ConfigError
 
 __all__ = ["LearnedBackground", "solid_background", "build_background"]
 
-SOLID_KINDS = ("white", "black", "gray", "random", "white_or_black", "augment")
+SOLID_KINDS = tuple(k for k in CHOICES["render.background"] if k != "learned")  # drawn per call, no parameters
 
 
 class LearnedBackground(nn.Module):
@@ -91,8 +91,6 @@ def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: 
 
 def build_background(kind: str, device: torch.device | str = "cpu") -> LearnedBackground | None:
     """The module for ``learned``; ``None`` for the solid kinds (use :func:`solid_background`)."""
-    if kind == "learned":
+    if check_choice("render.background", kind) == "learned":
         return LearnedBackground().to(device)
-    if kind in SOLID_KINDS:
-        return None
-    raise ConfigError(f"bad value '{kind}' for 'render.background': choose one of learned, {', '.join(SOLID_KINDS)}")
+    return None

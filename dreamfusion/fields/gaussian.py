@@ -3,17 +3,17 @@
 Parameters (stored before activation, the .ply convention):
     means [N,3], log_scales [N,3] (scale = exp), quats [N,4] (w first, normalised at use),
     opacity_logits [N] (opacity = sigmoid), sh_dc [N,3] (colour = 0.5 + 0.28209479 sh_dc),
-    sh_rest [N,K-1,3] only when gaussian_sh_degree > 0.
+    sh_rest [N,K-1,3] only when field.gaussian.sh_degree > 0.
 
 Rendering goes through ``render.gaussians.rasterize_gaussians`` (``render`` has the renderer.py contract).
 Shading: Gaussians have no surface normal, so the 'lambertian' and 'textureless' modes of the
 DreamFusion schedule render albedo (use render.albedo_prob=1 with Gaussians; DreamGaussian does).
 
-Adaptive density control (3DGS §5.2), every ``gaussian_densify_every`` steps from ``gaussian_densify_start``
-to ``gaussian_densify_stop``: Gaussians whose mean view-space (NDC) gradient exceeds the threshold are
-cloned when small (largest scale <= gaussian_dense_scale) or split in two when large (children sampled
-from the parent, scales / 1.6); then those with opacity < gaussian_prune_opacity or largest scale >
-gaussian_prune_scale are pruned. The parameters are replaced by resized ones, in the optimizer passed
+Adaptive density control (3DGS §5.2), every ``field.gaussian.densify_every`` steps from ``densify_start``
+to ``densify_stop``: Gaussians whose mean view-space (NDC) gradient exceeds the threshold are
+cloned when small (largest scale <= dense_scale) or split in two when large (children sampled
+from the parent, scales / 1.6); then those with opacity < prune_opacity or largest scale >
+prune_scale are pruned. The parameters are replaced by resized ones, in the optimizer passed
 to ``after_step`` too (its param_groups and Adam moments are updated in place; new rows start with zero
 moments). The running statistics are buffers, so they are checkpointed, and ``load_state_dict`` accepts
 a checkpoint with any Gaussian count (it resizes in place, keeping the optimizer's references valid).
@@ -26,6 +26,7 @@ cells over the query points).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +35,10 @@ from render.cameras import Cameras
 from render.gaussians import ALPHA_MAX, SH_C0, quat_to_rotmat, rasterize_gaussians
 from render.rays import generate_rays
 
-from ..config import FieldConfig, OptimConfig
+from ..config import FieldConfig, OptimConfig, check_choice
 from ..errors import ConfigError
 from .background import solid_background
+from .base import Field
 
 __all__ = ["GaussianField", "position_lr"]
 
@@ -74,7 +76,7 @@ def _neighbour_distance(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor
     return torch.cat(out).clamp_min(1e-7)
 
 
-class GaussianField(nn.Module):
+class GaussianField(Field):
     """N anisotropic 3D Gaussians; see the module docstring for parameters, rendering and densification."""
 
     # Mesh level (export.auto_optical_depth: null): splats' summed density rises more gently at the surface
@@ -84,27 +86,25 @@ class GaussianField(nn.Module):
 
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu"):
         super().__init__()
-        if cfg.gaussian_count < 1 or cfg.gaussian_init_radius <= 0:
-            raise ConfigError(f"field.gaussian_count must be >= 1 and field.gaussian_init_radius > 0, got "
-                              f"{cfg.gaussian_count} and {cfg.gaussian_init_radius}")
-        if not 0.0 < cfg.gaussian_init_opacity < 1.0:
-            raise ConfigError(f"field.gaussian_init_opacity must be in (0, 1), got {cfg.gaussian_init_opacity}")
-        if cfg.gaussian_sh_degree not in (0, 1, 2, 3):
-            raise ConfigError(f"field.gaussian_sh_degree must be 0, 1, 2 or 3, got {cfg.gaussian_sh_degree}")
-        if cfg.gaussian_rasterizer not in ("auto", "torch", "gsplat"):
-            raise ConfigError(f"bad value '{cfg.gaussian_rasterizer}' for 'field.gaussian_rasterizer': "
-                              f"choose one of auto, torch, gsplat")
+        if cfg.gaussian.count < 1 or cfg.gaussian.init_radius <= 0:
+            raise ConfigError(f"field.gaussian.count must be >= 1 and field.gaussian.init_radius > 0, got "
+                              f"{cfg.gaussian.count} and {cfg.gaussian.init_radius}")
+        if not 0.0 < cfg.gaussian.init_opacity < 1.0:
+            raise ConfigError(f"field.gaussian.init_opacity must be in (0, 1), got {cfg.gaussian.init_opacity}")
+        if cfg.gaussian.sh_degree not in (0, 1, 2, 3):
+            raise ConfigError(f"field.gaussian.sh_degree must be 0, 1, 2 or 3, got {cfg.gaussian.sh_degree}")
+        check_choice("field.gaussian.rasterizer", cfg.gaussian.rasterizer)
         self.cfg = cfg
         self.bound = float(cfg.bound)
-        self.sh_degree = int(cfg.gaussian_sh_degree)
-        self.rasterizer = cfg.gaussian_rasterizer
+        self.sh_degree = int(cfg.gaussian.sh_degree)
+        self.rasterizer = cfg.gaussian.rasterizer
         self._position_schedule: tuple[float, float, int] | None = None
         self.volume_dilation = 0.02 * self.bound  # density(): Gaussians widened by this (grid sampling)
-        n = cfg.gaussian_count
-        means = _ball(n, cfg.gaussian_init_radius, device)
-        scale = (torch.full((n,), float(cfg.gaussian_init_scale), device=device) if cfg.gaussian_init_scale > 0
+        n = cfg.gaussian.count
+        means = _ball(n, cfg.gaussian.init_radius, device)
+        scale = (torch.full((n,), float(cfg.gaussian.init_scale), device=device) if cfg.gaussian.init_scale > 0
                  else _neighbour_distance(means))
-        p = float(cfg.gaussian_init_opacity)
+        p = float(cfg.gaussian.init_opacity)
         self.means = nn.Parameter(means)
         self.log_scales = nn.Parameter(scale.log()[:, None].repeat(1, 3))
         self.quats = nn.Parameter(torch.tensor([1.0, 0.0, 0.0, 0.0], device=device).repeat(n, 1))
@@ -139,9 +139,10 @@ class GaussianField(nn.Module):
     # -- rendering ----------------------------------------------------------------------------------
     def render(self, cameras: Cameras, height: int, width: int, *, background=None, background_kind: str = "white",
                shading: str = "albedo", light_dirs: Tensor | None = None, ambient: float = 0.1,
-               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+               generator: torch.Generator | None = None, **volume_options) -> dict[str, Tensor]:
         """renderer.render_views' contract: rgb, opacity, depth, albedo (premultiplied), normal (None), dirs;
-        plus means2d [B,N,2] (gradient retained for densification) and radii [B,N]."""
+        plus means2d [B,N,2] (gradient retained for densification) and radii [B,N]. The volume renderer's
+        options (n_samples, perturb, need_normals, estimator, occupancy) do not apply to splats."""
         if self.sh_degree == 0:
             colors = (0.5 + SH_C0 * self.sh_dc).clamp_min(0.0)
         else:
@@ -158,19 +159,29 @@ class GaussianField(nn.Module):
         return {"rgb": albedo + (1.0 - opacity) * bg, "opacity": opacity, "depth": out["depth"], "albedo": albedo,
                 "normal": None, "dirs": dirs, "means2d": out["means2d"], "radii": out["radii"]}
 
+    def skip_grid(self, n_samples: int) -> None:
+        """Splats are rasterized: there is no empty space to skip."""
+        return None
+
+    def write_artifacts(self, run_dir: Path) -> dict[str, Path]:
+        """splats.ply: the standard 3DGS layout (SuperSplat, `python -m dreamfusion view`)."""
+        from ..export.ply import write_ply
+
+        return {"splats": write_ply(Path(run_dir) / "splats.ply", self)}
+
     # -- optimisation -------------------------------------------------------------------------------
     def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
         """One Adam group per parameter, each with its learning rate (3DGS / DreamGaussian)."""
         o = optim_cfg
-        self._position_schedule = (o.gaussian_position_lr, o.gaussian_position_lr_final, o.gaussian_position_lr_steps)
-        lrs = {"means": position_lr(0, *self._position_schedule), "log_scales": o.gaussian_scale_lr,
-               "quats": o.gaussian_rotation_lr, "opacity_logits": o.gaussian_opacity_lr,
-               "sh_dc": o.gaussian_color_lr, "sh_rest": o.gaussian_color_lr / 20.0}
+        self._position_schedule = (o.gaussian.position_lr, o.gaussian.position_lr_final, o.gaussian.position_lr_steps)
+        lrs = {"means": position_lr(0, *self._position_schedule), "log_scales": o.gaussian.scale_lr,
+               "quats": o.gaussian.rotation_lr, "opacity_logits": o.gaussian.opacity_lr,
+               "sh_dc": o.gaussian.color_lr, "sh_rest": o.gaussian.color_lr / 20.0}
         return [{"name": f"gaussian_{name}", "params": [p], "lr": lrs[name]} for name, p in self._params()]
 
     def _densifying(self, step: int) -> bool:
         c = self.cfg
-        return c.gaussian_densify_every > 0 and c.gaussian_densify_start <= step <= c.gaussian_densify_stop
+        return c.gaussian.densify_every > 0 and c.gaussian.densify_start <= step <= c.gaussian.densify_stop
 
     @torch.no_grad()
     def after_backward(self, out: dict, step: int) -> None:
@@ -187,13 +198,13 @@ class GaussianField(nn.Module):
         self.grad_count += seen.sum(0).to(self.grad_count.dtype)
 
     def after_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Decay the means' learning rate; densify and prune every gaussian_densify_every steps."""
+        """Decay the means' learning rate; densify and prune every field.gaussian.densify_every steps."""
         done = step + 1
         if optimizer is not None and self._position_schedule is not None:
             for group in optimizer.param_groups:
                 if group.get("name") == "gaussian_means":
                     group["lr"] = position_lr(done, *self._position_schedule)
-        if self._densifying(done) and done % self.cfg.gaussian_densify_every == 0:
+        if self._densifying(done) and done % self.cfg.gaussian.densify_every == 0:
             self.densify_and_prune(optimizer)
 
     @torch.no_grad()
@@ -202,14 +213,14 @@ class GaussianField(nn.Module):
         c = self.cfg
         n = self.count
         grads = self.grad_accum / self.grad_count.clamp_min(1.0)
-        hot = (grads >= c.gaussian_densify_grad_threshold) & (self.grad_count > 0)
-        if c.gaussian_max_count > 0:  # keep the largest gradients within the cap (each adds one Gaussian)
-            budget = max(c.gaussian_max_count - n, 0)
+        hot = (grads >= c.gaussian.densify_grad_threshold) & (self.grad_count > 0)
+        if c.gaussian.max_count > 0:  # keep the largest gradients within the cap (each adds one Gaussian)
+            budget = max(c.gaussian.max_count - n, 0)
             if int(hot.sum()) > budget:
                 top = torch.topk(torch.where(hot, grads, torch.full_like(grads, -1.0)), budget).indices
                 hot = torch.zeros_like(hot)
                 hot[top] = True
-        small = self.scales.max(-1).values <= c.gaussian_dense_scale
+        small = self.scales.max(-1).values <= c.gaussian.dense_scale
         clone, split = hot & small, hot & ~small
         keep = torch.nonzero(~split).squeeze(1)
         clone_idx, split_idx = torch.nonzero(clone).squeeze(1), torch.nonzero(split).squeeze(1)
@@ -225,9 +236,9 @@ class GaussianField(nn.Module):
             new_values[name] = torch.cat([p[keep], p[clone_idx], born])
         opacity = torch.sigmoid(new_values["opacity_logits"])
         big = new_values["log_scales"].exp().max(-1).values
-        prune = opacity < c.gaussian_prune_opacity
-        if c.gaussian_prune_scale > 0:
-            prune |= big > c.gaussian_prune_scale
+        prune = opacity < c.gaussian.prune_opacity
+        if c.gaussian.prune_scale > 0:
+            prune |= big > c.gaussian.prune_scale
         final = torch.nonzero(~prune).squeeze(1)
         n_new = len(clone_idx) + 2 * len(split_idx)
         for name, p in self._params():

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..config import FieldConfig
+from ..config import FieldConfig, check_choice
 from ..errors import ConfigError
 
 __all__ = ["HashGrid", "TcnnHashGrid", "make_hashgrid", "level_resolutions", "level_table_sizes"]
@@ -58,7 +58,7 @@ class HashGrid(nn.Module):
         self.resolutions = level_resolutions(n_levels, base_resolution, per_level_scale)
         if min(self.resolutions) < 1:
             raise ConfigError(f"hash grid level resolutions must be >= 1, got {self.resolutions}: "
-                              f"raise field.base_resolution or field.per_level_scale")
+                              f"raise field.hashgrid.base_resolution or field.hashgrid.per_level_scale")
         self.table_sizes = level_table_sizes(self.resolutions, log2_hashmap_size)
         self.hashed = [(res + 1) ** 3 > 2 ** log2_hashmap_size for res in self.resolutions]
         self.offsets = [sum(self.table_sizes[:level]) for level in range(n_levels)]
@@ -222,9 +222,9 @@ def _import_tcnn():
         import tinycudann as tcnn
     except ImportError as exc:
         raise ConfigError(
-            "field.backend=tcnn needs tinycudann, which is not on PyPI: build it on a CUDA machine with "
+            "field.hashgrid.backend=tcnn needs tinycudann, which is not on PyPI: build it on a CUDA machine with "
             "pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch, "
-            f"or use field.backend=torch ({exc})") from None
+            f"or use field.hashgrid.backend=torch ({exc})") from None
     return tcnn
 
 
@@ -237,16 +237,17 @@ def _tcnn_available() -> bool:
 
 
 def make_hashgrid(cfg: FieldConfig, device: torch.device | str = "cpu") -> nn.Module:
-    """tcnn when ``backend == 'tcnn'`` (or ``'auto'`` on CUDA with tinycudann importable), else the torch grid."""
+    """tcnn when ``backend == 'tcnn'`` (or ``'auto'`` on CUDA with tinycudann importable), else the torch grid; settings from ``cfg.hashgrid``."""
     device = torch.device(device)
-    kwargs = dict(bound=cfg.bound, n_levels=cfg.n_levels, n_features_per_level=cfg.n_features_per_level,
-                  log2_hashmap_size=cfg.log2_hashmap_size, base_resolution=cfg.base_resolution,
-                  per_level_scale=cfg.per_level_scale)
-    if cfg.backend not in ("auto", "torch", "tcnn"):
-        raise ConfigError(f"bad value '{cfg.backend}' for 'field.backend': choose one of auto, torch, tcnn")
-    use_tcnn = cfg.backend == "tcnn" or (cfg.backend == "auto" and device.type == "cuda" and _tcnn_available())
+    h = cfg.hashgrid
+    kwargs = dict(bound=cfg.bound, n_levels=h.n_levels, n_features_per_level=h.n_features_per_level,
+                  log2_hashmap_size=h.log2_hashmap_size, base_resolution=h.base_resolution,
+                  per_level_scale=h.per_level_scale)
+    backend = check_choice("field.hashgrid.backend", h.backend)
+    use_tcnn = backend == "tcnn" or (backend == "auto" and device.type == "cuda" and _tcnn_available())
     if use_tcnn:
         if device.type != "cuda":
-            raise ConfigError(f"field.backend=tcnn needs a CUDA device, got {device}; use field.backend=torch")
+            raise ConfigError(f"field.hashgrid.backend=tcnn needs a CUDA device, got {device}; "
+                              f"use field.hashgrid.backend=torch")
         return TcnnHashGrid(**kwargs).to(device)
     return HashGrid(**kwargs).to(device)

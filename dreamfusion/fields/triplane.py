@@ -5,8 +5,8 @@
     raw, a           = MLP(features)                                              # [M], [M, 3]
     density          = activation(raw + blob(x)),   albedo = sigmoid(a)
 
-The density activation and the Magic3D blob bias are the NeRF field's (fields/nerf.py), imported, not
-copied: a fresh field (planes ~ 0) is the same soft ball as a fresh NeRF field.
+The density activation, the Magic3D blob bias and the MLP are the decoder NeRF shares (fields/decoder.py): a
+fresh field (planes ~ 0) is the same soft ball as a fresh NeRF field. Settings in field.triplane.
 
 Plane conventions (also written into ``triplane.npz`` by :func:`save_planes`):
 - ``planes`` is one parameter ``[3, C, N, N]`` holding the planes in the order ``xy, xz, yz``.
@@ -22,7 +22,6 @@ Plane conventions (also written into ``triplane.npz`` by :func:`save_planes`):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,38 +29,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import FieldConfig, OptimConfig
+from ..config import FieldConfig, OptimConfig, TriplaneConfig, check_choice
 from ..errors import ConfigError, UserError
-from .nerf import NeRFField, _check_points, check_decoder_config, decode_outputs, init_decoder
+from ..io import atomic_write
+from .decoder import DecodedField
 
 __all__ = ["TriplaneField", "PLANE_AXES", "save_planes", "load_planes"]
 
 PLANE_AXES = {"xy": (0, 1), "xz": (0, 2), "yz": (1, 2)}  # plane -> (column axis, row axis)
-_AGGREGATIONS = ("sum", "product", "concat")
 _INIT_STD = 0.1  # N(0, 0.1) planes: measured to converge with the demo prior (see tests/test_triplane.py)
 _FORMAT = "dreamfusion-triplane/1"
-_NO_GRAD_CHUNK = 2 ** 18  # points per pass without autograd (~0.4 GB of temporaries at C = 32)
 
 
-class TriplaneField(nn.Module):
-    """Volumetric field (DESIGN.md "fields/"): ``forward(points [M, 3]) -> dict(density [M], albedo [M, 3])``."""
-
-    blob = NeRFField.blob  # Magic3D bias blob_density * (1 - |x| / blob_radius), added before the activation
+class TriplaneField(DecodedField):
+    """Volumetric field (DESIGN.md "Fields"): ``forward(points [M, 3]) -> dict(density [M], albedo [M, 3])``."""
 
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3):
         super().__init__()
-        check_decoder_config(cfg)
-        if cfg.triplane_aggregation not in _AGGREGATIONS:
-            raise ConfigError(f"bad value '{cfg.triplane_aggregation}' for 'field.triplane_aggregation': "
-                              f"choose one of {', '.join(_AGGREGATIONS)}")
-        if cfg.triplane_resolution < 2 or cfg.triplane_channels < 1:
-            raise ConfigError(f"field.triplane_resolution must be >= 2 and field.triplane_channels >= 1, "
-                              f"got {cfg.triplane_resolution} and {cfg.triplane_channels}")
+        t = cfg.triplane
+        self.aggregation = check_choice("field.triplane.aggregation", t.aggregation)
+        if t.resolution < 2 or t.channels < 1:
+            raise ConfigError(f"field.triplane.resolution must be >= 2 and field.triplane.channels >= 1, "
+                              f"got {t.resolution} and {t.channels}")
         self.cfg = cfg
-        self.aggregation = cfg.triplane_aggregation
-        C, N = cfg.triplane_channels, cfg.triplane_resolution
+        C, N = t.channels, t.resolution
         self.planes = nn.Parameter(torch.randn(3, C, N, N, device=device) * _INIT_STD)  # xy, xz, yz
-        init_decoder(self, cfg, albedo_channels, 3 * C if self.aggregation == "concat" else C, device)
+        self.init_decoder(cfg, 3 * C if self.aggregation == "concat" else C, albedo_channels, device)
 
     def sample_planes(self, points: Tensor) -> Tensor:  # [M, 3] -> [3, M, C]
         """Bilinear samples of the xy, xz, yz planes at the point's projections (conventions: module doc)."""
@@ -80,18 +73,6 @@ class TriplaneField(nn.Module):
             return f[0] * f[1] * f[2]
         return torch.cat([f[0], f[1], f[2]], dim=-1)
 
-    def forward(self, points: Tensor) -> dict[str, Tensor]:
-        """points ``[M, 3]`` -> ``density [M]`` (>= 0, 0 outside the box), ``albedo [M, 3]`` in [0, 1]."""
-        _check_points(points)
-        if points.shape[0] > _NO_GRAD_CHUNK and not torch.is_grad_enabled():  # export / video: bound temporaries
-            parts = [self(chunk) for chunk in points.split(_NO_GRAD_CHUNK)]
-            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        out = self.mlp(self.features(points))  # [M, 4]
-        return decode_outputs(out, points, self._activation, self.blob(points), self.bound)
-
-    def density(self, points: Tensor) -> Tensor:  # [M, 3] -> [M]
-        return self.forward(points)["density"]
-
     def tv_loss(self) -> Tensor:
         """Total variation of the planes: the mean |difference| over every pair of row- or column-neighbours."""
         p = self.planes
@@ -99,26 +80,50 @@ class TriplaneField(nn.Module):
         d_col = (p[:, :, :, 1:] - p[:, :, :, :-1]).abs()
         return (d_row.sum() + d_col.sum()) / (d_row.numel() + d_col.numel())
 
+    def regularizers(self) -> dict[str, Tensor]:
+        return {"loss_tv": self.tv_loss()}
+
     def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
         """Adam groups: the planes at ``triplane_lr``, the MLP at ``network_lr``."""
         return [{"name": "planes", "params": [self.planes], "lr": optim_cfg.triplane_lr},
                 {"name": "network", "params": list(self.mlp.parameters()), "lr": optim_cfg.network_lr}]
 
+    def write_artifacts(self, run_dir: Path) -> dict[str, Path]:
+        """triplane.npz: the planes and decoder as arrays with their conventions, for other tools."""
+        return {"planes": save_planes(self, Path(run_dir) / "triplane.npz")}
+
 
 # -- plane files ------------------------------------------------------------------------------------------
 
-_META_KEYS = ("bound", "triplane_resolution", "triplane_channels", "triplane_aggregation", "hidden_dim",
-              "n_hidden_layers", "density_activation", "blob_density", "blob_radius")
+# The file's meta keys (format 1) -> where the config holds them.
+_META_KEYS = {"bound": "bound", "triplane_resolution": "triplane.resolution", "triplane_channels": "triplane.channels",
+              "triplane_aggregation": "triplane.aggregation", "hidden_dim": "hidden_dim",
+              "n_hidden_layers": "n_hidden_layers", "density_activation": "density_activation",
+              "blob_density": "blob_density", "blob_radius": "blob_radius"}
+
+
+def _meta_value(cfg: FieldConfig, key: str):
+    value = cfg
+    for part in _META_KEYS[key].split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _config_from_meta(meta: dict) -> FieldConfig:
+    triplane = TriplaneConfig(resolution=meta["triplane_resolution"], channels=meta["triplane_channels"],
+                              aggregation=meta["triplane_aggregation"])
+    return FieldConfig(type="triplane", triplane=triplane,
+                       **{k: meta[k] for k, where in _META_KEYS.items() if "." not in where})
 
 
 def save_planes(field: TriplaneField, path: str | Path) -> Path:
     """Write ``triplane.npz``: float32 arrays ``xy, xz, yz`` ``[C, N, N]``, the MLP as ``mlp.<i>.weight`` /
     ``mlp.<i>.bias`` (``nn.Linear`` layout ``[out, in]``, ReLU between layers) and ``meta``, a JSON string
     with the field config, the axis conventions and the decoder's output layout. Loads with
-    ``np.load(path)`` (no pickle). Written to ``*.tmp`` then renamed, so a reader never sees half a file.
+    ``np.load(path)`` (no pickle). Written atomically, so a reader never sees half a file.
     """
     path = Path(path)
-    meta = {key: getattr(field.cfg, key) for key in _META_KEYS}
+    meta = {key: _meta_value(field.cfg, key) for key in _META_KEYS}
     meta.update({
         "format": _FORMAT,
         "planes": {name: {"column_axis": "xyz"[a], "row_axis": "xyz"[b]} for name, (a, b) in PLANE_AXES.items()},
@@ -136,11 +141,7 @@ def save_planes(field: TriplaneField, path: str | Path) -> Path:
     for name, tensor in field.mlp.state_dict().items():
         arrays[f"mlp.{name}"] = tensor.detach().cpu().float().numpy()
     arrays["meta"] = np.array(json.dumps(meta))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_planes(path: str | Path, field: TriplaneField | None = None,
@@ -157,10 +158,9 @@ def load_planes(path: str | Path, field: TriplaneField | None = None,
     if meta.get("format") != _FORMAT:
         raise UserError(f"'{path}' is not a dreamfusion tri-plane file (format {meta.get('format')!r})")
     if field is None:
-        field = TriplaneField(FieldConfig(type="triplane", **{k: meta[k] for k in _META_KEYS}), device,
-                             albedo_channels=meta.get("albedo_channels", 3))
-    differ = [f"{k}={meta[k]!r} (field: {getattr(field.cfg, k)!r})" for k in _META_KEYS
-              if meta[k] != getattr(field.cfg, k)]
+        field = TriplaneField(_config_from_meta(meta), device, albedo_channels=meta.get("albedo_channels", 3))
+    differ = [f"{k}={meta[k]!r} (field: {_meta_value(field.cfg, k)!r})" for k in _META_KEYS
+              if meta[k] != _meta_value(field.cfg, k)]
     if differ:
         raise UserError(f"tri-plane file '{path}' was saved with {', '.join(differ)}")
     planes = torch.from_numpy(np.stack([arrays.pop(name) for name in PLANE_AXES]))

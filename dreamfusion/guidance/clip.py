@@ -1,12 +1,12 @@
 """Dream Fields guidance (Jain et al., arXiv 2112.01455): CLIP similarity of augmented renders to the prompt.
 
-    crops_k = crop_k(render composited over a random background)        k = 1 .. clip_crops per view
+    crops_k = crop_k(render composited over a random background)        k = 1 .. clip.crops per view
     loss_clip = - mean_k cos(E_img(normalize(resize(crops_k))), E_txt(prompt))      (Dream Fields eq. 1)
     loss_transmittance = - min(tau(step), mean transmittance)                     (Dream Fields eq. 3)
 
 ``FrozenCLIP`` wraps a transformers ``CLIPModel`` + ``CLIPTokenizer`` loaded from a hub id or a local
 folder (same code path); it is shared with ``dreamfusion.evaluate``. The text embedding is computed
-once at construction; each step embeds ``clip_crops`` crops per view (with gradient).
+once at construction; each step embeds ``clip.crops`` crops per view (with gradient).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from torch import Tensor
 from ..config import GuidanceConfig
 from ..errors import ModelNotFoundError, UserError
 from .augment import crop, random_crop_boxes
-from .prompts import view_label, view_prompts
-from .stable_diffusion import _looks_like_path, hub_kwargs, load_parts
+from .base import FrozenGuidance
+from .prompts import labels_for, prompt_texts
+from .hub import hub_kwargs, load_parts, looks_like_path
 
 __all__ = ["FrozenCLIP", "CLIPGuidance", "transmittance_target", "transmittance_loss", "DEFAULT_CLIP"]
 
@@ -63,7 +64,7 @@ _ROLES = {
 
 def _how_to_get(model: str, role: str) -> str:
     _, setting, default, demo = _ROLES[role]
-    hub_id = model if not _looks_like_path(model) else default
+    hub_id = model if not looks_like_path(model) else default
     text = (f"download it with `hf download {hub_id} --local-dir <folder>` and {setting}/path/to/folder "
             f"(a folder holding config.json, the weights and the tokenizer files)")
     return text + (", or run the offline demo: python -m dreamfusion --config demo prompt=\"a red cube\""
@@ -123,7 +124,7 @@ class FrozenCLIP:
                 found = f"holds a '{model_type}' model" if model_type else "has a config.json without model_type"
                 raise ModelNotFoundError(f"{what} folder '{model}' {found}, not CLIP (model_type clip): {how}")
             source, kwargs = str(path), {}
-        elif _looks_like_path(model):
+        elif looks_like_path(model):
             raise ModelNotFoundError(f"{what} '{model}' is not a folder: {how}")
         else:
             source, kwargs = model, hub_kwargs(model, revision, what, how)
@@ -168,18 +169,17 @@ def _pooled(out: Any) -> Tensor:
     return out if torch.is_tensor(out) else out.pooler_output
 
 
-class CLIPGuidance:
+class CLIPGuidance(FrozenGuidance):
     """Dream Fields' CLIP loss: ``guidance(images, cameras, step, total_steps, generator) -> dict``."""
 
     def __init__(self, clip: FrozenCLIP, prompt: str, cfg: GuidanceConfig):
-        if not prompt or not prompt.strip():
-            raise UserError('prompt is empty: pass prompt="..."')
-        if cfg.clip_crops <= 0:
-            raise UserError(f"guidance.clip_crops must be positive, got {cfg.clip_crops}")
-        if not 0.0 < cfg.clip_crop_fraction <= 1.0:
-            raise UserError(f"guidance.clip_crop_fraction must be in (0, 1], got {cfg.clip_crop_fraction}")
+        texts = prompt_texts(prompt, "", cfg.view_dependent)
+        del texts["uncond"]  # CLIP similarity has no unconditional branch
+        if cfg.clip.crops <= 0:
+            raise UserError(f"guidance.clip.crops must be positive, got {cfg.clip.crops}")
+        if not 0.0 < cfg.clip.crop_fraction <= 1.0:
+            raise UserError(f"guidance.clip.crop_fraction must be in (0, 1], got {cfg.clip.crop_fraction}")
         self.clip, self.cfg = clip, cfg
-        texts = view_prompts(prompt) if cfg.view_dependent else {"all": prompt}
         longest = max(texts.values(), key=len)
         count, limit = len(clip.tokenizer(longest, truncation=False, verbose=False).input_ids), clip.context_length
         if count > limit:  # cut, not an error (as for Stable Diffusion's text encoder)
@@ -188,36 +188,23 @@ class CLIPGuidance:
         embeddings = clip.embed_text(list(texts.values()))  # [N, D], once
         self.text_embeddings: dict[str, Tensor] = {k: embeddings[i] for i, k in enumerate(texts)}
 
-    @classmethod
-    def load(cls, prompt: str, cfg: GuidanceConfig, device: str | torch.device = "cpu") -> "CLIPGuidance":
-        if not prompt or not prompt.strip():  # before the slow model load
-            raise UserError('prompt is empty: pass prompt="..."')
-        clip = FrozenCLIP.load(cfg.model, revision=cfg.revision, device=device, half_precision=cfg.half_precision)
-        return cls(clip, prompt, cfg)
-
     def text_for(self, cameras: Any, batch: int) -> Tensor:
         """[B, D]: the prompt embedding per view (with the view suffix when view_dependent)."""
-        if not self.cfg.view_dependent:
-            return self.text_embeddings["all"].expand(batch, -1)
-        if cameras is None:
-            raise ValueError("CLIPGuidance: view_dependent prompts need cameras, got None")
-        labels = view_label(cameras.elevation, cameras.azimuth)
-        if len(labels) != batch:
-            raise ValueError(f"CLIPGuidance: {len(labels)} cameras for a batch of {batch}")
+        labels = labels_for(cameras, batch, self.cfg.view_dependent)
         return torch.stack([self.text_embeddings[label] for label in labels])
 
     def __call__(self, images: Tensor, cameras: Any, step: int, total_steps: int,
                  generator: torch.Generator | None = None) -> dict[str, Tensor | float]:
         """images [B, H, W, 3] in [0, 1] (requires grad; already over random backgrounds).
 
-        Returns loss_clip = -mean over the B * clip_crops crops of cos(image, text) and the plain
+        Returns loss_clip = -mean over the B * clip.crops crops of cos(image, text) and the plain
         float clip_similarity (that mean cosine) for logging. Crop boxes come from ``generator``.
         """
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"CLIPGuidance: images must be [B, H, W, 3], got {tuple(images.shape)}")
         batch, height, width, _ = images.shape
-        n = self.cfg.clip_crops
-        boxes = random_crop_boxes(batch * n, height, width, self.cfg.clip_crop_fraction, generator)
+        n = self.cfg.clip.crops
+        boxes = random_crop_boxes(batch * n, height, width, self.cfg.clip.crop_fraction, generator)
         image_emb = self.clip.embed_images(crop(images, boxes, n))  # [B * n, D]; crop i is of view i // n
         text_emb = self.text_for(cameras, batch).to(image_emb.device).repeat_interleave(n, dim=0)  # [B * n, D]
         similarity = (image_emb * text_emb).sum(-1)  # cosines: both unit length

@@ -15,6 +15,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +24,11 @@ from torch import Tensor
 from render.cameras import Cameras, look_at, camera_position
 from render.rays import generate_rays
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
+from ..io import atomic_write
 from .primitives import COLOURS, SHAPES, parse_prompt, render_alpha
 
-__all__ = ["EmbeddedPrior", "closed_form_eps", "scaled_linear_alphas_cumprod", "BACKGROUNDS"]
+__all__ = ["EmbeddedPrior", "PriorCondition", "closed_form_eps", "scaled_linear_alphas_cumprod", "BACKGROUNDS"]
 
 BACKGROUNDS = {"gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 SUPERSAMPLE = 3  # rays per pixel side when rendering the silhouettes (anti-aliasing)
@@ -95,30 +97,34 @@ def load_silhouettes(shape: str, cams: Cameras, resolution: int) -> Tensor:
             pass  # a corrupt cache entry is rebuilt below
     alpha = render_silhouettes(shape, cams, resolution)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        torch.save(alpha, tmp)
-        os.replace(tmp, path)
-    except OSError:
+        atomic_write(path, lambda fh: torch.save(alpha, fh))
+    except UserError:
         pass  # an unwritable cache only costs the rendering next time
     return alpha
 
 
-class EmbeddedPrior:
-    """Pixel-space noise predictor for prompts of the vocabulary ('a red cube')."""
+class PriorCondition(NamedTuple):
+    """One prompt under the prior: the conditional image set [V, D] and the unconditional one (every
+    vocabulary prompt's images [S, C, V, D], or the negative prompt's [1, 1, V, D])."""
 
-    def __init__(self, prompt: str, negative_prompt: str, camera_cfg, guidance_cfg, background: str, device):
+    cond: Tensor
+    uncond: Tensor
+
+
+class EmbeddedPrior:
+    """Pixel-space noise predictor for prompts of the vocabulary ('a red cube'). Building it renders (or
+    loads from the cache) every shape's silhouettes; ``encode_prompt`` picks a prompt's images."""
+
+    def __init__(self, camera_cfg, prior_cfg, background: str, device):
         if background not in BACKGROUNDS:
             raise ConfigError(f"guidance.type=prior needs a solid render.background ({', '.join(BACKGROUNDS)}), "
                               f"got '{background}': the prior's images are drawn on that colour")
-        shape, colour = parse_prompt(prompt)
         self.device = torch.device(device)
-        self.resolution = guidance_cfg.prior_resolution
-        self.window = math.radians(guidance_cfg.prior_view_window)
+        self.resolution = prior_cfg.resolution
+        self.window = math.radians(prior_cfg.view_window)
         self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
         c = camera_cfg
-        cams = dataset_cameras(guidance_cfg.prior_views, c.elevation_range, c.azimuth_range, c.distance_range,
-                               c.fovy_range)
+        cams = dataset_cameras(prior_cfg.views, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range)
         self.view_dirs = F.normalize(cams.c2w[:, :3, 3], dim=-1).to(self.device)  # [V,3] object -> camera
         self.view_scale = (cams.distance * torch.tan(cams.fovy / 2)).to(self.device)  # apparent size ~ 1/scale
         alphas = torch.stack([load_silhouettes(s, cams, self.resolution) for s in SHAPES]).to(self.device)
@@ -128,12 +134,17 @@ class EmbeddedPrior:
         a = alphas[:, None, :, None]  # [S,1,V,1,R,R]
         imgs = a * palette[None, :, None, :, None, None] + (1 - a) * bg[None, None, None, :, None, None]
         self.images = (imgs * 2 - 1).flatten(3)  # [S, C, V, 3RR]
-        self.cond = self.images[SHAPES.index(shape), list(COLOURS).index(colour)]  # [V, D]
-        if negative_prompt.strip():
-            ns, nc = parse_prompt(negative_prompt)
-            self.uncond = self.images[SHAPES.index(ns), list(COLOURS).index(nc)][None, None]
-        else:
-            self.uncond = self.images
+
+    def _prompt_images(self, prompt: str) -> Tensor:  # [V, D]
+        shape, colour = parse_prompt(prompt)
+        return self.images[SHAPES.index(shape), list(COLOURS).index(colour)]
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PriorCondition:
+        """The prompt's images; the unconditional set is the negative prompt's, else every vocabulary prompt's.
+        (The prior always keeps the dataset views near the render camera: its analogue of view-dependent
+        prompts, so ``view_dependent`` changes nothing.)"""
+        uncond = self._prompt_images(negative_prompt)[None, None] if negative_prompt.strip() else self.images
+        return PriorCondition(self._prompt_images(prompt), uncond)
 
     def encode(self, images: Tensor) -> Tensor:
         """[B,H,W,3] in [0,1] -> x0 [B,3,R,R] in [-1,1], differentiable (area-resized when H != R)."""
@@ -154,13 +165,13 @@ class EmbeddedPrior:
         return torch.argsort(angle / self.window + size_gap / 0.1)[:MIN_VIEWS]
 
     @torch.no_grad()
-    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Cameras) -> tuple[Tensor, Tensor]:
+    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Cameras, cond: PriorCondition) -> tuple[Tensor, Tensor]:
         B = x_t.shape[0]
         eps_u, eps_c = torch.empty_like(x_t), torch.empty_like(x_t)
         for b in range(B):
             idx = self.select_views(cameras, b)
             abar = self.alphas_cumprod[t[b]]
             flat = x_t[b].reshape(-1)
-            eps_c[b] = closed_form_eps(flat, abar, self.cond[idx]).reshape(x_t.shape[1:])
-            eps_u[b] = closed_form_eps(flat, abar, self.uncond[:, :, idx].reshape(-1, flat.numel())).reshape(x_t.shape[1:])
+            eps_c[b] = closed_form_eps(flat, abar, cond.cond[idx]).reshape(x_t.shape[1:])
+            eps_u[b] = closed_form_eps(flat, abar, cond.uncond[:, :, idx].reshape(-1, flat.numel())).reshape(x_t.shape[1:])
         return eps_u, eps_c

@@ -1,4 +1,4 @@
-"""Prompt helpers: view-dependent suffixes and folder-safe slugs.
+"""Prompt helpers: view-dependent suffixes, per-prompt text conditioning, folder-safe slugs.
 
 View labels follow DreamFusion §3.2 / threestudio's convention (azimuth 0° = front, degrees):
 ``front`` when |azimuth| < 45°, ``back`` when |azimuth| > 135°, ``side`` otherwise, and ``overhead``
@@ -9,10 +9,13 @@ whenever elevation > 60° (it wins over the azimuth). Boundaries (exactly 45°, 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+from ..errors import UserError
 
 VIEW_LABELS = ("front", "side", "back", "overhead")
 _OVERHEAD_ELEVATION = 60.0
@@ -44,6 +47,45 @@ def view_label(elevation_deg: Tensor | Sequence[float] | float,
 def view_prompts(prompt: str) -> dict[str, str]:
     """label -> '<prompt>, <label> view' for every view label."""
     return {label: f"{prompt}, {label} view" for label in VIEW_LABELS}
+
+
+def prompt_texts(prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> dict[str, str]:
+    """The texts one prompt is embedded as: 'uncond' (the negative prompt, '' when none), then one per view
+    label ('<prompt>, front view', ...) or 'all' (the prompt as it is)."""
+    if not prompt or not prompt.strip():
+        raise UserError('prompt is empty: pass prompt="..."')
+    return {"uncond": negative_prompt, **(view_prompts(prompt) if view_dependent else {"all": prompt})}
+
+
+def labels_for(cameras: Any, batch: int, view_dependent: bool) -> list[str]:
+    """The view label of each of the batch's cameras, or 'all' for every view when not view_dependent."""
+    if not view_dependent:
+        return ["all"] * batch
+    if cameras is None:
+        raise ValueError("view-dependent prompts need cameras, got None")
+    labels = view_label(cameras.elevation, cameras.azimuth)
+    if len(labels) != batch:
+        raise ValueError(f"{len(labels)} cameras for a batch of {batch}")
+    return labels
+
+
+@dataclass
+class TextConditioning:
+    """One prompt's text embeddings: ``uncond`` [1, ...] (the negative prompt) and ``cond`` label -> [1, ...]
+    for each view label, or the single label 'all' when the prompt is not view dependent."""
+
+    uncond: Tensor
+    cond: dict[str, Tensor]
+
+    @property
+    def view_dependent(self) -> bool:
+        return "all" not in self.cond
+
+    def for_cameras(self, cameras: Any, batch: int) -> tuple[Tensor, Tensor]:
+        """(uncond [B, ...], cond [B, ...]): the conditional embedding of each camera's view label."""
+        labels = labels_for(cameras, batch, self.view_dependent)
+        cond = torch.cat([self.cond[label] for label in labels])
+        return self.uncond.expand(batch, *self.uncond.shape[1:]), cond
 
 
 def slugify(prompt: str, max_length: int = 60) -> str:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..config import GuidanceConfig
+from .base import FrozenGuidance
 
 
 class NoisePredictor(Protocol):
@@ -36,8 +37,13 @@ class NoisePredictor(Protocol):
         """images [B, H, W, 3] in [0, 1] -> x0 [B, C, h, w], differentiable."""
         ...
 
-    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any) -> tuple[Tensor, Tensor]:
-        """x_t [B, C, h, w], t [B] long, cameras -> (eps_uncond, eps_cond), each [B, C, h, w]; no gradient."""
+    def encode_prompt(self, prompt: str, negative_prompt: str, view_dependent: bool) -> Any:
+        """The prompt's conditioning (text embeddings, or the prior's image sets), computed once per prompt."""
+        ...
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: Any) -> tuple[Tensor, Tensor]:
+        """x_t [B, C, h, w], t [B] long, cameras, encode_prompt's result -> (eps_uncond, eps_cond), each
+        [B, C, h, w]; no gradient."""
         ...
 
 
@@ -90,12 +96,13 @@ def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float)
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-class SDSGuidance:
-    """The SDS rule around a noise predictor: ``guidance(images, cameras, step, total_steps) -> dict``."""
+class SDSGuidance(FrozenGuidance):
+    """The SDS rule around a noise predictor and one prompt: ``guidance(images, cameras, step, total_steps)``."""
 
-    def __init__(self, predictor: NoisePredictor, cfg: GuidanceConfig):
+    def __init__(self, predictor: NoisePredictor, cfg: GuidanceConfig, prompt: str, negative_prompt: str = ""):
         self.predictor = predictor
         self.cfg = cfg
+        self.cond = predictor.encode_prompt(prompt, negative_prompt, cfg.view_dependent)
 
     def __call__(self, images: Tensor, cameras: Any, step: int, total_steps: int,
                  generator: torch.Generator | None = None) -> dict[str, Tensor | float]:
@@ -122,7 +129,7 @@ class SDSGuidance:
         abar = abar_all.to(device=x0.device, dtype=torch.float32)[t].view(batch, 1, 1, 1)
         with torch.no_grad():
             x_t = abar.sqrt() * x0.detach() + (1.0 - abar).sqrt() * eps
-            eps_u, eps_c = self.predictor.predict_noise(x_t, t, cameras)
+            eps_u, eps_c = self.predictor.predict_noise(x_t, t, cameras, self.cond)
             eps_hat = classifier_free_guidance(eps_u.float(), eps_c.float(), cfg.guidance_scale)
             grad = sds_weight(abar, cfg.weighting) * (eps_hat - eps)
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)

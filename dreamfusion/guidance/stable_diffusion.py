@@ -2,8 +2,9 @@
 
 Loads the tokenizer, CLIP text encoder, UNet, VAE and DDPM scheduler of a diffusers-format checkpoint
 with ``from_pretrained(model, subfolder=...)``; ``model`` is a hub id or a local folder, same code path.
-Text embeddings are computed once at load time; the per-step work is one VAE encode (with gradient)
-and one UNet forward on the batch [uncond x B, cond x B].
+Loading knows no prompt: ``encode_prompt`` turns a prompt into its text embeddings (once per prompt), so one
+loaded model serves many prompts in one process. The per-step work is one VAE encode (with gradient) and one
+UNet forward on the batch [uncond x B, cond x B].
 """
 
 from __future__ import annotations
@@ -19,87 +20,18 @@ from torch import Tensor
 from ..config import GuidanceConfig
 from ..errors import ModelNotFoundError, UserError
 from .fastpaths import apply_fast_paths, resolve_dtype
-from .prompts import view_label, view_prompts
+from .hub import first_line, hub_kwargs, load_parts, looks_like_path
+from .prompts import TextConditioning, prompt_texts
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DEFAULT_MODEL = GuidanceConfig.model
 
 
 def _how_to_get(model: str) -> str:
-    hub_id = model if not _looks_like_path(model) else DEFAULT_MODEL
+    hub_id = model if not looks_like_path(model) else DEFAULT_MODEL
     return (f"download it with `hf download {hub_id} --local-dir <folder>` and set guidance.model=/path/to/folder "
             f"(a folder holding {' '.join(s + '/' for s in SUBFOLDERS)}), "
             f"or run the offline demo: python -m dreamfusion --config demo prompt=\"a red cube\"")
-
-
-def _looks_like_path(model: str) -> bool:
-    return (model.startswith(("/", "./", "../", "~", "\\")) or model.count("/") > 1
-            or Path(model).expanduser().exists() or (len(model) > 1 and model[1] == ":"))
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _hub_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (OSError, ValueError)
-    try:
-        from huggingface_hub.errors import EntryNotFoundError
-        errors += (EntryNotFoundError,)
-    except ImportError:  # older huggingface_hub: its errors are OSErrors
-        pass
-    return errors
-
-
-def _hub_status(model: str, revision: str | None) -> str:
-    """'online', 'offline' or 'missing', from one quick request without retries.
-
-    Without it an offline machine spends minutes in huggingface_hub's per-file retry backoff before
-    from_pretrained gives up; with it we fall back to the local cache (local_files_only) at once.
-    """
-    import huggingface_hub
-    from huggingface_hub import constants
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    if constants.HF_HUB_OFFLINE:
-        return "offline"
-    try:
-        huggingface_hub.model_info(model, revision=revision, timeout=10)
-    except (RepositoryNotFoundError, RevisionNotFoundError):
-        return "missing"
-    except Exception:  # no network, proxy, DNS, timeout, server error: try the cache
-        return "offline"
-    return "online"
-
-
-def hub_kwargs(model: str, revision: str | None, what: str, how: str) -> dict:
-    """from_pretrained kwargs for a hub id: the revision, and local_files_only when the hub is unreachable
-    (so the cache answers at once). A repository or revision the hub says does not exist is a one-line
-    ModelNotFoundError; ``what`` names the model's role, ``how`` says how to get it."""
-    status = _hub_status(model, revision)
-    if status == "missing":
-        rev = f" at revision '{revision}'" if revision else ""
-        raise ModelNotFoundError(f"{what} '{model}'{rev} is not on the hub (misspelt, private or removed?): {how}")
-    return {"revision": revision, "local_files_only": status == "offline"}
-
-
-def load_parts(specs, source: str, kwargs: dict, *, model: str, local: bool, what: str, how: str) -> dict:
-    """``{name: loader.from_pretrained(source, **kwargs, **extra)}`` for specs ``(name, loader, extra, label)``;
-    a part that fails to load is one ModelNotFoundError line (``label`` names the part inside a local folder)."""
-    parts = {}
-    for name, loader, extra, label in specs:
-        try:
-            parts[name] = loader.from_pretrained(source, **kwargs, **extra)
-        except _hub_errors() as exc:
-            if local:
-                why = f"cannot load {label} of {what} folder '{model}': {_first_line(exc)}"
-            elif kwargs["local_files_only"]:
-                why = f"{what} '{model}' is not in the local cache and the hub is unreachable (offline?)"
-            else:
-                why = f"cannot load {what} '{model}' from the hub: {_first_line(exc)}"
-            raise ModelNotFoundError(f"{why}; {how}") from exc
-    return parts
 
 
 def _resolve_model(model: str) -> tuple[str, bool]:
@@ -111,7 +43,7 @@ def _resolve_model(model: str) -> tuple[str, bool]:
                 raise ModelNotFoundError(
                     f"guidance model folder '{model}' has no {sub}/ subfolder: {_how_to_get(model)}")
         return str(path), True
-    if _looks_like_path(model):
+    if looks_like_path(model):
         raise ModelNotFoundError(f"guidance model '{model}' is not a folder: {_how_to_get(model)}")
     return model, False
 
@@ -120,12 +52,10 @@ class StableDiffusion:
     """Frozen Stable Diffusion: ``encode`` images to latents, ``predict_noise`` with classifier-free branches."""
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, *, device: torch.device,
-                 dtype: torch.dtype, prompt: str, negative_prompt: str = "", view_dependent: bool = True,
-                 vae_resolution: int = 512):
+                 dtype: torch.dtype, vae_resolution: int = 512):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.scheduler = scheduler
         self.device, self.dtype = device, dtype
-        self.view_dependent = view_dependent
         self.vae_resolution = vae_resolution
         for module in (text_encoder, unet, vae):
             module.to(device)
@@ -136,27 +66,19 @@ class StableDiffusion:
         self.scaling_factor = float(vae.config.scaling_factor)
         self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD; 2 for the test's tiny VAE
         self.latent_size = vae_resolution // self.latent_factor
-
-        # Text embeddings once: the negative prompt ('' when none) is the unconditional branch.
-        texts = {"uncond": negative_prompt}
-        texts.update(view_prompts(prompt) if view_dependent else {"all": prompt})
-        self._warn_if_truncated(texts)
-        embeddings = self._embed(list(texts.values()))  # [N, L, D]
-        self.uncond_embedding: Tensor = embeddings[:1]  # [1, L, D]
-        self.cond_embeddings: dict[str, Tensor] = {k: embeddings[i:i + 1] for i, k in enumerate(texts) if i > 0}
+        # Pad to the shorter of the tokenizer's limit and the text encoder's positions: a tokenizer config
+        # without model_max_length reports a huge default (int(1e30)).
+        self.context_length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, revision: str | None = None, device: str | torch.device = "cpu",
-             half_precision: bool = True, prompt: str = "", negative_prompt: str = "",
-             view_dependent: bool = True, vae_resolution: int = 512,
+             half_precision: bool = True, vae_resolution: int = 512,
              fast_paths: GuidanceConfig | None = None) -> "StableDiffusion":
         """Load from a hub id or a local folder; fp16 on CUDA when half_precision, fp32 otherwise.
 
         ``fast_paths`` (the run's GuidanceConfig) sets dtype, channels_last, attention and compile
         (guidance/fastpaths.py); None keeps the defaults (dtype auto, sdpa attention).
         """
-        if not prompt or not prompt.strip():
-            raise UserError('prompt is empty: pass prompt="..."')
         fast = fast_paths if fast_paths is not None else GuidanceConfig()
         dtype = resolve_dtype(fast.dtype, half_precision, device)  # before any file or hub access
         source, local = _resolve_model(model)
@@ -173,14 +95,22 @@ class StableDiffusion:
                                             ("scheduler", DDPMScheduler, {}))]
         parts = load_parts(specs, source, kwargs, model=model, local=local, what="guidance model", how=how)
         sd = cls(parts["tokenizer"], parts["text_encoder"], parts["unet"], parts["vae"], parts["scheduler"],
-                 device=device, dtype=dtype, prompt=prompt, negative_prompt=negative_prompt,
-                 view_dependent=view_dependent, vae_resolution=vae_resolution)
+                 device=device, dtype=dtype, vae_resolution=vae_resolution)
         apply_fast_paths(sd.unet, sd.vae, fast, device)
         return sd
 
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> TextConditioning:
+        """The text embeddings [1, L, D] of the prompt (one per view label when view_dependent) and of the
+        negative prompt ('' when none), which is the unconditional branch of classifier-free guidance."""
+        texts = prompt_texts(prompt, negative_prompt, view_dependent)
+        self._warn_if_truncated(texts)
+        embeddings = self._embed(list(texts.values()))  # [N, L, D]
+        rows = {k: embeddings[i:i + 1] for i, k in enumerate(texts)}
+        return TextConditioning(uncond=rows.pop("uncond"), cond=rows)
+
     def _warn_if_truncated(self, texts: dict[str, str]) -> None:
         """One stderr line when the longest text exceeds the text encoder's window (it is cut, not an error)."""
-        limit = self.tokenizer.model_max_length
+        limit = self.context_length
         counts = {k: len(self.tokenizer(v, truncation=False, verbose=False).input_ids) for k, v in texts.items()}
         key = max(counts, key=counts.get)
         if counts[key] > limit:
@@ -191,8 +121,12 @@ class StableDiffusion:
 
     @torch.no_grad()
     def _embed(self, texts: list[str]) -> Tensor:
-        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
+        try:
+            tokens = self.tokenizer(texts, padding="max_length", max_length=self.context_length,
+                                    truncation=True, return_tensors="pt")
+        except (ValueError, OverflowError, TypeError) as exc:
+            raise UserError(f"the guidance model's tokenizer cannot read the prompt ({first_line(exc)}): "
+                            f"check its tokenizer/ folder") from None
         return self.text_encoder(tokens.input_ids.to(self.device))[0]  # last hidden state [N, L, D]
 
     def encode(self, images: Tensor) -> Tensor:
@@ -228,25 +162,14 @@ class StableDiffusion:
         x = self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
 
-    def text_embeddings(self, cameras: Any, batch_size: int) -> Tensor:
-        """[2B, L, D]: B copies of the unconditional embedding, then the conditional one per camera."""
-        if self.view_dependent:
-            if cameras is None:
-                raise ValueError("StableDiffusion: view_dependent prompts need cameras, got None")
-            labels = view_label(cameras.elevation, cameras.azimuth)
-            if len(labels) != batch_size:
-                raise ValueError(f"StableDiffusion: {len(labels)} cameras for a batch of {batch_size}")
-        else:
-            labels = ["all"] * batch_size
-        cond = [self.cond_embeddings[label] for label in labels]
-        return torch.cat([self.uncond_embedding.expand(batch_size, -1, -1), *cond], dim=0)
-
     @torch.no_grad()
-    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any) -> tuple[Tensor, Tensor]:
-        """x_t [B, 4, h, w], t [B] long -> (eps_uncond, eps_cond) [B, 4, h, w] from one UNet forward at batch 2B."""
+    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: TextConditioning) -> tuple[Tensor, Tensor]:
+        """x_t [B, 4, h, w], t [B] long, the prompt's embeddings -> (eps_uncond, eps_cond) [B, 4, h, w] from one
+        UNet forward at batch 2B (conditional embedding per camera's view label)."""
         batch = x_t.shape[0]
+        uncond, conds = cond.for_cameras(cameras, batch)  # [B, L, D] each
         x_in = torch.cat([x_t, x_t], dim=0).to(device=self.device, dtype=self.dtype)
         t_in = torch.cat([t, t], dim=0).to(self.device)
-        eps = self.unet(x_in, t_in, encoder_hidden_states=self.text_embeddings(cameras, batch)).sample
+        eps = self.unet(x_in, t_in, encoder_hidden_states=torch.cat([uncond, conds]).to(self.device)).sample
         eps_uncond, eps_cond = eps.chunk(2, dim=0)
         return eps_uncond, eps_cond

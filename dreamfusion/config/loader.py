@@ -1,0 +1,295 @@
+"""Loading configs: defaults <- YAML file <- key=value overrides, checked against the schema.
+
+An unknown key, a renamed key, a wrong type or an out-of-range value is a one-line :class:`ConfigError`
+naming the key (and close matches, or the key's new name).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+import sys
+from dataclasses import asdict, fields, is_dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import ConfigError
+from .schema import CHOICES, LATENT_NEEDS_VOLUME, RENAMED, Config, check_choice
+
+__all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "validate", "to_yaml", "all_keys",
+           "field_docs", "available_configs", "resolve_config_path"]
+
+
+def _config_dir() -> Path:
+    """configs/ of a source checkout (beside the package), else the copy installed inside the package."""
+    package = Path(__file__).resolve().parents[1]  # .../dreamfusion
+    checkout = package.parent / "configs"
+    return checkout if (checkout / f"{DEFAULT_CONFIG}.yaml").is_file() else package / "configs"
+
+
+DEFAULT_CONFIG = "dreamfusion"
+CONFIG_DIR = _config_dir()
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass: the string literal right under each field."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = nxt.value.value
+    return docs
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, object]]:
+    """Every dotted key with its doc and default: [(key, doc, default)]."""
+    out = []
+    docs = field_docs(cls)
+    inst = cls()
+    for f in fields(cls):
+        value = getattr(inst, f.name)
+        if is_dataclass(value):
+            out.extend(all_keys(type(value), prefix + f.name + "."))
+        else:
+            out.append((prefix + f.name, docs.get(f.name, ""), value))
+    return out
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A config NAME (configs/NAME.yaml) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(
+        f"config '{name_or_path}' not found: use one of {', '.join(available_configs())} "
+        f"or a path to a .yaml file")
+
+
+def _unknown_key_message(key: str) -> str:
+    keys = [k for k, _, _ in all_keys()]
+    keys += sorted({k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)})  # sections: field, field.gaussian, ...
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    if not close:  # try matching the last component against every key's last component
+        leaf = key.split(".")[-1]
+        close = [k for k in keys if difflib.get_close_matches(leaf, [k.split(".")[-1]], cutoff=0.75)][:3]
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see --help for the keys"
+    return f"unknown config key '{key}'{hint}"
+
+
+def _omegaconf_error(exc: OmegaConfBaseException, origin: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    msg = str(exc).splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "not" in msg:
+        return ConfigError(_unknown_key_message(key) + f" (in {origin})")
+    if key:
+        return ConfigError(f"bad value for '{key}' (in {origin}): {msg}")
+    return ConfigError(f"bad config (in {origin}): {msg}")
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    """A YAML mapping, or a one-line ConfigError (syntax error, unreadable, not a mapping)."""
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml syntax errors, unreadable files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot parse {path}: {first}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"cannot use {path}: its top level must be a mapping of keys (key: value), not a list")
+    return loaded
+
+
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    """Dotted keys of the leaves of a nested mapping."""
+    out = []
+    for key, value in node.items():
+        if isinstance(value, (dict, DictConfig)):
+            out.extend(_flat_keys(value, f"{prefix}{key}."))
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _check_renamed(other, origin: str) -> None:
+    for key in _flat_keys(other):
+        if key in RENAMED:
+            raise ConfigError(f"config key '{key}' was renamed to '{RENAMED[key]}' (in {origin}): "
+                              f"use {RENAMED[key]}")
+
+
+def _migrate_renamed(other: DictConfig, origin: str) -> DictConfig:
+    """A run folder's config.yaml written before keys were grouped: each old key moved to its new name."""
+    flat = {key: OmegaConf.select(other, key) for key in _flat_keys(other)}
+    moved = [key for key in flat if key in RENAMED]
+    if not moved:
+        return other
+    print(f"note: {origin} uses {len(moved)} old key name(s) (e.g. {moved[0]} -> {RENAMED[moved[0]]}); "
+          f"read with their new names", file=sys.stderr)
+    migrated = OmegaConf.create({})
+    for key, value in flat.items():
+        OmegaConf.update(migrated, RENAMED.get(key, key), value, force_add=True)
+    return migrated
+
+
+def _merge(base: DictConfig, other, origin: str) -> DictConfig:
+    _check_renamed(other, origin)
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        raise _omegaconf_error(exc, origin) from None
+
+
+def _string_keys(cls: type = Config, prefix: str = "") -> set[str]:
+    """Dotted keys whose type is str or Optional[str]: their override values are taken verbatim."""
+    out = set()
+    for f in fields(cls):
+        default = getattr(cls(), f.name)
+        if is_dataclass(default):
+            out |= _string_keys(type(default), prefix + f.name + ".")
+        elif f.type in ("str", "Optional[str]", str, Optional[str]):
+            out.add(prefix + f.name)
+    return out
+
+
+def _escape(value: str) -> str:
+    """OmegaConf would resolve '${...}' in a value; text from users is never an interpolation."""
+    return value.replace("${", "\\${")
+
+
+def _overrides_config(overrides: list[str]) -> DictConfig:
+    """key=value items -> a config. String keys keep their text exactly (a prompt such as 'yes', '007'
+    or 'a sign that says: hello' stays as typed; one pair of quotes around the whole value is removed);
+    other values are read as YAML (numbers, lists, null)."""
+    strings = _string_keys()
+    verbatim, parsed = {}, []
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"cannot read argument '{item}': overrides are key=value, e.g. prompt=\"a red cube\"")
+        key, value = item.split("=", 1)
+        if key in strings:
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]  # prompt='a cat' written for a launcher that passes the quotes on
+            node = verbatim
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = _escape(value)
+        else:
+            parsed.append(item)
+    try:
+        return OmegaConf.merge(OmegaConf.create(verbatim), OmegaConf.from_dotlist(parsed))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot read overrides: {str(exc).splitlines()[0]}") from None
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None,
+                base: DictConfig | None = None) -> Config:
+    """Defaults <- YAML file <- key=value overrides, checked against the dataclasses."""
+    schema = OmegaConf.structured(Config) if base is None else base
+    cfg = schema
+    if name_or_path is not None or base is None:
+        path = resolve_config_path(name_or_path or DEFAULT_CONFIG)
+        cfg = _merge(cfg, _load_yaml(path), str(path))
+    if overrides:
+        cfg = _merge(cfg, _overrides_config(overrides), "command line")
+    obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(obj)
+    return obj
+
+
+def _get(cfg: Config, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Choice keys hold an allowed value; counts and ranges make sense."""
+    for key in CHOICES:
+        check_choice(key, _get(cfg, key))
+    if cfg.steps <= 0:
+        raise ConfigError(f"steps must be a positive integer, got {cfg.steps}")
+    for key in ("checkpoint_every", "log_every", "render.width", "render.height", "render.n_samples",
+                "camera.batch_size", "export.resolution", "export.video_frames", "export.video_fps"):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
+    for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fovy_range"):
+        value = _get(cfg, key)
+        if len(value) != 2 or value[0] > value[1]:
+            raise ConfigError(f"{key} must be [min, max] with min <= max, got {list(value)}")
+    for key in ("field.bound", "render.width", "export.texture_size", "export.video_resolution", "preview_resolution",
+                "guidance.vae_resolution", "guidance.prior.resolution", "guidance.prior.views"):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
+    sizes, milestones = list(cfg.render.progressive_sizes), list(cfg.render.progressive_milestones)
+    if sizes or milestones:
+        if len(milestones) != len(sizes) - 1:
+            raise ConfigError(f"render.progressive_milestones needs one entry fewer than render.progressive_sizes "
+                              f"(got {len(milestones)} and {len(sizes)}), e.g. sizes [128, 256] milestones [300]")
+        if any(s <= 0 for s in sizes):
+            raise ConfigError(f"render.progressive_sizes must be positive, got {sizes}")
+        if any(b <= a for a, b in zip([0] + milestones, milestones)):
+            raise ConfigError(f"render.progressive_milestones must be positive and increasing, got {milestones}")
+    if cfg.preview_every < 0:
+        raise ConfigError(f"preview_every must be >= 0 (0 disables previews), got {cfg.preview_every}")
+    for key in ("render.albedo_prob", "render.textureless_prob", "render.ambient"):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {_get(cfg, key)}")
+    if cfg.render.albedo_prob + cfg.render.textureless_prob > 1.0:
+        raise ConfigError("render.albedo_prob + render.textureless_prob must be <= 1")
+    if cfg.optim.lr_warmup_steps < 0 or not 0.0 < cfg.optim.lr_warmup_start <= 1.0:
+        raise ConfigError(f"need optim.lr_warmup_steps >= 0 and 0 < optim.lr_warmup_start <= 1, got "
+                          f"{cfg.optim.lr_warmup_steps} and {cfg.optim.lr_warmup_start}")
+    betas = cfg.optim.betas
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(betas)}")
+    if cfg.camera.distance_range[0] <= 0:
+        raise ConfigError(f"camera.distance_range must be positive, got {list(cfg.camera.distance_range)}")
+    if not (0.0 < cfg.camera.fovy_range[0] and cfg.camera.fovy_range[1] < 180.0):
+        raise ConfigError(f"camera.fovy_range must lie in (0, 180) degrees, got {list(cfg.camera.fovy_range)}")
+    g = cfg.guidance
+    if not 0.0 < g.t_min <= g.t_max < 1.0:
+        raise ConfigError(f"need 0 < guidance.t_min <= guidance.t_max < 1, got {g.t_min} and {g.t_max}")
+    if g.latent_render and g.type != "sds":
+        raise ConfigError(f"guidance.latent_render needs guidance.type=sds (Stable Diffusion latents), got "
+                          f"guidance.type={g.type}: set guidance.latent_render=false")
+    if g.latent_render and cfg.field.type == "gaussian":
+        raise ConfigError(LATENT_NEEDS_VOLUME)
+    if cfg.export.auto_optical_depth is not None and cfg.export.auto_optical_depth <= 0:
+        raise ConfigError(f"export.auto_optical_depth must be positive (or null for the field's own), "
+                          f"got {cfg.export.auto_optical_depth}")
+    for panel in cfg.export.video_panels:
+        if panel not in ("rgb", "normal", "depth"):
+            raise ConfigError(f"bad export.video_panels entry '{panel}': choose from rgb, normal, depth")
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML; text values are escaped so '${' reads back as typed."""
+    def escaped(node):
+        if isinstance(node, dict):
+            return {k: escaped(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [escaped(v) for v in node]
+        return _escape(node) if isinstance(node, str) else node
+    return OmegaConf.to_yaml(OmegaConf.create(escaped(asdict(cfg))))
+
+
+def load_run_config(path: Path, overrides: list[str] | None = None) -> Config:
+    """The resolved config.yaml of a run folder, with optional overrides on top."""
+    schema = OmegaConf.structured(Config)
+    cfg = _merge(schema, _migrate_renamed(_load_yaml(Path(path)), str(path)), str(path))
+    return load_config(None, overrides, base=cfg)

@@ -1,0 +1,386 @@
+"""The config schema: one dataclass per component, the allowed values of every choice key, renamed keys.
+
+The string literal under each field is its documentation and the text ``--help`` prints. YAML files in
+``configs/`` and ``key=value`` overrides only set these fields (``loader.py`` checks them). Keys that only
+one field or guidance type reads are grouped under it: ``field.hashgrid.*``, ``field.triplane.*``,
+``field.gaussian.*``, ``optim.gaussian.*``, ``guidance.prior.*``, ``guidance.clip.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import List, Optional
+
+from ..errors import ConfigError
+
+__all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
+           "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "OptimConfig", "GaussianOptimConfig",
+           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "check_choice", "LATENT_NEEDS_VOLUME"]
+
+
+@dataclass
+class HashGridConfig:
+    """field.hashgrid: the multiresolution hash encoding of the NeRF field (Instant-NGP)."""
+
+    backend: str = "auto"
+    """Implementation: auto (tinycudann on CUDA when installed), torch, or tcnn."""
+    n_levels: int = 16
+    """Number of resolution levels."""
+    n_features_per_level: int = 2
+    """Features stored per level."""
+    log2_hashmap_size: int = 19
+    """Log2 of the table size per level."""
+    base_resolution: int = 16
+    """Resolution of the coarsest level."""
+    per_level_scale: float = 1.447
+    """Growth factor of the resolution from one level to the next."""
+
+
+@dataclass
+class TriplaneConfig:
+    """field.triplane: the three feature planes of the tri-plane field (EG3D)."""
+
+    resolution: int = 128
+    """Side N of each N x N feature plane."""
+    channels: int = 16
+    """Feature channels per plane."""
+    aggregation: str = "sum"
+    """How the three plane features combine: sum (EG3D), product or concat."""
+
+
+@dataclass
+class GaussianConfig:
+    """field.gaussian: 3D Gaussian splats and their adaptive density control (3DGS, DreamGaussian)."""
+
+    count: int = 3000
+    """Number of Gaussians at init (DreamGaussian: 5000)."""
+    init_radius: float = 0.8
+    """Radius of the ball the means are drawn in."""
+    init_opacity: float = 0.1
+    """Opacity at init."""
+    sh_degree: int = 0
+    """Spherical-harmonics degree of the colour (0 = view independent)."""
+    init_scale: float = 0.0
+    """Initial scale (standard deviation); 0 = mean distance to the 3 nearest neighbours."""
+    rasterizer: str = "auto"
+    """Rasterizer: auto (gsplat on CUDA when installed), torch, or gsplat."""
+    densify_every: int = 50
+    """Clone / split / prune every N steps (0 disables)."""
+    densify_start: int = 0
+    """First step at which densification may run."""
+    densify_stop: int = 3000
+    """Last step at which densification may run."""
+    densify_grad_threshold: float = 0.01
+    """Mean view-space (NDC) gradient norm of a mean above which it is cloned or split."""
+    dense_scale: float = 0.005
+    """Largest scale up to which a Gaussian is cloned; larger ones are split in two."""
+    prune_opacity: float = 0.05
+    """Prune Gaussians whose opacity is below this."""
+    prune_scale: float = 0.1
+    """Prune Gaussians whose largest scale exceeds this (0 disables)."""
+    max_count: int = 8000
+    """Cap on the number of Gaussians densification may reach (0 = no cap)."""
+
+
+@dataclass
+class FieldConfig:
+    """field: the 3D representation; hidden_dim .. blob_radius are the MLP decoder shared by nerf and triplane."""
+
+    type: str = "nerf"
+    """The 3D representation: nerf (hash-grid NeRF), triplane, or gaussian."""
+    bound: float = 1.0
+    """Half side of the scene cube [-bound, bound]^3 that holds the object."""
+    hidden_dim: int = 64
+    """Width of the MLP that decodes features to density and albedo."""
+    n_hidden_layers: int = 1
+    """Hidden layers of that MLP."""
+    density_activation: str = "softplus"
+    """Density activation: softplus or exp (truncated exponential)."""
+    blob_density: float = 10.0
+    """Peak of the density bias added at init (0 disables it)."""
+    blob_radius: float = 0.5
+    """Radius of the density blob: Magic3D blob_density * (1 - |x| / blob_radius)."""
+    hashgrid: HashGridConfig = dc_field(default_factory=HashGridConfig)
+    triplane: TriplaneConfig = dc_field(default_factory=TriplaneConfig)
+    gaussian: GaussianConfig = dc_field(default_factory=GaussianConfig)
+
+
+@dataclass
+class CameraConfig:
+    batch_size: int = 1
+    """Views rendered per step."""
+    elevation_range: List[float] = dc_field(default_factory=lambda: [-10.0, 45.0])
+    """Training elevation range in degrees (min, max)."""
+    azimuth_range: List[float] = dc_field(default_factory=lambda: [-180.0, 180.0])
+    """Training azimuth range in degrees; 0 is the front (+z)."""
+    distance_range: List[float] = dc_field(default_factory=lambda: [1.5, 2.0])
+    """Training camera distance range from the origin."""
+    fovy_range: List[float] = dc_field(default_factory=lambda: [40.0, 70.0])
+    """Training vertical field of view range in degrees."""
+    eval_elevation: float = 15.0
+    """Elevation of the orbit video and previews, degrees."""
+    eval_distance: float = 1.75
+    """Distance of the orbit video and previews."""
+    eval_fovy: float = 55.0
+    """Field of view of the orbit video and previews, degrees."""
+
+
+@dataclass
+class RenderConfig:
+    width: int = 64
+    """Training render width in pixels."""
+    height: int = 64
+    """Training render height in pixels."""
+    progressive_sizes: List[int] = dc_field(default_factory=list)
+    """Progressive resolution: square render sides used in turn, e.g. [128, 256, 512] (DreamGaussian); empty keeps width x height."""
+    progressive_milestones: List[int] = dc_field(default_factory=list)
+    """Steps at which training moves on to the next of progressive_sizes (one fewer entry than it, increasing)."""
+    n_samples: int = 128
+    """Stratified samples per ray inside the scene cube."""
+    perturb: bool = True
+    """Jitter sample positions during training."""
+    sampler: str = "auto"
+    """Ray sampler: auto (nerfacc occupancy grid on CUDA when installed), torch, or nerfacc."""
+    background: str = "learned"
+    """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, white_or_black (either, per view), or augment (Dream Fields random textures)."""
+    albedo_warmup_steps: int = 1000
+    """Steps that render albedo only before random shading starts (DreamFusion)."""
+    albedo_prob: float = 0.2
+    """After warm-up: probability of albedo shading."""
+    textureless_prob: float = 0.3
+    """After warm-up: probability of textureless (white albedo) Lambertian shading; the rest is Lambertian."""
+    ambient: float = 0.1
+    """Ambient light fraction in Lambertian shading."""
+
+
+@dataclass
+class PriorConfig:
+    """guidance.prior: the embedded offline prior (guidance.type=prior)."""
+
+    resolution: int = 32
+    """Image resolution of its dataset and of the denoiser."""
+    views: int = 256
+    """Rendered views per prompt in its image set."""
+    view_window: float = 20.0
+    """Keep dataset views within this many degrees of the render camera."""
+
+
+@dataclass
+class ClipConfig:
+    """guidance.clip: Dream Fields' CLIP guidance (guidance.type=clip)."""
+
+    crops: int = 4
+    """Augmented crops per step."""
+    crop_fraction: float = 0.8
+    """Fraction of the render side each random crop covers."""
+
+
+@dataclass
+class GuidanceConfig:
+    """guidance: the 2D prior that grades the renders, and the SDS rule's settings."""
+
+    type: str = "sds"
+    """Guidance: sds (Stable Diffusion), prior (embedded offline prior) or clip (Dream Fields)."""
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    """Hub id or local folder of the guidance model."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of the model."""
+    guidance_scale: float = 100.0
+    """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u)."""
+    t_min: float = 0.02
+    """Smallest diffusion time, as a fraction of the 1000 training steps."""
+    t_max: float = 0.98
+    """Largest diffusion time at the start of training."""
+    t_anneal: str = "none"
+    """How t_max moves toward t_max_end: none, linear or sqrt."""
+    t_max_end: float = 0.5
+    """T_max at the end of training when t_anneal is not none."""
+    weighting: str = "sds"
+    """W(t): sds (1 - abar_t), uniform, or fantasia3d (sqrt(abar_t) (1 - abar_t))."""
+    grad_clip: float = 0.0
+    """Clamp each element of the SDS gradient to [-grad_clip, grad_clip]; 0 disables."""
+    view_dependent: bool = True
+    """Append front/side/back/overhead view to the prompt by camera."""
+    half_precision: bool = True
+    """Run the frozen model in fp16 on CUDA (always fp32 on CPU); read when guidance.dtype is auto."""
+    dtype: str = "auto"
+    """Precision of the frozen UNet and VAE: auto (see half_precision), fp32, fp16 (CUDA only) or bf16."""
+    channels_last: bool = False
+    """Store the UNet and VAE convolution weights channels-last (NHWC), the layout tensor cores prefer."""
+    attention: str = "sdpa"
+    """Attention kernel of the UNet and VAE: sdpa (fused torch scaled_dot_product_attention) or classic."""
+    compile: bool = False
+    """Torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
+    vae_resolution: int = 512
+    """Renders are resized to this before the VAE encodes them."""
+    latent_render: bool = False
+    """Latent-NeRF: the field renders SD's 4 latent channels (albedo only, no lighting) at render.width x height (64 for SD) and SDS skips the VAE; nerf / triplane with guidance.type=sds."""
+    prior: PriorConfig = dc_field(default_factory=PriorConfig)
+    clip: ClipConfig = dc_field(default_factory=ClipConfig)
+
+
+@dataclass
+class GaussianOptimConfig:
+    """optim.gaussian: per-parameter learning rates of the Gaussian field (3DGS / DreamGaussian)."""
+
+    position_lr: float = 0.005
+    """Adam learning rate of the means at step 0."""
+    position_lr_final: float = 0.0002
+    """Learning rate of the means after position_lr_steps (log-linear decay)."""
+    position_lr_steps: int = 600
+    """Steps over which the means' learning rate decays."""
+    color_lr: float = 0.01
+    """Learning rate of the SH colour coefficients (higher degrees at 1/20 of it)."""
+    opacity_lr: float = 0.05
+    """Learning rate of the opacity logits."""
+    scale_lr: float = 0.005
+    """Learning rate of the log-scales."""
+    rotation_lr: float = 0.005
+    """Learning rate of the quaternions."""
+
+
+@dataclass
+class OptimConfig:
+    """optim: Adam and the learning rates of every parameter group."""
+
+    encoding_lr: float = 0.01
+    """Adam learning rate of the grid / plane / Gaussian parameters."""
+    network_lr: float = 0.001
+    """Adam learning rate of the MLPs."""
+    triplane_lr: float = 0.02
+    """Adam learning rate of the tri-plane feature planes."""
+    background_lr: float = 0.001
+    """Adam learning rate of the learned background."""
+    lr_warmup_steps: int = 0
+    """Linear learning-rate warm-up over this many steps, on top of every other schedule; 0 disables (Dream Fields: 1500)."""
+    lr_warmup_start: float = 0.1
+    """Fraction of each learning rate at step 0 of the warm-up (Dream Fields: 1e-5 -> 1e-4 is 0.1)."""
+    betas: List[float] = dc_field(default_factory=lambda: [0.9, 0.99])
+    """Adam betas."""
+    eps: float = 1e-15
+    """Adam epsilon."""
+    gaussian: GaussianOptimConfig = dc_field(default_factory=GaussianOptimConfig)
+
+
+@dataclass
+class LossConfig:
+    sds: float = 1.0
+    """Weight of the score distillation term."""
+    clip: float = 1.0
+    """Weight of the CLIP similarity term."""
+    transmittance: float = 0.0
+    """Weight of the Dream Fields transmittance term (configs/dreamfields.yaml: 0.5)."""
+    orientation: float = 0.0
+    """Weight of the orientation loss (normals facing away from the camera)."""
+    sparsity: float = 0.0
+    """Weight of the opacity sparsity loss mean(sqrt(opacity^2 + 0.01))."""
+    opacity_entropy: float = 0.0
+    """Weight of the binary entropy of the opacity."""
+    tv: float = 0.0
+    """Weight of the total-variation regulariser of tri-planes."""
+
+
+@dataclass
+class ExportConfig:
+    resolution: int = 128
+    """Marching-cubes grid resolution per side."""
+    threshold: Optional[float] = None
+    """Density level of the surface; null = automatic, where the optical depth seen from outside reaches auto_optical_depth."""
+    auto_optical_depth: Optional[float] = None
+    """Automatic surface: optical depth (min over the six axis directions) at which the mesh surface lies; null = the field's own (0.3 for nerf / triplane, 0.15 for gaussian)."""
+    min_component_ratio: float = 0.05
+    """Drop mesh pieces with fewer faces than this fraction of the largest piece."""
+    decimate_faces: int = 0
+    """Target face count for decimation; 0 keeps every face."""
+    texture: str = "uv"
+    """Colour: uv (xatlas unwrap + baked albedo texture) or vertex (vertex colours)."""
+    texture_size: int = 1024
+    """Side of the baked albedo texture in pixels."""
+    video_frames: int = 120
+    """Frames of the orbit video."""
+    video_fps: int = 30
+    """Frames per second of the orbit video."""
+    video_resolution: int = 256
+    """Side of each orbit video panel in pixels."""
+    video_panels: List[str] = dc_field(default_factory=lambda: ["rgb"])
+    """Panels side by side in the orbit video: rgb, normal, depth."""
+
+
+@dataclass
+class Config:
+    prompt: str = ""
+    """The text prompt."""
+    negative_prompt: str = ""
+    """Text to steer away from; replaces the empty prompt in classifier-free guidance."""
+    seed: int = 0
+    """Random seed of cameras, noise and initialisation."""
+    steps: int = 10000
+    """Total optimization steps (with resume: the step to continue up to)."""
+    output_dir: str = "outputs"
+    """Folder that receives the run folder."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+    resume: Optional[str] = None
+    """A run folder to continue from its last checkpoint."""
+    checkpoint_every: int = 500
+    """Write the checkpoint every N steps (and at the end or on interrupt)."""
+    preview_every: int = 500
+    """Write a preview image every N steps; 0 disables."""
+    preview_resolution: int = 256
+    """Side in pixels of each of the four views of a preview image."""
+    log_every: int = 10
+    """Append a line to metrics.jsonl every N steps."""
+    field: FieldConfig = dc_field(default_factory=FieldConfig)
+    camera: CameraConfig = dc_field(default_factory=CameraConfig)
+    render: RenderConfig = dc_field(default_factory=RenderConfig)
+    guidance: GuidanceConfig = dc_field(default_factory=GuidanceConfig)
+    optim: OptimConfig = dc_field(default_factory=OptimConfig)
+    loss: LossConfig = dc_field(default_factory=LossConfig)
+    export: ExportConfig = dc_field(default_factory=ExportConfig)
+
+
+# The allowed values of every string-valued choice key, written once: the loader validates merged configs
+# against them and the builders (build_field, make_hashgrid, ...) call check_choice for configs built in code.
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "field.type": ("nerf", "triplane", "gaussian"),
+    "field.density_activation": ("softplus", "exp"),
+    "field.hashgrid.backend": ("auto", "torch", "tcnn"),
+    "field.triplane.aggregation": ("sum", "product", "concat"),
+    "field.gaussian.rasterizer": ("auto", "torch", "gsplat"),
+    "render.sampler": ("auto", "torch", "nerfacc"),
+    "render.background": ("learned", "random", "white", "black", "gray", "white_or_black", "augment"),
+    "guidance.type": ("sds", "prior", "clip"),
+    "guidance.t_anneal": ("none", "linear", "sqrt"),
+    "guidance.weighting": ("sds", "uniform", "fantasia3d"),
+    "guidance.dtype": ("auto", "fp32", "fp16", "bf16"),
+    "guidance.attention": ("sdpa", "classic"),
+    "export.texture": ("uv", "vertex"),
+}
+
+
+def check_choice(key: str, value: str) -> str:
+    """``value`` when CHOICES allows it for ``key``, else a one-line ConfigError listing the allowed values."""
+    if value not in CHOICES[key]:
+        raise ConfigError(f"bad value '{value}' for '{key}': choose one of {', '.join(CHOICES[key])}")
+    return value
+
+
+def _renamed() -> dict[str, str]:
+    old_to_new = {f"field.{k}": f"field.hashgrid.{k}" for k in
+                  ("backend", "n_levels", "n_features_per_level", "log2_hashmap_size", "base_resolution",
+                   "per_level_scale")}
+    old_to_new.update({f"field.triplane_{k}": f"field.triplane.{k}" for k in ("resolution", "channels", "aggregation")})
+    old_to_new.update({f"field.gaussian_{k}": f"field.gaussian.{k}" for k in GaussianConfig.__dataclass_fields__})
+    old_to_new.update({f"optim.gaussian_{k}": f"optim.gaussian.{k}" for k in GaussianOptimConfig.__dataclass_fields__})
+    old_to_new.update({f"guidance.prior_{k}": f"guidance.prior.{k}" for k in PriorConfig.__dataclass_fields__})
+    old_to_new.update({f"guidance.clip_{k}": f"guidance.clip.{k}" for k in ClipConfig.__dataclass_fields__})
+    return old_to_new
+
+
+RENAMED: dict[str, str] = _renamed()
+"""Keys of earlier versions -> their name now (the loader answers an old key with a one-line 'renamed to')."""
+
+LATENT_NEEDS_VOLUME = ("guidance.latent_render needs field.type=nerf or triplane (Gaussians carry RGB colours): "
+                       "set guidance.latent_render=false")

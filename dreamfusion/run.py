@@ -1,0 +1,210 @@
+"""The run API: one function runs a config end to end, one loads a finished run back.
+
+    result = run(load_config("demo", ["prompt=a red cube"]))     # -> RunResult(run_dir, status, seconds, ...)
+    loaded = load_run(result.run_dir)                              # -> LoadedRun(cfg, field, background, step)
+
+Every run folder holds ``run.json``, rewritten atomically as the run moves on: status (running / done / failed
+/ interrupted), prompt, config name, artifact paths (relative to the folder), seconds per phase, final metrics
+and the one-line error of a failed run. The CLI, ``eval``, ``view``, ``report`` and ``batch`` use these.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import check_output_dir, load_checkpoint, make_run_dir
+from .config import Config, load_run_config, to_yaml
+from .errors import CheckpointError, UserError
+from .exporting import PhaseTimer, export_run
+from .io import atomic_write_text
+
+__all__ = ["run", "export", "load_run", "resolve_device", "read_run_json", "RunResult", "LoadedRun", "RunRecord"]
+
+RUN_FORMAT = "dreamfusion-run/1"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto -> cuda when visible, else cpu; cuda without a device is a one-line UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is visible: use device=cpu or device=auto")
+    return torch.device(name)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    seconds: dict[str, float] = dc_field(default_factory=dict)
+    metrics: dict[str, float] = dc_field(default_factory=dict)
+    artifacts: dict[str, Path] = dc_field(default_factory=dict)
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    field: Any
+    background: Any
+    step: int
+    run_dir: Path
+    device: torch.device
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_run_json(run_dir: Path) -> dict:
+    """A run folder's run.json as a dict; {} when it has none or it cannot be read."""
+    try:
+        value = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class RunRecord:
+    """run.json of one run folder; ``update`` merges fields and rewrites the file atomically."""
+
+    def __init__(self, run_dir: Path, cfg: Config, config_name: str | None, overrides: list[str]):
+        self.run_dir = Path(run_dir)
+        previous = read_run_json(self.run_dir)  # a resumed run keeps its history of phases
+        self.data = {"format": RUN_FORMAT, "status": "running", "prompt": cfg.prompt,
+                     "negative_prompt": cfg.negative_prompt, "config": previous.get("config", config_name),
+                     "overrides": previous.get("overrides", list(overrides)), "field": cfg.field.type,
+                     "guidance": cfg.guidance.type, "step": previous.get("step", 0), "steps": cfg.steps,
+                     "device": cfg.device, "started": previous.get("started", _now()), "finished": None,
+                     "seconds": previous.get("seconds", {}), "artifacts": previous.get("artifacts", {}),
+                     "metrics": previous.get("metrics", {}), "error": None}
+
+    def update(self, **fields: Any) -> None:
+        for key in ("seconds", "artifacts", "metrics"):
+            if key in fields:
+                self.data[key] = {**self.data[key], **fields.pop(key)}
+        self.data.update(fields)
+        atomic_write_text(self.run_dir / "run.json", json.dumps(self.data, indent=1, default=str) + "\n")
+
+    def relative(self, paths: dict[str, Path]) -> dict[str, str]:
+        return {k: str(Path(p).relative_to(self.run_dir)) if Path(p).is_relative_to(self.run_dir) else str(p)
+                for k, p in paths.items()}
+
+
+def _final_metrics(cfg: Config, row: dict, written: dict[str, Path]) -> dict[str, float]:
+    """The last step's logged terms, and under the embedded prior the exported mesh against the known object."""
+    metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
+    if cfg.guidance.type == "prior" and "glb" in written:
+        from .metrics import prior_scores
+
+        metrics.update(prior_scores(written["glb"], cfg.prompt))
+    return metrics
+
+
+def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | tuple = (),
+        guidance_model: Any = None, quiet: bool = False) -> RunResult:
+    """Optimize ``cfg.prompt`` (or continue ``cfg.resume``), export every artifact, and return the result.
+
+    ``guidance_model`` is a loaded ``guidance.load_guidance_model(cfg, device)`` to reuse (batch workers).
+    Errors a user can fix are one-line UserErrors; a run folder that already exists records them in run.json
+    (status failed, or interrupted for Ctrl-C / SIGTERM, whose checkpoint is saved) before they propagate.
+    """
+    from .guidance import build_guidance
+    from .guidance.prompts import slugify
+    from .train import Interrupted, Trainer
+
+    if not cfg.prompt.strip():
+        raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
+    device = resolve_device(cfg.device)
+    timer = PhaseTimer(quiet=quiet)
+    resuming = cfg.resume is not None
+    if resuming:
+        run_dir = Path(cfg.resume)
+        state = load_checkpoint(run_dir, map_location=device)  # a missing or corrupt one fails before the model load
+    else:
+        check_output_dir(cfg.output_dir)  # likewise for an output_dir that cannot hold the run folder
+    with timer.phase("load_guidance"):
+        guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
+    if not resuming:
+        run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt))
+    trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
+    if resuming:
+        trainer.resume(state)
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    record = RunRecord(run_dir, cfg, config_name, list(overrides))
+    record.update(status="running", seconds=timer.seconds)
+    if not quiet:
+        print(f"run folder: {run_dir}", file=sys.stderr)
+    try:
+        with timer.phase("train"):
+            row = trainer.fit()
+        record.update(step=trainer.step, seconds=timer.seconds,
+                      artifacts=record.relative({"checkpoint": run_dir / "checkpoints" / "last.pt"}))
+        written, errors = export_run(trainer.field, trainer.background, cfg, run_dir, device, timer)
+        record.update(artifacts=record.relative(written), seconds=timer.seconds)
+        for path in ([] if quiet else written.values()):
+            print(f"wrote {path}", file=sys.stderr)
+        if errors:
+            raise UserError("; ".join(errors) + f" (the checkpoint in {run_dir} is intact: retry with "
+                            f"python -m dreamfusion export {run_dir} key=value)")
+        record.update(metrics=_final_metrics(cfg, row, written))
+    except Interrupted as exc:
+        record.update(status="interrupted", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=_now())
+        exc.run_dir = run_dir
+        raise
+    except (UserError, MemoryError, torch.cuda.OutOfMemoryError) as exc:
+        if not isinstance(exc, UserError):
+            exc = UserError(f"out of memory at step {trainer.step} ({type(exc).__name__}): lower render.width / "
+                            f"height, render.n_samples or camera.batch_size")
+        record.update(status="failed", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=_now())
+        exc.run_dir = run_dir
+        raise exc from None
+    record.update(status="done", finished=_now())
+    return _result(record)
+
+
+def _result(record: RunRecord) -> RunResult:
+    d = record.data
+    return RunResult(record.run_dir, d["status"], dict(d["seconds"]), dict(d["metrics"]),
+                     {k: record.run_dir / v for k, v in d["artifacts"].items()})
+
+
+def load_run(run_dir: str | Path, device: str | torch.device | None = None,
+             overrides: list[str] | None = None) -> LoadedRun:
+    """A run folder's config and its last checkpoint's field and background (no guidance, no optimizer state),
+    on ``device`` (the run's own device setting when None)."""
+    from .train import Trainer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder '{run_dir}' does not exist: pass a folder made by python -m dreamfusion")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml): pass a folder made by python -m dreamfusion")
+    cfg = load_run_config(run_dir / "config.yaml", overrides)
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    trainer = Trainer(cfg, run_dir, device)
+    trainer.load(load_checkpoint(run_dir, map_location=device), with_optimizer=False)
+    return LoadedRun(cfg, trainer.field, trainer.background, trainer.step, run_dir, device)
+
+
+def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> RunResult:
+    """Mesh + video again from a run's checkpoint (``python -m dreamfusion export``), with export.* overrides."""
+    loaded = load_run(run_dir, overrides=overrides)
+    cfg, run_dir = loaded.cfg, loaded.run_dir
+    record = RunRecord(run_dir, cfg, None, [])
+    record.data["status"] = read_run_json(run_dir).get("status", "done")
+    timer = PhaseTimer(quiet=quiet)
+    written, errors = export_run(loaded.field, loaded.background, cfg, run_dir, loaded.device, timer)
+    record.update(artifacts=record.relative(written), seconds=timer.seconds)
+    if errors:
+        raise UserError("; ".join(errors) + f" (the checkpoint in {run_dir} is intact: retry with "
+                        f"python -m dreamfusion export {run_dir} key=value)")
+    if cfg.guidance.type == "prior" and "glb" in written:
+        record.update(metrics=_final_metrics(cfg, {}, written))
+    return _result(record)
