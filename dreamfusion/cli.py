@@ -60,7 +60,9 @@ def cmd_run(argv: list[str]) -> Path:
         config_path = Path(cfg.resume) / "config.yaml"
         if not config_path.is_file():
             raise UserError(f"cannot resume: '{cfg.resume}' has no config.yaml; pass a run folder made by dreamfusion")
+        resume = cfg.resume
         cfg = load_run_config(config_path, [o for o in overrides if not o.startswith("resume=")])
+        cfg.resume = resume
     return run(cfg, config_name=name, overrides=overrides).run_dir
 
 

@@ -25,7 +25,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException as exc:  # also Ctrl-C in the middle of a write
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. the "folder" is a file: there is no temporary file either
+            pass
         if isinstance(exc, OSError):
             raise UserError(f"cannot write '{path}' ({exc.strerror or exc}): free some disk space or check the "
                             f"folder's permissions; the previous file, if any, is intact") from None

@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import sys
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass, replace
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
     trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
     if resuming:
         trainer.resume(state)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    atomic_write_text(run_dir / "config.yaml", to_yaml(replace(cfg, resume=None)))  # the run's settings, not how it began
     record = RunRecord(run_dir, cfg, config_name, list(overrides))
     record.update(status="running", seconds=timer.seconds)
     if not quiet:

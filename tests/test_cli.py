@@ -98,7 +98,7 @@ def finished(tmp_path_factory, tiny_sd_dir):
     """One 10-step run with the tiny Stable Diffusion: (output_dir, run_dir, stdout, stderr)."""
     out_dir = tmp_path_factory.mktemp("runs")
     rc, out, err = run_cli([f"prompt={PROMPT}", f"guidance.model={tiny_sd_dir}", f"output_dir={out_dir}", "steps=10",
-                            "checkpoint_every=5", "preview_every=5", *TRAIN, *EXPORT])
+                            "checkpoint_every=5", "preview_every=5", "preview_resolution=48", *TRAIN, *EXPORT])
     assert rc == 0, err
     return out_dir, Path(last_line(out)), out, err
 
@@ -115,16 +115,26 @@ def test_run_folder_holds_every_artifact_and_is_the_last_stdout_line(finished, t
     assert not list(run_dir.rglob("*.tmp*"))
     # config.yaml is the resolved config: it loads back to what the command line asked for.
     asked = load_config(None, [f"prompt={PROMPT}", f"guidance.model={tiny_sd_dir}", f"output_dir={out_dir}",
-                               "steps=10", "checkpoint_every=5", "preview_every=5", *TRAIN, *EXPORT])
+                               "steps=10", "checkpoint_every=5", "preview_every=5", "preview_resolution=48",
+                               *TRAIN, *EXPORT])
     assert load_run_config(run_dir / "config.yaml") == asked
     assert load_checkpoint(run_dir)["step"] == 10
     # log_every=1: one row per step, each with the weighted loss and the guidance's terms.
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 11))
     assert all({"loss", "loss_sds", "grad_norm", "t"} <= set(r) for r in rows)
-    # preview_every=5: front/right/back/left side by side, max(render.height, 64) pixels each.
+    # preview_every=5: front/right/back/left side by side, preview_resolution pixels each.
     assert sorted(p.name for p in (run_dir / "previews").iterdir()) == ["step_000005.png", "step_000010.png"]
-    assert np.asarray(Image.open(run_dir / "previews" / "step_000010.png")).shape == (64, 4 * 64, 3)
+    assert np.asarray(Image.open(run_dir / "previews" / "step_000010.png")).shape == (48, 4 * 48, 3)
+    # run.json: the run's record, its artifact paths relative to the folder and existing, seconds per phase.
+    record = json.loads((run_dir / "run.json").read_text())
+    assert (record["status"], record["prompt"], record["step"], record["steps"], record["error"]) == \
+        ("done", PROMPT, 10, 10, None)
+    assert record["artifacts"] == {"checkpoint": "checkpoints/last.pt", "obj": "mesh/model.obj",
+                                   "glb": "mesh/model.glb", "video": "orbit.mp4"}
+    assert {"load_guidance", "train", "export.mesh", "export.texture", "export.write", "export.video"} \
+        <= set(record["seconds"]) and all(v >= 0 for v in record["seconds"].values())
+    assert record["metrics"]["loss"] == pytest.approx(rows[-1]["loss"])
 
 
 def test_obj_and_glb_have_the_same_bounds_and_colours(finished):

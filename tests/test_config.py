@@ -53,7 +53,7 @@ def test_defaults_then_yaml_then_overrides(tmp_path):
     assert cfg.steps == 9 and cfg.guidance.t_min == 0.05  # the command line beats the file
     assert cfg.seed == 3 and cfg.field.hidden_dim == 32  # the file beats the defaults
     assert cfg.camera.elevation_range == [0.0, 30.0]
-    assert cfg.log_every == default.log_every and cfg.field.n_levels == default.field.n_levels
+    assert cfg.log_every == default.log_every and cfg.field.hashgrid.n_levels == default.field.hashgrid.n_levels
     assert load_config(str(path), ["steps=9", "steps=11"]).steps == 11  # the last override wins
 
 

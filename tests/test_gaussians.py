@@ -253,7 +253,7 @@ def test_densify_clone_split_prune_counts_and_adam_state():
 
 def test_after_step_schedule_and_densify_cadence():
     field = _constructed_field()
-    field.cfg.gaussian_densify_every = 10
+    field.cfg.gaussian.densify_every = 10
     optimizer = torch.optim.Adam(field.param_groups(DREAMGAUSSIAN_OPTIM))
     field.after_step(8, optimizer)
     assert field.count == 4
