@@ -71,8 +71,13 @@ def volumetric_iou(vertices: np.ndarray, faces: np.ndarray, inside_fn, resolutio
 
 
 def mean_surface_albedo(mesh) -> np.ndarray:
-    """Area-weighted mean colour [3] in [0,1] of a trimesh mesh with texture or vertex colours."""
-    colors = mesh.visual.to_color().vertex_colors[:, :3].astype(np.float64) / 255.0
+    """Area-weighted mean colour [3] in [0,1] of a trimesh mesh with texture or vertex colours (a .glb's
+    COLOR_0 beside a material comes back from trimesh as the vertex attribute 'color')."""
+    attributes = getattr(mesh.visual, "vertex_attributes", {})
+    if "color" in attributes:
+        colors = np.asarray(attributes["color"])[:, :3].astype(np.float64) / 255.0
+    else:
+        colors = mesh.visual.to_color().vertex_colors[:, :3].astype(np.float64) / 255.0
     face_colors = colors[mesh.faces].mean(1)
     area = mesh.area_faces
     return (face_colors * area[:, None]).sum(0) / area.sum()
@@ -86,7 +91,8 @@ def prior_scores(glb_path, prompt: str, resolution: int = 96) -> dict[str, float
     from .guidance.primitives import COLOURS, inside, parse_prompt
 
     shape, colour = parse_prompt(prompt)
-    mesh = trimesh.load(glb_path, force="mesh")
+    scene = trimesh.load(glb_path)  # a Scene keeps the vertex colours that force="mesh" would drop
+    mesh = scene if isinstance(scene, trimesh.Trimesh) else next(iter(scene.geometry.values()))
     iou = volumetric_iou(np.asarray(mesh.vertices), np.asarray(mesh.faces), lambda p: inside(shape, p), resolution)
     albedo = mean_surface_albedo(mesh)
     return {"iou": iou, "albedo_err": float(np.abs(albedo - np.array(COLOURS[colour])).max()),

@@ -24,15 +24,9 @@ __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "va
            "field_docs", "available_configs", "resolve_config_path"]
 
 
-def _config_dir() -> Path:
-    """configs/ of a source checkout (beside the package), else the copy installed inside the package."""
-    package = Path(__file__).resolve().parents[1]  # .../dreamfusion
-    checkout = package.parent / "configs"
-    return checkout if (checkout / f"{DEFAULT_CONFIG}.yaml").is_file() else package / "configs"
-
-
 DEFAULT_CONFIG = "dreamfusion"
-CONFIG_DIR = _config_dir()
+# The shipped YAML files: package data (in a source checkout dreamfusion/configs links to the top-level configs/).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -13,10 +13,10 @@ runs anywhere but is only fast on CPUs with native bf16 (AVX512-BF16 / AMX): on 
 test CPU it is ~25x slower than fp32 (docs/BENCHMARKS.md).
 
 Two things that look like fast paths and are not switches here:
-- Text embeddings are already computed once at load (``StableDiffusion.__init__``): per step there is
-  no text encoder call, only a gather of the cached [1, 77, D] rows per camera view label.
-- Rendering latents directly (Latent-NeRF) needs a 4-channel field output and renderer; it is not
-  implemented (docs/BENCHMARKS.md, "Not done").
+- Text embeddings are computed once per prompt (``StableDiffusion.encode_prompt``): per step there is no
+  text encoder call, only a gather of the cached [1, 77, D] rows per camera view label.
+- Rendering latents directly (Latent-NeRF) is ``guidance.latent_render`` (dreamfusion/latent.py): the field
+  renders SD's 4 latent channels, so the step skips the resize to 512 and the VAE encode and its backward.
 """
 
 from __future__ import annotations
