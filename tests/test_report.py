@@ -141,6 +141,22 @@ def test_report_of_a_bare_folder_says_what_is_missing(tmp_path):
         assert missing in html
 
 
+def test_previews_are_thinned_evenly_and_unreadable_ones_noted(tmp_path):
+    from PIL import Image
+
+    from dreamfusion.report.run import MAX_PREVIEWS
+
+    (tmp_path / "previews").mkdir()
+    steps = list(range(10, 10 * (2 * MAX_PREVIEWS - 1) + 1, 10))  # 2 MAX - 1 of them: every other one is kept
+    for step in steps:
+        Image.fromarray(_preview(8)).save(tmp_path / f"previews/step_{step:06d}.png")
+    assert [s for s, _, _ in read_run(tmp_path).previews] == steps[::2]
+    (tmp_path / "previews" / f"step_{steps[-1]:06d}.png").write_bytes(b"not a png")
+    run = read_run(tmp_path)
+    assert [w for _, _, w in run.previews] == [32] * (MAX_PREVIEWS - 1)
+    assert any(f"step_{steps[-1]:06d}.png could not be read" in n for n in run.notes)
+
+
 def test_report_errors_are_one_line(tmp_path, capsys):
     for argv in ([], ["a", "b"], [str(tmp_path / "missing")], [str(tmp_path)]):
         with pytest.raises(UserError) as err:
@@ -158,21 +174,31 @@ class _Page:
     collected as events; `state()` reads the page with a JavaScript expression."""
 
     def __init__(self, tmp_path):
-        from websockets.sync.client import connect
-
+        self.log = open(tmp_path / "chromium.log", "wb")
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
              "--disable-gpu-compositing",  # WebGL in SwiftShader, the page composited in software: much faster
              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # the network is off
              "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        url = None
-        for line in self.proc.stderr:
-            if m := re.search(r"DevTools listening on (ws://\S+)", line):
-                url = m.group(1)
-                break
-        assert url, "Chromium did not open its DevTools port"
+            stdout=subprocess.DEVNULL, stderr=self.log)
+        try:
+            self._connect(tmp_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, tmp_path):
+        from websockets.sync.client import connect
+
+        self.ws = None
+        port_file, deadline = tmp_path / "profile" / "DevToolsActivePort", time.time() + 60
+        while not (port_file.is_file() and len(port_file.read_text().split()) == 2):  # "PORT\n/devtools/browser/ID"
+            assert self.proc.poll() is None and time.time() < deadline, \
+                f"Chromium did not open its DevTools port: {(tmp_path / 'chromium.log').read_text()[-2000:]}"
+            time.sleep(0.05)
+        port, browser = port_file.read_text().split()
+        url = f"ws://127.0.0.1:{port}{browser}"
         self.ws, self.n, self.events = connect(url, max_size=None, open_timeout=30), 0, []
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
@@ -222,9 +248,15 @@ class _Page:
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int32)
 
     def close(self):
-        self.ws.close()
+        if getattr(self, "ws", None) is not None:
+            self.ws.close()
         self.proc.terminate()
-        self.proc.wait(timeout=20)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from urllib.parse import quote
 from dreamfusion.report.plot import line_plot
 from dreamfusion.report.run import MISSING, RunFolder, files_with_sizes, flatten, format_size, series
 
+__all__ = ["render_page"]
+
 EMBED_LIMIT = 64 * 2**20  # a mesh or video larger than this is linked, not embedded
 MIN_VIEW_PX = 256  # each preview view is shown at least this wide
 VIEWS = ("front", "right", "back", "left")
@@ -110,14 +112,10 @@ def _result(run: RunFolder) -> str:
 
 
 def _previews(run: RunFolder) -> str:
-    from PIL import Image
-
     if not run.previews:
         return f'<section><h2>Previews over training</h2>{_absent("previews: not produced")}</section>'
     figures, labels = [], []
-    for i, (step, png) in enumerate(run.previews):
-        with Image.open(png) as im:
-            width = im.size[0]
+    for i, (step, png, width) in enumerate(run.previews):
         view = max(width / len(VIEWS), 1.0)
         scale = 1 if view >= MIN_VIEW_PX else math.ceil(MIN_VIEW_PX / view)
         labels.append(f"step {step}" + (f" (shown {scale}\u00d7)" if scale > 1 else ""))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+__all__ = ["line_plot", "nice_ticks", "wants_log"]
+
 LEFT, RIGHT, TOP, BOTTOM = 58.0, 14.0, 30.0, 34.0  # margins of the plot box in px
 
 

@@ -10,10 +10,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["MISSING", "RunFolder", "read_run", "config_diff", "flatten", "format_size", "files_with_sizes"]
+__all__ = ["MISSING", "RunFolder", "read_run", "config_diff", "flatten", "series", "format_size", "files_with_sizes"]
 
 MISSING = object()  # a key that the defaults lack, in config_diff's answer
 PREVIEW = re.compile(r"step_(\d+)\.png")
+MAX_PREVIEWS = 24  # more are thinned to this many, evenly over training (first and last kept)
 DEFAULT_PATHS = {"glb": "mesh/model.glb", "video": "orbit.mp4"}  # where a run puts them without run.json
 
 
@@ -25,7 +26,7 @@ class RunFolder:
     diff: dict = field(default_factory=dict)  # dotted key -> default value (or MISSING) where they differ
     notes: list[str] = field(default_factory=list)  # what could not be read, one line each
     metrics: list[dict] = field(default_factory=list)  # metrics.jsonl rows
-    previews: list[tuple[int, Path]] = field(default_factory=list)  # (step, png), by step
+    previews: list[tuple[int, Path, int]] = field(default_factory=list)  # (step, png, width in px), by step
 
     def artifact(self, name: str) -> Path | None:
         """The file run.json names as artifact `name` (or its usual path), if it exists inside the folder."""
@@ -169,8 +170,21 @@ def read_run(run_dir: Path) -> RunFolder:
     run.info = _read_json(run.path / "run.json", run.notes)
     _read_config(run)
     _read_metrics(run)
-    previews = run.path / "previews"
-    if previews.is_dir():
-        found = [(int(m.group(1)), p) for p in previews.iterdir() if (m := PREVIEW.fullmatch(p.name))]
-        run.previews = sorted(found)
+    _read_previews(run)
     return run
+
+
+def _read_previews(run: RunFolder) -> None:
+    from PIL import Image
+
+    folder = run.path / "previews"
+    found = sorted((int(m.group(1)), p) for p in folder.glob("step_*.png") if (m := PREVIEW.fullmatch(p.name)))
+    if len(found) > MAX_PREVIEWS:
+        run.notes.append(f"{len(found)} previews: showing {MAX_PREVIEWS}, evenly spaced over training")
+        found = [found[round(i * (len(found) - 1) / (MAX_PREVIEWS - 1))] for i in range(MAX_PREVIEWS)]
+    for step, png in found:
+        try:
+            with Image.open(png) as im:
+                run.previews.append((step, png, im.size[0]))
+        except OSError as exc:
+            run.notes.append(f"{png.name} could not be read ({exc})")
