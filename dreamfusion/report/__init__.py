@@ -1,0 +1,55 @@
+"""report.html: one self-contained page per run folder that works offline from file://.
+
+    write_report(run_dir)                      # -> run_dir / "report.html"
+    python -m dreamfusion report RUN_DIR       # cmd_report: rebuild it
+
+It reads only the run folder (run.json, config.yaml, metrics.jsonl, previews/, the mesh and the video),
+so it works for finished, failed and interrupted runs alike; a missing piece shows as "not produced".
+The 3D view is @google/model-viewer, vendored in vendor/ (tools/report-viewer/vendor.sh rebuilds it).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from dreamfusion.errors import UserError
+
+__all__ = ["write_report", "cmd_report"]
+
+USAGE = "usage: python -m dreamfusion report RUN_DIR"
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Write run_dir/report.html (to a temporary name, then os.replace) and return its path."""
+    from dreamfusion.report.page import render_page
+    from dreamfusion.report.run import read_run
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"'{run_dir}' is not a folder: pass a run folder made by dreamfusion")
+    html = render_page(read_run(run_dir))
+    path = run_dir / "report.html"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def cmd_report(argv: list[str]) -> int:
+    """`python -m dreamfusion report RUN_DIR`: rebuild the report, print its path, return 0."""
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise UserError(USAGE)
+    run_dir = Path(argv[0])
+    if not run_dir.is_dir():
+        raise UserError(f"'{run_dir}' does not exist: {USAGE}")
+    if not ((run_dir / "config.yaml").is_file() or (run_dir / "run.json").is_file()):
+        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml or run.json)")
+    path = write_report(run_dir)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
+    print(path)
+    return 0
