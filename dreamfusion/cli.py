@@ -4,6 +4,7 @@
     python -m dreamfusion export RUN_DIR [key=value ...]       mesh + video again from the checkpoint
     python -m dreamfusion eval RUN_DIR [RUN_DIR ...] --clip-model ID_OR_FOLDER
     python -m dreamfusion view RUN_DIR                         browse the result in a web viewer
+    python -m dreamfusion report RUN_DIR                       rebuild RUN_DIR/report.html
 
 Every mistake a user can make ends in one line on stderr and exit status 2; the last line printed on
 stdout is the run folder. The work itself is the run API (dreamfusion/run.py).
@@ -17,9 +18,6 @@ from pathlib import Path
 from .errors import UserError
 
 __all__ = ["main"]
-
-SUBCOMMANDS = ("export", "eval", "view")
-
 
 def _help() -> str:
     from .config import all_keys, available_configs
@@ -92,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "view":
             from .viewer import cmd_view
             return cmd_view(argv[1:])
+        if argv and argv[0] == "report":
+            from .report import cmd_report
+            return cmd_report(argv[1:])
         run_dir = cmd_export(argv[1:]) if argv and argv[0] == "export" else cmd_run(argv)
     except UserError as exc:
         if exc.run_dir is not None:

@@ -157,6 +157,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
         record.update(metrics=_final_metrics(cfg, row, written))
     except Interrupted as exc:
         record.update(status="interrupted", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=_now())
+        _report(record, timer, quiet)
         exc.run_dir = run_dir
         raise
     except (UserError, MemoryError, torch.cuda.OutOfMemoryError) as exc:
@@ -164,10 +165,27 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
             exc = UserError(f"out of memory at step {trainer.step} ({type(exc).__name__}): lower render.width / "
                             f"height, render.n_samples or camera.batch_size")
         record.update(status="failed", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=_now())
+        _report(record, timer, quiet)
         exc.run_dir = run_dir
         raise exc from None
     record.update(status="done", finished=_now())
+    _report(record, timer, quiet)
     return _result(record)
+
+
+def _report(record: RunRecord, timer: PhaseTimer, quiet: bool) -> None:
+    """report.html beside run.json; a report that cannot be written is a warning, never a lost run."""
+    from .report import write_report
+
+    try:
+        with timer.phase("report", "report.html"):
+            path = write_report(record.run_dir)
+    except UserError as exc:
+        print(f"warning: no report.html ({exc})", file=sys.stderr)
+        return
+    record.update(seconds=timer.seconds, artifacts=record.relative({"report": path}))
+    if not quiet:
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def _result(record: RunRecord) -> RunResult:
@@ -208,4 +226,5 @@ def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
                         f"python -m dreamfusion export {run_dir} key=value)")
     if cfg.guidance.type == "prior" and "glb" in written:
         record.update(metrics=_final_metrics(cfg, {}, written))
+    _report(record, timer, quiet)
     return _result(record)

@@ -109,8 +109,8 @@ def test_run_folder_holds_every_artifact_and_is_the_last_stdout_line(finished, t
     out_dir, run_dir, out, _ = finished
     assert [p.name for p in out_dir.iterdir()] == [run_dir.name]
     assert re.fullmatch(r"a-peacock-on-a-surfboard-\d{8}-\d{6}", run_dir.name)
-    for name in ("config.yaml", "checkpoints/last.pt", "metrics.jsonl", "mesh/model.obj", "mesh/model.mtl",
-                 "mesh/model_albedo.png", "mesh/model.glb", "orbit.mp4"):
+    for name in ("config.yaml", "run.json", "checkpoints/last.pt", "metrics.jsonl", "mesh/model.obj", "mesh/model.mtl",
+                 "mesh/model_albedo.png", "mesh/model.glb", "orbit.mp4", "report.html"):
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.rglob("*.tmp*"))
     # config.yaml is the resolved config: it loads back to what the command line asked for.
@@ -131,8 +131,8 @@ def test_run_folder_holds_every_artifact_and_is_the_last_stdout_line(finished, t
     assert (record["status"], record["prompt"], record["step"], record["steps"], record["error"]) == \
         ("done", PROMPT, 10, 10, None)
     assert record["artifacts"] == {"checkpoint": "checkpoints/last.pt", "obj": "mesh/model.obj",
-                                   "glb": "mesh/model.glb", "video": "orbit.mp4"}
-    assert {"load_guidance", "train", "export.mesh", "export.texture", "export.write", "export.video"} \
+                                   "glb": "mesh/model.glb", "video": "orbit.mp4", "report": "report.html"}
+    assert {"load_guidance", "train", "export.mesh", "export.texture", "export.write", "export.video", "report"} \
         <= set(record["seconds"]) and all(v >= 0 for v in record["seconds"].values())
     assert record["metrics"]["loss"] == pytest.approx(rows[-1]["loss"])
 
@@ -262,6 +262,9 @@ def test_interrupt_saves_the_step_reached_and_names_the_resume_command(tmp_path,
     assert "resume=" in message and str(run_dir) in message
     # Four steps finished (the periodic checkpoint held step 3); the interrupt came in the fifth.
     assert load_checkpoint(run_dir)["step"] == 4
+    record = json.loads((run_dir / "run.json").read_text())
+    assert (record["status"], record["step"], record["error"]) == ("interrupted", 4, message[len("error: "):])
+    assert (run_dir / "report.html").is_file()  # an interrupted run has its report too
     assert not list(run_dir.rglob("*.tmp*")) and not (run_dir / "mesh").exists()
     assert signal.getsignal(signal.SIGTERM) == sigterm_handler  # the loop's handler is removed again
 

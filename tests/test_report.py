@@ -24,7 +24,7 @@ from dreamfusion.config import load_config, to_yaml
 from dreamfusion.errors import UserError
 from dreamfusion.report import cmd_report, write_report
 from dreamfusion.report.plot import BOTTOM, LEFT, RIGHT, TOP, line_plot, nice_ticks
-from dreamfusion.report.run import MISSING, config_diff, format_size, read_run
+from dreamfusion.report.reading import MISSING, config_diff, format_size, read_run
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 RED = np.array([220, 20, 20], np.uint8)  # the cube's vertex colour
@@ -144,7 +144,7 @@ def test_report_of_a_bare_folder_says_what_is_missing(tmp_path):
 def test_previews_are_thinned_evenly_and_unreadable_ones_noted(tmp_path):
     from PIL import Image
 
-    from dreamfusion.report.run import MAX_PREVIEWS
+    from dreamfusion.report.reading import MAX_PREVIEWS
 
     (tmp_path / "previews").mkdir()
     steps = list(range(10, 10 * (2 * MAX_PREVIEWS - 1) + 1, 10))  # 2 MAX - 1 of them: every other one is kept

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from dreamfusion.errors import UserError
+from dreamfusion.io import atomic_write_text
 
 __all__ = ["write_report", "cmd_report"]
 
@@ -21,23 +22,15 @@ USAGE = "usage: python -m dreamfusion report RUN_DIR"
 
 
 def write_report(run_dir: str | os.PathLike) -> Path:
-    """Write run_dir/report.html (to a temporary name, then os.replace) and return its path."""
+    """Write run_dir/report.html (atomically) and return its path."""
     from dreamfusion.report.page import render_page
-    from dreamfusion.report.run import read_run
+    from dreamfusion.report.reading import read_run
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"'{run_dir}' is not a folder: pass a run folder made by dreamfusion")
     html = render_page(read_run(run_dir))
-    path = run_dir / "report.html"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    return atomic_write_text(run_dir / "report.html", html)
 
 
 def cmd_report(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dreamfusion.report.plot import line_plot
-from dreamfusion.report.run import MISSING, RunFolder, files_with_sizes, flatten, format_size, series
+from dreamfusion.report.reading import MISSING, RunFolder, files_with_sizes, flatten, format_size, series
 
 __all__ = ["render_page"]
 
