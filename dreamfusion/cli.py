@@ -5,6 +5,8 @@
     python -m dreamfusion eval RUN_DIR [RUN_DIR ...] --clip-model ID_OR_FOLDER
     python -m dreamfusion view RUN_DIR                         browse the result in a web viewer
     python -m dreamfusion report RUN_DIR                       rebuild RUN_DIR/report.html
+    python -m dreamfusion batch PROMPTS.txt [--config NAME] [key=value ...] [--address auto|HOST:PORT]
+                                [--max-parallel N]              many prompts on Ray, with a gallery
 
 Every mistake a user can make ends in one line on stderr and exit status 2; the last line printed on
 stdout is the run folder. The work itself is the run API (dreamfusion/run.py).
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "report":
             from .report import cmd_report
             return cmd_report(argv[1:])
+        if argv and argv[0] == "batch":
+            from .batch import cmd_batch
+            return cmd_batch(argv[1:])
         run_dir = cmd_export(argv[1:]) if argv and argv[0] == "export" else cmd_run(argv)
     except UserError as exc:
         if exc.run_dir is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 import sys
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import check_output_dir, load_checkpoint, make_run_dir
+from .checkpoint import CHECKPOINT, check_output_dir, load_checkpoint, make_run_dir
 from .config import Config, load_run_config, to_yaml
 from .errors import CheckpointError, UserError
 from .exporting import PhaseTimer, export_run
@@ -109,10 +110,14 @@ def _final_metrics(cfg: Config, row: dict, written: dict[str, Path]) -> dict[str
 
 
 def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | tuple = (),
-        guidance_model: Any = None, quiet: bool = False) -> RunResult:
+        guidance_model: Any = None, run_dir: str | Path | None = None, quiet: bool = False,
+        should_stop=None) -> RunResult:
     """Optimize ``cfg.prompt`` (or continue ``cfg.resume``), export every artifact, and return the result.
 
     ``guidance_model`` is a loaded ``guidance.load_guidance_model(cfg, device)`` to reuse (batch workers).
+    ``run_dir`` names the run folder instead of ``<output_dir>/<slug>-<time>``: missing, empty, or a run folder
+    that never reached its first checkpoint (it is started afresh). ``should_stop()`` is asked after every step;
+    True interrupts the run as Ctrl-C does (a batch being stopped).
     Errors a user can fix are one-line UserErrors; a run folder that already exists records them in run.json
     (status failed, or interrupted for Ctrl-C / SIGTERM, whose checkpoint is saved) before they propagate.
     """
@@ -133,7 +138,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
     with timer.phase("load_guidance"):
         guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
     if not resuming:
-        run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt))
+        run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt)) if run_dir is None else _fresh_run_dir(run_dir)
     trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
     if resuming:
         trainer.resume(state)
@@ -144,7 +149,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
         print(f"run folder: {run_dir}", file=sys.stderr)
     try:
         with timer.phase("train"):
-            row = trainer.fit()
+            row = trainer.fit(progress=not quiet, should_stop=should_stop)
         record.update(step=trainer.step, seconds=timer.seconds,
                       artifacts=record.relative({"checkpoint": run_dir / "checkpoints" / "last.pt"}))
         written, errors = export_run(trainer.field, trainer.background, cfg, run_dir, device, timer)
@@ -186,6 +191,20 @@ def _report(record: RunRecord, timer: PhaseTimer, quiet: bool) -> None:
     record.update(seconds=timer.seconds, artifacts=record.relative({"report": path}))
     if not quiet:
         print(f"wrote {path}", file=sys.stderr)
+
+
+def _fresh_run_dir(path: str | Path) -> Path:
+    """``path`` as an empty folder: created, or emptied when it is a run folder without a checkpoint."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / "config.yaml").is_file() or (path / CHECKPOINT).is_file():
+            raise UserError(f"run folder '{path}' is not empty: pass a new folder, or resume=... to continue a run")
+        shutil.rmtree(path)  # a run that never checkpointed: nothing in it can be continued
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot make run folder '{path}' ({exc.strerror or exc}): pass a writable folder") from None
+    return path
 
 
 def _result(record: RunRecord) -> RunResult:

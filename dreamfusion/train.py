@@ -232,14 +232,16 @@ class Trainer:
                 group["lr"] /= factor
 
     # -- the loop ---------------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
-        """Steps until cfg.steps with metrics rows, previews and checkpoints; returns the last step's terms."""
+    def fit(self, progress: bool = True, should_stop=None) -> dict[str, float]:
+        """Steps until cfg.steps with metrics rows, previews and checkpoints; returns the last step's terms.
+        ``should_stop()``, asked after each step, ends the loop like Ctrl-C (checkpoint saved, Interrupted)."""
         c = self.cfg
         if self.guidance is None:
             raise ValueError("Trainer.fit needs the guidance: Trainer(cfg, run_dir, device, guidance)")
         metrics = open(self.run_dir / "metrics.jsonl", "a")
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
-        bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, dynamic_ncols=True, desc="optimizing")
+        bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, dynamic_ncols=True, desc="optimizing",
+                   disable=not progress)
         t0, step0, row = time.perf_counter(), self.step, {}
         try:
             while self.step < c.steps:
@@ -255,6 +257,8 @@ class Trainer:
                     self.write_preview()
                 if self.step % c.checkpoint_every == 0:
                     self.save()
+                if should_stop is not None and self.step < c.steps and should_stop():
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             self.save()
             raise Interrupted(f"interrupted at step {self.step} of {c.steps}; checkpoint saved; continue with: "

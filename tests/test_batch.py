@@ -1,0 +1,180 @@
+"""`python -m dreamfusion batch` on Ray with the embedded prior: the prompts file, local Ray with two workers, a
+two-node cluster on one machine, a failing prompt that fails alone, and a batch stopped mid-way then rerun.
+
+Oracles: the prompts file parsed by hand; batch.json against each run folder's run.json; the worker pids and
+Ray node ids that ran the prompts; files of finished runs byte-for-byte and mtime-unchanged by a rerun; every
+step's metrics row written once in the resumed runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from dreamfusion.batch import read_prompts, run_batch
+from dreamfusion.batch.driver import import_ray
+from dreamfusion.config import load_run_config
+from dreamfusion.errors import UserError
+from dreamfusion.run import read_run_json
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["steps=6", "render.width=16", "render.height=16", "render.n_samples=24", "guidance.prior.views=64",
+        "guidance.prior.resolution=16", "checkpoint_every=3", "preview_every=3", "preview_resolution=32",
+        "export.resolution=24", "export.texture=vertex", "export.video_frames=2", "export.video_resolution=16",
+        "log_every=1"]
+
+ray = pytest.importorskip("ray", reason='batch needs Ray: pip install "dreamfusion[ray]"')
+
+
+def _prompts(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "props.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_prompts_file_comments_blank_lines_and_seeds(tmp_path):
+    path = _prompts(tmp_path, "# props for level 3", "a red cube", "", "  a blue sphere seed=7  # the hero",
+                    "an orange cone seed=-2", "a sign that says: seed=1 is fine seed=5")
+    got = [(p.index, p.prompt, p.seed, p.line) for p in read_prompts(path)]
+    assert got == [(0, "a red cube", None, 2), (1, "a blue sphere", 7, 4), (2, "an orange cone", -2, 5),
+                   (3, "a sign that says: seed=1 is fine", 5, 6)]
+    for text, needle in (("a cube seed=x\n", "props.txt:1: seed must be an integer"), ("# nothing\n\n", "no prompts"),
+                         ("seed=3\n", "a seed without a prompt")):
+        (tmp_path / "props.txt").write_text(text)
+        with pytest.raises(UserError, match=needle):
+            read_prompts(path)
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UserError, match=r'pip install "dreamfusion\[ray\]"') as info:
+        import_ray()
+    assert "\n" not in str(info.value)
+
+
+def test_worker_turns_every_failure_into_its_line(monkeypatch, tmp_path):
+    """In-process (no Ray): a MemoryError or a bug in one prompt is that prompt's status and one-line error."""
+    from dreamfusion.batch import worker
+
+    monkeypatch.setattr(worker.PromptWorker, "node", lambda self: "node-0")
+    job = {"index": 4, "prompt": "a red cube", "seed": None, "run_dir": str(tmp_path / "r"), "resume": False,
+           "config": "demo", "overrides": []}
+    for exc, expected in ((MemoryError(), "out of memory: lower render sizes or run fewer prompts in parallel"),
+                          (KeyError("boom"), "internal error: KeyError: 'boom'")):
+        def fail(*args, exc=exc):
+            raise exc
+        monkeypatch.setattr(worker, "_run", fail)
+        result = worker.PromptWorker().run(job)
+        assert (result["index"], result["status"], result["node"]) == (4, "failed", "node-0")
+        assert result["error"].startswith(expected) and "\n" not in result["error"]
+
+
+class _Cards(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.cards, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "div" and attrs.get("class") == "card":
+            self.cards.append(attrs["data-status"])
+        if tag == "a":
+            self.links.append(attrs["href"])
+
+
+def test_local_ray_two_workers_and_a_prompt_that_fails_alone(tmp_path):
+    prompts = _prompts(tmp_path, "a red cube", "a purple teapot", "a blue sphere seed=3")
+    batch_dir, batch = run_batch(prompts, "demo", [*TINY, f"output_dir={tmp_path / 'out'}"], max_parallel=2,
+                                 progress=False)
+    rows = batch["runs"]
+    assert [r["status"] for r in rows] == ["done", "failed", "done"]
+    assert batch["counts"] == {"done": 2, "running": 0, "failed": 1, "interrupted": 0, "pending": 0}
+    assert "teapot" in rows[1]["error"] and "\n" not in rows[1]["error"]  # the prior's vocabulary error, alone
+    assert len({r["worker"] for r in rows}) == 2  # two actors shared the three prompts
+    for row in (rows[0], rows[2]):
+        record = read_run_json(batch_dir / row["run_dir"])
+        assert record["status"] == "done" and row["iou"] == pytest.approx(record["metrics"]["iou"])
+        assert record["prompt"] == row["prompt"]
+    assert json.loads((batch_dir / "batch.json").read_text()) == batch
+    assert load_run_config(batch_dir / rows[2]["run_dir"] / "config.yaml").seed == 3  # the line's own seed
+    assert load_run_config(batch_dir / rows[0]["run_dir"] / "config.yaml").seed == 0  # the config's
+    page = _Cards()
+    page.feed((batch_dir / "index.html").read_text())
+    assert page.cards == ["done", "failed", "done"]
+    reports = [link for link in page.links if link.endswith("report.html")]
+    assert reports == [f"{rows[0]['run_dir']}/report.html", f"{rows[2]['run_dir']}/report.html"]
+    assert all((batch_dir / link).is_file() for link in reports)
+
+
+def test_two_node_cluster_runs_prompts_on_both_nodes(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        prompts = _prompts(tmp_path, "a red cube", "a green cylinder")
+        _, batch = run_batch(prompts, "demo", [*TINY, f"output_dir={tmp_path / 'out'}"], address=cluster.address,
+                             progress=False)
+        nodes = {n["NodeID"] for n in ray.nodes()} if ray.is_initialized() else None
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert [r["status"] for r in batch["runs"]] == ["done", "done"]
+    assert len({r["node"] for r in batch["runs"]}) == 2, batch["runs"]  # one prompt per node
+    assert nodes is None or {r["node"] for r in batch["runs"]} <= nodes
+
+
+def _batch_cli(prompts: Path, out: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "dreamfusion", "batch", str(prompts), "--config", "demo", "--max-parallel", "2",
+            *TINY, "steps=30", "checkpoint_every=2", f"output_dir={out}"]
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_stopped_batch_resumes_without_redoing_anything(tmp_path):
+    prompts = _prompts(tmp_path, "a red cube", "a blue sphere", "a white cone")
+    out = tmp_path / "out"
+    proc = _batch_cli(prompts, out)
+    batch_json = out / "batch-props" / "batch.json"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # stop once one prompt is done and another has a checkpoint
+        data = json.loads(batch_json.read_text()) if batch_json.is_file() else {"runs": []}
+        done = [r for r in data["runs"] if r["status"] == "done"]
+        running = [r for r in data["runs"] if r["status"] == "running"
+                   and (out / "batch-props" / r["run_dir"] / "checkpoints" / "last.pt").is_file()]
+        if done and running:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "run the same command again to continue" in err.strip().splitlines()[-1]
+    data = json.loads(batch_json.read_text())
+    stopped = {r["index"]: r["status"] for r in data["runs"]}
+    assert "done" in stopped.values() and "interrupted" in stopped.values(), stopped
+    batch_dir = out / "batch-props"
+    finished = {r["index"]: (batch_dir / r["run_dir"]) for r in data["runs"] if r["status"] == "done"}
+    before = {i: {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()} for i, d in finished.items()}
+    interrupted = [batch_dir / r["run_dir"] for r in data["runs"] if r["status"] == "interrupted"]
+    saved = {d: read_run_json(d)["step"] for d in interrupted}
+    assert all(step > 0 for step in saved.values())  # they stopped with a checkpoint past step 0
+
+    proc = _batch_cli(prompts, out)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    data = json.loads(batch_json.read_text())
+    assert [r["status"] for r in data["runs"]] == ["done"] * 3
+    for i, files in before.items():  # finished runs were not touched
+        assert {p: p.stat().st_mtime_ns for p in finished[i].rglob("*") if p.is_file()} == files
+    for run_dir in interrupted:  # resumed, not restarted: every step's row once, the first run's rows kept
+        rows = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert rows == list(range(1, 31)), rows
+        assert read_run_json(run_dir)["status"] == "done"
