@@ -129,9 +129,8 @@ class SDSGuidance(FrozenGuidance):
         abar = abar_all.to(device=x0.device, dtype=torch.float32)[t].view(batch, 1, 1, 1)
         with torch.no_grad():
             x_t = abar.sqrt() * x0.detach() + (1.0 - abar).sqrt() * eps
-            eps_u, eps_c = self.predictor.predict_noise(x_t, t, cameras, self.cond)
-            eps_hat = classifier_free_guidance(eps_u.float(), eps_c.float(), cfg.guidance_scale)
-            grad = sds_weight(abar, cfg.weighting) * (eps_hat - eps)
+            eps_hat = self.guided_noise(x_t, t, cameras).float()
+            grad = sds_weight(abar, cfg.weighting) * (eps_hat - self.reference_noise(x_t, t, cameras, eps))
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             if cfg.grad_clip > 0:
                 grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
@@ -144,3 +143,14 @@ class SDSGuidance(FrozenGuidance):
             "grad_norm": grad.flatten(1).norm(dim=1).mean().item(),
             "t": t.float().mean().item() / num_t,
         }
+
+    def guided_noise(self, x_t: Tensor, t: Tensor, cameras: Any) -> Tensor:
+        """eps_hat [B, C, h, w], the prior's guided noise prediction: classifier-free guidance here; Perp-Neg
+        (guidance/perp_neg.py) replaces it."""
+        eps_u, eps_c = self.predictor.predict_noise(x_t, t, cameras, self.cond)
+        return classifier_free_guidance(eps_u.float(), eps_c.float(), self.cfg.guidance_scale)
+
+    def reference_noise(self, x_t: Tensor, t: Tensor, cameras: Any, eps: Tensor) -> Tensor:
+        """What eps_hat is compared with: the injected noise for SDS; VSD (guidance/vsd.py) uses its LoRA's
+        prediction of the render's own distribution instead."""
+        return eps

@@ -163,13 +163,19 @@ class StableDiffusion:
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
 
     @torch.no_grad()
+    def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **unet_kwargs) -> Tensor:
+        """x_t [B, 4, h, w], t [B] long, embeddings [K, B, L, D] -> eps [K, B, 4, h, w]: each of the B latents under
+        each of its K text conditions, in one UNet forward at batch K B."""
+        k, batch = embeddings.shape[:2]
+        x_in = x_t.to(device=self.device, dtype=self.dtype).repeat(k, 1, 1, 1)
+        t_in = t.to(self.device).repeat(k)
+        hidden = embeddings.reshape(k * batch, *embeddings.shape[2:]).to(device=self.device, dtype=self.dtype)
+        eps = self.unet(x_in, t_in, encoder_hidden_states=hidden, **unet_kwargs).sample
+        return eps.reshape(k, batch, *eps.shape[1:])
+
     def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: TextConditioning) -> tuple[Tensor, Tensor]:
         """x_t [B, 4, h, w], t [B] long, the prompt's embeddings -> (eps_uncond, eps_cond) [B, 4, h, w] from one
         UNet forward at batch 2B (conditional embedding per camera's view label)."""
-        batch = x_t.shape[0]
-        uncond, conds = cond.for_cameras(cameras, batch)  # [B, L, D] each
-        x_in = torch.cat([x_t, x_t], dim=0).to(device=self.device, dtype=self.dtype)
-        t_in = torch.cat([t, t], dim=0).to(self.device)
-        eps = self.unet(x_in, t_in, encoder_hidden_states=torch.cat([uncond, conds]).to(self.device)).sample
-        eps_uncond, eps_cond = eps.chunk(2, dim=0)
-        return eps_uncond, eps_cond
+        uncond, conds = cond.for_cameras(cameras, x_t.shape[0])  # [B, L, D] each
+        eps = self.predict_eps(x_t, t, torch.stack([uncond, conds]))
+        return eps[0], eps[1]
