@@ -156,6 +156,13 @@ class StableDiffusion:
             x = F.interpolate(x, size=(self.latent_size, self.latent_size), mode="bilinear", align_corners=False)
         return x
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the space the UNet denoises: SD's latents at the VAE resolution."""
+        return (int(self.vae.config.latent_channels), self.latent_size, self.latent_size)
+
+    clip_denoised = False  # latents are not bounded: DDIM (dreamfusion/preview.py) leaves its x0 estimates alone
+
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """latents [B, 4, h, w] -> images [B, H, W, 3] in [0, 1] (debugging / previews)."""
