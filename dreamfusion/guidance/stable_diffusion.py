@@ -116,6 +116,27 @@ def _resolve_model(model: str) -> tuple[str, bool]:
     return model, False
 
 
+def _text_window(tokenizer, text_encoder, unet) -> int:
+    """Tokens per prompt: the tokenizer's limit capped by the text encoder's position embeddings (as in
+    FrozenCLIP.context_length); a tokenizer_config.json without model_max_length reports ~1e30 (transformers'
+    VERY_LARGE_INTEGER), which padding cannot reach. Parts that do not fit together are one line."""
+    where = "the guidance model's"
+    limits = [n for n in (tokenizer.model_max_length, getattr(text_encoder.config, "max_position_embeddings", None))
+              if isinstance(n, int) and 0 < n < 1_000_000]
+    if not limits:
+        raise ModelNotFoundError(f"{where} tokenizer has no model_max_length and its text encoder no "
+                                 f"max_position_embeddings: add \"model_max_length\": 77 to tokenizer/tokenizer_config.json")
+    vocab = getattr(text_encoder.config, "vocab_size", None)
+    if vocab is not None and hasattr(tokenizer, "__len__") and len(tokenizer) > vocab:
+        raise ModelNotFoundError(f"{where} tokenizer has {len(tokenizer)} tokens but its text encoder embeds {vocab}: "
+                                 f"tokenizer/ and text_encoder/ come from different models")
+    width, cross = text_encoder.config.hidden_size, getattr(unet.config, "cross_attention_dim", None)
+    if cross is not None and width != cross:
+        raise ModelNotFoundError(f"{where} text encoder gives {width}-wide embeddings but its UNet attends to "
+                                 f"{cross}: text_encoder/ and unet/ come from different models")
+    return min(limits)
+
+
 class StableDiffusion:
     """Frozen Stable Diffusion: ``encode`` images to latents, ``predict_noise`` with classifier-free branches."""
 
@@ -137,6 +158,7 @@ class StableDiffusion:
         self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD; 2 for the test's tiny VAE
         self.latent_size = vae_resolution // self.latent_factor
 
+        self.context_length = _text_window(tokenizer, text_encoder, unet)  # tokens per prompt
         # Text embeddings once: the negative prompt ('' when none) is the unconditional branch.
         texts = {"uncond": negative_prompt}
         texts.update(view_prompts(prompt) if view_dependent else {"all": prompt})
@@ -180,7 +202,7 @@ class StableDiffusion:
 
     def _warn_if_truncated(self, texts: dict[str, str]) -> None:
         """One stderr line when the longest text exceeds the text encoder's window (it is cut, not an error)."""
-        limit = self.tokenizer.model_max_length
+        limit = self.context_length
         counts = {k: len(self.tokenizer(v, truncation=False, verbose=False).input_ids) for k, v in texts.items()}
         key = max(counts, key=counts.get)
         if counts[key] > limit:
@@ -191,8 +213,12 @@ class StableDiffusion:
 
     @torch.no_grad()
     def _embed(self, texts: list[str]) -> Tensor:
-        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
+        try:
+            tokens = self.tokenizer(texts, padding="max_length", max_length=self.context_length, truncation=True,
+                                    return_tensors="pt")
+        except ValueError as exc:  # e.g. a tokenizer_config.json without a pad_token
+            raise ModelNotFoundError(f"the guidance model's tokenizer cannot pad prompts to {self.context_length} "
+                                     f"tokens ({_first_line(exc)}): check tokenizer/tokenizer_config.json") from None
         return self.text_encoder(tokens.input_ids.to(self.device))[0]  # last hidden state [N, L, D]
 
     def encode(self, images: Tensor) -> Tensor:
