@@ -72,7 +72,8 @@ def volumetric_iou(vertices: np.ndarray, faces: np.ndarray, inside_fn, resolutio
 
 def mean_surface_albedo(mesh) -> np.ndarray:
     """Area-weighted mean colour [3] in [0,1] of a trimesh mesh with texture or vertex colours."""
-    colors = mesh.visual.to_color().vertex_colors[:, :3].astype(np.float64) / 255.0
+    visual = mesh.visual.to_color() if hasattr(mesh.visual, "to_color") else mesh.visual  # texture -> vertex colours
+    colors = visual.vertex_colors[:, :3].astype(np.float64) / 255.0
     face_colors = colors[mesh.faces].mean(1)
     area = mesh.area_faces
     return (face_colors * area[:, None]).sum(0) / area.sum()
