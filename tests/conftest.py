@@ -80,6 +80,7 @@ def import_oracle(module: str, install_hint: str):
         require_oracle(False, f"{module} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                        install_hint)
 
+
 # A few byte-pair merges so the tokenizer really merges; every byte is in the vocabulary, so any
 # text tokenizes (one token per byte at worst).
 _MERGES = ["t h", "th e</w>", "r e", "re d</w>", "c u", "cu b", "cub e</w>", "v i", "vi e", "vie w</w>"]
