@@ -4,20 +4,82 @@
 (diffusers' ``get_dummy_components`` idea): the same layout as a real checkpoint
 (``unet/ vae/ text_encoder/ tokenizer/ scheduler/ model_index.json``), loaded back through the same
 ``from_pretrained`` code users run. Nothing here touches the network.
+
+Caches: every cache folder the code or its libraries may use (dreamfusion's silhouettes, the Hugging Face
+hub, XDG, torch hub) points into one temporary folder, set here before anything imports huggingface_hub
+(it reads its paths once, at import) and removed when the session ends; the user's real caches are never
+read or written, so a model sitting in ~/.cache/huggingface cannot change a result.
+
+Oracles: ``require_oracle`` is the one gate for a test whose oracle is an optional tool (nerfacc, gsplat,
+fast-simplification, the Khronos glTF validator, Chromium, viser). A developer's run skips with the reason;
+CI (``DREAMFUSION_REQUIRE_ORACLES=1``, set by .ci/run) fails instead, so a missing oracle cannot pass silently.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
-# Before anything imports huggingface_hub: it reads the offline flag once, at import.
+
+def _default_caches() -> dict[str, Path]:
+    """The cache folders the code would use without this conftest (for the test that proves they stay untouched)."""
+    env = os.environ.get
+    xdg = Path(env("XDG_CACHE_HOME") or Path.home() / ".cache")
+    hf_home = Path(env("HF_HOME") or xdg / "huggingface")
+    return {"dreamfusion": Path(env("DREAMFUSION_CACHE") or xdg / "dreamfusion"),
+            "hf_home": hf_home, "hf_hub": Path(env("HF_HUB_CACHE") or hf_home / "hub")}
+
+
+DEFAULT_CACHES = _default_caches()
+SANDBOX = Path(tempfile.mkdtemp(prefix="dreamfusion-tests-"))
+SANDBOX_CACHES = {"DREAMFUSION_CACHE": SANDBOX / "dreamfusion", "HF_HOME": SANDBOX / "huggingface",
+                  "HF_HUB_CACHE": SANDBOX / "huggingface" / "hub", "XDG_CACHE_HOME": SANDBOX / "xdg-cache",
+                  "XDG_CONFIG_HOME": SANDBOX / "xdg-config", "TORCH_HOME": SANDBOX / "torch"}
+# Before anything imports huggingface_hub: it reads the offline flag and its cache paths once, at import.
+os.environ.update({k: str(v) for k, v in SANDBOX_CACHES.items()})
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Subprocesses (`python -m dreamfusion ...`) import the tree under test, not another installed copy.
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import pytest
 import torch
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SANDBOX, ignore_errors=True)
+
+
+GLTF_INSTALL = "npm ci --prefix tools/gltf-validator (needs node and npm)"
+NERFACC_INSTALL = "pip install nerfacc==0.5.3 (the dev extra; its batched functions run on CPU)"
+
+
+def require_oracle(available: bool, what: str, install_hint: str) -> None:
+    """Gate a test on an optional oracle: nothing when ``available``; otherwise skip with the reason, or fail
+    when DREAMFUSION_REQUIRE_ORACLES=1 (CI), so that a missing oracle is never a silent pass."""
+    if available:
+        return
+    reason = f"{what} is not available: {install_hint}"
+    if os.environ.get("DREAMFUSION_REQUIRE_ORACLES", "0") not in ("", "0"):
+        pytest.fail(f"oracle missing with DREAMFUSION_REQUIRE_ORACLES=1: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def import_oracle(module: str, install_hint: str):
+    """``import module`` for a test oracle, through ``require_oracle`` (an import that fails for any reason
+    counts as missing, and the reason names the exception)."""
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # not installed, or it needs something this machine lacks
+        require_oracle(False, f"{module} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                       install_hint)
+
 
 # A few byte-pair merges so the tokenizer really merges; every byte is in the vocabulary, so any
 # text tokenizes (one token per byte at worst).
