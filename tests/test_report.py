@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import math
-import os
 import re
 import shutil
 import subprocess

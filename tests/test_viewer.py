@@ -13,7 +13,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import import_oracle, require_oracle
