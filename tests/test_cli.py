@@ -138,6 +138,16 @@ def test_run_folder_holds_every_artifact_and_is_the_last_stdout_line(finished, t
     assert record["metrics"]["loss"] == pytest.approx(rows[-1]["loss"])
 
 
+def test_every_export_phase_announces_itself_on_stderr(finished):
+    """Long exports are never silent: each phase prints what it starts, and the video shows frame progress."""
+    err = finished[3]
+    for line in ("export.mesh: marching cubes on a 32^3 density grid", "export.texture: UV unwrap of",
+                 "export.write: mesh/model.obj and mesh/model.glb", "export.video: 30 frames at 32 px",
+                 "report: report.html"):
+        assert line in err, line
+    assert re.search(r"video frames: +\d+%.*\| \d+/30 ", err), "no progress over the video's frames"
+
+
 def test_obj_and_glb_have_the_same_bounds_and_colours(finished):
     _, run_dir, _, _ = finished
     obj = trimesh.load(run_dir / "mesh" / "model.obj", process=False)

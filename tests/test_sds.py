@@ -384,19 +384,20 @@ def test_tokenizer_without_model_max_length_uses_the_text_encoders_window(tiny_s
 
     folder = _variant(tiny_sd_dir, tmp_path, "no-max-length", drop_tokenizer_keys=["model_max_length"])
     assert CLIPTokenizer.from_pretrained(folder / "tokenizer").model_max_length > 10 ** 20  # the crash's cause
-    sd = StableDiffusion.load(str(folder), prompt="a red cube", negative_prompt="blurry", vae_resolution=16)
-    reference = StableDiffusion.load(str(tiny_sd_dir), prompt="a red cube", negative_prompt="blurry",
-                                     vae_resolution=16)
+    sd = StableDiffusion.load(str(folder), vae_resolution=16)
+    reference = StableDiffusion.load(str(tiny_sd_dir), vae_resolution=16)
     assert sd.context_length == reference.context_length == 77
-    assert sd.cond_embeddings.keys() == reference.cond_embeddings.keys()
-    for key in reference.cond_embeddings:
-        torch.testing.assert_close(sd.cond_embeddings[key], reference.cond_embeddings[key], atol=0, rtol=0)
-    torch.testing.assert_close(sd.uncond_embedding, reference.uncond_embedding, atol=0, rtol=0)
+    got, want = sd.encode_prompt("a red cube", "blurry"), reference.encode_prompt("a red cube", "blurry")
+    assert got.cond.keys() == want.cond.keys()
+    for key in want.cond:
+        torch.testing.assert_close(got.cond[key], want.cond[key], atol=0, rtol=0)
+    torch.testing.assert_close(got.uncond, want.uncond, atol=0, rtol=0)
 
 
 def test_long_prompt_warning_reads_the_text_encoders_window(tiny_sd_dir, tmp_path, capsys):
     folder = _variant(tiny_sd_dir, tmp_path, "no-max-length", drop_tokenizer_keys=["model_max_length"])
-    sd = StableDiffusion.load(str(folder), prompt="cube " * 100, vae_resolution=16)
+    sd = StableDiffusion.load(str(folder), vae_resolution=16)
+    sd.encode_prompt("cube " * 100)
     n = len(sd.tokenizer("cube " * 100 + ", overhead view").input_ids)
     assert f"it is {n} tokens (with the ', overhead view' suffix), the text encoder reads 77; the last {n - 77} " \
            f"are ignored" in capsys.readouterr().err
@@ -415,8 +416,8 @@ def test_text_parts_that_do_not_fit_together_are_one_line(tiny_sd_dir, tmp_path)
     }
     for name, (change, needle) in cases.items():
         folder = _variant(tiny_sd_dir, tmp_path, name, **change)
-        with pytest.raises(ModelNotFoundError) as info:
-            StableDiffusion.load(str(folder), prompt="a red cube", vae_resolution=16)
+        with pytest.raises(ModelNotFoundError) as info:  # at load, or at the first prompt (the padding)
+            StableDiffusion.load(str(folder), vae_resolution=16).encode_prompt("a red cube")
         message = str(info.value)
         assert needle in message and "\n" not in message, (name, message)
 
@@ -426,11 +427,11 @@ def test_no_window_anywhere_is_one_line(tiny_sd_dir):
     passed to the constructor): nothing says how long a prompt may be."""
     from transformers import CLIPTokenizer
 
-    sd = StableDiffusion.load(str(tiny_sd_dir), prompt="a red cube", vae_resolution=16)
+    sd = StableDiffusion.load(str(tiny_sd_dir), vae_resolution=16)
     tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer", model_max_length=int(1e30))
     sd.text_encoder.config = type("Config", (), {"hidden_size": 32})()  # no max_position_embeddings
     with pytest.raises(ModelNotFoundError, match=r"tokenizer has no model_max_length and its text encoder no "
                                                  r"max_position_embeddings: add \"model_max_length\": 77") as info:
         StableDiffusion(tokenizer, sd.text_encoder, sd.unet, sd.vae, sd.scheduler, device=torch.device("cpu"),
-                        dtype=torch.float32, prompt="a red cube", vae_resolution=16)
+                        dtype=torch.float32, vae_resolution=16)
     assert "\n" not in str(info.value)
