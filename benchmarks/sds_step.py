@@ -118,7 +118,7 @@ def build_prior(args, device: torch.device, fast: GuidanceConfig, vae_resolution
     model = args.deepfloyd
     if model == "tiny":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from conftest import write_tiny_if
+        from tiny_if import write_tiny_if
 
         model = tempfile.mkdtemp(prefix="tiny-if-")
         write_tiny_if(model)

@@ -5,6 +5,7 @@
     python -m dreamfusion eval RUN_DIR [RUN_DIR ...] --clip-model ID_OR_FOLDER
     python -m dreamfusion view RUN_DIR                         browse the result in a web viewer
     python -m dreamfusion report RUN_DIR                       rebuild RUN_DIR/report.html
+    python -m dreamfusion preview prompt=... [--config NAME] [--steps 50]   2D DDIM samples of the prompt first
     python -m dreamfusion batch PROMPTS.txt [--config NAME] [key=value ...] [--address auto|HOST:PORT]
                                 [--max-parallel N]              many prompts on Ray, with a gallery
 
@@ -98,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "batch":
             from .batch import cmd_batch
             return cmd_batch(argv[1:])
-        run_dir = cmd_export(argv[1:]) if argv and argv[0] == "export" else cmd_run(argv)
+        if argv and argv[0] == "preview":
+            from .preview import cmd_preview
+            run_dir = cmd_preview(argv[1:])  # the image's path is the last line, as a run folder is
+        else:
+            run_dir = cmd_export(argv[1:]) if argv and argv[0] == "export" else cmd_run(argv)
     except UserError as exc:
         if exc.run_dir is not None:
             print(exc.run_dir)

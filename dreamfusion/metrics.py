@@ -77,7 +77,8 @@ def mean_surface_albedo(mesh) -> np.ndarray:
     if "color" in attributes:
         colors = np.asarray(attributes["color"])[:, :3].astype(np.float64) / 255.0
     else:
-        colors = mesh.visual.to_color().vertex_colors[:, :3].astype(np.float64) / 255.0
+        visual = mesh.visual.to_color() if hasattr(mesh.visual, "to_color") else mesh.visual  # texture -> vertex
+        colors = visual.vertex_colors[:, :3].astype(np.float64) / 255.0
     face_colors = colors[mesh.faces].mean(1)
     area = mesh.area_faces
     return (face_colors * area[:, None]).sum(0) / area.sum()

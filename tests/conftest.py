@@ -3,23 +3,84 @@
 ``tiny_sd_dir`` is a Stable-Diffusion-shaped folder of tiny, randomly initialised components
 (diffusers' ``get_dummy_components`` idea): the same layout as a real checkpoint
 (``unet/ vae/ text_encoder/ tokenizer/ scheduler/ model_index.json``), loaded back through the same
-``from_pretrained`` code users run. ``tiny_if_dir`` is the same for DeepFloyd IF stage I (IFPipeline's
-layout, ``write_tiny_if``). Nothing here touches the network.
+``from_pretrained`` code users run. ``tiny_if_dir`` is the same for DeepFloyd IF stage I
+(IFPipeline's layout, built by ``tiny_if.write_tiny_if``). Nothing here touches the network.
+
+Caches: every cache folder the code or its libraries may use (dreamfusion's silhouettes, the Hugging Face
+hub, XDG, torch hub) points into one temporary folder, set here before anything imports huggingface_hub
+(it reads its paths once, at import) and removed when the session ends; the user's real caches are never
+read or written, so a model sitting in ~/.cache/huggingface cannot change a result.
+
+Oracles: ``require_oracle`` is the one gate for a test whose oracle is an optional tool (nerfacc, gsplat,
+fast-simplification, the Khronos glTF validator, Chromium, viser). A developer's run skips with the reason;
+CI (``DREAMFUSION_REQUIRE_ORACLES=1``, set by .ci/run) fails instead, so a missing oracle cannot pass silently.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import string
+import shutil
+import tempfile
+from pathlib import Path
 
-# Before anything imports huggingface_hub: it reads the offline flag once, at import.
+
+def _default_caches() -> dict[str, Path]:
+    """The cache folders the code would use without this conftest (for the test that proves they stay untouched)."""
+    env = os.environ.get
+    xdg = Path(env("XDG_CACHE_HOME") or Path.home() / ".cache")
+    hf_home = Path(env("HF_HOME") or xdg / "huggingface")
+    return {"dreamfusion": Path(env("DREAMFUSION_CACHE") or xdg / "dreamfusion"),
+            "hf_home": hf_home, "hf_hub": Path(env("HF_HUB_CACHE") or hf_home / "hub")}
+
+
+DEFAULT_CACHES = _default_caches()
+SANDBOX = Path(tempfile.mkdtemp(prefix="dreamfusion-tests-"))
+SANDBOX_CACHES = {"DREAMFUSION_CACHE": SANDBOX / "dreamfusion", "HF_HOME": SANDBOX / "huggingface",
+                  "HF_HUB_CACHE": SANDBOX / "huggingface" / "hub", "XDG_CACHE_HOME": SANDBOX / "xdg-cache",
+                  "XDG_CONFIG_HOME": SANDBOX / "xdg-config", "TORCH_HOME": SANDBOX / "torch"}
+# Before anything imports huggingface_hub: it reads the offline flag and its cache paths once, at import.
+os.environ.update({k: str(v) for k, v in SANDBOX_CACHES.items()})
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Subprocesses (`python -m dreamfusion ...`) import the tree under test, not another installed copy.
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import pytest
 import torch
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SANDBOX, ignore_errors=True)
+
+
+GLTF_INSTALL = "npm ci --prefix tools/gltf-validator (needs node and npm)"
+NERFACC_INSTALL = "pip install nerfacc==0.5.3 (the dev extra; its batched functions run on CPU)"
+
+
+def require_oracle(available: bool, what: str, install_hint: str) -> None:
+    """Gate a test on an optional oracle: nothing when ``available``; otherwise skip with the reason, or fail
+    when DREAMFUSION_REQUIRE_ORACLES=1 (CI), so that a missing oracle is never a silent pass."""
+    if available:
+        return
+    reason = f"{what} is not available: {install_hint}"
+    if os.environ.get("DREAMFUSION_REQUIRE_ORACLES", "0") not in ("", "0"):
+        pytest.fail(f"oracle missing with DREAMFUSION_REQUIRE_ORACLES=1: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def import_oracle(module: str, install_hint: str):
+    """``import module`` for a test oracle, through ``require_oracle`` (an import that fails for any reason
+    counts as missing, and the reason names the exception)."""
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # not installed, or it needs something this machine lacks
+        require_oracle(False, f"{module} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                       install_hint)
+
 
 # A few byte-pair merges so the tokenizer really merges; every byte is in the vocabulary, so any
 # text tokenizes (one token per byte at worst).
@@ -118,57 +179,11 @@ def tiny_clip_dir(tmp_path_factory):
     return root
 
 
-# Whole words of the tests' prompts (so the tiny T5 tokenizer really segments words), then single characters
-# so that any lower-case text tokenizes; anything else is <unk>.
-_T5_WORDS = ("a", "an", "the", "red", "blue", "cube", "ball", "peacock", "on", "surfboard", "hamburger", "of",
-             "blurry", "front", "side", "back", "overhead", "view", "very", "ornate")
-
-
-def write_tiny_if(root) -> None:
-    """A tiny random DeepFloyd IF stage I folder (fixed seed) in diffusers' IFPipeline layout.
-
-    unet/: the IF block types (ResNet down/up blocks, simple cross-attention with added K/V, T5 projection,
-    attention-pooled text in the time embedding), 3 channels in, 6 out (eps + learned variance), 16 px.
-    text_encoder/: a 2-layer T5 encoder, d_model 32, gated-GELU (T5 v1.1 like IF's T5-XXL). tokenizer/: a T5
-    Unigram tokenizer saved as tokenizer.json (no sentencepiece needed). scheduler/: DDPM with IF's
-    squaredcos_cap_v2 schedule and learned_range variance.
-    """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
-
-    root = os.fspath(root)
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [("\u2581" + w, -1.0 - 0.01 * i) for i, w in enumerate(_T5_WORDS)]
-    vocab += [(c, -6.0) for c in string.ascii_lowercase + string.digits + string.punctuation]
-    T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=77).save_pretrained(os.path.join(root, "tokenizer"))
-    torch.manual_seed(0)
-    T5EncoderModel(T5Config(
-        vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0)).save_pretrained(os.path.join(root, "text_encoder"))
-    torch.manual_seed(0)
-    UNet2DConditionModel(
-        sample_size=16, layers_per_block=1, block_out_channels=(32, 64), in_channels=3, out_channels=6,
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        cross_attention_dim=32, encoder_hid_dim=32, encoder_hid_dim_type="text_proj", attention_head_dim=8,
-        addition_embed_type="text", addition_embed_type_num_heads=2, cross_attention_norm="group_norm",
-        resnet_time_scale_shift="scale_shift", act_fn="gelu").save_pretrained(os.path.join(root, "unet"))
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", thresholding=True,
-                  dynamic_thresholding_ratio=0.95, sample_max_value=1.5, prediction_type="epsilon",
-                  variance_type="learned_range").save_pretrained(os.path.join(root, "scheduler"))
-    index = {"_class_name": "IFPipeline", "_diffusers_version": "0.42.1", "requires_safety_checker": False,
-             "feature_extractor": [None, None], "safety_checker": [None, None], "watermarker": [None, None],
-             "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
-             "tokenizer": ["transformers", "T5Tokenizer"], "unet": ["diffusers", "UNet2DConditionModel"]}
-    with open(os.path.join(root, "model_index.json"), "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2)
-
-
 @pytest.fixture(scope="session")
 def tiny_if_dir(tmp_path_factory):
     """A tiny random DeepFloyd IF stage I folder (``write_tiny_if``), built once per session."""
+    from tiny_if import write_tiny_if
+
     root = tmp_path_factory.mktemp("tiny-if")
     write_tiny_if(root)
     return root

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import import_oracle
 from dreamfusion.batch import read_prompts, run_batch
 from dreamfusion.batch.driver import import_ray
 from dreamfusion.config import load_run_config
@@ -31,7 +32,11 @@ TINY = ["steps=6", "render.width=16", "render.height=16", "render.n_samples=24",
         "export.resolution=24", "export.texture=vertex", "export.video_frames=2", "export.video_resolution=16",
         "log_every=1"]
 
-ray = pytest.importorskip("ray", reason='batch needs Ray: pip install "dreamfusion[ray]"')
+
+
+@pytest.fixture(scope="module")
+def ray():
+    return import_oracle("ray", 'pip install "dreamfusion[ray]" (.ci/run installs it)')
 
 
 def _prompts(tmp_path: Path, *lines: str) -> Path:
@@ -90,7 +95,7 @@ class _Cards(HTMLParser):
             self.links.append(attrs["href"])
 
 
-def test_local_ray_two_workers_and_a_prompt_that_fails_alone(tmp_path):
+def test_local_ray_two_workers_and_a_prompt_that_fails_alone(ray, tmp_path):
     prompts = _prompts(tmp_path, "a red cube", "a purple teapot", "a blue sphere seed=3")
     batch_dir, batch = run_batch(prompts, "demo", [*TINY, f"output_dir={tmp_path / 'out'}"], max_parallel=2,
                                  progress=False)
@@ -114,7 +119,7 @@ def test_local_ray_two_workers_and_a_prompt_that_fails_alone(tmp_path):
     assert all((batch_dir / link).is_file() for link in reports)
 
 
-def test_two_node_cluster_runs_prompts_on_both_nodes(tmp_path):
+def test_two_node_cluster_runs_prompts_on_both_nodes(ray, tmp_path):
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -140,7 +145,7 @@ def _batch_cli(prompts: Path, out: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_stopped_batch_resumes_without_redoing_anything(tmp_path):
+def test_stopped_batch_resumes_without_redoing_anything(ray, tmp_path):
     prompts = _prompts(tmp_path, "a red cube", "a blue sphere", "a white cone")
     out = tmp_path / "out"
     proc = _batch_cli(prompts, out)

@@ -30,6 +30,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from conftest import GLTF_INSTALL, require_oracle
 from dreamfusion.checkpoint import CHECKPOINT, load_checkpoint
 from dreamfusion.cli import main
 from dreamfusion.config import all_keys, load_config, load_run_config
@@ -85,8 +86,8 @@ def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 def validate_glb(path: Path) -> dict:
     node = shutil.which("node")
-    if node is None or not (VALIDATOR / "node_modules" / "gltf-validator").is_dir():
-        pytest.skip("glTF validator not installed: run npm ci --prefix tools/gltf-validator")
+    require_oracle(node is not None and (VALIDATOR / "node_modules" / "gltf-validator").is_dir(),
+                   "the Khronos glTF validator", GLTF_INSTALL)
     run = subprocess.run([node, str(VALIDATOR / "validate.mjs"), str(path)], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -297,31 +298,32 @@ def broken_runs(finished, tmp_path):
 
 
 ERROR_CASES = {
-    # id: (arguments on top of a valid command line, what the one line must contain)
-    "no-prompt": ([], ["prompt is empty", 'prompt="']),
+    # id: (arguments on top of a valid command line, what the one line must contain). Each expected text says
+    # what is wrong or what to do, and none is part of the arguments (a message that only echoes a path fails).
+    "no-prompt": ([], ["prompt is empty", 'pass prompt="']),
     "empty-prompt": (["prompt=''"], ["prompt is empty"]),
     "blank-prompt": (["prompt='   '"], ["prompt is empty"]),
     "prompt-without-value": (["prompt="], ["prompt is empty"]),
-    "unknown-key": (["feild.type=nerf"], ["'feild", "field"]),
-    "unknown-nested-key": (["guidance.modle=x"], ["guidance.modle", "guidance.model"]),
-    "wrong-type": (["steps=abc"], ["'steps'", "abc"]),
-    "zero-steps": (["steps=0"], ["steps", "positive"]),
-    "negative-steps": (["steps=-5"], ["steps", "positive"]),
-    "bad-choice": (["guidance.type=foo"], ["guidance.type", "sds", "prior", "clip"]),
-    "not-key-value": (["peacock"], ["peacock", "key=value"]),
-    "unknown-option": (["--fast"], ["--fast"]),
-    "unknown-config": (["--config", "nope"], ["nope", "demo", "dreamfusion"]),
-    "missing-model": (["guidance.model={tmp}/no-such-model"], ["no-such-model", "--config demo"]),
-    "model-folder-incomplete": (["guidance.model={tmp}"], ["unet/", "--config demo"]),
-    "output-dir-under-a-file": (["output_dir={tmp}/a-file/sub"], ["output_dir", "a-file/sub"]),
-    "resume-missing-folder": (["resume={tmp}/never-ran"], ["never-ran", "config.yaml"]),
-    "resume-no-checkpoint": (["resume={no-checkpoint}", "steps=12"], ["no checkpoint", "no-checkpoint"]),
-    "resume-corrupt-checkpoint": (["resume={corrupt}", "steps=12"], ["corrupt", "last.pt"]),
-    "resume-no-config": (["resume={no-config}", "steps=12"], ["no-config", "config.yaml"]),
-    "export-no-checkpoint": (["export", "{no-checkpoint}"], ["no checkpoint"]),
-    "export-not-a-run": (["export", "{tmp}"], ["not a run folder"]),
-    "resume-bad-config": (["resume={bad-config}", "steps=12"], ["bad-config", "config.yaml"]),
-    "export-bad-config": (["export", "{bad-config}"], ["bad-config", "config.yaml"]),
+    "unknown-key": (["feild.type=nerf"], ["unknown config key 'feild'", "did you mean field"]),
+    "unknown-nested-key": (["guidance.modle=x"], ["unknown config key 'guidance.modle'", "did you mean guidance.model"]),
+    "wrong-type": (["steps=abc"], ["bad value for 'steps'", "'abc'"]),
+    "zero-steps": (["steps=0"], ["steps must be a positive integer, got 0"]),
+    "negative-steps": (["steps=-5"], ["steps must be a positive integer, got -5"]),
+    "bad-choice": (["guidance.type=foo"], ["bad value 'foo' for 'guidance.type'", "sds, prior, clip"]),
+    "not-key-value": (["peacock"], ["cannot read argument 'peacock'", "overrides are key=value"]),
+    "unknown-option": (["--fast"], ["unknown option '--fast'", "options are --config NAME"]),
+    "unknown-config": (["--config", "nope"], ["config 'nope' not found", "demo", "dreamfusion"]),
+    "missing-model": (["guidance.model={tmp}/no-such-model"], ["is not a folder", "hf download", "--config demo"]),
+    "model-folder-incomplete": (["guidance.model={tmp}"], ["has no unet/ subfolder", "--config demo"]),
+    "output-dir-under-a-file": (["output_dir={tmp}/a-file/sub"], ["cannot write to output_dir", "is a file, not a folder"]),
+    "resume-missing-folder": (["resume={tmp}/never-ran"], ["cannot resume", "has no config.yaml"]),
+    "resume-no-checkpoint": (["resume={no-checkpoint}", "steps=12"], ["no checkpoint in", "expected checkpoints/last.pt"]),
+    "resume-corrupt-checkpoint": (["resume={corrupt}", "steps=12"], ["cannot be read", "it is corrupt"]),
+    "resume-no-config": (["resume={no-config}", "steps=12"], ["cannot resume", "has no config.yaml"]),
+    "export-no-checkpoint": (["export", "{no-checkpoint}"], ["no checkpoint in", "expected checkpoints/last.pt"]),
+    "export-not-a-run": (["export", "{tmp}"], ["is not a run folder (no config.yaml)"]),
+    "resume-bad-config": (["resume={bad-config}", "steps=12"], ["cannot parse {bad-config}/config.yaml"]),
+    "export-bad-config": (["export", "{bad-config}"], ["cannot parse {bad-config}/config.yaml"]),
 }
 ERROR_PARAMS = list(ERROR_CASES)
 
@@ -347,6 +349,7 @@ def test_user_errors_are_one_line_exit_2_and_lose_nothing(case, finished, broken
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert "Traceback" not in err
     for text in expected:
+        assert not any(text in str(a) for a in argv), f"{text!r} is in the arguments: it proves nothing"
         assert text in err, (text, err)
     assert out == ""
     assert {p: snapshot(p) for p in before} == before  # no run folder added, no file touched

@@ -113,7 +113,7 @@ def test_background_kinds_closed_forms():
     assert torch.allclose(_blur(flat, 2.0), flat)  # a normalised kernel keeps a constant image
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)  # no .hypothesis/ in the tree
 @given(seed=st.integers(0, 2 ** 31 - 1), n=st.integers(1, 12), height=st.integers(1, 300),
        width=st.integers(1, 300), fraction=st.floats(0.01, 1.0))
 def test_crop_boxes_stay_inside(seed, n, height, width, fraction):

@@ -291,6 +291,37 @@ def test_sds_gradient_on_tiny_if_matches_independent_computation(tiny_if):
     assert out["t"] == pytest.approx(t.float().mean().item() / 1000)
 
 
+def test_perp_neg_on_if_matches_the_rule_on_direct_unet_calls(tiny_if_dir):
+    from dreamfusion.guidance.perp_neg import PerpNegGuidance, perp_neg_noise, perp_neg_prompts
+
+    cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube", "negative_prompt=blurry",
+                                    "guidance.perp_neg.enabled=true"])
+    guidance = build_guidance(cfg, "cpu")
+    assert isinstance(guidance, PerpNegGuidance)
+    model, views = guidance.predictor, Views(torch.tensor([0.0, 10.0]), torch.tensor([30.0, 150.0]))
+    x_t, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)), torch.tensor([300, 600])
+    positive, negatives, weights = perp_neg_prompts(guidance.cond, views, cfg.guidance.perp_neg)
+    with torch.no_grad():
+        eps = [model.unet(x_t, t, encoder_hidden_states=e).sample[:, :3]
+               for e in (guidance.cond.uncond.expand(2, -1, -1), positive, negatives[:, 0], negatives[:, 1])]
+    expected = perp_neg_noise(eps[0], eps[1], torch.stack(eps[2:], 1), weights, 21.0)
+    # batch 8 vs 2 x batch 2: float rounding of the UNet (~1e-6), times the guidance scale 21 and the projections
+    assert (guidance.guided_noise(x_t, t, views) - expected).abs().max().item() < 1e-3
+
+
+def test_decode_undoes_encode_and_the_2d_preview_samples_if(tiny_if_dir):
+    from dreamfusion.preview import sample_preview
+
+    model = DeepFloydIF.load(str(tiny_if_dir))
+    images = torch.rand(2, 16, 16, 3)
+    assert model.sample_shape == (3, 16, 16) and model.clip_denoised
+    assert torch.allclose(model.decode(model.encode(images)), images, atol=1e-6)
+    cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube", "device=cpu"])
+    first, again = sample_preview(cfg, steps=2, model=model), sample_preview(cfg, steps=2, model=model)
+    assert first.shape == (4, 16, 16, 3) and torch.equal(first, again)  # four views, the seed's DDIM
+    assert first.min() >= 0 and first.max() <= 1
+
+
 # --- end to end ------------------------------------------------------------------------------------
 
 def test_build_guidance_binds_the_prompt(tiny_if_dir):

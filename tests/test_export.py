@@ -21,6 +21,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from conftest import GLTF_INSTALL, import_oracle, require_oracle
 from dreamfusion.errors import UserError
 from dreamfusion.export import (optical_depth, bake_texture, colorize_depth, density_grid, extract_mesh,
                                 normals_to_rgb, stack_panels, vertex_colors, write_glb, write_obj, write_video)
@@ -182,7 +183,7 @@ def test_decimation_without_fast_simplification_names_the_package(monkeypatch):
 
 
 def test_decimation_reaches_the_target_and_keeps_the_shape(sphere):
-    pytest.importorskip("fast_simplification", reason="optional: pip install fast-simplification")
+    import_oracle("fast_simplification", "pip install fast-simplification (the dev extra)")
     _, full_f, t, _ = sphere
     v, f = extract_mesh(smooth_sphere, 1.0, 48, threshold=t, decimate_faces=1000)  # the fixture's level
     assert len(f) <= 1000 < len(full_f)
@@ -323,10 +324,8 @@ def test_writer_into_a_path_under_a_file_is_a_user_error(tmp_path, sphere):
 
 def _validate(path: Path) -> dict:
     node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (needed for the Khronos glTF validator)")
-    if not (VALIDATOR / "node_modules" / "gltf-validator").is_dir():
-        pytest.skip("glTF validator not installed: run npm ci --prefix tools/gltf-validator")
+    require_oracle(node is not None and (VALIDATOR / "node_modules" / "gltf-validator").is_dir(),
+                   "the Khronos glTF validator", GLTF_INSTALL)
     run = subprocess.run([node, str(VALIDATOR / "validate.mjs"), str(path)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode in (0, 1), run.stderr

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from conftest import import_oracle
 from render.cameras import look_at
 from render.gaussians import eval_sh, rasterize_gaussians
 
@@ -150,10 +151,8 @@ def test_rasterizer_rejects_bad_shapes():
 
 
 def test_projection_matches_gsplat_torch_reference():
-    try:
-        from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
-    except Exception as exc:  # not installed, or its import needs something missing here
-        pytest.skip(f"gsplat's pure-torch reference does not import on this machine ({type(exc).__name__}: {exc})")
+    ref = import_oracle("gsplat.cuda._torch_impl", "pip install gsplat==1.5.3 (the dev extra)")
+    _fully_fused_projection, _quat_scale_to_covar_preci = ref._fully_fused_projection, ref._quat_scale_to_covar_preci
     import render.gaussians as G
 
     means, quats, scales, opacities, colors, c2w, fovy = _scene(torch.float64)
@@ -175,7 +174,7 @@ def test_projection_matches_gsplat_torch_reference():
 def test_gsplat_cuda_matches_torch_rasterizer():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    pytest.importorskip("gsplat", reason="pip install gsplat (the CUDA rasterizer)")
+    import_oracle("gsplat", "pip install gsplat (the CUDA rasterizer)")
     means, quats, scales, opacities, colors, c2w, fovy = (t.float().cuda() for t in _scene(torch.float32, n=200))
     H, W = 64, 80
     leaves = [t.clone().requires_grad_() for t in (means, quats, scales, opacities, colors)]

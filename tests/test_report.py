@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +18,8 @@ import time
 
 import numpy as np
 import pytest
+
+from conftest import import_oracle, require_oracle
 
 from dreamfusion.config import load_config, to_yaml
 from dreamfusion.errors import UserError
@@ -261,16 +262,8 @@ class _Page:
 
 @pytest.fixture
 def page(tmp_path):
-    missing = "headless Chromium is not installed (apt-get install -y chromium)" if CHROMIUM is None else None
-    try:
-        import websockets.sync.client  # noqa: F401
-    except ImportError:
-        missing = missing or 'the DevTools client needs websockets: pip install "dreamfusion[dev]"'
-    if missing:
-        if os.environ.get("DREAMFUSION_REQUIRE_ORACLES") == "1":
-            pytest.fail(missing)
-        print(f"skipped: {missing}")
-        pytest.skip(missing)
+    require_oracle(CHROMIUM is not None, "headless Chromium", "apt-get install -y chromium")
+    import_oracle("websockets.sync.client", 'the DevTools client: pip install "dreamfusion[dev]"')
     p = _Page(tmp_path)
     yield p
     p.close()

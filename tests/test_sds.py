@@ -345,3 +345,92 @@ def test_build_guidance_from_config(tiny_sd_dir):
     cfg.guidance.type = "nope"
     with pytest.raises(ConfigError, match="nope"):
         build_guidance(cfg, "cpu")
+
+
+# --- the text window and parts that do not fit together -------------------------------------------------
+
+def _variant(tiny_sd_dir, tmp_path, name, *, drop_tokenizer_keys=(), tokenizer_keys=None, text_encoder=None):
+    """A copy of the tiny SD folder with keys dropped from or set in tokenizer_config.json, or another text encoder."""
+    import json
+
+    folder = tmp_path / name
+    shutil.copytree(tiny_sd_dir, folder)
+    config_path = folder / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    for key in drop_tokenizer_keys:
+        config.pop(key)
+    config.update(tokenizer_keys or {})
+    config_path.write_text(json.dumps(config))
+    if text_encoder is not None:
+        shutil.rmtree(folder / "text_encoder")
+        text_encoder.save_pretrained(folder / "text_encoder")
+    return folder
+
+
+def _text_encoder(vocab_size, hidden_size=32):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=37,
+                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+                                        pad_token_id=vocab_size - 1, projection_dim=32))
+
+
+def test_tokenizer_without_model_max_length_uses_the_text_encoders_window(tiny_sd_dir, tmp_path):
+    """A tokenizer_config.json without model_max_length reports ~1e30 tokens; padding to it overflowed. The text
+    encoder's 77 position embeddings decide instead, and the embeddings are those of the complete folder."""
+    from transformers import CLIPTokenizer
+
+    folder = _variant(tiny_sd_dir, tmp_path, "no-max-length", drop_tokenizer_keys=["model_max_length"])
+    assert CLIPTokenizer.from_pretrained(folder / "tokenizer").model_max_length > 10 ** 20  # the crash's cause
+    sd = StableDiffusion.load(str(folder), prompt="a red cube", negative_prompt="blurry", vae_resolution=16)
+    reference = StableDiffusion.load(str(tiny_sd_dir), prompt="a red cube", negative_prompt="blurry",
+                                     vae_resolution=16)
+    assert sd.context_length == reference.context_length == 77
+    assert sd.cond_embeddings.keys() == reference.cond_embeddings.keys()
+    for key in reference.cond_embeddings:
+        torch.testing.assert_close(sd.cond_embeddings[key], reference.cond_embeddings[key], atol=0, rtol=0)
+    torch.testing.assert_close(sd.uncond_embedding, reference.uncond_embedding, atol=0, rtol=0)
+
+
+def test_long_prompt_warning_reads_the_text_encoders_window(tiny_sd_dir, tmp_path, capsys):
+    folder = _variant(tiny_sd_dir, tmp_path, "no-max-length", drop_tokenizer_keys=["model_max_length"])
+    sd = StableDiffusion.load(str(folder), prompt="cube " * 100, vae_resolution=16)
+    n = len(sd.tokenizer("cube " * 100 + ", overhead view").input_ids)
+    assert f"it is {n} tokens (with the ', overhead view' suffix), the text encoder reads 77; the last {n - 77} " \
+           f"are ignored" in capsys.readouterr().err
+
+
+def test_text_parts_that_do_not_fit_together_are_one_line(tiny_sd_dir, tmp_path):
+    from transformers import CLIPTokenizer
+
+    vocab = len(CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer"))
+    cases = {
+        "small-vocab": (dict(text_encoder=_text_encoder(vocab - 100)),
+                        f"tokenizer has {vocab} tokens but its text encoder embeds {vocab - 100}"),
+        "narrow-encoder": (dict(text_encoder=_text_encoder(vocab, hidden_size=16)),
+                           "text encoder gives 16-wide embeddings but its UNet attends to 32"),
+        "no-pad-token": (dict(tokenizer_keys={"pad_token": None}), "tokenizer cannot pad prompts to 77 tokens"),
+    }
+    for name, (change, needle) in cases.items():
+        folder = _variant(tiny_sd_dir, tmp_path, name, **change)
+        with pytest.raises(ModelNotFoundError) as info:
+            StableDiffusion.load(str(folder), prompt="a red cube", vae_resolution=16)
+        message = str(info.value)
+        assert needle in message and "\n" not in message, (name, message)
+
+
+def test_no_window_anywhere_is_one_line(tiny_sd_dir):
+    """A tokenizer without model_max_length and a text encoder without max_position_embeddings (duck-typed parts
+    passed to the constructor): nothing says how long a prompt may be."""
+    from transformers import CLIPTokenizer
+
+    sd = StableDiffusion.load(str(tiny_sd_dir), prompt="a red cube", vae_resolution=16)
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer", model_max_length=int(1e30))
+    sd.text_encoder.config = type("Config", (), {"hidden_size": 32})()  # no max_position_embeddings
+    with pytest.raises(ModelNotFoundError, match=r"tokenizer has no model_max_length and its text encoder no "
+                                                 r"max_position_embeddings: add \"model_max_length\": 77") as info:
+        StableDiffusion(tokenizer, sd.text_encoder, sd.unet, sd.vae, sd.scheduler, device=torch.device("cpu"),
+                        dtype=torch.float32, prompt="a red cube", vae_resolution=16)
+    assert "\n" not in str(info.value)

@@ -108,3 +108,49 @@ def test_random_light_dirs():
     mean = many.mean(0)
     angle = torch.acos((mean / mean.norm()) @ (cam / cam.norm())).item()
     assert angle < 0.01
+
+
+# --- render_views: deferred shading of the composited albedo, in closed form --------------------------
+
+class _PlaneField:
+    """density = scale exp(-n . p): -grad(density) is parallel to n everywhere, so every sample's unit normal is
+    n and the composited normal is opacity * n; the albedo is one colour."""
+
+    bound = 1.0
+
+    def __init__(self, normal, colour, scale=3.0):
+        self.n, self.colour, self.scale = normal, colour, scale
+
+    def __call__(self, points):
+        return {"density": self.scale * torch.exp(-(points @ self.n)), "albedo": self.colour.expand(len(points), 3)}
+
+
+@pytest.mark.parametrize("mode", ["albedo", "lambertian", "textureless"])
+def test_render_views_shading_closed_form(mode):
+    from dreamfusion.renderer import render_views
+    from render.cameras import orbit_cameras
+
+    n = _t(1.0, 2.0, 2.0) / 3.0
+    t = _t(2.0, -1.0, 0.0) / math.sqrt(5.0)  # unit, perpendicular to n
+    colour = _t(0.8, 0.4, 0.2)
+    # one light per view, at 0, 60 and 120 degrees from n: n . l = 1, 0.5 and -0.5 (back-lit: ambient only)
+    angles = [0.0, 60.0, 120.0]
+    lights = torch.stack([math.cos(math.radians(a)) * n + math.sin(math.radians(a)) * t for a in angles])
+    ambient = 0.2
+    field = _PlaneField(n, colour)
+    cams = orbit_cameras(3, 20.0, 3.0, 40.0)
+    out = render_views(field, None, cams, 8, 8, n_samples=32, shading=mode, light_dirs=lights, ambient=ambient,
+                       background_kind="white")
+    opacity = out["opacity"]  # [3, 8, 8, 1]
+    assert (opacity > 0.5).float().mean() > 0.5  # most rays cross the dense slab: the check below is not vacuous
+    if mode == "albedo":
+        assert out["normal"] is None  # not rendered unless shading or need_normals asks for it
+    else:
+        hit = opacity[..., 0] > 1e-3
+        torch.testing.assert_close(out["normal"][hit] / opacity[hit], n.expand(int(hit.sum()), 3), atol=1e-5, rtol=0)
+    light = torch.tensor([ambient + (1 - ambient) * max(0.0, math.cos(math.radians(a))) for a in angles])
+    light = light.view(3, 1, 1, 1) if mode != "albedo" else torch.ones(3, 1, 1, 1)
+    base = torch.ones(3) if mode == "textureless" else colour
+    expected = opacity * base * light + (1 - opacity) * 1.0  # white background
+    torch.testing.assert_close(out["rgb"], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["albedo"], opacity * colour, atol=1e-6, rtol=0)  # albedo stays unlit

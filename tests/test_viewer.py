@@ -13,9 +13,9 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import torch
 
+from conftest import import_oracle, require_oracle
 from dreamfusion.export.ply import write_ply
 
 COLOUR = (0.9, 0.3, 0.1)  # the splats' rgb: what the screenshot must show
@@ -70,9 +70,9 @@ def _screenshot(run_dir, tmp_path, name: str, budget_ms: int = 20000) -> np.ndar
         proc.wait(timeout=20)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
 def test_viewer_shows_the_splats(tmp_path):
-    pytest.importorskip("viser", reason='the viewer needs viser: pip install "dreamfusion[viewer]"')
+    require_oracle(CHROMIUM is not None, "headless Chromium", "apt-get install -y chromium")
+    import_oracle("viser", 'pip install "dreamfusion[viewer]"')
     centre = (slice(150, 500), slice(200, 600))  # away from the notification and the GUI panel
     # the splats' hue (r > g > b, well saturated); viser fades splats in, so not their exact value
     near = lambda img: ((img[centre][..., 0] - img[centre][..., 2] > 50)
@@ -91,10 +91,32 @@ def test_viewer_shows_the_splats(tmp_path):
     assert full[centre].std() > empty[centre].std() + 20
 
 
-def test_view_errors_are_one_line(tmp_path):
+def test_view_errors_are_one_line(tmp_path, capsys):
     from dreamfusion.cli import main
 
-    assert main(["view"]) == 2
-    assert main(["view", str(tmp_path / "missing")]) == 2
     (tmp_path / "run").mkdir()
-    assert main(["view", str(tmp_path / "run")]) == 2  # nothing to show
+    (tmp_path / "other").mkdir()
+    cases = [
+        (["view"], "usage: python -m dreamfusion view RUN_DIR"),
+        (["view", str(tmp_path / "missing")], "does not exist"),
+        (["view", str(tmp_path / "run"), "--port", "eighty"], "--port must be an integer, got 'eighty'"),
+        (["view", str(tmp_path / "run"), "--port"], "--port needs a value; usage:"),
+        (["view", str(tmp_path / "run"), "--fast"], "unknown option '--fast'; usage:"),
+        (["view", str(tmp_path / "run"), str(tmp_path / "other")], "unexpected argument"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+        assert needle in err and not any(needle in a for a in argv), (argv, needle, err)
+
+
+def test_view_of_a_folder_with_nothing_to_show_says_how_to_make_something(tmp_path, capsys):
+    from dreamfusion.cli import main
+
+    import_oracle("viser", 'pip install "dreamfusion[viewer]"')  # checked before the folder's contents
+    (tmp_path / "run").mkdir()
+    assert main(["view", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: nothing to show in ") and err.count("\n") == 1, err
+    assert "no splats.ply, Gaussian checkpoint or mesh/model.glb (run python -m dreamfusion export" in err

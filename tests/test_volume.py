@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import NERFACC_INSTALL, import_oracle
 from render.volume import composite, ray_aabb, render_rays, stratified_t
 
 
@@ -84,7 +85,7 @@ def test_composite_matches_product_form():
 
 
 def test_composite_matches_nerfacc():
-    volrend = pytest.importorskip("nerfacc.volrend", reason="nerfacc not installed (pip install nerfacc==0.5.3)")
+    volrend = import_oracle("nerfacc.volrend", NERFACC_INSTALL)
     g = torch.Generator().manual_seed(1)
     t_starts = torch.sort(torch.rand(6, 20, generator=g) * 3, dim=1).values
     t_ends = t_starts + torch.rand(6, 20, generator=g) * 0.2
@@ -275,7 +276,7 @@ def test_nerfacc_missing_says_what_to_install(monkeypatch):
 
 
 def test_update_estimator_marks_occupied_cells_on_cpu():
-    pytest.importorskip("nerfacc", reason="nerfacc not installed (pip install nerfacc==0.5.3)")
+    import_oracle("nerfacc", NERFACC_INSTALL)
     from render.volume_nerfacc import make_estimator, update_estimator
     res, r0 = 8, 0.5
     est = make_estimator(1.0, resolution=res)
@@ -294,7 +295,7 @@ def test_update_estimator_marks_occupied_cells_on_cpu():
 
 
 def test_render_rays_nerfacc_rejects_cpu_tensors():
-    pytest.importorskip("nerfacc", reason="nerfacc not installed (pip install nerfacc==0.5.3)")
+    import_oracle("nerfacc", NERFACC_INSTALL)
     from render.volume_nerfacc import make_estimator, render_rays_nerfacc
     with pytest.raises(ValueError, match="CUDA"):
         render_rays_nerfacc(constant_field(1.0), _t([0, 0, 3]), _t([0, 0, -1]), 1.0, make_estimator(1.0, 8), 0.01)
@@ -302,7 +303,7 @@ def test_render_rays_nerfacc_rejects_cpu_tensors():
 
 @pytest.mark.gpu
 def test_nerfacc_matches_torch_forward_and_gradient():
-    pytest.importorskip("nerfacc", reason="nerfacc not installed (pip install nerfacc==0.5.3)")
+    import_oracle("nerfacc", NERFACC_INSTALL)
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from render.volume_nerfacc import make_estimator, render_rays_nerfacc, update_estimator

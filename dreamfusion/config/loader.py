@@ -263,6 +263,16 @@ def validate(cfg: Config) -> None:
                           f"guidance.type={g.type}: set guidance.latent_render=false")
     if g.latent_render and cfg.field.type == "gaussian":
         raise ConfigError(LATENT_NEEDS_VOLUME)
+    p = g.perp_neg
+    for key in ("f_fs", "f_sf", "f_sb", "f_fsb"):
+        if len(getattr(p, key)) != 3:
+            raise ConfigError(f"guidance.perp_neg.{key} must be three numbers (a, b, c) of a exp(-b r) + c, "
+                              f"got {list(getattr(p, key))}")
+    if p.enabled and g.type not in ("sds", "deepfloyd"):
+        raise ConfigError(f"guidance.perp_neg.enabled needs a text-conditioned diffusion model (guidance.type=sds "
+                          f"or deepfloyd), got guidance.type={g.type}: set guidance.perp_neg.enabled=false")
+    if p.enabled and not g.view_dependent:
+        raise ConfigError("guidance.perp_neg.enabled needs guidance.view_dependent=true (its prompts are per view)")
     if cfg.export.auto_optical_depth is not None and cfg.export.auto_optical_depth <= 0:
         raise ConfigError(f"export.auto_optical_depth must be positive (or null for the field's own), "
                           f"got {cfg.export.auto_optical_depth}")

@@ -15,7 +15,7 @@ from typing import List, Optional
 from ..errors import ConfigError
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
-           "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "OptimConfig", "GaussianOptimConfig",
+           "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "OptimConfig", "GaussianOptimConfig",
            "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "check_choice", "LATENT_NEEDS_VOLUME", "DeepFloydConfig"]
 
 
@@ -177,6 +177,22 @@ class ClipConfig:
 
 
 @dataclass
+class PerpNegConfig:
+    """guidance.perp_neg: Perp-Neg view-dependent negative prompts (guidance/perp_neg.py; sds or deepfloyd)."""
+
+    enabled: bool = False
+    """Replace classifier-free guidance by Perp-Neg (Armandpour et al. 2023) against multi-faced (Janus) objects."""
+    f_fs: List[float] = dc_field(default_factory=lambda: [4.0, 0.5, -2.426])
+    """(a, b, c) of the weight a exp(-b r) + c of the front negative between front and side (r = 1 front)."""
+    f_sf: List[float] = dc_field(default_factory=lambda: [4.0, 0.5, -2.426])
+    """(a, b, c) of the weight of the side negative between front and side (at 1 - r)."""
+    f_sb: List[float] = dc_field(default_factory=lambda: [1.0, 0.5, -0.606])
+    """(a, b, c) of the weight of the side negative between side and back (r = 1 side)."""
+    f_fsb: List[float] = dc_field(default_factory=lambda: [1.0, 0.5, 0.967])
+    """(a, b, c) of the weight of the front negative between side and back."""
+
+
+@dataclass
 class DeepFloydConfig:
     """guidance.deepfloyd: DeepFloyd IF stage I, a pixel-space prior read by T5 (guidance.type=deepfloyd)."""
 
@@ -228,6 +244,7 @@ class GuidanceConfig:
     """Latent-NeRF: the field renders SD's 4 latent channels (albedo only, no lighting) at render.width x height (64 for SD) and SDS skips the VAE; nerf / triplane with guidance.type=sds."""
     prior: PriorConfig = dc_field(default_factory=PriorConfig)
     clip: ClipConfig = dc_field(default_factory=ClipConfig)
+    perp_neg: PerpNegConfig = dc_field(default_factory=PerpNegConfig)
     deepfloyd: DeepFloydConfig = dc_field(default_factory=DeepFloydConfig)
 
 

@@ -83,4 +83,8 @@ def build_guidance(cfg: Config, device: str | torch.device, model: Any = None) -
         from .clip import CLIPGuidance
 
         return CLIPGuidance(model, cfg.prompt, cfg.guidance)
+    if cfg.guidance.perp_neg.enabled:
+        from .perp_neg import PerpNegGuidance
+
+        return PerpNegGuidance(model, cfg.guidance, cfg.prompt, cfg.negative_prompt)
     return SDSGuidance(model, cfg.guidance, cfg.prompt, cfg.negative_prompt)

@@ -238,6 +238,17 @@ class DeepFloydIF:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return x * 2.0 - 1.0
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the space the UNet denoises: RGB pixels in [-1, 1] at its sample size (3, 64, 64 for IF)."""
+        return (self.channels, self.sample_size, self.sample_size)
+
+    clip_denoised = True  # pixels live in [-1, 1]: DDIM (dreamfusion/preview.py) clips its x0 estimates there
+
+    def decode(self, x: Tensor) -> Tensor:
+        """x [B, 3, S, S] in [-1, 1] -> images [B, S, S, 3] in [0, 1] (previews); undoes ``encode`` at size S."""
+        return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **unet_kwargs) -> Tensor:
         """x_t [B, 3, S, S], t [B] long, embeddings [K, B, L, D] -> eps [K, B, 3, S, S]: each of the B images under

@@ -153,6 +153,17 @@ class EmbeddedPrior:
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="area")
         return x * 2.0 - 1.0
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the space the prior denoises: RGB images at guidance.prior.resolution, in [-1, 1]."""
+        return (3, self.resolution, self.resolution)
+
+    clip_denoised = True  # pixels live in [-1, 1]: DDIM clips its x0 estimates there
+
+    def decode(self, x: Tensor) -> Tensor:
+        """x [B, 3, R, R] in [-1, 1] -> images [B, R, R, 3] in [0, 1]."""
+        return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+
     def select_views(self, cameras: Cameras, b: int) -> Tensor:
         """Dataset view indices within the angular window of camera b (and within 10 % of its scale)."""
         d = F.normalize(cameras.c2w[b, :3, 3].to(self.device), dim=0)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import GuidanceConfig
-from ..errors import ModelNotFoundError, UserError
+from ..errors import ModelNotFoundError
 from .fastpaths import apply_fast_paths, resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path
 from .prompts import TextConditioning, prompt_texts
@@ -48,6 +48,27 @@ def _resolve_model(model: str) -> tuple[str, bool]:
     return model, False
 
 
+def _text_window(tokenizer, text_encoder, unet) -> int:
+    """Tokens per prompt: the tokenizer's limit capped by the text encoder's position embeddings (as in
+    FrozenCLIP.context_length); a tokenizer_config.json without model_max_length reports ~1e30 (transformers'
+    VERY_LARGE_INTEGER), which padding cannot reach. Parts that do not fit together are one line."""
+    where = "the guidance model's"
+    limits = [n for n in (tokenizer.model_max_length, getattr(text_encoder.config, "max_position_embeddings", None))
+              if isinstance(n, int) and 0 < n < 1_000_000]
+    if not limits:
+        raise ModelNotFoundError(f"{where} tokenizer has no model_max_length and its text encoder no "
+                                 f"max_position_embeddings: add \"model_max_length\": 77 to tokenizer/tokenizer_config.json")
+    vocab = getattr(text_encoder.config, "vocab_size", None)
+    if vocab is not None and hasattr(tokenizer, "__len__") and len(tokenizer) > vocab:
+        raise ModelNotFoundError(f"{where} tokenizer has {len(tokenizer)} tokens but its text encoder embeds {vocab}: "
+                                 f"tokenizer/ and text_encoder/ come from different models")
+    width, cross = text_encoder.config.hidden_size, getattr(unet.config, "cross_attention_dim", None)
+    if cross is not None and width != cross:
+        raise ModelNotFoundError(f"{where} text encoder gives {width}-wide embeddings but its UNet attends to "
+                                 f"{cross}: text_encoder/ and unet/ come from different models")
+    return min(limits)
+
+
 class StableDiffusion:
     """Frozen Stable Diffusion: ``encode`` images to latents, ``predict_noise`` with classifier-free branches."""
 
@@ -66,9 +87,7 @@ class StableDiffusion:
         self.scaling_factor = float(vae.config.scaling_factor)
         self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD; 2 for the test's tiny VAE
         self.latent_size = vae_resolution // self.latent_factor
-        # Pad to the shorter of the tokenizer's limit and the text encoder's positions: a tokenizer config
-        # without model_max_length reports a huge default (int(1e30)).
-        self.context_length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
+        self.context_length = _text_window(tokenizer, text_encoder, unet)  # tokens per prompt
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, revision: str | None = None, device: str | torch.device = "cpu",
@@ -124,9 +143,9 @@ class StableDiffusion:
         try:
             tokens = self.tokenizer(texts, padding="max_length", max_length=self.context_length,
                                     truncation=True, return_tensors="pt")
-        except (ValueError, OverflowError, TypeError) as exc:
-            raise UserError(f"the guidance model's tokenizer cannot read the prompt ({first_line(exc)}): "
-                            f"check its tokenizer/ folder") from None
+        except ValueError as exc:  # e.g. a tokenizer_config.json without a pad_token
+            raise ModelNotFoundError(f"the guidance model's tokenizer cannot pad prompts to {self.context_length} "
+                                     f"tokens ({first_line(exc)}): check tokenizer/tokenizer_config.json") from None
         return self.text_encoder(tokens.input_ids.to(self.device))[0]  # last hidden state [N, L, D]
 
     def encode(self, images: Tensor) -> Tensor:
@@ -155,6 +174,13 @@ class StableDiffusion:
         if x.shape[-2:] != (self.latent_size, self.latent_size):
             x = F.interpolate(x, size=(self.latent_size, self.latent_size), mode="bilinear", align_corners=False)
         return x
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the space the UNet denoises: SD's latents at the VAE resolution."""
+        return (int(self.vae.config.latent_channels), self.latent_size, self.latent_size)
+
+    clip_denoised = False  # latents are not bounded: DDIM (dreamfusion/preview.py) leaves its x0 estimates alone
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

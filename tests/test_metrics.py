@@ -1,0 +1,108 @@
+"""The measurement oracles of dreamfusion/metrics.py, against analytic shapes.
+
+Oracles: boxes whose faces lie on grid-cell boundaries (the cell-centre count is then exact, so the IoU is
+the exact volume ratio), an icosphere against the exact volume of the polyhedron and against a
+concentric ball (IoU = (r / R)^3), trimesh's own ray-cast containment, and area-weighted colours of
+triangles with known areas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from dreamfusion.metrics import grid_points, mean_surface_albedo, mesh_occupancy, volumetric_iou
+
+
+def _box(lo, hi) -> trimesh.Trimesh:
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    return trimesh.creation.box(bounds=np.stack([lo, hi]))
+
+
+def _inside_box(lo, hi):
+    lo, hi = torch.tensor(lo), torch.tensor(hi)
+    return lambda p: ((p >= lo) & (p <= hi)).all(-1)
+
+
+def _iou(mesh, inside_fn, resolution=96):
+    return volumetric_iou(np.asarray(mesh.vertices), np.asarray(mesh.faces), inside_fn, resolution)
+
+
+def test_grid_points_are_cell_centres_x_slowest():
+    pts = grid_points(4, 1.0)
+    assert pts.shape == (64, 3)
+    np.testing.assert_allclose(pts[0], [-0.75, -0.75, -0.75])
+    np.testing.assert_allclose(pts[1], [-0.75, -0.75, -0.25])  # z fastest
+    np.testing.assert_allclose(pts[16], [-0.25, -0.75, -0.75])  # x slowest
+
+
+def test_box_against_itself_and_a_shifted_box_on_cell_boundaries():
+    # resolution 96 over [-1, 1]: cells 1/48 wide, so +-0.5 and a 0.25 shift fall on cell boundaries
+    lo, hi = (-0.5, -0.5, -0.5), (0.5, 0.5, 0.5)
+    box = _box(lo, hi)
+    assert _iou(box, _inside_box(lo, hi)) == 1.0
+    # shifted by 0.25 in x: overlap 0.75, union 1.25 -> 0.6 exactly
+    assert _iou(box, _inside_box((-0.25, -0.5, -0.5), (0.75, 0.5, 0.5))) == pytest.approx(0.6, abs=1e-12)
+    # shifted in x and z: overlap 0.75 * 0.75 = 0.5625, union 2 - 0.5625
+    assert _iou(box, _inside_box((-0.25, -0.5, -0.75), (0.75, 0.5, 0.25))) == pytest.approx(0.5625 / 1.4375,
+                                                                                           abs=1e-12)
+    # disjoint: 0
+    assert _iou(box, _inside_box((0.6, 0.6, 0.6), (0.9, 0.9, 0.9))) == 0.0
+
+
+def test_box_off_the_grid_is_close_to_the_exact_ratio():
+    # a 0.2 shift is 9.6 cells: the ratio is no longer exact, but within a cell layer of it
+    box = _box((-0.5, -0.4, -0.3), (0.5, 0.4, 0.3))
+    iou = _iou(box, _inside_box((-0.3, -0.4, -0.3), (0.7, 0.4, 0.3)))
+    exact = 0.8 / 1.2
+    assert iou == pytest.approx(exact, abs=0.5 * 2 / 96 / 0.8)  # half a cell of the 0.8 overlap length
+
+
+def test_icosphere_fills_its_exact_volume_and_a_concentric_ball_gives_the_radius_cubed():
+    radius = 0.8
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    everything = lambda p: torch.ones(p.shape[0], dtype=torch.bool)
+    # IoU against the whole cube = the fraction of the cube inside the polyhedron
+    assert _iou(sphere, everything) == pytest.approx(sphere.volume / 8.0, rel=0.01)
+    assert sphere.volume == pytest.approx(4 / 3 * math.pi * radius ** 3, rel=0.01)  # the polyhedron is a ball
+    # a concentric ball of radius r inside it: IoU = (r / R)^3
+    r = 0.5
+    ball = lambda p: p.norm(dim=-1) <= r
+    assert _iou(sphere, ball) == pytest.approx((r / radius) ** 3 * (4 / 3 * math.pi * radius ** 3) / sphere.volume,
+                                               rel=0.02)
+
+
+def test_mesh_occupancy_of_a_torus_differs_from_the_analytic_one_only_at_the_polygons_sag():
+    big, small, sections = 0.55, 0.25, 32
+    mesh = trimesh.creation.torus(major_radius=big, minor_radius=small, major_sections=sections,
+                                  minor_sections=sections)  # not convex, with a hole; vertices on the torus
+    res = 64
+    occ = mesh_occupancy(np.asarray(mesh.vertices), np.asarray(mesh.faces), res, 1.0).reshape(-1)
+    p = grid_points(res, 1.0)
+    distance = np.sqrt((np.hypot(p[:, 0], p[:, 1]) - big) ** 2 + p[:, 2] ** 2) - small  # signed, to the torus
+    sag = (big + small + small) * (1 - math.cos(math.pi / sections))  # chords of the ring and of the tube
+    assert np.array_equal(occ[np.abs(distance) > sag], (distance < 0)[np.abs(distance) > sag])
+    assert occ.sum() == pytest.approx((distance < 0).sum(), rel=0.02)  # and the count near the surface splits
+
+
+def test_mean_surface_albedo_of_vertex_colours_is_area_weighted():
+    # two separate triangles: areas 0.5 and 2, all-red and all-blue vertices
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [2, 0, 1], [0, 2, 1]], dtype=float)
+    faces = np.array([[0, 1, 2], [3, 4, 5]])
+    colours = np.array([[255, 0, 0, 255]] * 3 + [[0, 0, 255, 255]] * 3, dtype=np.uint8)
+    mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colours, process=False)
+    np.testing.assert_allclose(mean_surface_albedo(mesh), [0.5 / 2.5, 0.0, 2.0 / 2.5], atol=1e-12)
+
+
+def test_mean_surface_albedo_of_a_texture_is_the_texel_colour():
+    colour = (200, 120, 40)
+    image = Image.new("RGB", (8, 8), colour)
+    mesh = _box((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5))
+    uv = np.random.default_rng(0).uniform(0.1, 0.9, (len(mesh.vertices), 2))
+    mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=image)
+    np.testing.assert_allclose(mean_surface_albedo(mesh), np.array(colour) / 255.0, atol=1e-12)
