@@ -47,11 +47,14 @@ import torch  # noqa: E402
 
 from dreamfusion.config import GuidanceConfig, load_config  # noqa: E402
 from dreamfusion.guidance import SDSGuidance  # noqa: E402
+from dreamfusion.guidance.perp_neg import PerpNegGuidance  # noqa: E402
+from dreamfusion.guidance.vsd import VSDGuidance  # noqa: E402
 from dreamfusion.train import Trainer  # noqa: E402
 from render.cameras import sample_cameras  # noqa: E402
 from sd_models import build_stable_diffusion  # noqa: E402
 
 PROMPT = "a hamburger"
+GUIDANCE = {"sds": SDSGuidance, "perp_neg": PerpNegGuidance, "vsd": VSDGuidance}
 
 PARTS = ("render", "encode", "unet", "sds_rule", "backward", "optimizer")
 
@@ -84,29 +87,33 @@ class Clock:
 
 
 class TimedPredictor:
-    """Wraps StableDiffusion: same encode / encode_prompt / predict_noise, encode and UNet timed when ``on``."""
+    """Wraps StableDiffusion: encode and every frozen-UNet forward (predict_noise, predict_eps) timed when ``on``,
+    summed over a step; everything else (encode_prompt, unet, scheduler, ... for VSD) passes through."""
 
     def __init__(self, sd, clock: Clock):
         self.sd, self.clock, self.on = sd, clock, False
         self.alphas_cumprod = sd.alphas_cumprod
         self.times: dict[str, float] = {}
 
-    def _timed(self, name, fn, *args):
+    def __getattr__(self, name):
+        return getattr(self.sd, name)
+
+    def _timed(self, name, fn, *args, **kwargs):
         if not self.on:
-            return fn(*args)
+            return fn(*args, **kwargs)
         t0 = self.clock()
-        out = fn(*args)
-        self.times[name] = self.clock() - t0
+        out = fn(*args, **kwargs)
+        self.times[name] = self.times.get(name, 0.0) + self.clock() - t0
         return out
 
     def encode(self, images):
         return self._timed("encode", self.sd.encode, images)
 
-    def encode_prompt(self, prompt, negative_prompt, view_dependent):
-        return self.sd.encode_prompt(prompt, negative_prompt, view_dependent)
-
     def predict_noise(self, x_t, t, cameras, cond):
         return self._timed("unet", self.sd.predict_noise, x_t, t, cameras, cond)
+
+    def predict_eps(self, x_t, t, embeddings, **kwargs):
+        return self._timed("unet", self.sd.predict_eps, x_t, t, embeddings, **kwargs)
 
 
 def build_prior(args, device: torch.device, fast: GuidanceConfig, vae_resolution: int | None):
@@ -133,7 +140,8 @@ def step_config(args, device: torch.device, overrides: list[str] = ()):
                               f"guidance.latent_render={args.latent_render}", "preview_every=0",
                               f"checkpoint_every={10 ** 9}", f"render.albedo_warmup_steps={0 if lit else 10 ** 9}",
                               "render.albedo_prob=0", f"render.textureless_prob={1 if args.shading == 'textureless' else 0}",
-                              *overrides])
+                              f"guidance.perp_neg.enabled={args.guidance == 'perp_neg'}",
+                              f"guidance.vsd.enabled={args.guidance == 'vsd'}", *overrides])
 
 
 class Step:
@@ -145,7 +153,7 @@ class Step:
         cfg = step_config(args, device)
         self.sd = build_prior(args, device, fast, args.vae_resolution)
         self.predictor = TimedPredictor(self.sd, self.clock)
-        guidance = SDSGuidance(self.predictor, cfg.guidance, PROMPT)
+        guidance = GUIDANCE[args.guidance](self.predictor, cfg.guidance, PROMPT)
         self.trainer = Trainer(cfg, run_dir, device, guidance)
         self.marks: dict[str, float] = {}
         self.timed = False
@@ -170,6 +178,7 @@ class Step:
 
     def __call__(self, timed: bool) -> dict[str, float]:
         self.timed = self.predictor.on = timed
+        self.predictor.times = {"encode": 0.0, "unet": 0.0}
         start = self.clock() if timed else 0.0
         self.trainer.train_step()
         end = self.clock()
@@ -278,7 +287,8 @@ def run(args) -> dict:
               "torch": torch.__version__, "dtype": str(sd.dtype).replace("torch.", ""),
               "fast_paths": {"channels_last": args.channels_last, "attention": args.attention, "compile": args.compile},
               "batch": args.batch, "render": f"{args.height}x{args.width}x{args.n_samples}",
-              "vae_resolution": None if args.deepfloyd else args.vae_resolution, "latents": list(floor_call.x_t.shape), "shading": args.shading, "latent_render": args.latent_render,
+              "vae_resolution": None if args.deepfloyd else args.vae_resolution, "latents": list(floor_call.x_t.shape), "shading": args.shading,
+              "latent_render": args.latent_render, "guidance": args.guidance,
               "warmup": args.warmup, "iters": args.iters, "build_s": round(build_s, 1), "date": args.date,
               "threads": torch.get_num_threads(), "loadavg_1min_at_start": os.getloadavg()[0]}
     if step is not None:
@@ -308,7 +318,8 @@ def run(args) -> dict:
 
 def print_table(r: dict) -> None:
     floor = r["floor_ms"]["mean"]
-    print(f"# sds_step  model={r['model']}  device={r['device']}  dtype={r['dtype']}  fast={r['fast_paths']}")
+    print(f"# sds_step  guidance={r.get('guidance', 'sds')}  model={r['model']}  device={r['device']}  dtype={r['dtype']}  "
+          f"fast={r['fast_paths']}")
     print(f"# batch={r['batch']}  render={r['render']}  vae={r['vae_resolution']}  latents={r['latents']}  "
           f"latent_render={r.get('latent_render', False)}  "
           f"warmup={r['warmup']}  iters={r['iters']}")
@@ -347,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latent-render", action="store_true",
                    help="guidance.latent_render: the field renders 4 latent channels at --height x --width and the "
                         "'encode' part is only a reshape (no VAE)")
+    p.add_argument("--guidance", choices=sorted(GUIDANCE), default="sds",
+                   help="the rule: sds, perp_neg (4B UNet batch) or vsd (adds the LoRA's forward and its training step)")
     p.add_argument("--deepfloyd", default=None, metavar="MODEL",
                    help="SDS on DeepFloyd IF stage I from this hub id or folder ('tiny': the test fixture's) instead of SD")
     p.add_argument("--config", default=None, help="time Trainer.fit of this config (e.g. gaussian) instead of one step")
@@ -360,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--latent-render renders albedo only: drop --shading")
     if args.latent_render and args.deepfloyd:
         p.error("--latent-render renders Stable Diffusion latents: IF is a pixel-space model, drop one of them")
+    if args.guidance == "vsd" and args.deepfloyd:
+        p.error("--guidance vsd trains a LoRA of Stable Diffusion's UNet: not with --deepfloyd")
     if args.vae_resolution is None and not args.config:  # --config: the config's own
         args.vae_resolution = 512 if args.model == "full" else 128
     result = run(args)

@@ -273,6 +273,15 @@ def validate(cfg: Config) -> None:
                           f"or deepfloyd), got guidance.type={g.type}: set guidance.perp_neg.enabled=false")
     if p.enabled and not g.view_dependent:
         raise ConfigError("guidance.perp_neg.enabled needs guidance.view_dependent=true (its prompts are per view)")
+    vsd = g.vsd
+    if vsd.enabled and g.type != "sds":
+        raise ConfigError(f"guidance.vsd.enabled trains a LoRA of Stable Diffusion's UNet: needs guidance.type=sds, "
+                          f"got {g.type}")
+    if vsd.enabled and p.enabled:
+        raise ConfigError("guidance.vsd.enabled and guidance.perp_neg.enabled do not combine: choose one")
+    if vsd.lora_rank < 1 or vsd.lr <= 0 or not 0.0 <= vsd.camera_dropout <= 1.0:
+        raise ConfigError(f"need guidance.vsd.lora_rank >= 1, guidance.vsd.lr > 0 and guidance.vsd.camera_dropout "
+                          f"in [0, 1], got {vsd.lora_rank}, {vsd.lr} and {vsd.camera_dropout}")
     if cfg.export.auto_optical_depth is not None and cfg.export.auto_optical_depth <= 0:
         raise ConfigError(f"export.auto_optical_depth must be positive (or null for the field's own), "
                           f"got {cfg.export.auto_optical_depth}")

@@ -15,8 +15,9 @@ from typing import List, Optional
 from ..errors import ConfigError
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
-           "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "OptimConfig", "GaussianOptimConfig",
-           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "check_choice", "LATENT_NEEDS_VOLUME", "DeepFloydConfig"]
+           "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
+           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "check_choice", "LATENT_NEEDS_VOLUME",
+           "DeepFloydConfig"]
 
 
 @dataclass
@@ -193,6 +194,20 @@ class PerpNegConfig:
 
 
 @dataclass
+class VSDConfig:
+    """guidance.vsd: variational score distillation (ProlificDreamer; guidance/vsd.py; guidance.type=sds)."""
+
+    enabled: bool = False
+    """Compare the guided noise with a camera-conditioned LoRA of the UNet trained on the renders instead of the injected noise."""
+    lora_rank: int = 4
+    """Rank of the LoRA on the UNet's attention projections (to_q, to_k, to_v, to_out)."""
+    lr: float = 0.001
+    """Adam learning rate of the LoRA and its camera embedding."""
+    camera_dropout: float = 0.1
+    """Probability of a zero camera condition in the LoRA's training loss (classifier-free training)."""
+
+
+@dataclass
 class DeepFloydConfig:
     """guidance.deepfloyd: DeepFloyd IF stage I, a pixel-space prior read by T5 (guidance.type=deepfloyd)."""
 
@@ -245,6 +260,7 @@ class GuidanceConfig:
     prior: PriorConfig = dc_field(default_factory=PriorConfig)
     clip: ClipConfig = dc_field(default_factory=ClipConfig)
     perp_neg: PerpNegConfig = dc_field(default_factory=PerpNegConfig)
+    vsd: VSDConfig = dc_field(default_factory=VSDConfig)
     deepfloyd: DeepFloydConfig = dc_field(default_factory=DeepFloydConfig)
 
 
@@ -307,6 +323,8 @@ class LossConfig:
     """Weight of the binary entropy of the opacity."""
     tv: float = 0.0
     """Weight of the total-variation regulariser of tri-planes."""
+    lora: float = 1.0
+    """Weight of the VSD LoRA's denoising loss (guidance.vsd; it trains the LoRA only)."""
 
 
 @dataclass

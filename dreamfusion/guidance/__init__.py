@@ -83,6 +83,10 @@ def build_guidance(cfg: Config, device: str | torch.device, model: Any = None) -
         from .clip import CLIPGuidance
 
         return CLIPGuidance(model, cfg.prompt, cfg.guidance)
+    if cfg.guidance.vsd.enabled:
+        from .vsd import VSDGuidance
+
+        return VSDGuidance(model, cfg.guidance, cfg.prompt, cfg.negative_prompt)
     if cfg.guidance.perp_neg.enabled:
         from .perp_neg import PerpNegGuidance
 
