@@ -5,6 +5,8 @@
     python benchmarks/sds_step.py --model full --device cpu --floor-only --iters 1 --warmup 0
     python benchmarks/sds_step.py --model tiny --device cpu --latent-render   # Latent-NeRF: no VAE in the step
     python benchmarks/sds_step.py --model full --device cuda --config gaussian --fit-steps 500   # a whole run
+    python benchmarks/sds_step.py --deepfloyd DeepFloyd/IF-I-XL-v1.0 --device cuda --dtype fp16  # SDS on IF stage I
+    python benchmarks/sds_step.py --deepfloyd tiny --device cpu        # the test fixture's tiny random IF
 
 With ``--config NAME --fit-steps N`` the harness instead runs ``Trainer.fit`` of configs/NAME.yaml for N steps
 (densification, schedules and progressive resolution included; no export) with the random model as the
@@ -15,6 +17,9 @@ render the hash-grid NeRF at 64x64 (128 samples per ray, learned background), SD
 to the VAE resolution, VAE encode with gradient, UNet forward on [uncond, cond] = batch 2B, the rule),
 backward, Adam. The parts are timed by wrapping the trainer's renderer, guidance and optimizer step. ``--model full`` builds SD 1.5's UNet / VAE / text encoder from benchmarks/configs/ with random
 weights (the real model's cost, no download); ``--model tiny`` the test fixture's tiny components.
+``--deepfloyd MODEL`` replaces Stable Diffusion with DeepFloyd IF stage I loaded from a hub id or folder (the real
+weights: no random full-size IF is built here), or ``tiny`` for tests/conftest.py's tiny random IF; the
+'encode' part is then the resize to 64 x 64 and 2 x - 1 (no VAE), the floor a UNet forward on 3 x 64 x 64 pixels.
 
 Phases, all after ``--warmup`` untimed steps: (1) ``--iters`` instrumented steps with a device sync
 around each part, (2) ``--iters`` plain steps synced once per step (the step time and it/s reported),
@@ -111,6 +116,22 @@ class TimedPredictor:
         return self._timed("unet", self.sd.predict_eps, x_t, t, embeddings, **kwargs)
 
 
+def build_prior(args, device: torch.device, fast: GuidanceConfig, vae_resolution: int | None):
+    """The noise predictor under test: random-weight Stable Diffusion (``--model``) or DeepFloyd IF (``--deepfloyd``)."""
+    if not args.deepfloyd:
+        return build_stable_diffusion(args.model, device, fast, vae_resolution=vae_resolution)
+    from dreamfusion.guidance import DeepFloydIF
+
+    model = args.deepfloyd
+    if model == "tiny":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from tiny_if import write_tiny_if
+
+        model = tempfile.mkdtemp(prefix="tiny-if-")
+        write_tiny_if(model)
+    return DeepFloydIF.load(model, device=device, fast_paths=fast, cache=args.deepfloyd != "tiny")  # no stray cache
+
+
 def step_config(args, device: torch.device, overrides: list[str] = ()):
     """The default config (configs/dreamfusion.yaml) sized by the command line, never writing previews or checkpoints."""
     lit = args.shading != "albedo"
@@ -130,7 +151,7 @@ class Step:
     def __init__(self, args, device: torch.device, fast: GuidanceConfig, run_dir: Path):
         self.clock = Clock(device)
         cfg = step_config(args, device)
-        self.sd = build_stable_diffusion(args.model, device, fast, vae_resolution=args.vae_resolution)
+        self.sd = build_prior(args, device, fast, args.vae_resolution)
         self.predictor = TimedPredictor(self.sd, self.clock)
         guidance = GUIDANCE[args.guidance](self.predictor, cfg.guidance, PROMPT)
         self.trainer = Trainer(cfg, run_dir, device, guidance)
@@ -171,7 +192,7 @@ class Step:
 
 
 def latent_shape(sd) -> tuple[int, ...]:
-    """[1, 4, h, w]: the latents the VAE makes of one render at sd.vae_resolution."""
+    """[1, C, h, w]: what the predictor makes of one render (SD: 4-channel latents at sd.vae_resolution; IF: pixels)."""
     with torch.no_grad():
         return tuple(sd.encode(torch.zeros(1, 8, 8, 3, device=sd.device)).shape)
 
@@ -220,7 +241,7 @@ def run_fit(args, device: torch.device, fast: GuidanceConfig, clock: Clock) -> d
                                     f"checkpoint_every={10 ** 9}", f"guidance.dtype={args.dtype}"]
                       + ([f"guidance.vae_resolution={args.vae_resolution}"] if args.vae_resolution else []))
     t0 = time.perf_counter()
-    sd = build_stable_diffusion(args.model, device, fast, vae_resolution=cfg.guidance.vae_resolution)
+    sd = build_prior(args, device, fast, cfg.guidance.vae_resolution)
     floor_call = Floor(sd)
     build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as run_dir:
@@ -230,7 +251,7 @@ def run_fit(args, device: torch.device, fast: GuidanceConfig, clock: Clock) -> d
         fit_s, fit_cpu = clock() - start, time.process_time() - cpu
         final_count = getattr(trainer.field, "count", None)
     floor_ms = time_floor(floor_call, args, clock, device)
-    result = {"benchmark": "sds_fit", "config": args.config, "model": args.model, "device": device_name(device),
+    result = {"benchmark": "sds_fit", "config": args.config, "model": args.deepfloyd or args.model, "device": device_name(device),
               "device_type": device.type, "torch": torch.__version__, "dtype": str(sd.dtype).replace("torch.", ""),
               "steps": args.fit_steps, "fit_s": fit_s, "it_per_s": args.fit_steps / fit_s,
               "floor_ms": floor_ms, "ratio_to_floor": fit_s * 1e3 / (args.fit_steps * floor_ms["mean"]),
@@ -253,7 +274,7 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     run_dir = tempfile.mkdtemp(prefix="sds_step-")
     if args.floor_only:  # only the diffusion model: no field, no optimizer
-        step, sd = None, build_stable_diffusion(args.model, device, fast, vae_resolution=args.vae_resolution)
+        step, sd = None, build_prior(args, device, fast, args.vae_resolution)
     else:
         step = Step(args, device, fast, Path(run_dir))
         sd = step.sd
@@ -262,11 +283,11 @@ def run(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    result = {"benchmark": "sds_step", "model": args.model, "device": device_name(device), "device_type": device.type,
+    result = {"benchmark": "sds_step", "model": args.deepfloyd or args.model, "device": device_name(device), "device_type": device.type,
               "torch": torch.__version__, "dtype": str(sd.dtype).replace("torch.", ""),
               "fast_paths": {"channels_last": args.channels_last, "attention": args.attention, "compile": args.compile},
               "batch": args.batch, "render": f"{args.height}x{args.width}x{args.n_samples}",
-              "vae_resolution": args.vae_resolution, "latents": list(floor_call.x_t.shape), "shading": args.shading,
+              "vae_resolution": None if args.deepfloyd else args.vae_resolution, "latents": list(floor_call.x_t.shape), "shading": args.shading,
               "latent_render": args.latent_render, "guidance": args.guidance,
               "warmup": args.warmup, "iters": args.iters, "build_s": round(build_s, 1), "date": args.date,
               "threads": torch.get_num_threads(), "loadavg_1min_at_start": os.getloadavg()[0]}
@@ -339,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
                         "'encode' part is only a reshape (no VAE)")
     p.add_argument("--guidance", choices=sorted(GUIDANCE), default="sds",
                    help="the rule: sds, perp_neg (4B UNet batch) or vsd (adds the LoRA's forward and its training step)")
+    p.add_argument("--deepfloyd", default=None, metavar="MODEL",
+                   help="SDS on DeepFloyd IF stage I from this hub id or folder ('tiny': the test fixture's) instead of SD")
     p.add_argument("--config", default=None, help="time Trainer.fit of this config (e.g. gaussian) instead of one step")
     p.add_argument("--fit-steps", type=int, default=500, help="with --config: steps of the timed fit")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -348,6 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.latent_render and args.shading != "albedo":
         p.error("--latent-render renders albedo only: drop --shading")
+    if args.latent_render and args.deepfloyd:
+        p.error("--latent-render renders Stable Diffusion latents: IF is a pixel-space model, drop one of them")
+    if args.guidance == "vsd" and args.deepfloyd:
+        p.error("--guidance vsd trains a LoRA of Stable Diffusion's UNet: not with --deepfloyd")
     if args.vae_resolution is None and not args.config:  # --config: the config's own
         args.vae_resolution = 512 if args.model == "full" else 128
     result = run(args)

@@ -3,7 +3,8 @@
 ``tiny_sd_dir`` is a Stable-Diffusion-shaped folder of tiny, randomly initialised components
 (diffusers' ``get_dummy_components`` idea): the same layout as a real checkpoint
 (``unet/ vae/ text_encoder/ tokenizer/ scheduler/ model_index.json``), loaded back through the same
-``from_pretrained`` code users run. Nothing here touches the network.
+``from_pretrained`` code users run. ``tiny_if_dir`` is the same for DeepFloyd IF stage I
+(IFPipeline's layout, built by ``tiny_if.write_tiny_if``). Nothing here touches the network.
 
 Caches: every cache folder the code or its libraries may use (dreamfusion's silhouettes, the Hugging Face
 hub, XDG, torch hub) points into one temporary folder, set here before anything imports huggingface_hub
@@ -175,4 +176,14 @@ def tiny_clip_dir(tmp_path_factory):
         "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32},
         "crop_size": {"height": 32, "width": 32}, "do_normalize": True,
         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_if_dir(tmp_path_factory):
+    """A tiny random DeepFloyd IF stage I folder (``write_tiny_if``), built once per session."""
+    from tiny_if import write_tiny_if
+
+    root = tmp_path_factory.mktemp("tiny-if")
+    write_tiny_if(root)
     return root

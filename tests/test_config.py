@@ -260,6 +260,8 @@ def test_a_run_folder_written_with_old_key_names_loads_with_a_note(tmp_path, cap
                 if isinstance(value, dict):
                     renamed = {o.split(".")[1]: v for o, n in RENAMED.items() for leaf, v in value.items()
                                if n == f"{section}.{key}.{leaf}"}
+                    if not renamed:  # a group added after the renames (guidance.deepfloyd): old runs lack it
+                        continue
                     assert len(renamed) == len(value), (section, key)
                     old[section].update(renamed)
                 else:

@@ -3,7 +3,7 @@
 The string literal under each field is its documentation and the text ``--help`` prints. YAML files in
 ``configs/`` and ``key=value`` overrides only set these fields (``loader.py`` checks them). Keys that only
 one field or guidance type reads are grouped under it: ``field.hashgrid.*``, ``field.triplane.*``,
-``field.gaussian.*``, ``optim.gaussian.*``, ``guidance.prior.*``, ``guidance.clip.*``.
+``field.gaussian.*``, ``optim.gaussian.*``, ``guidance.prior.*``, ``guidance.clip.*``, ``guidance.deepfloyd.*``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from ..errors import ConfigError
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
-           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "check_choice", "LATENT_NEEDS_VOLUME"]
+           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "check_choice", "LATENT_NEEDS_VOLUME",
+           "DeepFloydConfig"]
 
 
 @dataclass
@@ -207,11 +208,21 @@ class VSDConfig:
 
 
 @dataclass
+class DeepFloydConfig:
+    """guidance.deepfloyd: DeepFloyd IF stage I, a pixel-space prior read by T5 (guidance.type=deepfloyd)."""
+
+    max_length: int = 77
+    """T5 tokens per text, padded or truncated; IF was trained with 77 (diffusers' IFPipeline)."""
+    variant: Optional[str] = None
+    """Weight files to load: null = the full-precision ones; fp16 = IF's *.fp16.safetensors (half the download)."""
+
+
+@dataclass
 class GuidanceConfig:
     """guidance: the 2D prior that grades the renders, and the SDS rule's settings."""
 
     type: str = "sds"
-    """Guidance: sds (Stable Diffusion), prior (embedded offline prior) or clip (Dream Fields)."""
+    """Guidance: sds (Stable Diffusion), prior (embedded offline prior), clip (Dream Fields) or deepfloyd (SDS on DeepFloyd IF stage I, pixel space)."""
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     """Hub id or local folder of the guidance model."""
     revision: Optional[str] = None
@@ -250,6 +261,7 @@ class GuidanceConfig:
     clip: ClipConfig = dc_field(default_factory=ClipConfig)
     perp_neg: PerpNegConfig = dc_field(default_factory=PerpNegConfig)
     vsd: VSDConfig = dc_field(default_factory=VSDConfig)
+    deepfloyd: DeepFloydConfig = dc_field(default_factory=DeepFloydConfig)
 
 
 @dataclass
@@ -385,7 +397,7 @@ CHOICES = {
     "field.gaussian.rasterizer": ("auto", "torch", "gsplat"),
     "render.sampler": ("auto", "torch", "nerfacc"),
     "render.background": ("learned", "random", "white", "black", "gray", "white_or_black", "augment"),
-    "guidance.type": ("sds", "prior", "clip"),
+    "guidance.type": ("sds", "prior", "clip", "deepfloyd"),
     "guidance.t_anneal": ("none", "linear", "sqrt"),
     "guidance.weighting": ("sds", "uniform", "fantasia3d"),
     "guidance.dtype": ("auto", "fp32", "fp16", "bf16"),

@@ -19,9 +19,10 @@ from .base import FrozenGuidance, FunctionGuidance, Guidance
 from .prompts import slugify, view_label, view_prompts
 from .sds import NoisePredictor, SDSGuidance
 from .stable_diffusion import StableDiffusion
+from .deepfloyd import DeepFloydIF
 
 __all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "Guidance", "FrozenGuidance", "FunctionGuidance",
-           "SDSGuidance", "NoisePredictor", "StableDiffusion", "view_label", "view_prompts", "slugify"]
+           "SDSGuidance", "NoisePredictor", "StableDiffusion", "DeepFloydIF", "view_label", "view_prompts", "slugify"]
 
 
 def _load_sd(cfg: Config, device: torch.device) -> StableDiffusion:
@@ -43,12 +44,21 @@ def _load_clip(cfg: Config, device: torch.device):
     return FrozenCLIP.load(g.model, revision=g.revision, device=device, half_precision=g.half_precision)
 
 
+def _load_deepfloyd(cfg: Config, device: torch.device):
+    g = cfg.guidance
+    return DeepFloydIF.load(g.model, revision=g.revision, device=device, half_precision=g.half_precision,
+                            max_length=g.deepfloyd.max_length, variant=g.deepfloyd.variant, fast_paths=g)
+
+
 def guidance_model_key(cfg: Config) -> tuple:
     """Configs with equal keys load the same frozen model (the settings each loader reads)."""
     g = cfg.guidance
     if g.type == "sds":
         return ("sds", g.model, g.revision, g.half_precision, g.dtype, g.channels_last, g.attention, g.compile,
                 g.vae_resolution)
+    if g.type == "deepfloyd":
+        return ("deepfloyd", g.model, g.revision, g.half_precision, g.dtype, g.channels_last, g.compile,
+                g.deepfloyd.max_length, g.deepfloyd.variant)
     if g.type == "prior":
         c = cfg.camera
         return ("prior", tuple(c.elevation_range), tuple(c.azimuth_range), tuple(c.distance_range),
@@ -57,9 +67,9 @@ def guidance_model_key(cfg: Config) -> tuple:
 
 
 def load_guidance_model(cfg: Config, device: str | torch.device) -> Any:
-    """The frozen model that ``cfg.guidance.type`` needs (Stable Diffusion, the embedded prior's image set, or
-    CLIP), loaded on ``device``; it knows no prompt."""
-    loaders = {"sds": _load_sd, "prior": _load_prior, "clip": _load_clip}
+    """The frozen model that ``cfg.guidance.type`` needs (Stable Diffusion, the embedded prior's image set, CLIP
+    or DeepFloyd IF), loaded on ``device``; it knows no prompt."""
+    loaders = {"sds": _load_sd, "prior": _load_prior, "clip": _load_clip, "deepfloyd": _load_deepfloyd}
     return loaders[check_choice("guidance.type", cfg.guidance.type)](cfg, torch.device(device))
 
 
