@@ -35,7 +35,7 @@ from ..config import GuidanceConfig
 from ..errors import ConfigError, ModelNotFoundError, UserError
 from ..io import atomic_write
 from .fastpaths import resolve_dtype
-from .hub import first_line, hub_kwargs, load_parts, looks_like_path
+from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
 from .prompts import TextConditioning, prompt_texts, slugify
 
 __all__ = ["DeepFloydIF", "DEFAULT_MODEL", "t5_cache_dir"]
@@ -59,19 +59,6 @@ def _how_to_get(model: str) -> str:
     return (f"accept the DeepFloyd IF license on huggingface.co/{hub_id}, log in (`hf auth login`), download it "
             f"with `hf download {hub_id} --local-dir <folder>` and set guidance.model=/path/to/folder "
             f"(a folder holding {' '.join(s + '/' for s in SUBFOLDERS)})")
-
-
-def _resolve_model(model: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, is_local_folder); raises ModelNotFoundError for bad folders."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        for sub in SUBFOLDERS:
-            if not (path / sub).is_dir():
-                raise ModelNotFoundError(f"DeepFloyd IF folder '{model}' has no {sub}/ subfolder: {_how_to_get(model)}")
-        return str(path.resolve()), True
-    if looks_like_path(model):
-        raise ModelNotFoundError(f"guidance model '{model}' is not a folder: {_how_to_get(model)}")
-    return model, False
 
 
 def _has_sentencepiece() -> bool:
@@ -176,8 +163,8 @@ class DeepFloydIF:
         dtype = resolve_dtype(fast.dtype, half_precision, device)  # before any file or hub access
         if max_length <= 0:
             raise ConfigError(f"guidance.deepfloyd.max_length must be positive, got {max_length}")
-        source, local = _resolve_model(model)
         how = _how_to_get(model)
+        source, local = resolve_model(model, SUBFOLDERS, "DeepFloyd IF", how)
         kwargs = {} if local else hub_kwargs(model, revision, "guidance model", how)
         from diffusers import DDPMScheduler, UNet2DConditionModel
 

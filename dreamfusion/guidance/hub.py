@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import ModelNotFoundError
 
-__all__ = ["looks_like_path", "hub_kwargs", "load_parts", "first_line"]
+__all__ = ["looks_like_path", "resolve_model", "hub_kwargs", "load_parts", "first_line"]
 
 
 def looks_like_path(model: str) -> bool:
@@ -82,3 +82,17 @@ def load_parts(specs, source: str, kwargs: dict, *, model: str, local: bool, wha
                 why = f"cannot load {what} '{model}' from the hub: {first_line(exc)}"
             raise ModelNotFoundError(f"{why}; {how}") from exc
     return parts
+
+
+def resolve_model(model: str, subfolders, what: str, how: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, is it a local folder): a folder must hold every one of ``subfolders``;
+    a path that is not a folder, or a folder missing a part, is one ModelNotFoundError line naming it."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        for sub in subfolders:
+            if not (path / sub).is_dir():
+                raise ModelNotFoundError(f"{what} folder '{model}' has no {sub}/ subfolder: {how}")
+        return str(path.resolve()), True
+    if looks_like_path(model):
+        raise ModelNotFoundError(f"guidance model '{model}' is not a folder: {how}")
+    return model, False

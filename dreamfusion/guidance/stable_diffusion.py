@@ -10,7 +10,6 @@ UNet forward on the batch [uncond x B, cond x B].
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from torch import Tensor
 from ..config import GuidanceConfig
 from ..errors import ModelNotFoundError
 from .fastpaths import apply_fast_paths, resolve_dtype
-from .hub import first_line, hub_kwargs, load_parts, looks_like_path
+from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
 from .prompts import TextConditioning, prompt_texts
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -32,20 +31,6 @@ def _how_to_get(model: str) -> str:
     return (f"download it with `hf download {hub_id} --local-dir <folder>` and set guidance.model=/path/to/folder "
             f"(a folder holding {' '.join(s + '/' for s in SUBFOLDERS)}), "
             f"or run the offline demo: python -m dreamfusion --config demo prompt=\"a red cube\"")
-
-
-def _resolve_model(model: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, is_local_folder); raises ModelNotFoundError for bad folders."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        for sub in SUBFOLDERS:
-            if not (path / sub).is_dir():
-                raise ModelNotFoundError(
-                    f"guidance model folder '{model}' has no {sub}/ subfolder: {_how_to_get(model)}")
-        return str(path), True
-    if looks_like_path(model):
-        raise ModelNotFoundError(f"guidance model '{model}' is not a folder: {_how_to_get(model)}")
-    return model, False
 
 
 def _text_window(tokenizer, text_encoder, unet) -> int:
@@ -100,8 +85,8 @@ class StableDiffusion:
         """
         fast = fast_paths if fast_paths is not None else GuidanceConfig()
         dtype = resolve_dtype(fast.dtype, half_precision, device)  # before any file or hub access
-        source, local = _resolve_model(model)
         how = _how_to_get(model)
+        source, local = resolve_model(model, SUBFOLDERS, "guidance model", how)
         kwargs = {} if local else hub_kwargs(model, revision, "guidance model", how)
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
