@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from dreamfusion.fields import Field
+
 from render.shading import random_light_dirs, shade
 
 
@@ -112,16 +114,17 @@ def test_random_light_dirs():
 
 # --- render_views: deferred shading of the composited albedo, in closed form --------------------------
 
-class _PlaneField:
+class _PlaneField(Field):
     """density = scale exp(-n . p): -grad(density) is parallel to n everywhere, so every sample's unit normal is
     n and the composited normal is opacity * n; the albedo is one colour."""
 
     bound = 1.0
 
     def __init__(self, normal, colour, scale=3.0):
+        super().__init__()
         self.n, self.colour, self.scale = normal, colour, scale
 
-    def __call__(self, points):
+    def forward(self, points):
         return {"density": self.scale * torch.exp(-(points @ self.n)), "albedo": self.colour.expand(len(points), 3)}
 
 

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from dreamfusion.config import Config, load_config
+from dreamfusion.guidance import FrozenGuidance
 from dreamfusion.train import Trainer, pick_shading, regularizers
 
-FIELD = ["field.n_levels=4", "field.log2_hashmap_size=12", "field.base_resolution=8", "field.hidden_dim=16"]
+FIELD = ["field.hashgrid.n_levels=4", "field.hashgrid.log2_hashmap_size=12", "field.hashgrid.base_resolution=8",
+         "field.hidden_dim=16"]
 
 
 def _render_cfg(warmup: int, albedo: float, textureless: float):
@@ -95,7 +97,7 @@ def test_regularizer_gradients_hand_values():
 
 # -- the weighted total loss -----------------------------------------------------------------------------
 
-class _ConstantGuidance:
+class _ConstantGuidance(FrozenGuidance):
     """A cheap differentiable guidance: loss_sds = mean((image - 0.5)^2), plus a logged non-loss value."""
 
     def __call__(self, images, cameras, step, total_steps, generator=None):
@@ -108,8 +110,8 @@ def test_total_loss_is_the_weighted_sum_of_the_logged_terms(tmp_path):
                              "render.width=8", "render.height=8", "render.n_samples=8",
                              "render.albedo_warmup_steps=0", "render.albedo_prob=0.0", "render.textureless_prob=0.0",
                              *FIELD, *[f"loss.{k[5:]}={w}" for k, w in weights.items()]])
-    trainer = Trainer(cfg, tmp_path, torch.device("cpu"))
-    trainer.fit(_ConstantGuidance())
+    trainer = Trainer(cfg, tmp_path, torch.device("cpu"), _ConstantGuidance())
+    trainer.fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
