@@ -15,8 +15,9 @@ from render.cameras import orbit_cameras
 
 from .config import Config
 from .errors import UserError
-from .export import (bake_texture, colorize_depth, extract_mesh, normals_to_rgb, stack_panels, vertex_colors,
-                     write_glb, write_obj, write_video)
+from .export import (bake_albedo, colorize_depth, extract_mesh, normals_to_rgb, stack_panels, unwrap,
+                     vertex_colors, write_glb, write_obj, write_video)
+from .fields.baked import BakedField
 from .latent import rgb_view
 from .renderer import render_views_chunked
 
@@ -47,21 +48,26 @@ def surface_optical_depth(field, configured: float | None) -> float:
 
 
 @torch.no_grad()
-def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = None) -> dict[str, Path]:
+def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = None,
+                density_fn=None) -> dict[str, Path]:
+    """mesh/model.obj (+ .mtl, .png) and mesh/model.glb. ``density_fn`` (default ``field.density``) is what marching
+    cubes samples: a BakedField of the same resolution gives the same grid without a second pass."""
     e, timer = cfg.export, timer or PhaseTimer(quiet=True)
     with timer.phase("export.mesh", f"marching cubes on a {e.resolution}^3 density grid"):
-        vertices, faces = extract_mesh(field.density, field.bound, e.resolution, threshold=e.threshold,
+        vertices, faces = extract_mesh(density_fn or field.density, field.bound, e.resolution, threshold=e.threshold,
                                        min_component_ratio=e.min_component_ratio, decimate_faces=e.decimate_faces,
                                        auto_optical_depth=surface_optical_depth(field, e.auto_optical_depth))
     albedo_fn = lambda pts: field(pts)["albedo"]  # noqa: E731
     mesh_dir = Path(run_dir) / "mesh"
     mesh_dir.mkdir(exist_ok=True)
     if e.texture == "uv":
-        with timer.phase("export.texture", f"UV unwrap of {len(faces)} faces and a {e.texture_size} px albedo bake"):
-            vertices, faces, uv, texture = bake_texture(vertices, faces, albedo_fn, size=e.texture_size)
+        with timer.phase("export.unwrap", f"UV atlas of {len(faces)} faces (xatlas)"):
+            vertices, faces, uv = unwrap(vertices, faces, size=e.texture_size)
+        with timer.phase("export.bake", f"albedo baked into a {e.texture_size} px texture"):
+            texture = bake_albedo(vertices, faces, uv, albedo_fn, size=e.texture_size)
         kwargs = {"uv": uv, "texture": texture}
     else:
-        with timer.phase("export.texture", f"vertex colours of {len(vertices)} vertices"):
+        with timer.phase("export.bake", f"vertex colours of {len(vertices)} vertices"):
             kwargs = {"vertex_colors": vertex_colors(vertices, albedo_fn)}
     with timer.phase("export.write", "mesh/model.obj and mesh/model.glb"):
         write_obj(mesh_dir / "model.obj", vertices, faces, **kwargs)
@@ -106,8 +112,14 @@ def export_run(field, background, cfg: Config, run_dir: Path, device,
     with timer.phase("export.field", "the field's own files"):
         written.update(field.write_artifacts(Path(run_dir)))  # triplane.npz, splats.ply
     view = rgb_view(field)  # a latent field (guidance.latent_render) is exported through latent_to_rgb
-    for name, job in (("mesh", lambda: export_mesh(view, cfg, run_dir, timer)),
-                      ("video", lambda: {"video": export_video(view, background, cfg, run_dir, device, timer)})):
+    video_field, e = view, cfg.export
+    if e.video_grid:
+        with timer.phase("export.grid", f"density and albedo sampled once on a {e.video_grid}^3 grid for the video"):
+            video_field = view.baked(e.video_grid)  # a rasterized field (Gaussians) stays itself
+    same_grid = isinstance(video_field, BakedField) and video_field.resolution == e.resolution
+    density_fn = video_field.density if same_grid else None
+    for name, job in (("mesh", lambda: export_mesh(view, cfg, run_dir, timer, density_fn)),
+                      ("video", lambda: {"video": export_video(video_field, background, cfg, run_dir, device, timer)})):
         try:
             written.update(job())
         except UserError as exc:

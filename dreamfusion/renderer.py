@@ -15,6 +15,7 @@ from render.volume import render_rays
 from render.volume_nerfacc import render_rays_nerfacc
 
 from .fields.background import solid_background
+from .fields.base import field_device
 from .latent import LATENT_CHANNELS, rgb_to_latent
 
 __all__ = ["render_views", "render_volume", "render_views_chunked", "occupancy_grid"]
@@ -31,7 +32,7 @@ def occupancy_grid(field, n_samples: int, resolution: int = 64, min_alpha: float
     bound, fine = field.bound, 2 * resolution
     c = (torch.arange(fine, dtype=torch.float32) + 0.5) / fine * 2 * bound - bound
     pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
-    device = next(field.parameters()).device
+    device = field_device(field)
     density = torch.cat([field.density(p.to(device)) for p in pts.split(1 << 18)]).reshape(fine, fine, fine)
     cell = torch.nn.functional.max_pool3d(density[None, None], 2)  # [1,1,R,R,R]
     cell = torch.nn.functional.max_pool3d(cell, 3, stride=1, padding=1)[0, 0]

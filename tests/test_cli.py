@@ -133,7 +133,8 @@ def test_run_folder_holds_every_artifact_and_is_the_last_stdout_line(finished, t
         ("done", PROMPT, 10, 10, None)
     assert record["artifacts"] == {"checkpoint": "checkpoints/last.pt", "obj": "mesh/model.obj",
                                    "glb": "mesh/model.glb", "video": "orbit.mp4", "report": "report.html"}
-    assert {"load_guidance", "train", "export.mesh", "export.texture", "export.write", "export.video", "report"} \
+    assert {"load_guidance", "train", "export.mesh", "export.unwrap", "export.bake", "export.write", "export.video",
+            "report"} \
         <= set(record["seconds"]) and all(v >= 0 for v in record["seconds"].values())
     assert record["metrics"]["loss"] == pytest.approx(rows[-1]["loss"])
 
@@ -141,7 +142,8 @@ def test_run_folder_holds_every_artifact_and_is_the_last_stdout_line(finished, t
 def test_every_export_phase_announces_itself_on_stderr(finished):
     """Long exports are never silent: each phase prints what it starts, and the video shows frame progress."""
     err = finished[3]
-    for line in ("export.mesh: marching cubes on a 32^3 density grid", "export.texture: UV unwrap of",
+    for line in ("export.mesh: marching cubes on a 32^3 density grid", "export.unwrap: UV atlas of",
+                 "export.bake: albedo baked into a 128 px texture",
                  "export.write: mesh/model.obj and mesh/model.glb", "export.video: 30 frames at 32 px",
                  "report: report.html"):
         assert line in err, line

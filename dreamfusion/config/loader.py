@@ -238,6 +238,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"render.progressive_sizes must be positive, got {sizes}")
         if any(b <= a for a, b in zip([0] + milestones, milestones)):
             raise ConfigError(f"render.progressive_milestones must be positive and increasing, got {milestones}")
+    if cfg.export.video_grid < 0 or cfg.export.video_grid == 1:
+        raise ConfigError(f"export.video_grid must be 0 (render the field itself) or a grid side >= 2, "
+                          f"got {cfg.export.video_grid}")
+    if cfg.export.decimate_faces < 0:
+        raise ConfigError(f"export.decimate_faces must be >= 0 (0 keeps every face), got {cfg.export.decimate_faces}")
     if cfg.preview_every < 0:
         raise ConfigError(f"preview_every must be >= 0 (0 disables previews), got {cfg.preview_every}")
     for key in ("render.albedo_prob", "render.textureless_prob", "render.ambient"):

@@ -349,6 +349,8 @@ class ExportConfig:
     """Frames per second of the orbit video."""
     video_resolution: int = 256
     """Side of each orbit video panel in pixels."""
+    video_grid: int = 0
+    """Video from density and albedo sampled once on this many grid vertices per side (fast on a CPU); 0 renders the field itself."""
     video_panels: List[str] = dc_field(default_factory=lambda: ["rgb"])
     """Panels side by side in the orbit video: rgb, normal, depth."""
 

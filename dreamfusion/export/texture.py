@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["vertex_colors", "bake_texture"]
+__all__ = ["vertex_colors", "unwrap", "bake_albedo", "bake_texture"]
 
 _MAX_CANDIDATES = 1 << 20  # texel candidates tested per rasterisation chunk (~150 MB of temporaries)
 
@@ -148,32 +148,45 @@ def _dilate(rgb: np.ndarray, filled: np.ndarray, steps: int) -> tuple[np.ndarray
     return rgb, filled
 
 
-def bake_texture(vertices: np.ndarray, faces: np.ndarray, albedo_fn: Callable[[torch.Tensor], torch.Tensor],
-                 size: int = 1024, padding: int = 2, chunk: int = 65536,
-                 device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """UV-unwrap a mesh and bake its albedo into a texture.
-
-    Returns (vertices' [V', 3] float32, faces' [F, 3] int64, uv [V', 2] float32 (OBJ convention, v = 0 at
-    the bottom), texture uint8 [size, size, 3] (row 0 = top)). Vertices are duplicated along UV seams.
-    Each texel that a triangle's UV image overlaps gets the albedo at the matching 3D point (see
-    `_rasterize`); filled texels are then dilated `padding` texels outward so that bilinear / mip-mapped lookups at
-    chart borders do not pick up the background, which is set to the mean albedo.
-    """
+def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int = 1024,
+           padding: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """UV atlas of a mesh (xatlas) for a size x size texture -> (vertices' [V', 3] float32, faces' [F, 3]
+    int64, uv [V', 2] float32, OBJ convention). Vertices are duplicated along UV seams."""
     vertices = np.asarray(vertices, dtype=np.float32)
     faces = np.asarray(faces, dtype=np.int64)
     if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"bake_texture expects vertices [V, 3] and faces [F, 3], got {vertices.shape} and {faces.shape}")
+        raise ValueError(f"unwrap expects vertices [V, 3] and faces [F, 3], got {vertices.shape} and {faces.shape}")
     vmapping, faces2, uv = _unwrap(vertices, faces, size, padding)
-    vertices2 = vertices[vmapping]
+    return vertices[vmapping], faces2, uv
 
+
+def bake_albedo(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
+                albedo_fn: Callable[[torch.Tensor], torch.Tensor], size: int = 1024, padding: int = 2,
+                chunk: int = 65536, device: str | torch.device = "cpu") -> np.ndarray:
+    """Albedo of an unwrapped mesh baked into its texture -> uint8 [size, size, 3] (row 0 = top).
+
+    Each texel that a triangle's UV image overlaps gets the albedo at the matching 3D point (see
+    `_rasterize`); filled texels are then dilated `padding` texels outward so that bilinear / mip-mapped
+    lookups at chart borders do not pick up the background, which is set to the mean albedo.
+    """
+    vertices = np.asarray(vertices, dtype=np.float32)
     pix = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], axis=1).astype(np.float64)  # x right, y down
-    face_id, bary = _rasterize(pix[faces2], size, size)
+    face_id, bary = _rasterize(pix[faces], size, size)
     filled = face_id >= 0
-    corners = vertices2[faces2[face_id[filled]]]                      # [K, 3, 3]
+    corners = vertices[faces[face_id[filled]]]                        # [K, 3, 3]
     points = np.einsum("kj,kjc->kc", bary[filled], corners)            # 3D point of each texel
     rgb = np.zeros((size, size, 3), dtype=np.float32)
     rgb[filled] = _query(albedo_fn, points, chunk, device)
     rgb, grown = _dilate(rgb, filled, padding)
     if filled.any():
         rgb[~grown] = rgb[filled].mean(axis=0)
-    return vertices2, faces2, uv, _to_uint8(rgb)
+    return _to_uint8(rgb)
+
+
+def bake_texture(vertices: np.ndarray, faces: np.ndarray, albedo_fn: Callable[[torch.Tensor], torch.Tensor],
+                 size: int = 1024, padding: int = 2, chunk: int = 65536,
+                 device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`unwrap` then `bake_albedo`: (vertices' [V', 3] float32, faces' [F, 3] int64, uv [V', 2] float32 (OBJ
+    convention, v = 0 at the bottom), texture uint8 [size, size, 3] (row 0 = top))."""
+    vertices2, faces2, uv = unwrap(vertices, faces, size, padding)
+    return vertices2, faces2, uv, bake_albedo(vertices2, faces2, uv, albedo_fn, size, padding, chunk, device)

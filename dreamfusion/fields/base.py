@@ -12,9 +12,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Field"]
+__all__ = ["Field", "field_device"]
 
 _FOGGY = 0.5  # skip_grid: a field that occupies more than this fraction of the box gains little from skipping
+
+
+def field_device(module: nn.Module) -> torch.device:
+    """Device of a module's first parameter, else of its first buffer (a baked field has only buffers), else CPU."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 class Field(nn.Module):
@@ -51,6 +58,13 @@ class Field(nn.Module):
 
         grid = occupancy_grid(self, n_samples)
         return None if grid.float().mean() > _FOGGY else grid
+
+    def baked(self, resolution: int) -> "Field":
+        """A copy for fast rendering without a graph: density and albedo sampled once on a resolution^3 grid
+        (fields/baked.py, export.video_grid). A field that renders faster than a grid (splats) returns itself."""
+        from .baked import BakedField
+
+        return BakedField.bake(self, resolution)
 
     def regularizers(self) -> dict[str, Tensor]:
         """The field's own ``loss_*`` terms (weighted by the config's ``loss`` section), e.g. tri-plane TV."""

@@ -163,6 +163,10 @@ class GaussianField(Field):
         """Splats are rasterized: there is no empty space to skip."""
         return None
 
+    def baked(self, resolution: int) -> "GaussianField":
+        """Splats rasterize faster than a grid renders: the video uses the splats themselves."""
+        return self
+
     def write_artifacts(self, run_dir: Path) -> dict[str, Path]:
         """splats.ply: the standard 3DGS layout (SuperSplat, `python -m dreamfusion view`)."""
         from ..export.ply import write_ply
