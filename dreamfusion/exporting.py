@@ -15,13 +15,13 @@ from render.cameras import orbit_cameras
 
 from .config import Config
 from .errors import UserError
-from .export import (bake_albedo, colorize_depth, extract_mesh, normals_to_rgb, stack_panels, unwrap,
+from .export import (bake_albedo, colorize_depth, decimate, extract_mesh, normals_to_rgb, stack_panels, unwrap,
                      vertex_colors, write_glb, write_obj, write_video)
 from .fields.baked import BakedField
 from .latent import rgb_view
 from .renderer import render_views_chunked
 
-__all__ = ["export_mesh", "export_video", "export_run", "PhaseTimer"]
+__all__ = ["export_mesh", "export_video", "export_run", "eval_view", "PhaseTimer"]
 
 
 class PhaseTimer:
@@ -40,6 +40,13 @@ class PhaseTimer:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def eval_view(field, grid: int):
+    """The field as previews and the orbit video see it: in RGB (a latent field through latent_to_rgb) and, with
+    render.eval_grid = grid > 0, sampled once on a grid^3 grid (fields/baked.py; splats stay themselves)."""
+    view = rgb_view(field)
+    return view.baked(grid) if grid else view
 
 
 def surface_optical_depth(field, configured: float | None) -> float:
@@ -61,6 +68,9 @@ def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = No
     mesh_dir = Path(run_dir) / "mesh"
     mesh_dir.mkdir(exist_ok=True)
     if e.texture == "uv":
+        if 0 < e.uv_max_faces < len(faces):
+            with timer.phase("export.decimate", f"{len(faces)} faces to {e.uv_max_faces} for the UV atlas"):
+                vertices, faces = decimate(vertices, faces, e.uv_max_faces, option="export.uv_max_faces")
         with timer.phase("export.unwrap", f"UV atlas of {len(faces)} faces (xatlas)"):
             vertices, faces, uv = unwrap(vertices, faces, size=e.texture_size)
         with timer.phase("export.bake", f"albedo baked into a {e.texture_size} px texture"):
@@ -99,9 +109,10 @@ def export_video(field, background, cfg: Config, run_dir: Path, device, timer: P
     return path
 
 
-def export_run(field, background, cfg: Config, run_dir: Path, device,
-               timer: PhaseTimer | None = None) -> tuple[dict[str, Path], list[str]]:
-    """Every artifact that can be made; the errors of those that could not, one line each.
+def export_run(field, background, cfg: Config, run_dir: Path, device, timer: PhaseTimer | None = None,
+               video_view=None) -> tuple[dict[str, Path], list[str]]:
+    """Every artifact that can be made; the errors of those that could not, one line each. ``video_view``:
+    ``eval_view(field, cfg.render.eval_grid)`` when the caller has it already (the trainer's last preview).
 
     A failure of one artifact (an empty field has no mesh) does not lose the others.
     """
@@ -112,10 +123,10 @@ def export_run(field, background, cfg: Config, run_dir: Path, device,
     with timer.phase("export.field", "the field's own files"):
         written.update(field.write_artifacts(Path(run_dir)))  # triplane.npz, splats.ply
     view = rgb_view(field)  # a latent field (guidance.latent_render) is exported through latent_to_rgb
-    video_field, e = view, cfg.export
-    if e.video_grid:
-        with timer.phase("export.grid", f"density and albedo sampled once on a {e.video_grid}^3 grid for the video"):
-            video_field = view.baked(e.video_grid)  # a rasterized field (Gaussians) stays itself
+    video_field, e, grid = video_view, cfg.export, cfg.render.eval_grid
+    if video_field is None:
+        with timer.phase("export.grid", f"density and albedo sampled once on a {grid}^3 grid for the video" if grid else ""):
+            video_field = eval_view(field, grid)
     same_grid = isinstance(video_field, BakedField) and video_field.resolution == e.resolution
     density_fn = video_field.density if same_grid else None
     for name, job in (("mesh", lambda: export_mesh(view, cfg, run_dir, timer, density_fn)),

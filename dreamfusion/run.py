@@ -87,6 +87,10 @@ class RunRecord:
                      "seconds": previous.get("seconds", {}), "artifacts": previous.get("artifacts", {}),
                      "metrics": previous.get("metrics", {}), "error": None}
 
+    def forget_export(self) -> None:
+        """Drop the seconds of an earlier export, before exporting again (its phases may have differed)."""
+        self.data["seconds"] = {k: v for k, v in self.data["seconds"].items() if not k.startswith("export.")}
+
     def update(self, **fields: Any) -> None:
         for key in ("seconds", "artifacts", "metrics"):
             if key in fields:
@@ -152,7 +156,9 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
             row = trainer.fit(progress=not quiet, should_stop=should_stop)
         record.update(step=trainer.step, seconds=timer.seconds,
                       artifacts=record.relative({"checkpoint": run_dir / "checkpoints" / "last.pt"}))
-        written, errors = export_run(trainer.field, trainer.background, cfg, run_dir, device, timer)
+        record.forget_export()
+        written, errors = export_run(trainer.field, trainer.background, cfg, run_dir, device, timer,
+                                     video_view=trainer.cached_eval_view())
         record.update(artifacts=record.relative(written), seconds=timer.seconds)
         for path in ([] if quiet else written.values()):
             print(f"wrote {path}", file=sys.stderr)
@@ -237,6 +243,7 @@ def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     cfg, run_dir = loaded.cfg, loaded.run_dir
     record = RunRecord(run_dir, cfg, None, [])
     record.data["status"] = read_run_json(run_dir).get("status", "done")
+    record.forget_export()
     timer = PhaseTimer(quiet=quiet)
     written, errors = export_run(loaded.field, loaded.background, cfg, run_dir, loaded.device, timer)
     record.update(artifacts=record.relative(written), seconds=timer.seconds)

@@ -26,7 +26,8 @@ from .fields import build_field
 from .fields.background import build_background
 from .guidance.clip import transmittance_loss
 from .io import atomic_write_text
-from .latent import LATENT_CHANNELS, rgb_view
+from .exporting import eval_view
+from .latent import LATENT_CHANNELS
 from .renderer import render_views, render_views_chunked
 
 __all__ = ["Trainer", "Interrupted", "Diverged", "pick_shading", "regularizers", "render_size", "warmup_factor",
@@ -123,6 +124,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         self.estimator = self._make_estimator()
         self.step = 0
+        self._eval_view: tuple[int, object] | None = None
 
     def _make_estimator(self):
         """nerfacc occupancy grid: render.sampler=nerfacc, or auto on CUDA when nerfacc imports."""
@@ -270,16 +272,26 @@ class Trainer:
         self.save()
         return row
 
+    def eval_view(self):
+        """``exporting.eval_view`` of the field at this step (previews, then the video), made once per step."""
+        if self._eval_view is None or self._eval_view[0] != self.step:
+            self._eval_view = (self.step, eval_view(self.field, self.cfg.render.eval_grid))
+        return self._eval_view[1]
+
+    def cached_eval_view(self):
+        """The eval_view already made at this step (the last preview), else None."""
+        return self._eval_view[1] if self._eval_view is not None and self._eval_view[0] == self.step else None
+
     @torch.no_grad()
     def write_preview(self) -> Path:
         """Four views (front, right, back, left) at the evaluation camera, side by side, as a PNG; each view
-        preview_resolution pixels square, empty space skipped."""
+        preview_resolution pixels square, empty space skipped; from the field sampled on a grid with render.eval_grid."""
         c = self.cfg
         cams = orbit_cameras(4, c.camera.eval_elevation, c.camera.eval_distance, c.camera.eval_fovy,
                              device=self.device)
         cams = Cameras(*(torch.roll(x, -2, 0) for x in cams))  # orbit starts at -180: roll to front first
         side = c.preview_resolution
-        view = rgb_view(self.field)
+        view = self.eval_view()
         out = render_views_chunked(view, self.background, cams, side, side, n_samples=c.render.n_samples,
                                    views_per_chunk=1, background_kind="white",
                                    occupancy=view.skip_grid(c.render.n_samples))

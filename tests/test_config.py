@@ -199,8 +199,8 @@ def test_video_panels_are_checked():
 @pytest.mark.parametrize("override", [
     "field.bound=0", "optim.betas=[0.9]", "optim.betas=[0.9,1.5]", "preview_every=-1", "render.albedo_prob=2",
     "export.texture_size=0", "export.video_resolution=0", "camera.distance_range=[-1,0]",
-    "camera.fovy_range=[0,200]", "guidance.vae_resolution=0", "export.video_grid=1", "export.video_grid=-4",
-    "export.decimate_faces=-1",
+    "camera.fovy_range=[0,200]", "guidance.vae_resolution=0", "render.eval_grid=1", "render.eval_grid=-4",
+    "export.decimate_faces=-1", "export.uv_max_faces=-1",
 ])
 def test_out_of_range_values_are_config_errors(override):
     error(None, [override])

@@ -406,3 +406,42 @@ def test_colorize_depth_background_and_order():
     # Same depth -> same colour, and the solid range spans the colormap: near and far differ.
     np.testing.assert_array_equal(colorize_depth(depth, opacity), rgb)
     assert np.abs(rgb[0, 0, 0].astype(int) - rgb[0, 0, 2]).sum() > 100
+
+
+class SphereField(torch.nn.Module):
+    """smooth_sphere density with red_blue albedo, as export_mesh sees a field."""
+
+    bound, surface_optical_depth = 1.0, 0.3
+
+    def density(self, points):
+        return smooth_sphere(points)
+
+    def forward(self, points):
+        return {"density": smooth_sphere(points), "albedo": red_blue(points)}
+
+
+@pytest.mark.parametrize("uv_max_faces", [0, 600])
+def test_uv_export_decimates_before_the_unwrap_and_keeps_shape_and_colour(tmp_path, uv_max_faces):
+    """export.uv_max_faces: the UV path simplifies first (a phase of its own); 0 unwraps every face."""
+    import_oracle("fast_simplification", "pip install fast-simplification (the dev extra)")
+    from dreamfusion.config import load_config
+    from dreamfusion.exporting import PhaseTimer, export_mesh
+
+    t = 1.0
+    cfg = load_config(None, ["export.resolution=40", "export.texture_size=256", f"export.threshold={t}",
+                             f"export.uv_max_faces={uv_max_faces}"])
+    full_v, full_f = extract_mesh(smooth_sphere, 1.0, 40, threshold=t)
+    timer = PhaseTimer(quiet=True)
+    paths = export_mesh(SphereField(), cfg, tmp_path, timer)
+    mesh = trimesh.load(paths["obj"], process=False)
+    faces = len(mesh.faces)
+    if uv_max_faces:
+        assert faces <= uv_max_faces < len(full_f) and "export.decimate" in timer.seconds
+    else:
+        assert faces == len(full_f) and "export.decimate" not in timer.seconds
+    assert {"export.mesh", "export.unwrap", "export.bake", "export.write"} <= set(timer.seconds)
+    volume = signed_volume(np.asarray(mesh.vertices), np.asarray(mesh.faces))
+    assert volume == pytest.approx(4 / 3 * math.pi * level_radius(t) ** 3, rel=0.03)
+    image = np.asarray(mesh.visual.material.image.convert("RGB"))
+    colours = sample(image, np.asarray(mesh.visual.uv), v_down=False)
+    assert colour_match(np.asarray(mesh.vertices), colours, 2.0 / 39) >= 0.95

@@ -148,3 +148,35 @@ def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
     assert [r["loss"] for r in rows(run_dir)] == pytest.approx([r["loss"] for r in rows(straight_dir)], rel=1e-4)
+
+
+
+@pytest.mark.parametrize("preview_every", [4, 0])
+def test_video_reuses_the_last_previews_grid(tmp_path, preview_every):
+    """render.eval_grid: the grid sampled for the last step's preview is the video's (no export.grid phase);
+    without a preview at the last step the export samples the grid itself."""
+    cfg = tiny("a red cube", tmp_path, "render.eval_grid=20", f"preview_every={preview_every}",
+               "preview_resolution=16")
+    result = run(cfg, quiet=True)
+    assert result.status == "done" and result.artifacts["video"].is_file()
+    assert ("export.grid" in result.seconds) == (preview_every == 0)
+    assert len(list((result.run_dir / "previews").glob("step_*.png"))) == (2 if preview_every else 0)
+
+
+def test_trainer_eval_view_is_sampled_once_per_step(tmp_path):
+    from dreamfusion.fields.baked import BakedField
+    from dreamfusion.train import Trainer
+
+    r = 12
+    trainer = Trainer(tiny("a red cube", tmp_path, f"render.eval_grid={r}"), tmp_path, torch.device("cpu"))
+    assert trainer.cached_eval_view() is None
+    first = trainer.eval_view()
+    assert isinstance(first, BakedField) and first.resolution == r
+    assert trainer.eval_view() is first and trainer.cached_eval_view() is first
+    trainer.step += 1  # a step changes the field: the grid is sampled again
+    assert trainer.cached_eval_view() is None and trainer.eval_view() is not first
+    vertex = torch.tensor([[-1.0 + 5 * 2.0 / (r - 1), 1.0, -1.0 + 7 * 2.0 / (r - 1)]]) * trainer.field.bound
+    with torch.no_grad():
+        want = trainer.field(vertex)
+    got = trainer.eval_view()(vertex)
+    assert torch.allclose(got["density"], want["density"], rtol=1e-4) and torch.allclose(got["albedo"], want["albedo"], atol=1e-5)

@@ -238,11 +238,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"render.progressive_sizes must be positive, got {sizes}")
         if any(b <= a for a, b in zip([0] + milestones, milestones)):
             raise ConfigError(f"render.progressive_milestones must be positive and increasing, got {milestones}")
-    if cfg.export.video_grid < 0 or cfg.export.video_grid == 1:
-        raise ConfigError(f"export.video_grid must be 0 (render the field itself) or a grid side >= 2, "
-                          f"got {cfg.export.video_grid}")
-    if cfg.export.decimate_faces < 0:
-        raise ConfigError(f"export.decimate_faces must be >= 0 (0 keeps every face), got {cfg.export.decimate_faces}")
+    if cfg.render.eval_grid < 0 or cfg.render.eval_grid == 1:
+        raise ConfigError(f"render.eval_grid must be 0 (render the field itself) or a grid side >= 2, "
+                          f"got {cfg.render.eval_grid}")
+    for key in ("export.decimate_faces", "export.uv_max_faces"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 keeps every face), got {_get(cfg, key)}")
     if cfg.preview_every < 0:
         raise ConfigError(f"preview_every must be >= 0 (0 disables previews), got {cfg.preview_every}")
     for key in ("render.albedo_prob", "render.textureless_prob", "render.ambient"):

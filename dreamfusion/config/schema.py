@@ -139,6 +139,8 @@ class RenderConfig:
     """Steps at which training moves on to the next of progressive_sizes (one fewer entry than it, increasing)."""
     n_samples: int = 128
     """Stratified samples per ray inside the scene cube."""
+    eval_grid: int = 0
+    """Previews and the orbit video render the field sampled once on this many grid vertices per side (fast on a CPU); 0 renders the field itself."""
     perturb: bool = True
     """Jitter sample positions during training."""
     sampler: str = "auto"
@@ -341,6 +343,8 @@ class ExportConfig:
     """Target face count for decimation; 0 keeps every face."""
     texture: str = "uv"
     """Colour: uv (xatlas unwrap + baked albedo texture) or vertex (vertex colours)."""
+    uv_max_faces: int = 20000
+    """UV texture only: decimate to at most this many faces before the unwrap (xatlas time grows faster than the face count); 0 never."""
     texture_size: int = 1024
     """Side of the baked albedo texture in pixels."""
     video_frames: int = 120
@@ -349,8 +353,6 @@ class ExportConfig:
     """Frames per second of the orbit video."""
     video_resolution: int = 256
     """Side of each orbit video panel in pixels."""
-    video_grid: int = 0
-    """Video from density and albedo sampled once on this many grid vertices per side (fast on a CPU); 0 renders the field itself."""
     video_panels: List[str] = dc_field(default_factory=lambda: ["rgb"])
     """Panels side by side in the orbit video: rgb, normal, depth."""
 

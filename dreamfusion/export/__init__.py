@@ -7,13 +7,13 @@ Everything here is a function of arrays and callables (`density_fn`, `albedo_fn`
     write_obj(run / "mesh/model.obj", v, f, uv, tex); write_glb(run / "mesh/model.glb", v, f, uv, tex)
     write_video(run / "orbit.mp4", stack_panels([rgb, normals_to_rgb(n), colorize_depth(d, a)]), fps)
 """
-from dreamfusion.export.mesh import density_grid, extract_mesh, optical_depth
+from dreamfusion.export.mesh import decimate, density_grid, extract_mesh, optical_depth
 from dreamfusion.export.texture import bake_albedo, bake_texture, unwrap, vertex_colors
 from dreamfusion.export.video import colorize_depth, normals_to_rgb, stack_panels, write_video
 from dreamfusion.export.writers import write_glb, write_obj
 
 __all__ = [
-    "density_grid", "optical_depth", "extract_mesh",
+    "density_grid", "optical_depth", "extract_mesh", "decimate",
     "vertex_colors", "unwrap", "bake_albedo", "bake_texture",
     "write_obj", "write_glb",
     "write_video", "stack_panels", "colorize_depth", "normals_to_rgb",

@@ -17,7 +17,7 @@ import torch
 
 from dreamfusion.errors import UserError
 
-__all__ = ["density_grid", "optical_depth", "extract_mesh"]
+__all__ = ["density_grid", "optical_depth", "extract_mesh", "decimate"]
 
 _LOG_EPS = 1e-6  # offset of the log of densities: densities are >= 0
 
@@ -110,17 +110,26 @@ def _signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
-def _decimate(vertices: np.ndarray, faces: np.ndarray, target: int):
+def decimate(vertices: np.ndarray, faces: np.ndarray, target: int,
+             option: str = "export.decimate_faces") -> tuple[np.ndarray, np.ndarray]:
+    """Quadric decimation (fast-simplification) to about `target` faces, outward winding kept ->
+    (vertices float32, faces int64). A mesh with at most `target` faces comes back as it is. `option` is
+    the config key named in the error when the package is missing."""
+    if target <= 0 or len(faces) <= target:
+        return vertices, faces
     try:
         import fast_simplification  # noqa: F401  (trimesh's decimation wraps it)
     except ImportError:
-        raise UserError("export.decimate_faces needs the fast-simplification package: "
-                        "pip install fast-simplification (or set export.decimate_faces=0)") from None
+        raise UserError(f"{option} needs the fast-simplification package: "
+                        f"pip install fast-simplification (or set {option}=0)") from None
     import trimesh
 
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     simple = mesh.simplify_quadric_decimation(face_count=int(target))
-    return np.asarray(simple.vertices), np.asarray(simple.faces)
+    verts, faces = np.asarray(simple.vertices, dtype=np.float32), np.asarray(simple.faces, dtype=np.int64)
+    if _signed_volume(verts, faces) < 0:
+        faces = faces[:, ::-1].copy()
+    return verts, faces
 
 
 def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: float, resolution: int,
@@ -176,8 +185,5 @@ def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: floa
         faces = faces[:, ::-1].copy()
     if min_component_ratio > 0:
         verts, faces = _keep_large_components(verts, faces, min_component_ratio)
-    if decimate_faces and 0 < decimate_faces < len(faces):
-        verts, faces = _decimate(verts, faces, decimate_faces)
-        if _signed_volume(verts, faces) < 0:
-            faces = faces[:, ::-1].copy()
+    verts, faces = decimate(verts, faces, decimate_faces)
     return verts.astype(np.float32), np.ascontiguousarray(faces, dtype=np.int64)

@@ -6,7 +6,7 @@
 interpolation of density and albedo. At a grid vertex the baked field returns the field's own value, so a
 mesh extracted from it at resolution R is the mesh of the field itself; between vertices it is the
 trilinear blend. One pass of R^3 points through the field then replaces the many samples per pixel
-of a video (``export.video_grid``).
+of previews and orbit videos (``render.eval_grid``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class BakedField(Field):
             raise ValueError(f"BakedField needs density [R, R, R] and albedo [C, R, R, R] with R >= 2, "
                              f"got {list(density.shape)} and {list(albedo.shape)}")
         # One [1, 1 + C, R, R, R] volume: grid_sample reads (D, H, W) = (x, y, z) and takes points as (z, y, x).
+        # (On a CPU its 3-D kernel rendered rays faster than 8 row gathers of a [R^3, 1 + C] table: 2.6 s vs 3.5 s.)
         self.register_buffer("volume", torch.cat([density[None], albedo])[None].contiguous())
         self.bound = float(bound)
         self.albedo_channels = int(albedo.shape[0])
@@ -66,8 +67,13 @@ class BakedField(Field):
     def forward(self, points: Tensor) -> dict[str, Tensor]:
         check_points(points)
         coords = (points / self.bound).flip(-1).to(self.volume.dtype)  # (z, y, x) in [-1, 1] at the box faces
-        values = F.grid_sample(self.volume, coords[None, None, None], mode="bilinear", padding_mode="border",
-                               align_corners=True)[0, :, 0, 0].T  # [M, 1 + C]
+        # grid_sample's CPU kernel is parallel over the batch only: the points as a batch of one row per thread.
+        n = max(1, min(torch.get_num_threads(), points.shape[0] // 4096))
+        pad = -points.shape[0] % n
+        coords = torch.cat([coords, coords[:pad]]) if pad else coords
+        values = F.grid_sample(self.volume.expand(n, -1, -1, -1, -1), coords.reshape(n, 1, 1, -1, 3), mode="bilinear",
+                               padding_mode="border", align_corners=True)  # [n, 1 + C, 1, 1, M / n]
+        values = values.permute(0, 4, 1, 2, 3).reshape(-1, self.volume.shape[1])[:points.shape[0]]  # [M, 1 + C]
         inside = (points.abs() <= self.bound).all(dim=-1)
         density = torch.where(inside, values[:, 0].clamp_min(0.0), torch.zeros_like(values[:, 0]))
         return {"density": density, "albedo": values[:, 1:]}

@@ -61,7 +61,7 @@ class Field(nn.Module):
 
     def baked(self, resolution: int) -> "Field":
         """A copy for fast rendering without a graph: density and albedo sampled once on a resolution^3 grid
-        (fields/baked.py, export.video_grid). A field that renders faster than a grid (splats) returns itself."""
+        (fields/baked.py, render.eval_grid). A field that renders faster than a grid (splats) returns itself."""
         from .baked import BakedField
 
         return BakedField.bake(self, resolution)
