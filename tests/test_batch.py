@@ -27,7 +27,7 @@ from dreamfusion.errors import UserError
 from dreamfusion.run import read_run_json
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["steps=6", "render.width=16", "render.height=16", "render.n_samples=24", "guidance.prior.views=64",
+TINY = ["steps=6", "render.eval_grid=24", "render.width=16", "render.height=16", "render.n_samples=24", "guidance.prior.views=64",
         "guidance.prior.resolution=16", "checkpoint_every=3", "preview_every=3", "preview_resolution=32",
         "export.resolution=24", "export.texture=vertex", "export.video_frames=2", "export.video_resolution=16",
         "log_every=1"]

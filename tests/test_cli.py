@@ -46,7 +46,7 @@ PROMPT = "a peacock on a surfboard"
 FIELD = ["field.hashgrid.n_levels=4", "field.hashgrid.log2_hashmap_size=12", "field.hashgrid.base_resolution=8", "field.hidden_dim=16"]
 TRAIN = ["device=cpu", "render.width=32", "render.height=32", "render.n_samples=32", "guidance.vae_resolution=32",
          "guidance.t_anneal=none", "log_every=1", *FIELD]
-EXPORT = ["export.resolution=32", "export.texture_size=128", "export.video_frames=30", "export.video_resolution=32"]
+EXPORT = ["export.resolution=32", "render.eval_grid=32", "export.texture_size=128", "export.video_frames=30", "export.video_resolution=32"]
 CHEAP_EXPORT = ["export.resolution=24", "export.texture=vertex", "export.video_frames=2", "export.video_resolution=16"]
 
 

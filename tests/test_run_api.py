@@ -28,7 +28,7 @@ from dreamfusion.run import load_run, read_run_json, run
 from dreamfusion.train import weighted_loss
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["steps=8", "device=cpu", "render.width=16", "render.height=16", "render.n_samples=24",
+TINY = ["steps=8", "device=cpu", "render.eval_grid=24", "render.width=16", "render.height=16", "render.n_samples=24",
         "guidance.prior.views=64", "guidance.prior.resolution=16", "checkpoint_every=4", "preview_every=0",
         "log_every=1", "export.resolution=24", "export.texture=vertex", "export.video_frames=2",
         "export.video_resolution=16"]
