@@ -68,8 +68,8 @@ def main() -> int:
     args = ap.parse_args()
     rows = []
     print(f"# {time.strftime('%Y-%m-%d')} | {os.cpu_count()} CPU cores | torch {torch.__version__}")
-    print(f"| field | prompt | wall s | IoU | target | mean albedo | albedo err | pass |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| field | prompt | wall s | IoU | target | mean albedo | albedo err | pass |")
+    print("|---|---|---|---|---|---|---|---|")
     for field in args.field:
         for prompt in args.prompts:
             row = run_prompt(prompt, field, Path(args.output_dir), args.overrides)
