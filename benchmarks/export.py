@@ -36,7 +36,7 @@ from render.cameras import orbit_cameras  # noqa: E402
 
 SETTINGS = [("old path: every face unwrapped, video from the field", ["export.uv_max_faces=0", "render.eval_grid=0"]),
             ("uv_max_faces=20000 (default), eval_grid=128", ["export.uv_max_faces=20000", "render.eval_grid=128"]),
-            ("uv_max_faces=10000, eval_grid=96 (the demo)", ["export.uv_max_faces=10000", "render.eval_grid=96"])]
+            ("uv_max_faces=10000, eval_grid=96", ["export.uv_max_faces=10000", "render.eval_grid=96"])]
 MESH_PHASES = ("export.mesh", "export.decimate", "export.unwrap", "export.bake", "export.write")
 
 
