@@ -124,9 +124,11 @@ def export_run(field, background, cfg: Config, run_dir: Path, device, timer: Pha
         written.update(field.write_artifacts(Path(run_dir)))  # triplane.npz, splats.ply
     view = rgb_view(field)  # a latent field (guidance.latent_render) is exported through latent_to_rgb
     video_field, e, grid = video_view, cfg.export, cfg.render.eval_grid
-    if video_field is None:
-        with timer.phase("export.grid", f"density and albedo sampled once on a {grid}^3 grid for the video" if grid else ""):
+    if video_field is None and grid:
+        with timer.phase("export.grid", f"density and albedo sampled once on a {grid}^3 grid for the video"):
             video_field = eval_view(field, grid)
+    elif video_field is None:
+        video_field = view
     same_grid = isinstance(video_field, BakedField) and video_field.resolution == e.resolution
     density_fn = video_field.density if same_grid else None
     for name, job in (("mesh", lambda: export_mesh(view, cfg, run_dir, timer, density_fn)),
