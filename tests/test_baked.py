@@ -95,6 +95,17 @@ def test_baked_video_frames_converge_to_the_field_render():
     assert fine >= 45.0 and fine - coarse >= 10.0, (coarse, fine)
 
 
+def test_skip_grid_of_a_baked_field_is_made_once_and_is_the_occupancy_grid():
+    from dreamfusion.renderer import occupancy_grid
+
+    baked = BakedField.bake(small_nerf(), 16)
+    first = baked.skip_grid(64)
+    want = occupancy_grid(baked, 64)
+    assert baked.skip_grid(64) is first
+    assert (first is None) == (want.float().mean() > 0.5)
+    assert first is None or torch.equal(first, want)
+
+
 def test_splats_are_not_baked_and_a_baked_field_is_not_trained():
     cfg = load_config("demo", ["field.type=gaussian", "field.gaussian.count=50"]).field
     splats = GaussianField(cfg, "cpu")

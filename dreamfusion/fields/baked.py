@@ -38,6 +38,7 @@ class BakedField(Field):
         self.bound = float(bound)
         self.albedo_channels = int(albedo.shape[0])
         self.surface_optical_depth = float(surface_optical_depth)
+        self._skip_grids: dict[int, Tensor | None] = {}
 
     @classmethod
     @torch.no_grad()
@@ -77,6 +78,13 @@ class BakedField(Field):
         inside = (points.abs() <= self.bound).all(dim=-1)
         density = torch.where(inside, values[:, 0].clamp_min(0.0), torch.zeros_like(values[:, 0]))
         return {"density": density, "albedo": values[:, 1:]}
+
+    def skip_grid(self, n_samples: int) -> Tensor | None:
+        """Field.skip_grid, made once per n_samples: the grid is frozen, and the last preview and the video
+        render the same baked field."""
+        if n_samples not in self._skip_grids:
+            self._skip_grids[n_samples] = super().skip_grid(n_samples)
+        return self._skip_grids[n_samples]
 
     def param_groups(self, optim_cfg) -> list[dict]:
         raise TypeError("a BakedField is a frozen sample of a field for rendering; optimise the field itself")
