@@ -58,7 +58,7 @@ def _points(n, bound, dtype, seed=0):
     return torch.cat([pts, corners])
 
 
-@pytest.mark.parametrize("n_feat", [2, 3])  # 2: complex gather path, 3: plain rows
+@pytest.mark.parametrize("n_feat", [2, 3, 4])  # 2: 1-D complex gather, 3: plain rows, 4: rows of 2 complex
 def test_hashgrid_matches_naive_twin_values_and_gradients(n_feat):
     torch.manual_seed(0)
     grid = HashGrid(n_features_per_level=n_feat, **SMALL).double()

@@ -64,6 +64,7 @@ class HashGrid(nn.Module):
         self.offsets = [sum(self.table_sizes[:level]) for level in range(n_levels)]
         self.embeddings = nn.Parameter(
             torch.empty(sum(self.table_sizes), n_features_per_level).uniform_(-1e-4, 1e-4))  # [N, F]
+        self._int32_index = sum(self.table_sizes) < 2 ** 31  # every row number fits an int32
         # Levels come in two groups, dense then hashed (in level order within each); each group is
         # encoded with tensors spanning its levels. Per level: resolution, table offset, and the index
         # multiplier of each axis (dense strides 1, R+1, (R+1)^2, or the hash primes).
@@ -94,6 +95,8 @@ class HashGrid(nn.Module):
         table = self.embeddings
         if table.device.type == "cpu" and table.is_floating_point() and self.n_features_per_level % 2 == 0:
             table = torch.view_as_complex(table.view(table.shape[0], -1, 2))  # an entry as F/2 complex numbers
+            if self.n_features_per_level == 2:  # 1-D: index_select and its backward take their fast 1-D paths
+                table = table.view(-1)
         feats = [self._encode_group(unit.contiguous(), table, name, hashed) for name, hashed in self._groups]
         feats = torch.cat(feats, 0) if len(feats) > 1 else feats[0]  # [L, M, F] in group order
         if self._output_order != list(range(self.n_levels)):
@@ -111,12 +114,15 @@ class HashGrid(nn.Module):
         frac = pos - corner  # [Lg, 3, M]; d frac / d pos = 1 (floor is locally constant)
         index = self._corner_index(corner.long(), mult, offset, hashed)  # [Lg, 2, 2, 2, M]
 
-        gathered = table.index_select(0, index.view(-1))
+        gathered = _Gather.apply(table, index.view(-1))
         if gathered.is_complex():
             gathered = torch.view_as_real(gathered)
         # A point's features stay interleaved: the last axis is M * F, contiguous.
         gathered = gathered.view(n_levels, 2, 2, 2, n_points * n_feat)
-        weights = frac.unsqueeze(-1).expand(-1, -1, -1, n_feat).reshape(n_levels, 3, n_points * n_feat)
+        if n_feat == 2:  # each weight twice, interleaved like the features; as a complex number, one fast pass
+            weights = torch.view_as_real(torch.complex(frac, frac)).view(n_levels, 3, n_points * n_feat)
+        else:
+            weights = frac.unsqueeze(-1).expand(-1, -1, -1, n_feat).reshape(n_levels, 3, n_points * n_feat)
         return _Trilerp.apply(gathered, weights).view(n_levels, n_points, n_feat)
 
     @torch.no_grad()
@@ -127,12 +133,36 @@ class HashGrid(nn.Module):
         if hashed:
             # (a ^ b ^ c) mod 2^k = (a mod 2^k) ^ (b mod 2^k) ^ (c mod 2^k): mask the per-axis terms.
             terms.bitwise_and_(2 ** self.log2_hashmap_size - 1)
+        if self._int32_index:  # the 8x larger corner index in int32: half the memory traffic, same values
+            terms = terms.to(torch.int32)
+            offset = offset.to(torch.int32)
+        if hashed:
             index = torch.bitwise_xor(terms[:, 0, :, None], terms[:, 1, None, :])  # [Lg, 2, 2, M]
             index = torch.bitwise_xor(index[:, :, :, None], terms[:, 2, None, None])  # [Lg, 2, 2, 2, M]
             return index.add_(offset.view(-1, 1, 1, 1, 1))
         terms[:, 0].add_(offset.view(-1, 1, 1))
         index = torch.add(terms[:, 0, :, None], terms[:, 1, None, :])
         return torch.add(index[:, :, :, None], terms[:, 2, None, None])
+
+
+class _Gather(torch.autograd.Function):
+    """``table.index_select(0, index)`` whose backward is one ``index_add_`` into a zero table (autograd's
+    own backward of index_select goes through a slower scatter_add_ for a table of complex entries, and
+    needs an int64 index). Under ``create_graph=True`` the backward is built from differentiable ops."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+        return table.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        zeros = grad.new_zeros(ctx.table_shape)
+        if torch.is_grad_enabled():
+            return zeros.index_add(0, index, grad), None
+        return zeros.index_add_(0, index, grad), None
 
 
 def _trilerp(corners: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
