@@ -83,6 +83,19 @@ def test_hashgrid_matches_naive_twin_values_and_gradients(n_feat):
     torch.testing.assert_close(gg, rr, atol=1e-6, rtol=1e-9)
 
 
+def test_hashgrid_coarsening_levels_hashed_first_match_twin():
+    # per_level_scale < 1: resolutions fall with the level, so the hashed levels come first and the
+    # dense ones last; each group writes its own run of levels of the output
+    kwargs = dict(bound=1.0, n_levels=4, log2_hashmap_size=9, base_resolution=20, per_level_scale=0.5)
+    grid = HashGrid(**kwargs).double()
+    assert grid.hashed == [True, True, False, False]  # resolutions 20, 10, 5, 2
+    with torch.no_grad():
+        grid.embeddings.uniform_(-1, 1)
+    pts = _points(500, 1.0, torch.float64, seed=2)
+    ref = reference_encoding(pts, grid.embeddings, 1.0, 4, 2, 9, 20, 0.5)
+    torch.testing.assert_close(grid(pts), ref, atol=1e-9, rtol=0)
+
+
 def test_hashgrid_default_config_float32_matches_twin():
     cfg = FieldConfig().hashgrid
     bound = FieldConfig().bound

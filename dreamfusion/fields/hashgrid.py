@@ -81,9 +81,8 @@ class HashGrid(nn.Module):
             self.register_buffer(f"_{name}_res", res, persistent=False)  # [Lg]
             self.register_buffer(f"_{name}_mult", mult, persistent=False)  # [Lg, 3]
             self.register_buffer(f"_{name}_offset", torch.tensor([self.offsets[lv] for lv in levels]), persistent=False)
-            self._groups.append((name, hashed))
-        order = [level for hashed in (False, True) for level in range(n_levels) if self.hashed[level] == hashed]
-        self._output_order = [order.index(level) for level in range(n_levels)]  # level -> row of the groups' concat
+            # R_l is monotonic in l, so each group is one run of levels: its slice of the output
+            self._groups.append((name, hashed, slice(min(levels), max(levels) + 1)))
 
     def forward(self, points: Tensor) -> Tensor:  # [M, 3] -> [M, L * F]
         if points.dim() != 2 or points.shape[-1] != 3:
@@ -97,11 +96,11 @@ class HashGrid(nn.Module):
             table = torch.view_as_complex(table.view(table.shape[0], -1, 2))  # an entry as F/2 complex numbers
             if self.n_features_per_level == 2:  # 1-D: index_select and its backward take their fast 1-D paths
                 table = table.view(-1)
-        feats = [self._encode_group(unit.contiguous(), table, name, hashed) for name, hashed in self._groups]
-        feats = torch.cat(feats, 0) if len(feats) > 1 else feats[0]  # [L, M, F] in group order
-        if self._output_order != list(range(self.n_levels)):
-            feats = feats[self._output_order]
-        return feats.transpose(0, 1).reshape(n_points, self.output_dim)
+        unit = unit.contiguous()
+        feats = unit.new_empty(n_points, self.n_levels, self.n_features_per_level)  # [M, L, F]
+        for name, hashed, levels in self._groups:  # each group's [Lg, M, F] written once into its levels
+            feats[:, levels] = self._encode_group(unit, table, name, hashed).transpose(0, 1)
+        return feats.view(n_points, self.output_dim)
 
     def _encode_group(self, unit: Tensor, table: Tensor, name: str, hashed: bool) -> Tensor:
         """Interpolated features of one group of levels: unit points ``[3, M]`` -> ``[Lg, M, F]``."""
