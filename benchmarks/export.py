@@ -1,7 +1,7 @@
 """Export speed on one trained run: the old path (every face unwrapped, the video rendered from the field itself)
 against the fast settings (export.uv_max_faces, render.eval_grid), measured back to back in one process.
 
-    python benchmarks/export.py                      # trains the demo's "a red cube" first (~90 s on 2 cores)
+    python benchmarks/export.py                      # trains the demo's "a red cube" first (~70 s on 2 cores)
     python benchmarks/export.py RUN_DIR --resolution 128 --texture-size 1024
 
 For each setting: seconds per export phase (mesh, decimate, unwrap, bake, write, grid, video), the mesh's

@@ -1,0 +1,90 @@
+"""The demo's training step, this checkout against an earlier commit, alternated in one run.
+
+    python benchmarks/train_step.py                        # against 1b3cf1c (before the hash-grid rework)
+    python benchmarks/train_step.py --baseline HEAD~3 --rounds 4 --steps 60
+
+The baseline commit is checked out into a temporary git worktree. Each round times ``--steps`` training
+steps of ``python -m dreamfusion --config demo`` (its Trainer, prompt ``--prompt``, after 20 warm-up
+steps) in a fresh process of each tree, one after the other, so both see the same machine load. Prints
+the median step per round and per tree, their ratio, and whether the two trees' fields are bit-identical
+after the same steps (a speed-up that changes no result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, statistics, sys, tempfile, time
+import torch
+from dreamfusion.config import load_config
+from dreamfusion.guidance import build_guidance
+from dreamfusion.train import Trainer
+prompt, steps, state_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+cfg = load_config("demo", [f"prompt={prompt}"])
+trainer = Trainer(cfg, tempfile.mkdtemp(), torch.device("cpu"), guidance=build_guidance(cfg, "cpu"))
+for _ in range(20):
+    trainer.train_step()
+times = []
+for _ in range(steps):
+    start = time.perf_counter()
+    trainer.train_step()
+    times.append(time.perf_counter() - start)
+torch.save(trainer.field.state_dict(), state_path)
+print(json.dumps({"median_ms": 1000 * statistics.median(times), "mean_ms": 1000 * statistics.mean(times)}))
+"""
+
+
+def time_tree(tree: Path, prompt: str, steps: int, state: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    proc = subprocess.run([sys.executable, "-c", CHILD, prompt, str(steps), str(state)], cwd=tree, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{tree}: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", default="1b3cf1c", help="git commit to compare against")
+    ap.add_argument("--prompt", default="a red cube")
+    ap.add_argument("--steps", type=int, default=100, help="timed steps per process")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp:
+        base = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            rows = {"baseline": [], "this checkout": []}
+            print(f"| round | baseline ({args.baseline}) median ms | this checkout median ms | ratio |")
+            print("|---|---:|---:|---:|")
+            for r in range(args.rounds):
+                b = time_tree(base, args.prompt, args.steps, Path(tmp) / "base.pt")["median_ms"]
+                n = time_tree(ROOT, args.prompt, args.steps, Path(tmp) / "new.pt")["median_ms"]
+                rows["baseline"].append(b)
+                rows["this checkout"].append(n)
+                print(f"| {r + 1} | {b:.1f} | {n:.1f} | {n / b:.3f} |", flush=True)
+            a, b = torch.load(Path(tmp) / "base.pt"), torch.load(Path(tmp) / "new.pt")
+            same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+            mb, mn = statistics.median(rows["baseline"]), statistics.median(rows["this checkout"])
+            print(f"median of rounds: baseline {mb:.1f} ms, this checkout {mn:.1f} ms, ratio {mn / mb:.3f}; "
+                  f"fields bit-identical after {20 + args.steps} steps: {same}")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
