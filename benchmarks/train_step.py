@@ -19,9 +19,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from sds_step import device_name  # noqa: E402
 
 CHILD = r"""
 import json, statistics, sys, tempfile, time
@@ -40,17 +46,18 @@ for _ in range(steps):
     trainer.train_step()
     times.append(time.perf_counter() - start)
 torch.save(trainer.field.state_dict(), state_path)
-print(json.dumps({"median_ms": 1000 * statistics.median(times), "mean_ms": 1000 * statistics.mean(times)}))
+print(json.dumps({"median_ms": 1000 * statistics.median(times)}))
 """
 
 
-def time_tree(tree: Path, prompt: str, steps: int, state: Path) -> dict:
+def time_tree(tree: Path, prompt: str, steps: int, state: Path) -> float:
+    """Median ms per step of the tree's demo Trainer in a fresh process; its field saved to ``state``."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     proc = subprocess.run([sys.executable, "-c", CHILD, prompt, str(steps), str(state)], cwd=tree, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{tree}: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])["median_ms"]
 
 
 def main() -> int:
@@ -60,8 +67,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=100, help="timed steps per process")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    import torch
-
+    print(f"# {time.strftime('%Y-%m-%d')} | {device_name(torch.device('cpu'))} | torch {torch.__version__} | "
+          f"prompt '{args.prompt}', {args.steps} timed steps per process")
     with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp:
         base = Path(tmp) / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
@@ -71,8 +78,8 @@ def main() -> int:
             print(f"| round | baseline ({args.baseline}) median ms | this checkout median ms | ratio |")
             print("|---|---:|---:|---:|")
             for r in range(args.rounds):
-                b = time_tree(base, args.prompt, args.steps, Path(tmp) / "base.pt")["median_ms"]
-                n = time_tree(ROOT, args.prompt, args.steps, Path(tmp) / "new.pt")["median_ms"]
+                b = time_tree(base, args.prompt, args.steps, Path(tmp) / "base.pt")
+                n = time_tree(ROOT, args.prompt, args.steps, Path(tmp) / "new.pt")
                 rows["baseline"].append(b)
                 rows["this checkout"].append(n)
                 print(f"| {r + 1} | {b:.1f} | {n:.1f} | {n / b:.3f} |", flush=True)
