@@ -265,7 +265,8 @@ def test_predict_eps_of_a_v_prediction_if_converts_the_noise_channels(tiny_if_di
         folder / "scheduler")
     model = DeepFloydIF.load(str(folder))  # no prompt, so T5 stays on disk
     g = torch.Generator().manual_seed(4)
-    x_t, t, emb = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([50, 900]), torch.randn(2, 2, 77, 32, generator=g)
+    x_t, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([50, 900])
+    emb = torch.randn(2, 2, 77, 32, generator=g)  # [K, B, L, D]: any text embeddings
     with torch.no_grad():
         out6 = torch.stack([model.unet(x_t, t, encoder_hidden_states=e).sample for e in emb])  # [K, B, 6, S, S]
     abar = cosine_alphas_cumprod()[t].view(2, 1, 1, 1)
