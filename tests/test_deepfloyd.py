@@ -253,6 +253,29 @@ def test_predict_eps_runs_k_conditions_in_one_forward(tiny_if):
             assert torch.allclose(eps[k], direct[:, :3], atol=1e-5)
 
 
+def test_predict_eps_of_a_v_prediction_if_converts_the_noise_channels(tiny_if_dir, tmp_path):
+    """IF's UNet outputs eps (or v) in its first 3 channels and the learned variance in the other 3: with a
+    v-prediction scheduler, predict_eps converts the first 3 in closed form, eps = sqrt(abar) v + sqrt(1 - abar) x_t,
+    on IF's cosine schedule (at c5a276d it returned v)."""
+    from diffusers import DDPMScheduler
+
+    folder = tmp_path / "tiny-if-v"
+    shutil.copytree(tiny_if_dir, folder)
+    DDPMScheduler.from_pretrained(tiny_if_dir / "scheduler", prediction_type="v_prediction").save_pretrained(
+        folder / "scheduler")
+    model = DeepFloydIF.load(str(folder))  # no prompt, so T5 stays on disk
+    g = torch.Generator().manual_seed(4)
+    x_t, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([50, 900])
+    emb = torch.randn(2, 2, 77, 32, generator=g)  # [K, B, L, D]: any text embeddings
+    with torch.no_grad():
+        out6 = torch.stack([model.unet(x_t, t, encoder_hidden_states=e).sample for e in emb])  # [K, B, 6, S, S]
+    abar = cosine_alphas_cumprod()[t].view(2, 1, 1, 1)
+    want = abar.sqrt() * out6[:, :, :3] + (1 - abar).sqrt() * x_t
+    assert (want - out6[:, :, :3]).abs().max() > 0.1
+    torch.testing.assert_close(model.predict_eps(x_t, t, emb), want, atol=1e-5, rtol=1e-4)
+    assert model.predict_eps(x_t, t, emb).shape == (2, 2, 3, 16, 16)
+
+
 def test_sds_gradient_on_tiny_if_matches_independent_computation(tiny_if):
     class Recording:  # the same predictor, keeping x0 to read its gradient
         alphas_cumprod = tiny_if.alphas_cumprod

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from dreamfusion.config import Config, GuidanceConfig
 from dreamfusion.errors import ConfigError, ModelNotFoundError, UserError
 from dreamfusion.guidance import SDSGuidance, StableDiffusion, build_guidance, slugify, view_label, view_prompts
+from dreamfusion.guidance.prediction import eps_from_prediction, prediction_target
 from dreamfusion.guidance.sds import classifier_free_guidance, sample_timesteps, sds_weight, t_range
 
 try:
@@ -47,6 +48,31 @@ def tiny_sd(tiny_sd_dir):
 @pytest.fixture(scope="module")
 def tiny_cond(tiny_sd):
     return tiny_sd.encode_prompt("a red cube", "blurry")
+
+
+def with_prediction_type(folder, tmp_path, kind: str):
+    """A copy of a tiny model folder whose scheduler/ is re-saved (save_pretrained) with prediction_type=kind."""
+    from diffusers import DDPMScheduler
+
+    copy = tmp_path / f"{folder.name}-{kind}"
+    shutil.copytree(folder, copy)
+    DDPMScheduler.from_pretrained(folder / "scheduler", prediction_type=kind).save_pretrained(copy / "scheduler")
+    return copy
+
+
+def eps_closed_form(out, x_t, abar, kind: str):
+    """eps from a UNet output: v -> sqrt(abar) v + sqrt(1 - abar) x_t, x0 -> (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
+    a = abar.view(-1, *[1] * (x_t.dim() - 1))
+    if kind == "v_prediction":
+        return a.sqrt() * out + (1 - a).sqrt() * x_t
+    return (x_t - a.sqrt() * out) / (1 - a).sqrt() if kind == "sample" else out
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_v(tiny_sd_dir, tmp_path_factory):
+    """The tiny Stable Diffusion with a v-prediction scheduler (SD 2.x at 768 px is one), loaded as users load it."""
+    return StableDiffusion.load(str(with_prediction_type(tiny_sd_dir, tmp_path_factory.mktemp("v"), "v_prediction")),
+                                vae_resolution=16)
 
 
 # --- the rule and its schedules -------------------------------------------------------------------
@@ -297,7 +323,11 @@ def test_encode_shape_and_gradient(tiny_sd_dir):
 
 # --- the rule on the tiny Stable Diffusion -----------------------------------------------------------
 
-def test_sds_gradient_on_tiny_sd_matches_independent_computation(tiny_sd):
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_sds_gradient_on_tiny_sd_matches_independent_computation(kind, request):
+    """Epsilon and v-prediction (whose v the replay converts to eps in closed form: SDS needs the noise)."""
+    tiny_sd = request.getfixturevalue("tiny_sd" if kind == "epsilon" else "tiny_sd_v")
+
     class Recording:  # the same predictor, keeping x0 to read its gradient
         alphas_cumprod = tiny_sd.alphas_cumprod
         predict_noise = staticmethod(tiny_sd.predict_noise)
@@ -326,13 +356,64 @@ def test_sds_gradient_on_tiny_sd_matches_independent_computation(tiny_sd):
     cond = guidance.cond
     emb = torch.cat([cond.uncond, cond.uncond, cond.cond["front"], cond.cond["back"]])
     with torch.no_grad():
-        eps_u, eps_c = tiny_sd.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=emb).sample.chunk(2)
+        raw = tiny_sd.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=emb).sample
+    eps_u, eps_c = eps_closed_form(raw, torch.cat([x_t, x_t]), torch.cat([abar, abar]), kind).chunk(2)
     grad = (1 - abar) * (eps_u + 7.5 * (eps_c - eps_u) - eps)
 
     assert torch.allclose(predictor.x0.grad, grad / 2, atol=1e-5, rtol=1e-4)  # d loss / d x0 = grad / B
     assert out["loss_sds"].item() == pytest.approx(0.5 * (grad ** 2).sum().item() / 2, rel=1e-5)
     assert out["t"] == pytest.approx(t.float().mean().item() / 1000)
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_prediction_conversion_inverts_diffusers_forward_process():
+    """Round trip through diffusers' own DDPMScheduler: x_t = add_noise(x0, eps, t), v = get_velocity(x0, eps, t);
+    eps comes back from v (or from x0), and the training targets are eps, v, x0."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 4, 3, 3, generator=g), torch.randn(4, 4, 3, 3, generator=g)
+    t = torch.tensor([0, 1, 500, 999])
+    x_t, v = scheduler.add_noise(x0, eps, t), scheduler.get_velocity(x0, eps, t)
+    abar = scheduler.alphas_cumprod[t]
+    torch.testing.assert_close(eps_from_prediction(v, x_t, abar, "v_prediction"), eps, atol=1e-5, rtol=1e-5)
+    # x0 -> eps divides by sqrt(1 - abar_0) = 0.029 at t = 0, so float32 rounding grows ~34x there
+    torch.testing.assert_close(eps_from_prediction(x0, x_t, abar, "sample"), eps, atol=2e-4, rtol=1e-4)
+    assert eps_from_prediction(eps, x_t, abar, "epsilon") is eps
+    for kind, want in (("epsilon", eps), ("v_prediction", v), ("sample", x0)):
+        torch.testing.assert_close(prediction_target(x0, eps, abar, kind), want, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="flow"):
+        eps_from_prediction(v, x_t, abar, "flow")
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "sample"])
+def test_predict_eps_converts_a_v_or_x0_unet_to_noise(tiny_sd_dir, tmp_path, kind):
+    """A tiny UNet whose scheduler says it predicts v (or x0), loaded through StableDiffusion.load: predict_eps and
+    predict_noise (what SDS, Perp-Neg, VSD and the 2D preview call) give eps, the UNet's raw output converted in
+    closed form; at c5a276d they returned the raw output."""
+    sd = StableDiffusion.load(str(with_prediction_type(tiny_sd_dir, tmp_path, kind)), vae_resolution=16)
+    cond = sd.encode_prompt("a red cube", "blurry", view_dependent=False)
+    g = torch.Generator().manual_seed(2)
+    x_t, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([30, 800])
+    emb = torch.stack([cond.uncond.expand(2, -1, -1), cond.cond["all"].expand(2, -1, -1)])  # [2, B, 77, 32]
+    with torch.no_grad():
+        raw = torch.stack([sd.unet(x_t, t, encoder_hidden_states=e).sample for e in emb])
+    abar = sd_alphas_cumprod()[t]
+    want = torch.stack([eps_closed_form(r, x_t, abar, kind) for r in raw])
+    assert (want - raw).abs().max() > 0.1  # the conversion is not a no-op here
+    torch.testing.assert_close(sd.predict_eps(x_t, t, emb), want, atol=1e-5, rtol=1e-4)
+    eps_u, eps_c = sd.predict_noise(x_t, t, None, cond)
+    torch.testing.assert_close(torch.stack([eps_u, eps_c]), want, atol=1e-5, rtol=1e-4)
+    assert sd.prediction_type == kind
+
+
+def test_unknown_prediction_type_is_one_line(tiny_sd_dir, tmp_path):
+    folder = with_prediction_type(tiny_sd_dir, tmp_path, "flow_prediction")
+    with pytest.raises(ModelNotFoundError, match="has prediction_type 'flow_prediction': dreamfusion reads epsilon, "
+                                                 "v_prediction, sample models") as info:
+        StableDiffusion.load(str(folder), vae_resolution=16)
+    assert "\n" not in str(info.value)
 
 
 def test_build_guidance_from_config(tiny_sd_dir):

@@ -1,9 +1,11 @@
-"""VSD (guidance/vsd.py) on the tiny Stable Diffusion: the gradient against an independent replay with the
-LoRA's own prediction, the LoRA learning (its loss falls), and its state in the trainer's optimizer and
-checkpoint, where a resumed run reproduces a straight one."""
+"""VSD (guidance/vsd.py) on the tiny Stable Diffusion, epsilon and v-prediction: the gradient and the LoRA's loss
+against independent replays (the same generator draws, direct UNet calls, v converted in closed form), the LoRA
+learning (its loss falls), and its state in the trainer's optimizer and checkpoint, where a resumed run reproduces
+a straight one."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import pytest
@@ -13,10 +15,10 @@ from dreamfusion.config import Config, load_config
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.sds import sample_timesteps
+from dreamfusion.guidance import vsd as vsd_module
 from dreamfusion.guidance.vsd import VSDGuidance, camera_features
 from dreamfusion.train import Trainer
 from render.cameras import orbit_cameras
-
 
 
 def vsd_config(tiny_sd_dir, **vsd) -> Config:
@@ -34,11 +36,44 @@ def vsd(tiny_sd_dir) -> VSDGuidance:
     return build_guidance(vsd_config(tiny_sd_dir), "cpu")
 
 
-def test_vsd_gradient_is_w_t_times_guided_minus_lora_noise(vsd):
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():  # a LoRA and camera MLP that have learned something, so eps_lora != the frozen eps
+@pytest.fixture(scope="module")
+def tiny_sd_v_dir(tiny_sd_dir, tmp_path_factory):
+    """The tiny Stable Diffusion folder with its scheduler re-saved (save_pretrained) as v-prediction."""
+    from diffusers import DDPMScheduler
+
+    folder = tmp_path_factory.mktemp("v") / "tiny-sd-v"
+    shutil.copytree(tiny_sd_dir, folder)
+    DDPMScheduler.from_pretrained(tiny_sd_dir / "scheduler", prediction_type="v_prediction").save_pretrained(
+        folder / "scheduler")
+    return folder
+
+
+def built_vsd(request, kind: str, **vsd) -> VSDGuidance:
+    folder = request.getfixturevalue("tiny_sd_dir" if kind == "epsilon" else "tiny_sd_v_dir")
+    guidance = build_guidance(vsd_config(folder, **vsd), "cpu")
+    assert guidance.predictor.prediction_type == kind
+    return guidance
+
+
+def learned(vsd: VSDGuidance, seed: int) -> VSDGuidance:
+    """A LoRA and camera MLP that have learned something, so the LoRA differs from the frozen UNet and the camera
+    condition matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
         for p in [*vsd.lora.values(), *vsd.camera_mlp.parameters()]:
             p.normal_(0.0, 0.3, generator=g)
+    return vsd
+
+
+def to_eps(out, x_t, abar, kind):
+    """A UNet output as noise, in closed form: v -> sqrt(abar) v + sqrt(1 - abar) x_t (Salimans & Ho 2022)."""
+    return abar.sqrt() * out + (1 - abar).sqrt() * x_t if kind == "v_prediction" else out
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_vsd_gradient_is_w_t_times_guided_minus_lora_noise(kind, request):
+    vsd = learned(built_vsd(request, kind), 11)
+    g = torch.Generator().manual_seed(11)
     cams = orbit_cameras(2, 20.0, 2.0, 45.0)
     latents = torch.randn(2, 8, 8, 4, generator=g).requires_grad_()  # rendered latents: no VAE in the way
     out = vsd(latents, cams, 0, 100, torch.Generator().manual_seed(5))
@@ -53,19 +88,79 @@ def test_vsd_gradient_is_w_t_times_guided_minus_lora_noise(vsd):
     unet, cond = vsd.unet, vsd.cond
     with torch.no_grad():
         unet.disable_adapters()
-        eps_u, eps_c = unet(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                            encoder_hidden_states=torch.cat([cond.uncond, cond.uncond, cond.cond["all"],
-                                                             cond.cond["all"]])).sample.chunk(2)
+        eps_u, eps_c = to_eps(unet(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                   encoder_hidden_states=torch.cat([cond.uncond, cond.uncond, cond.cond["all"],
+                                                                    cond.cond["all"]])).sample,
+                              torch.cat([x_t, x_t]), torch.cat([abar, abar]), kind).chunk(2)
         unet.enable_adapters()
         unet.class_embedding = vsd.camera_mlp
-        eps_lora = unet(x_t, t, encoder_hidden_states=cond.cond["all"].expand(2, -1, -1),
-                        class_labels=cams.c2w.reshape(2, 16)).sample
+        eps_lora = to_eps(unet(x_t, t, encoder_hidden_states=cond.cond["all"].expand(2, -1, -1),
+                               class_labels=cams.c2w.reshape(2, 16)).sample, x_t, abar, kind)
         unet.class_embedding = None
         unet.disable_adapters()
     assert (eps_lora - eps_c).abs().max() > 1e-2  # the replay can tell the LoRA from the frozen model
     grad = (1 - abar) * (eps_u + 7.5 * (eps_c - eps_u) - eps_lora)
     torch.testing.assert_close(latents.grad, (grad / 2).permute(0, 2, 3, 1), atol=1e-5, rtol=1e-4)
     assert out["loss_lora"].requires_grad and set(out) >= {"loss_sds", "loss_lora", "grad_norm", "t"}
+
+
+def replay_lora_loss(vsd: VSDGuidance, latents, cams, seed: int, kind: str):
+    """lora_loss by hand: the generator's draws in lora_loss's order (t ~ U{0..999}, eps, one uniform per view for
+    camera dropout: kept when >= p), x_t from the detached x0, the UNet called directly with the LoRA on and the
+    camera MLP as class embedding, against eps (epsilon) or v = sqrt(abar) eps - sqrt(1 - abar) x0. Returns the
+    loss, its gradient in the LoRA and camera-MLP parameters, and the keep mask."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = latents.shape[0]
+    t = torch.randint(0, 1000, (batch,), generator=gen)
+    x0 = latents.detach().permute(0, 3, 1, 2)
+    eps = torch.randn(x0.shape, generator=gen)
+    keep = (torch.rand(batch, 1, generator=gen) >= vsd.cfg.vsd.camera_dropout).float()
+    abar = vsd.predictor.alphas_cumprod[t].view(batch, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    target = abar.sqrt() * eps - (1 - abar).sqrt() * x0 if kind == "v_prediction" else eps
+    unet, params = vsd.unet, [*vsd.lora.values(), *vsd.camera_mlp.parameters()]
+    unet.enable_adapters()
+    unet.class_embedding = vsd.camera_mlp
+    try:
+        with torch.enable_grad():
+            pred = unet(x_t, t, encoder_hidden_states=vsd.cond.cond["all"].expand(batch, -1, -1),
+                        class_labels=cams.c2w.reshape(batch, 16) * keep).sample
+            loss = ((pred - target) ** 2).mean()
+            grads = torch.autograd.grad(loss, [p.requires_grad_() for p in params])
+    finally:
+        unet.class_embedding = None
+        unet.disable_adapters()
+    return loss.detach(), grads, keep
+
+
+# What the replay must tell apart from lora_loss (issue 23): each replaces one small function of vsd.py.
+BROKEN = {
+    "target x0": ("prediction_target", lambda real: lambda x0, eps, abar, kind: x0),
+    "camera dropout inverted": ("camera_keep_mask", lambda real: lambda *args: 1.0 - real(*args)),
+}
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_lora_loss_is_the_replayed_denoising_loss(kind, request, monkeypatch):
+    vsd = learned(built_vsd(request, kind, camera_dropout=0.5), 3)
+    latents = torch.randn(4, 8, 8, 4, generator=torch.Generator().manual_seed(4))  # rendered latents: no VAE
+    cams = orbit_cameras(4, 20.0, 2.0, 45.0)
+    params = [*vsd.lora.values(), *vsd.camera_mlp.parameters()]
+    want, want_grads, keep = replay_lora_loss(vsd, latents, cams, 9, kind)
+    assert 0 < keep.sum() < 4  # this seed keeps some cameras and drops others
+
+    def error() -> float:
+        """The largest relative error of lora_loss and its gradient against the replay."""
+        loss = vsd.lora_loss(latents, cams, torch.Generator().manual_seed(9))
+        grads = torch.autograd.grad(loss, params)
+        pairs = [(loss.detach(), want), *zip(grads, want_grads)]
+        return max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in pairs)
+
+    assert error() < 1e-5  # measured 0.0 on CPU: the same operations in the same order
+    for name, (attr, make_broken) in BROKEN.items():  # measured 2.2 / 3.3 (epsilon), 10.4 / 7.9 (v-prediction)
+        with monkeypatch.context() as m:
+            m.setattr(vsd_module, attr, make_broken(getattr(vsd_module, attr)))
+            assert error() > 0.5, name
 
 
 def test_the_lora_learns_the_renders(vsd):

@@ -36,6 +36,7 @@ from ..errors import ConfigError, ModelNotFoundError, UserError
 from ..io import atomic_write
 from .fastpaths import resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
+from .prediction import eps_from_prediction, prediction_type
 from .prompts import TextConditioning, prompt_texts, slugify
 
 __all__ = ["DeepFloydIF", "DEFAULT_MODEL", "t5_cache_dir"]
@@ -146,6 +147,7 @@ class DeepFloydIF:
             unet.to(dtype)
         unet.eval().requires_grad_(False)
         self.alphas_cumprod: Tensor = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # [T]
+        self.prediction_type = prediction_type(scheduler)  # epsilon for IF stage I
         self.channels = int(unet.config.in_channels)  # 3; the UNet's further output channels are the variance
         self.sample_size = int(unet.config.sample_size)  # 64 for IF stage I
 
@@ -239,13 +241,14 @@ class DeepFloydIF:
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **unet_kwargs) -> Tensor:
         """x_t [B, 3, S, S], t [B] long, embeddings [K, B, L, D] -> eps [K, B, 3, S, S]: each of the B images under
-        each of its K text conditions, in one UNet forward at batch K B (the variance channels dropped)."""
+        each of its K text conditions, in one UNet forward at batch K B (the variance channels dropped; a v- or
+        x0-predicting UNet's output converted to eps, guidance/prediction.py)."""
         k, batch = embeddings.shape[:2]
         x_in = x_t.to(device=self.device, dtype=self.dtype).repeat(k, 1, 1, 1)
         t_in = t.to(self.device).repeat(k)
         hidden = embeddings.reshape(k * batch, *embeddings.shape[2:]).to(device=self.device, dtype=self.dtype)
         out = self.unet(x_in, t_in, encoder_hidden_states=hidden, **unet_kwargs).sample  # [K B, 6, S, S]
-        eps = out[:, :self.channels]
+        eps = eps_from_prediction(out[:, :self.channels], x_in, self.alphas_cumprod[t_in], self.prediction_type)
         return eps.reshape(k, batch, *eps.shape[1:])
 
     def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: TextConditioning) -> tuple[Tensor, Tensor]:

@@ -20,6 +20,7 @@ from ..config import GuidanceConfig
 from ..errors import ModelNotFoundError
 from .fastpaths import apply_fast_paths, resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
+from .prediction import eps_from_prediction, prediction_type
 from .prompts import TextConditioning, prompt_texts
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -69,6 +70,7 @@ class StableDiffusion:
                 module.to(dtype)
             module.eval().requires_grad_(False)
         self.alphas_cumprod: Tensor = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # [T]
+        self.prediction_type = prediction_type(scheduler)  # epsilon, v_prediction (SD 2.x 768 px) or sample
         self.scaling_factor = float(vae.config.scaling_factor)
         self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD; 2 for the test's tiny VAE
         self.latent_size = vae_resolution // self.latent_factor
@@ -176,12 +178,14 @@ class StableDiffusion:
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **unet_kwargs) -> Tensor:
         """x_t [B, 4, h, w], t [B] long, embeddings [K, B, L, D] -> eps [K, B, 4, h, w]: each of the B latents under
-        each of its K text conditions, in one UNet forward at batch K B."""
+        each of its K text conditions, in one UNet forward at batch K B; a v- or x0-predicting UNet's output is
+        converted to eps (guidance/prediction.py)."""
         k, batch = embeddings.shape[:2]
         x_in = x_t.to(device=self.device, dtype=self.dtype).repeat(k, 1, 1, 1)
         t_in = t.to(self.device).repeat(k)
         hidden = embeddings.reshape(k * batch, *embeddings.shape[2:]).to(device=self.device, dtype=self.dtype)
-        eps = self.unet(x_in, t_in, encoder_hidden_states=hidden, **unet_kwargs).sample
+        out = self.unet(x_in, t_in, encoder_hidden_states=hidden, **unet_kwargs).sample
+        eps = eps_from_prediction(out, x_in, self.alphas_cumprod[t_in], self.prediction_type)
         return eps.reshape(k, batch, *eps.shape[1:])
 
     def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: TextConditioning) -> tuple[Tensor, Tensor]:

@@ -11,7 +11,8 @@ conditioned on the camera (its pose through a small MLP added to the time embedd
 eps_hat is classifier-free guided with guidance.guidance_scale (7.5 is ProlificDreamer's); the LoRA is read at
 scale 1 (its conditional branch). The LoRA (peft, on the attention projections) and the camera MLP are the
 guidance's trainable state: in the trainer's Adam at guidance.vsd.lr, in the checkpoint, restored on resume. With
-a v-prediction model the LoRA learns v = sqrt(abar) eps - sqrt(1 - abar) x0 and its eps is recovered from it.
+a v- or x0-predicting model the LoRA learns that model's target (v = sqrt(abar) eps - sqrt(1 - abar) x0, or x0) and its
+eps is recovered from it by the model wrapper's predict_eps, as the frozen model's is (guidance/prediction.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, UserError
+from .prediction import prediction_target
 from .sds import SDSGuidance, sample_timesteps
 
-__all__ = ["VSDGuidance", "camera_features"]
+__all__ = ["VSDGuidance", "camera_features", "camera_keep_mask"]
 
 ADAPTER = "dreamfusion_vsd"
 _TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -36,6 +38,13 @@ def camera_features(cameras: Any, batch: int, device) -> Tensor:
     if cameras is None:
         raise ValueError("VSD conditions its LoRA on the cameras: got None")
     return cameras.c2w.reshape(batch, 16).to(device=device, dtype=torch.float32)
+
+
+def camera_keep_mask(batch: int, dropout: float, generator: torch.Generator | None, device) -> Tensor:
+    """[B, 1] float: 1 keeps a view's camera condition, 0 drops it (probability ``dropout``); one uniform draw per
+    view from ``generator`` (on its device, else on ``device``), returned on ``device``."""
+    draw = generator.device if generator is not None else device
+    return (torch.rand(batch, 1, generator=generator, device=draw) >= dropout).float().to(device)
 
 
 def _import_peft():
@@ -72,10 +81,6 @@ class VSDGuidance(SDSGuidance):
         nn.init.zeros_(self.camera_mlp[2].weight)  # a fresh LoRA starts as the frozen model, camera or not
         nn.init.zeros_(self.camera_mlp[2].bias)
         self._adapters(False)
-        prediction = getattr(predictor.scheduler.config, "prediction_type", "epsilon")
-        if prediction not in ("epsilon", "v_prediction"):
-            raise ConfigError(f"guidance.vsd supports epsilon and v-prediction models, not '{prediction}'")
-        self.v_prediction = prediction == "v_prediction"
 
     # -- the trainable state ------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
@@ -116,19 +121,13 @@ class VSDGuidance(SDSGuidance):
         for p in self.lora.values():
             p.requires_grad_(True)
 
-    def _lora_eps(self, x_t: Tensor, t: Tensor, cond_embedding: Tensor, camera: Tensor, abar: Tensor) -> Tensor:
-        """eps [B, C, h, w] from the LoRA (its v output converted for a v-prediction model)."""
-        with self._lora():
-            out = self.predictor.predict_eps(x_t, t, cond_embedding[None], class_labels=camera)[0].float()
-        if self.v_prediction:  # eps = sqrt(abar) v + sqrt(1 - abar) x_t
-            out = abar.sqrt() * out + (1 - abar).sqrt() * x_t.float()
-        return out
-
     def reference_noise(self, x_t: Tensor, t: Tensor, cameras: Any, eps: Tensor) -> Tensor:
+        """eps [B, C, h, w] from the LoRA at each view's camera (predict_eps converts a v or x0 output)."""
         batch = x_t.shape[0]
         _, cond = self.cond.for_cameras(cameras, batch)
-        abar = self.predictor.alphas_cumprod.to(x_t.device)[t].view(batch, 1, 1, 1)
-        return self._lora_eps(x_t, t, cond, camera_features(cameras, batch, x_t.device), abar)
+        camera = camera_features(cameras, batch, x_t.device)
+        with self._lora():
+            return self.predictor.predict_eps(x_t, t, cond[None], class_labels=camera)[0].float()
 
     def __call__(self, images: Tensor, cameras: Any, step: int, total_steps: int,
                  generator: torch.Generator | None = None) -> dict[str, Tensor | float]:
@@ -145,10 +144,11 @@ class VSDGuidance(SDSGuidance):
         t = sample_timesteps(batch, 0.0, 1.0, num_t, generator).to(x0.device)
         draw = generator.device if generator is not None else x0.device
         noise = torch.randn(x0.shape, generator=generator, device=draw).to(x0.device)
-        keep = (torch.rand(batch, 1, generator=generator, device=draw) >= self.cfg.vsd.camera_dropout).to(x0.device)
-        abar = self.predictor.alphas_cumprod.to(x0.device)[t].view(batch, 1, 1, 1)
+        keep = camera_keep_mask(batch, self.cfg.vsd.camera_dropout, generator, x0.device)  # [B, 1]
+        abar_t = self.predictor.alphas_cumprod.to(x0.device)[t]  # [B]
+        abar = abar_t.view(batch, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        target = abar.sqrt() * noise - (1 - abar).sqrt() * x0 if self.v_prediction else noise
+        target = prediction_target(x0, noise, abar_t, self.predictor.prediction_type)  # eps, v or x0
         _, cond = self.cond.for_cameras(cameras, batch)
         camera = camera_features(cameras, batch, x0.device) * keep
         with self._lora(), torch.enable_grad():
