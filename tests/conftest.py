@@ -155,6 +155,14 @@ def tiny_sd_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd_v_dir(tiny_sd_dir, tmp_path_factory):
+    """``tiny_sd_dir`` with its scheduler re-saved as v-prediction (Stable Diffusion 2.x at 768 px is one)."""
+    from model_folders import with_prediction_type
+
+    return with_prediction_type(tiny_sd_dir, tmp_path_factory.mktemp("v"), "v_prediction")
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny random CLIP folder (2-layer text and vision towers, width 32, 32 px images, 8 px patches, fixed
     seed) in the layout of a hub CLIP checkpoint: config.json + weights, the tokenizer files and

@@ -257,12 +257,9 @@ def test_predict_eps_of_a_v_prediction_if_converts_the_noise_channels(tiny_if_di
     """IF's UNet outputs eps (or v) in its first 3 channels and the learned variance in the other 3: with a
     v-prediction scheduler, predict_eps converts the first 3 in closed form, eps = sqrt(abar) v + sqrt(1 - abar) x_t,
     on IF's cosine schedule (at c5a276d it returned v)."""
-    from diffusers import DDPMScheduler
+    from model_folders import with_prediction_type
 
-    folder = tmp_path / "tiny-if-v"
-    shutil.copytree(tiny_if_dir, folder)
-    DDPMScheduler.from_pretrained(tiny_if_dir / "scheduler", prediction_type="v_prediction").save_pretrained(
-        folder / "scheduler")
+    folder = with_prediction_type(tiny_if_dir, tmp_path, "v_prediction")
     model = DeepFloydIF.load(str(folder))  # no prompt, so T5 stays on disk
     g = torch.Generator().manual_seed(4)
     x_t, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([50, 900])

@@ -6,7 +6,6 @@ v-prediction), whose one batched UNet call is compared with four separate direct
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -123,18 +122,6 @@ def test_config_and_builder(tiny_sd_dir):
     out = guidance(images, cameras([10.0, 70.0], [100.0, 0.0]), 0, 100, torch.Generator().manual_seed(0))
     out["loss_sds"].backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
-
-
-@pytest.fixture(scope="module")
-def tiny_sd_v_dir(tiny_sd_dir, tmp_path_factory):
-    """The tiny Stable Diffusion folder with its scheduler re-saved (save_pretrained) as v-prediction."""
-    from diffusers import DDPMScheduler
-
-    folder = tmp_path_factory.mktemp("v") / "tiny-sd-v"
-    shutil.copytree(tiny_sd_dir, folder)
-    DDPMScheduler.from_pretrained(tiny_sd_dir / "scheduler", prediction_type="v_prediction").save_pretrained(
-        folder / "scheduler")
-    return folder
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])

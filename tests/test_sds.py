@@ -15,6 +15,7 @@ from dreamfusion.errors import ConfigError, ModelNotFoundError, UserError
 from dreamfusion.guidance import SDSGuidance, StableDiffusion, build_guidance, slugify, view_label, view_prompts
 from dreamfusion.guidance.prediction import eps_from_prediction, prediction_target
 from dreamfusion.guidance.sds import classifier_free_guidance, sample_timesteps, sds_weight, t_range
+from model_folders import with_prediction_type
 
 try:
     from render.cameras import Cameras
@@ -48,16 +49,6 @@ def tiny_sd(tiny_sd_dir):
 @pytest.fixture(scope="module")
 def tiny_cond(tiny_sd):
     return tiny_sd.encode_prompt("a red cube", "blurry")
-
-
-def with_prediction_type(folder, tmp_path, kind: str):
-    """A copy of a tiny model folder whose scheduler/ is re-saved (save_pretrained) with prediction_type=kind."""
-    from diffusers import DDPMScheduler
-
-    copy = tmp_path / f"{folder.name}-{kind}"
-    shutil.copytree(folder, copy)
-    DDPMScheduler.from_pretrained(folder / "scheduler", prediction_type=kind).save_pretrained(copy / "scheduler")
-    return copy
 
 
 def eps_closed_form(out, x_t, abar, kind: str):

@@ -5,7 +5,6 @@ a straight one."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 
 import pytest
@@ -34,18 +33,6 @@ def vsd_config(tiny_sd_dir, **vsd) -> Config:
 @pytest.fixture()
 def vsd(tiny_sd_dir) -> VSDGuidance:
     return build_guidance(vsd_config(tiny_sd_dir), "cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_sd_v_dir(tiny_sd_dir, tmp_path_factory):
-    """The tiny Stable Diffusion folder with its scheduler re-saved (save_pretrained) as v-prediction."""
-    from diffusers import DDPMScheduler
-
-    folder = tmp_path_factory.mktemp("v") / "tiny-sd-v"
-    shutil.copytree(tiny_sd_dir, folder)
-    DDPMScheduler.from_pretrained(tiny_sd_dir / "scheduler", prediction_type="v_prediction").save_pretrained(
-        folder / "scheduler")
-    return folder
 
 
 def built_vsd(request, kind: str, **vsd) -> VSDGuidance:
