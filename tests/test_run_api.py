@@ -81,18 +81,52 @@ def test_one_loaded_model_serves_several_prompts(finished, tmp_path):
                                              for r in rows(own.run_dir)]
 
 
+def _nan_from(first: int, last: int = 10**9, where: str = "loss") -> FunctionGuidance:
+    """A guidance stub whose loss (or only its gradient) is NaN at steps first..last."""
+    def terms(rgb, cams, step, steps, generator=None):
+        bad = first <= step <= last
+        if bad and where == "grad":  # a finite loss with a NaN gradient
+            rgb.register_hook(lambda g: torch.full_like(g, float("nan")))
+        return {"loss_sds": rgb.mean() * (float("nan") if bad and where == "loss" else 1.0)}
+    return FunctionGuidance(terms)
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch, where):
+    """A step with a NaN loss or gradient changes nothing (field and Adam state bit-identical) and is counted."""
+    import dreamfusion.guidance as guidance_pkg
+    from dreamfusion.train import Trainer
+
+    cfg = tiny("a red cube", tmp_path)
+    trainer = Trainer(cfg, tmp_path, torch.device("cpu"), _nan_from(2, 2, where))
+    for _ in range(2):
+        trainer.train_step()
+    before = trainer.state()
+    row = trainer.train_step()  # step 2: skipped
+    after = trainer.state()
+    assert row["skipped_steps"] == 1 and trainer.step == 3
+    for key in ("field", "background"):
+        assert all(torch.equal(before[key][k], after[key][k]) for k in before[key]), key
+    assert str(before["optimizer"]["state"]) == str(after["optimizer"]["state"])
+    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device, model=None: _nan_from(5, 5, where))
+    result = run(tiny("a red cube", tmp_path), quiet=True)  # one bad step: the run goes on and finishes
+    assert result.status == "done" and result.metrics["skipped_steps"] == 1
+    assert [r["skipped_steps"] for r in rows(result.run_dir)] == [0] * 5 + [1] * 3
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(result.run_dir)["field"].values())
+
+
 def test_a_diverging_run_fails_alone_with_its_line_in_run_json(tmp_path, monkeypatch):
     import dreamfusion.guidance as guidance_pkg
 
-    nan = FunctionGuidance(lambda rgb, cams, step, steps, generator=None:
-                           {"loss_sds": rgb.mean() * (float("nan") if step == 5 else 1.0)})
-    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device, model=None: nan)
-    with pytest.raises(UserError, match="the loss is nan at step 5") as info:
-        run(tiny("a red cube", tmp_path), quiet=True)
+    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device, model=None: _nan_from(5))
+    with pytest.raises(UserError, match="3 steps in a row had a non-finite loss or gradient") as info:
+        run(tiny("a red cube", tmp_path, "max_nonfinite_steps=3"), quiet=True)
     record = read_run_json(info.value.run_dir)
-    assert (record["status"], record["step"]) == ("failed", 5)
+    assert (record["status"], record["step"]) == ("failed", 7)
     assert record["error"] == str(info.value) and "\n" not in record["error"]
-    assert load_checkpoint(info.value.run_dir)["step"] == 4  # the last checkpoint stays
+    assert "the last checkpoint (step 4) is intact" in record["error"]
+    assert load_checkpoint(info.value.run_dir)["step"] == 4  # the last good checkpoint stays
+    assert [r["skipped_steps"] for r in rows(info.value.run_dir)] == [0, 0, 0, 0, 0, 1, 2]
 
 
 def test_a_loss_term_without_a_weight_is_an_error_not_dropped():

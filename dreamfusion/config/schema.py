@@ -381,6 +381,9 @@ class Config:
     """Side in pixels of each of the four views of a preview image."""
     log_every: int = 10
     """Append a line to metrics.jsonl every N steps."""
+    max_nonfinite_steps: int = 20
+    """A step with a NaN or infinite loss or gradient is skipped (counted as skipped_steps in metrics.jsonl); this
+    many in a row stop the run as failed, keeping the last checkpoint."""
     field: FieldConfig = dc_field(default_factory=FieldConfig)
     camera: CameraConfig = dc_field(default_factory=CameraConfig)
     render: RenderConfig = dc_field(default_factory=RenderConfig)
