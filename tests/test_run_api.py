@@ -8,8 +8,11 @@ resumed run must reproduce, with every step's metrics row written once.
 
 from __future__ import annotations
 
+import builtins
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,6 +130,80 @@ def test_a_diverging_run_fails_alone_with_its_line_in_run_json(tmp_path, monkeyp
     assert "the last checkpoint (step 4) is intact" in record["error"]
     assert load_checkpoint(info.value.run_dir)["step"] == 4  # the last good checkpoint stays
     assert [r["skipped_steps"] for r in rows(info.value.run_dir)] == [0, 0, 0, 0, 0, 1, 2]
+
+
+class _FullDisk:
+    """``open`` on a disk that fills up: from the ``after``-th opening for writing of a file named like ``name``
+    (its temporary twin included), writes raise ENOSPC as a full disk does, after putting half their bytes down in a
+    new file (nothing in a file appended to).
+    ``kept`` holds the target's bytes at the moment the disk filled."""
+
+    def __init__(self, target: Path, after: int = 1):
+        self.target, self.after, self.opened, self.kept = target, after, 0, None
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        fh = builtins.open(file, mode, *args, **kwargs)
+        path = Path(file)
+        if ("w" in mode or "a" in mode) and path.parent == self.target.parent and \
+                re.sub(r"\.\d+\.tmp", "", path.name.lstrip(".")) == self.target.name:
+            self.opened += 1
+            if self.opened >= self.after:
+                self.kept = self.target.read_bytes() if self.target.is_file() else None
+                return _Full(fh, "a" in mode)
+        return fh
+
+
+class _Full:
+    def __init__(self, fh, append: bool):
+        self.fh, self.append = fh, append
+
+    def write(self, data):
+        self.fh.write(data[:0 if self.append else len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+@pytest.mark.parametrize("name, after", [("checkpoints/last.pt", 2), ("mesh/model.glb", 1), ("metrics.jsonl", 1)])
+def test_a_full_disk_fails_the_run_with_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, name, after):
+    """ENOSPC while torch.save writes the second checkpoint (torch wraps it in a RuntimeError), while the mesh is
+    written, or while a metrics row is appended: one line naming the file, the file's previous bytes kept, no
+    temporary file left, run.json failed with that line."""
+    import dreamfusion.io
+    import dreamfusion.train
+
+    out = tmp_path / "out"
+    disk = {}
+
+    def make_run_dir(output_dir, slug):  # the run folder's name is known before the run starts
+        run_dir = out / "run"
+        run_dir.mkdir(parents=True)
+        disk["full"] = _FullDisk(run_dir / name, after)
+        for module in (dreamfusion.io, dreamfusion.train):
+            monkeypatch.setattr(module, "open", disk["full"], raising=False)
+        return run_dir
+
+    monkeypatch.setattr("dreamfusion.run.make_run_dir", make_run_dir)
+    with pytest.raises(UserError) as info:
+        run(tiny("a red cube", out), quiet=True)
+    run_dir, message = out / "run", str(info.value)
+    assert info.value.run_dir == run_dir and disk["full"].opened >= after
+    assert f"cannot write '{run_dir / name}': no space left on device" in message and "\n" not in message
+    assert "Traceback" not in message and "enforce fail" not in message
+    if disk["full"].kept is not None:  # the previous checkpoint / metrics rows, byte for byte
+        assert (run_dir / name).read_bytes() == disk["full"].kept
+    if name == "checkpoints/last.pt":
+        assert load_checkpoint(run_dir)["step"] == 4
+    assert [p.name for p in run_dir.rglob("*") if ".tmp" in p.name] == []
+    record = read_run_json(run_dir)
+    assert record["status"] == "failed" and record["error"] == message
 
 
 def test_a_loss_term_without_a_weight_is_an_error_not_dropped():
