@@ -99,6 +99,17 @@ def test_no_previews_says_why(tmp_path):
         assert f"previews: not produced ({why}" in write_report(run).read_text()
 
 
+def test_a_poor_prior_iou_is_flagged(tmp_path):
+    from dreamfusion.report.reading import POOR_IOU
+
+    run = _full_run(tmp_path / "run")
+    assert "is poor" not in write_report(run).read_text()  # IoU 0.94
+    info = json.loads((run / "run.json").read_text())
+    info["metrics"]["iou"] = 0.44
+    (run / "run.json").write_text(json.dumps(info))
+    assert f'<div class="poor">IoU 0.440 is poor (under {POOR_IOU})' in write_report(run).read_text()
+
+
 def test_report_command_line_reruns_the_same_config(tmp_path):
     """The page's command line, re-parsed with shlex and the CLI's own parser, loads the run's config: for a batch
     run (whose prompt and seed come from the prompts file, not its overrides) and for a plain run."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dreamfusion.report.plot import line_plot
-from dreamfusion.report.reading import MISSING, RunFolder, files_with_sizes, flatten, format_size, series
+from dreamfusion.report.reading import MISSING, POOR_IOU, RunFolder, files_with_sizes, flatten, format_size, series
 
 __all__ = ["render_page"]
 
@@ -80,6 +80,9 @@ def _header(run: RunFolder) -> str:
     if numbers:
         out.append('<div class="numbers">' + "".join(f"<div>{escape(k)}<b>{v:.4g}</b></div>"
                                                       for k, v in numbers.items()) + "</div>")
+    if numbers.get("iou", 1.0) < POOR_IOU:
+        out.append(f'<div class="poor">IoU {numbers["iou"]:.3f} is poor (under {POOR_IOU}): the mesh matches the '
+                   f"prompt's object badly; train longer (steps=...) or try another seed</div>")
     if info.get("error"):
         out.append(f'<div class="error">{escape(str(info["error"]))}</div>')
     if run.notes:
