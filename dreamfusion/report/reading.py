@@ -15,7 +15,8 @@ __all__ = ["MISSING", "POOR_IOU", "RunFolder", "read_run", "config_diff", "flatt
 MISSING = object()  # a key that the defaults lack, in config_diff's answer
 PREVIEW = re.compile(r"step_(\d+)\.png")
 POOR_IOU = 0.6  # an embedded-prior mesh whose IoU with the prompt's object is under this is flagged as poor
-# (report and batch gallery): the demo's shapes reach 0.65 (torus) to 0.85 (cube, sphere) in docs/BENCHMARKS.md
+# (report and batch gallery); under every shape's benchmark target, 0.65 (torus) to 0.85 (cube, sphere), whose demo
+# runs measured 0.708 to 0.941 (docs/BENCHMARKS.md)
 MAX_PREVIEWS = 24  # more are thinned to this many, evenly over training (first and last kept)
 DEFAULT_PATHS = {"glb": "mesh/model.glb", "video": "orbit.mp4"}  # where a run puts them without run.json
 
