@@ -134,8 +134,9 @@ def test_a_diverging_run_fails_alone_with_its_line_in_run_json(tmp_path, monkeyp
 
 class _FullDisk:
     """``open`` on a disk that fills up: from the ``after``-th opening for writing of a file named like ``name``
-    (its temporary twin included), writes raise ENOSPC as a full disk does, after putting half their bytes down in a
-    new file (nothing in a file appended to).
+    (its temporary twin included), writes raise ENOSPC as a full disk does once a new file holds 1 kB (a file
+    appended to gets nothing more). torch.save then raises its own RuntimeError, "unexpected pos", as it does on
+    a real full disk.
     ``kept`` holds the target's bytes at the moment the disk filled."""
 
     def __init__(self, target: Path, after: int = 1):
@@ -155,11 +156,15 @@ class _FullDisk:
 
 class _Full:
     def __init__(self, fh, append: bool):
-        self.fh, self.append = fh, append
+        self.fh, self.room = fh, 0 if append else 1024
 
     def write(self, data):
-        self.fh.write(data[:0 if self.append else len(data) // 2])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if len(data) > self.room:
+            self.fh.write(data[:self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.fh.write(data)
 
     def __getattr__(self, name):
         return getattr(self.fh, name)
