@@ -218,23 +218,21 @@ class Trainer:
             terms["loss_transmittance"] = transmittance_loss(out["opacity"], self.step)
         loss = weighted_loss(terms, c.loss)
         self.optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss))
-        if finite:
-            loss.backward()
-            finite = _grads_finite(self.optimizer)
-        if finite:
+        loss.backward()
+        if _all_finite(loss, self.optimizer):  # one sync for the loss and every gradient
             self._nonfinite_run = 0
             self.field.after_backward(out, self.step)  # e.g. Gaussian densification statistics
             self._adam_step(warmup_factor(self.step, c.optim))
             self.field.after_step(self.step, self.optimizer)
-        else:
+        else:  # skipped: no Adam step, no field hook
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped, self._nonfinite_run = self.skipped + 1, self._nonfinite_run + 1
             if self._nonfinite_run >= c.max_nonfinite_steps:
                 kept = f"step {self._saved_step}" if self._saved_step is not None else "none was written yet"
-                raise Diverged(f"{self._nonfinite_run} steps in a row had a non-finite loss or gradient (the last "
-                               f"at step {self.step + 1} of {c.steps}): lower the learning rates (optim.*) or guidance.guidance_scale, or set "
-                               f"guidance.grad_clip; the last checkpoint ({kept}) is intact")
+                raise Diverged(f"{self._nonfinite_run} steps in a row had a non-finite loss or gradient (the last at "
+                               f"step {self.step + 1} of {c.steps}): lower the learning rates (optim.*) or "
+                               f"guidance.guidance_scale, or set guidance.grad_clip; the last checkpoint ({kept}) "
+                               f"is intact")
         self.step += 1
         return {"loss": loss.item(), **{k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()},
                 "skipped_steps": self.skipped}
@@ -329,10 +327,12 @@ class Trainer:
         return atomic_write(path, buffer.getvalue())
 
 
-def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether every gradient the optimizer would apply is finite (one norm per tensor, one sync)."""
+def _all_finite(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the loss and every gradient the optimizer would apply are finite (a gradient's norm is NaN or
+    infinite when one of its entries is); one sync."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+    norms = torch.stack(torch._foreach_norm(grads)).to(loss.device) if grads else loss.new_zeros(0)
+    return bool(torch.isfinite(torch.cat([loss.detach().reshape(1).float(), norms.float()])).all())
 
 
 def _row_step(line: str) -> int:

@@ -10,7 +10,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["MISSING", "POOR_IOU", "RunFolder", "read_run", "config_diff", "flatten", "series", "format_size", "files_with_sizes"]
+__all__ = ["MISSING", "POOR_IOU", "RunFolder", "read_run", "config_diff", "flatten", "series", "format_size",
+           "files_with_sizes"]
 
 MISSING = object()  # a key that the defaults lack, in config_diff's answer
 PREVIEW = re.compile(r"step_(\d+)\.png")
