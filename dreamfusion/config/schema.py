@@ -382,8 +382,7 @@ class Config:
     log_every: int = 10
     """Append a line to metrics.jsonl every N steps."""
     max_nonfinite_steps: int = 20
-    """A step with a NaN or infinite loss or gradient is skipped (counted as skipped_steps in metrics.jsonl); this
-    many in a row stop the run as failed, keeping the last checkpoint."""
+    """This many skipped steps in a row (NaN or infinite loss or gradient; skipped_steps in metrics.jsonl) fail the run."""
     field: FieldConfig = dc_field(default_factory=FieldConfig)
     camera: CameraConfig = dc_field(default_factory=CameraConfig)
     render: RenderConfig = dc_field(default_factory=RenderConfig)
