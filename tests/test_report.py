@@ -110,6 +110,12 @@ def test_a_poor_prior_iou_is_flagged(tmp_path):
     assert f'<div class="poor">IoU 0.440 is poor (under {POOR_IOU})' in write_report(run).read_text()
 
 
+def test_the_demo_leaves_eight_previews_for_the_slider():
+    """The demo's report has at least 8 slider stops, the last at the final step (whose eval grid the video reuses)."""
+    cfg = load_config("demo")
+    assert cfg.steps // cfg.preview_every >= 8 and cfg.steps % cfg.preview_every == 0
+
+
 def test_report_command_line_reruns_the_same_config(tmp_path):
     """The page's command line, re-parsed with shlex and the CLI's own parser, loads the run's config: for a batch
     run (whose prompt and seed come from the prompts file, not its overrides) and for a plain run."""
@@ -420,7 +426,7 @@ def test_report_in_chromium_without_mesh_or_video(page, tmp_path):
     shot = page.screenshot(tmp_path / "bare.png")
     assert state["mesh"] is None and state["video"] is None and state["previews"] == [] and state["plots"] == 0
     assert state["absent"] == ["mesh: not produced", "orbit video: not produced",
-                               "previews: not produced (the run failed before its first preview at step 300)",
+                               "previews: not produced (the run failed before its first preview at step 75)",
                                "metrics.jsonl: not produced", "timings: not recorded"]
     assert state["changed"] == []  # the defaults of "gone" cannot be loaded: no highlights
     assert "could not be loaded" in report.read_text()
