@@ -385,8 +385,6 @@ def test_a_video_cut_short_by_a_full_disk_is_an_error_and_the_old_one_stays(tmp_
     Simulated by ffmpeg's writer cutting its file in half on close, with a disk reported full."""
     import imageio.v2 as imageio
 
-    import dreamfusion.export.video as video
-
     frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
     write_video(tmp_path / "orbit.mp4", frames, fps=10)
     before = (tmp_path / "orbit.mp4").read_bytes()
@@ -403,7 +401,7 @@ def test_a_video_cut_short_by_a_full_disk_is_an_error_and_the_old_one_stays(tmp_
         return writer
 
     monkeypatch.setattr(imageio, "get_writer", cut_writer)
-    monkeypatch.setattr(video.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
     with pytest.raises(UserError) as info:
         write_video(tmp_path / "orbit.mp4", frames[::-1], fps=10)
     assert str(info.value).startswith(f"cannot write '{tmp_path / 'orbit.mp4'}': no space left on device")
