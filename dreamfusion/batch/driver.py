@@ -103,7 +103,8 @@ class _Batch:
 
     def set(self, index: int, **fields) -> None:
         self.rows[index].update(fields)
-        if fields.get("status") == "failed" and not (self.dir / self.rows[index]["run_dir"]).is_dir():
+        rel = self.rows[index]["run_dir"]
+        if fields.get("status") == "failed" and rel is not None and not (self.dir / rel).is_dir():
             self.rows[index]["run_dir"] = None  # it failed before its run folder was made
         self.write()
 
