@@ -18,3 +18,7 @@ class ModelNotFoundError(UserError):
 
 class CheckpointError(UserError):
     """A resume folder with no checkpoint, or one that cannot be read."""
+
+
+class WriteError(UserError):
+    """A file of the run could not be written (a full disk, no permission); its previous version is intact."""

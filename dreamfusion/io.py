@@ -3,21 +3,45 @@ kill never leaves half a file and a failed write keeps the previous one."""
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from .errors import UserError
+from .errors import UserError, WriteError
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "write_error"]
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """``exc`` itself when it is an OSError, else the OSError it was raised while handling: torch.save and other
+    writers turn a failed ``write`` into their own error (``RuntimeError: [enforce fail at inline_container.cc]
+    ... unexpected pos``) whose context is the OSError (ENOSPC for a full disk)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen and not isinstance(exc, UserError):
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
+    """The one-line error for a file that could not be written: a full disk says "no space left on device"."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"cannot write '{path}': no space left on device; free some disk space and run again "
+                          f"(the previous file, if any, is intact)")
+    return WriteError(f"cannot write '{path}' ({exc.strerror or exc}): free some disk space or check the folder's "
+                      f"permissions; the previous file, if any, is intact")
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` (same suffix, so tools that pick a format by extension work);
     when the block ends without an error it is renamed onto ``path``. On any error the temporary file is
-    removed and the old ``path``, if any, is intact; an OSError becomes a one-line UserError."""
+    removed and the old ``path``, if any, is intact; an OSError (also one a writer wrapped in its own error,
+    as torch.save does) becomes a one-line WriteError naming ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
@@ -29,9 +53,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
         except OSError:  # e.g. the "folder" is a file: there is no temporary file either
             pass
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write '{path}' ({exc.strerror or exc}): free some disk space or check the "
-                            f"folder's permissions; the previous file, if any, is intact") from None
+        os_error = _os_error(exc) if isinstance(exc, Exception) else None
+        if os_error is not None:
+            raise write_error(path, os_error) from None
         raise
 
 

@@ -3,6 +3,7 @@ logging, previews and checkpoints as plain calls in ``Trainer.fit``."""
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 import signal
@@ -25,7 +26,7 @@ from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
 from .fields.background import build_background
 from .guidance.clip import transmittance_loss
-from .io import atomic_write_text
+from .io import atomic_write, atomic_write_text, write_error
 from .exporting import eval_view
 from .latent import LATENT_CHANNELS
 from .renderer import render_views, render_views_chunked
@@ -39,7 +40,7 @@ class Interrupted(UserError):
 
 
 class Diverged(UserError):
-    """The loss became NaN or infinite; the last checkpoint is intact."""
+    """cfg.max_nonfinite_steps steps in a row had a NaN or infinite loss or gradient; the last checkpoint is intact."""
 
 
 def pick_shading(step: int, cfg, generator: torch.Generator) -> str:
@@ -124,6 +125,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         self.estimator = self._make_estimator()
         self.step = 0
+        self.skipped, self._nonfinite_run, self._saved_step = 0, 0, None  # non-finite steps: in all, in a row
         self._eval_view: tuple[int, object] | None = None
 
     def _make_estimator(self):
@@ -143,7 +145,7 @@ class Trainer:
                 "field": self.field.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "background": self.background.state_dict() if self.background is not None else {},
                 "guidance": self.guidance.state_dict() if self.guidance is not None else {},
-                "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "skipped_steps": self.skipped,
                 "estimator": self.estimator.state_dict() if self.estimator is not None else {}}
 
     def load(self, state: dict, with_optimizer: bool = True) -> None:
@@ -162,7 +164,8 @@ class Trainer:
                 self.estimator.load_state_dict(state["estimator"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
-        self.step = int(state["step"])
+        self.step, self.skipped = int(state["step"]), int(state.get("skipped_steps", 0))
+        self._saved_step = self.step
         self.generator.set_state(state["rng"].cpu())  # map_location may have moved the states
         torch.set_rng_state(state["torch_rng"].cpu())
 
@@ -179,7 +182,9 @@ class Trainer:
                 preview.unlink()
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir, self.state())
+        path = save_checkpoint(self.run_dir, self.state())
+        self._saved_step = self.step
+        return path
 
     # -- one step ---------------------------------------------------------------------------------
     def render_batch(self, cams: Cameras, shading: str, perturb: bool = True) -> dict:
@@ -194,8 +199,9 @@ class Trainer:
                             need_normals=c.loss.orientation > 0, estimator=self.estimator)
 
     def train_step(self) -> dict[str, float]:
-        """One optimization step; returns the loss and every term as floats. Raises Diverged on a NaN loss
-        (before the optimizer step, so the parameters stay finite)."""
+        """One optimization step; returns the loss, every term and ``skipped_steps`` as floats. A step whose loss
+        or gradient is NaN or infinite is skipped (no optimizer step: the parameters stay finite) and counted;
+        ``cfg.max_nonfinite_steps`` of them in a row raise Diverged."""
         c = self.cfg
         cams = sample_cameras(c.camera.batch_size, c.camera.elevation_range, c.camera.azimuth_range,
                               c.camera.distance_range, c.camera.fovy_range, generator=self.generator)
@@ -211,16 +217,25 @@ class Trainer:
         if c.loss.transmittance:  # Dream Fields L_T; its target tau depends on the step
             terms["loss_transmittance"] = transmittance_loss(out["opacity"], self.step)
         loss = weighted_loss(terms, c.loss)
-        if not torch.isfinite(loss):
-            raise Diverged(f"the loss is {loss.item()} at step {self.step}: lower the learning rates (optim.*) or "
-                           f"guidance.guidance_scale, or set guidance.grad_clip; the last checkpoint is intact")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.field.after_backward(out, self.step)  # e.g. Gaussian densification statistics
-        self._adam_step(warmup_factor(self.step, c.optim))
-        self.field.after_step(self.step, self.optimizer)
+        if _all_finite(loss, self.optimizer):  # one sync for the loss and every gradient
+            self._nonfinite_run = 0
+            self.field.after_backward(out, self.step)  # e.g. Gaussian densification statistics
+            self._adam_step(warmup_factor(self.step, c.optim))
+            self.field.after_step(self.step, self.optimizer)
+        else:  # skipped: no Adam step, no field hook
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped, self._nonfinite_run = self.skipped + 1, self._nonfinite_run + 1
+            if self._nonfinite_run >= c.max_nonfinite_steps:
+                kept = f"step {self._saved_step}" if self._saved_step is not None else "none was written yet"
+                raise Diverged(f"{self._nonfinite_run} steps in a row had a non-finite loss or gradient (the last at "
+                               f"step {self.step + 1} of {c.steps}): lower the learning rates (optim.*) or "
+                               f"guidance.guidance_scale, or set guidance.grad_clip; the last checkpoint ({kept}) "
+                               f"is intact")
         self.step += 1
-        return {"loss": loss.item(), **{k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()}}
+        return {"loss": loss.item(), **{k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()},
+                "skipped_steps": self.skipped}
 
     def _adam_step(self, factor: float) -> None:
         """optimizer.step() with every group's lr scaled by `factor` for this step only, so the warm-up
@@ -240,7 +255,11 @@ class Trainer:
         c = self.cfg
         if self.guidance is None:
             raise ValueError("Trainer.fit needs the guidance: Trainer(cfg, run_dir, device, guidance)")
-        metrics = open(self.run_dir / "metrics.jsonl", "a")
+        metrics_path = self.run_dir / "metrics.jsonl"
+        try:
+            metrics = open(metrics_path, "a")
+        except OSError as exc:
+            raise write_error(metrics_path, exc) from None
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, dynamic_ncols=True, desc="optimizing",
                    disable=not progress)
@@ -252,9 +271,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4g}")
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     elapsed = time.perf_counter() - t0
-                    metrics.write(json.dumps({"step": self.step, "loss": row["loss"],
-                                              "sec_per_step": elapsed / (self.step - step0), **row}) + "\n")
-                    metrics.flush()
+                    try:
+                        metrics.write(json.dumps({"step": self.step, "loss": row["loss"],
+                                                  "sec_per_step": elapsed / (self.step - step0), **row}) + "\n")
+                        metrics.flush()
+                    except OSError as exc:  # a full disk: one line naming the file
+                        raise write_error(metrics_path, exc) from None
                 if c.preview_every and self.step % c.preview_every == 0:
                     self.write_preview()
                 if self.step % c.checkpoint_every == 0:
@@ -267,7 +289,10 @@ class Trainer:
                               f"python -m dreamfusion resume={shlex.quote(str(self.run_dir))} steps={c.steps}") from None
         finally:
             bar.close()
-            metrics.close()
+            try:
+                metrics.close()
+            except OSError:  # a full disk again: the error that stopped the loop is the one to report
+                pass
             signal.signal(signal.SIGTERM, previous_handler)
         self.save()
         return row
@@ -297,9 +322,17 @@ class Trainer:
                                    occupancy=view.skip_grid(c.render.n_samples))
         row = torch.cat(list(out["rgb"].clamp(0, 1)), dim=1)  # [H, 4W, 3]
         path = self.run_dir / "previews" / f"step_{self.step:06d}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray((row.cpu().numpy() * 255).round().astype(np.uint8)).save(path)
-        return path
+        buffer = io.BytesIO()
+        Image.fromarray((row.cpu().numpy() * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+        return atomic_write(path, buffer.getvalue())
+
+
+def _all_finite(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the loss and every gradient the optimizer would apply are finite (a gradient's norm is NaN or
+    infinite when one of its entries is); one sync."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    norms = torch.stack(torch._foreach_norm(grads)).to(loss.device) if grads else loss.new_zeros(0)
+    return bool(torch.isfinite(torch.cat([loss.detach().reshape(1).float(), norms.float()])).all())
 
 
 def _row_step(line: str) -> int:

@@ -95,12 +95,17 @@ class _Cards(HTMLParser):
             self.links.append(attrs["href"])
 
 
-def test_local_ray_two_workers_and_a_prompt_that_fails_alone(ray, tmp_path):
+def test_local_ray_two_workers_and_a_prompt_that_fails_alone(ray, tmp_path, capsys):
     prompts = _prompts(tmp_path, "a red cube", "a purple teapot", "a blue sphere seed=3")
-    batch_dir, batch = run_batch(prompts, "demo", [*TINY, f"output_dir={tmp_path / 'out'}"], max_parallel=2,
-                                 progress=False)
+    batch_dir, batch = run_batch(prompts, "demo", [*TINY, f"output_dir={tmp_path / 'out'}"], max_parallel=2)
     rows = batch["runs"]
     assert [r["status"] for r in rows] == ["done", "failed", "done"]
+    # each prompt's end is reported as it happens: the quick failure before the two runs that train
+    ended = [line.split(" ", 2)[:2] for line in capsys.readouterr().err.splitlines()
+             if line.startswith(("done: #", "failed: #"))]
+    assert ended[0] == ["failed:", "#1"] and sorted(ended[1:]) == [["done:", "#0"], ["done:", "#2"]], ended
+    assert rows[1]["run_dir"] is None and not (batch_dir / "runs" / "001-a-purple-teapot").exists()
+    assert [r["step"] for r in rows] == [6, None, 6]  # the step each run reached (shown while they run)
     assert batch["counts"] == {"done": 2, "running": 0, "failed": 1, "interrupted": 0, "pending": 0}
     assert "teapot" in rows[1]["error"] and "\n" not in rows[1]["error"]  # the prior's vocabulary error, alone
     assert len({r["worker"] for r in rows}) == 2  # two actors shared the three prompts
@@ -114,9 +119,59 @@ def test_local_ray_two_workers_and_a_prompt_that_fails_alone(ray, tmp_path):
     page = _Cards()
     page.feed((batch_dir / "index.html").read_text())
     assert page.cards == ["done", "failed", "done"]
+    assert "runs/001-a-purple-teapot" not in (batch_dir / "index.html").read_text()  # no link to a missing folder
     reports = [link for link in page.links if link.endswith("report.html")]
     assert reports == [f"{rows[0]['run_dir']}/report.html", f"{rows[2]['run_dir']}/report.html"]
     assert all((batch_dir / link).is_file() for link in reports)
+
+
+def test_a_rerun_keeps_the_entries_it_did_not_redo(tmp_path):
+    """No Ray: every prompt is done, so the rerun redoes nothing and batch.json's entries (node, worker, seconds
+    as the worker measured them) are kept byte for byte."""
+    from dreamfusion.batch.driver import batch_folder
+
+    prompts = _prompts(tmp_path, "a red cube", "a blue sphere seed=3")
+    out = tmp_path / "out"
+    batch_dir = batch_folder(prompts, str(out))
+    rows = []
+    for index, (prompt, seed) in enumerate((("a red cube", None), ("a blue sphere", 3))):
+        rel = f"runs/{index:03d}-{prompt.replace(' ', '-')}"
+        (batch_dir / rel).mkdir(parents=True)
+        (batch_dir / rel / "run.json").write_text(json.dumps({"status": "done", "step": 6, "seconds": {"train": 9.5},
+                                                              "metrics": {"iou": 0.9}}))
+        rows.append({"index": index, "prompt": prompt, "seed": seed, "run_dir": rel, "status": "done",
+                     "seconds": 54.82 + index, "iou": 0.9, "albedo_err": 0.05, "step": 6, "node": "node-a",
+                     "worker": 4242 + index, "error": None})
+    (batch_dir / "batch.json").write_text(json.dumps({"format": "dreamfusion-batch/1", "runs": rows}))
+    _, batch = run_batch(prompts, "demo", [f"output_dir={out}"], progress=False)
+    assert batch["runs"] == rows
+    assert batch["counts"]["done"] == 2
+
+
+def test_gallery_cards_of_failed_running_and_poor_runs(tmp_path):
+    """A failed card says why it has no video and links nowhere when there is no run folder; seconds keep their
+    tenths; a card has no empty line; a poor embedded-prior IoU (under POOR_IOU) is flagged."""
+    from dreamfusion.batch.gallery import write_gallery
+    from dreamfusion.report.reading import POOR_IOU
+
+    (tmp_path / "runs" / "002-a-purple-torus").mkdir(parents=True)
+    row = {"seed": None, "iou": None, "albedo_err": None, "node": None, "worker": None, "error": None, "step": None}
+    runs = [dict(row, index=0, prompt="a purple teapot", run_dir=None, status="failed", seconds=0.13,
+                 error="the embedded prior does not know 'a purple teapot'"),
+            dict(row, index=1, prompt="a red cube", run_dir="runs/001-a-red-cube", status="running", step=120),
+            dict(row, index=2, prompt="a purple torus", run_dir="runs/002-a-purple-torus", status="done",
+                 seconds=108.4, iou=0.44, albedo_err=0.05),
+            dict(row, index=3, prompt="a red sphere", run_dir="runs/003-a-red-sphere", status="done", seconds=71.0,
+                 iou=POOR_IOU + 0.01)]
+    page = write_gallery(tmp_path, {"prompts_file": "props.txt", "config": "demo", "updated": "now", "runs": runs,
+                                    "counts": {"done": 2, "failed": 1, "running": 1}}).read_text()
+    cards = page.split('<div class="card"')[1:]
+    assert "no video yet" not in cards[0] and "no video: the run failed" in cards[0]
+    assert "0.1 s" in cards[0] and "href" not in cards[0]
+    assert "step 120" in cards[1]
+    assert "IoU 0.440 (poor)" in cards[2] and "1 min 48 s" in cards[2]
+    assert f"IoU {POOR_IOU + 0.01:.3f}" in cards[3] and "poor" not in cards[3]
+    assert '<p class="meta"></p>' not in page
 
 
 def test_two_node_cluster_runs_prompts_on_both_nodes(ray, tmp_path):

@@ -186,7 +186,7 @@ def test_failed_save_keeps_the_previous_checkpoint_and_no_temp_file(trained, tmp
     with pytest.raises(UserError if isinstance(failure, OSError) else KeyboardInterrupt) as info:
         save_checkpoint(tmp_path, trained.state())
     if isinstance(failure, OSError):
-        assert "No space left on device" in str(info.value) and "\n" not in str(info.value)
+        assert "no space left on device" in str(info.value) and "\n" not in str(info.value)
     assert os.listdir(tmp_path / "checkpoints") == ["last.pt"]
     assert (tmp_path / CHECKPOINT).read_bytes() == before
     monkeypatch.undo()

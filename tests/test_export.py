@@ -380,6 +380,34 @@ def test_write_video_pads_to_even_and_keeps_the_colour(tmp_path):
     np.testing.assert_allclose(back.reshape(-1, 3).mean(axis=0), colour, atol=4)
 
 
+def test_a_video_cut_short_by_a_full_disk_is_an_error_and_the_old_one_stays(tmp_path, monkeypatch):
+    """ffmpeg out of disk stops mid-file and imageio does not raise: the cut file must not replace orbit.mp4.
+    Simulated by ffmpeg's writer cutting its file in half on close, with a disk reported full."""
+    import imageio.v2 as imageio
+
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    write_video(tmp_path / "orbit.mp4", frames, fps=10)
+    before = (tmp_path / "orbit.mp4").read_bytes()
+    real = imageio.get_writer
+
+    def cut_writer(path, **kwargs):
+        writer = real(path, **kwargs)
+        close = writer.close
+
+        def close_then_cut():
+            close()
+            os.truncate(path, os.path.getsize(path) // 2)
+        writer.close = close_then_cut
+        return writer
+
+    monkeypatch.setattr(imageio, "get_writer", cut_writer)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(UserError) as info:
+        write_video(tmp_path / "orbit.mp4", frames[::-1], fps=10)
+    assert str(info.value).startswith(f"cannot write '{tmp_path / 'orbit.mp4'}': no space left on device")
+    assert os.listdir(tmp_path) == ["orbit.mp4"] and (tmp_path / "orbit.mp4").read_bytes() == before
+
+
 def test_stack_panels_places_panels_left_to_right():
     a = np.zeros((2, 4, 3, 3), np.uint8)
     b = np.full((2, 4, 5, 3), 7, np.uint8)

@@ -209,3 +209,14 @@ def test_ci_runs_the_readme_command_with_every_oracle_required():
     assert "|| echo" not in text and "|| true" not in text  # an install that fails stops the run
     assert re.search(r"^npm ci .*--prefix tools/gltf-validator", text, re.M)  # not behind `if npm exists`
     assert "chromium" in text and "nodejs" in text and "npm" in text  # apt-get installs what is missing
+
+
+def test_readme_quick_start_says_which_torch_to_install_before_the_command():
+    """The torch build (CPU and CUDA) is chosen before the quick start's command, not explained after it."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Quick start")
+    section = text[start:text.index("\n## ", start + 1)]
+    command = section.index('python -m dreamfusion --config demo prompt="a red cube"')
+    before, after = section[:command], section[command:]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in before and "CUDA build" in before
+    assert "torch" not in after.split("```")[0] and "torch==" not in after  # nothing about torch after it

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -24,8 +25,8 @@ from conftest import import_oracle, require_oracle
 from dreamfusion.config import load_config, to_yaml
 from dreamfusion.errors import UserError
 from dreamfusion.report import cmd_report, write_report
-from dreamfusion.report.plot import BOTTOM, LEFT, RIGHT, TOP, line_plot, nice_ticks
-from dreamfusion.report.reading import MISSING, config_diff, format_size, read_run
+from dreamfusion.report.plot import BOTTOM, LEFT, RIGHT, SMOOTHING, TOP, ema, line_plot, nice_ticks
+from dreamfusion.report.reading import MISSING, config_diff, format_size, read_run, series
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 RED = np.array([220, 20, 20], np.uint8)  # the cube's vertex colour
@@ -56,6 +57,92 @@ def test_plot_points_follow_the_closed_form():
     np.testing.assert_allclose(log[:, 1], np.linspace(h - BOTTOM, TOP, 4), atol=0.006)
     assert "(log scale)" in line_plot([0, 1], [1.0, 100.0], "loss")
     assert "(log scale)" not in line_plot([0, 1], [1.0, 99.0], "t")
+
+
+def test_smoothed_curve_is_the_debiased_ema_over_the_raw_line():
+    ys = [5.0, 1.0, 4.0, 2.0, 8.0, 3.0]
+    w = SMOOTHING
+    # closed form: the n-th point is the mean of the first n values weighted w^age
+    want = [np.average(ys[:n], weights=w ** np.arange(n - 1, -1, -1)) for n in range(1, len(ys) + 1)]
+    np.testing.assert_allclose(ema(ys), want, rtol=1e-12)
+    svg = line_plot(list(range(6)), ys, "loss", y_label="loss", log_y=False, smooth=True, width=400, height=200)
+    raw = re.findall(r'<polyline class="line raw" points="([^"]*)"', svg)
+    smooth = re.findall(r'<polyline class="line smooth" points="([^"]*)"', svg)
+    assert len(raw) == len(smooth) == 1  # the raw line and its EMA over it
+    y_px = np.array([float(p.split(",")[1]) for p in smooth[0].split()])
+    py = lambda y: (200 - BOTTOM) - (np.asarray(y) - 1) / 7 * (200 - BOTTOM - TOP)  # noqa: E731  [1, 8] -> box
+    np.testing.assert_allclose(y_px, py(want), atol=0.006)
+    assert re.search(r'<text class="ylabel"[^>]*>loss</text>', svg)
+
+
+def test_curves_name_their_y_axis_and_do_not_draw_sds_twice(tmp_path):
+    rows = [{"step": s, "loss": 3.0 / s, "loss_sds": 3.0 / s, "loss_sparsity": 0.1, "grad_norm": 2.0, "t": 0.5}
+            for s in range(1, 6)]
+    assert sorted(series(rows)) == ["grad_norm", "loss", "loss_sparsity", "t"]  # loss_sds == loss: drawn once
+    rows[2]["loss"] = 1.2  # another term weighted in: then loss_sds is its own curve
+    assert "loss_sds" in series(rows)
+    run = _full_run(tmp_path / "run")
+    html = write_report(run).read_text()
+    labels = re.findall(r'<text class="ylabel"[^>]*>([^<]*)</text>', html)
+    assert labels == ["loss", "norm", "t", "loss", "loss", "seconds"]  # loss, grad_norm, t, loss_sds, ..., sec
+
+
+def test_no_previews_says_why(tmp_path):
+    for overrides, status, step, why in (
+            (["steps=120", "preview_every=300"], "done", 120, "preview_every=300 is more than steps=120"),
+            (["preview_every=0"], "done", 600, "preview_every=0 turns them off"),
+            (["preview_every=100"], "failed", 40, "the run stopped at step 40, before the first preview at step 100")):
+        run = tmp_path / f"run-{step}-{len(why)}"
+        run.mkdir()
+        (run / "config.yaml").write_text(to_yaml(load_config("demo", overrides)))
+        (run / "run.json").write_text(json.dumps({"status": status, "config": "demo", "step": step}))
+        assert f"previews: not produced ({why}" in write_report(run).read_text()
+
+
+def test_a_poor_prior_iou_is_flagged(tmp_path):
+    from dreamfusion.report.reading import POOR_IOU
+
+    run = _full_run(tmp_path / "run")
+    assert "is poor" not in write_report(run).read_text()  # IoU 0.94
+    info = json.loads((run / "run.json").read_text())
+    info["metrics"]["iou"] = 0.44
+    (run / "run.json").write_text(json.dumps(info))
+    assert f'<div class="poor">IoU 0.440 is poor (under {POOR_IOU})' in write_report(run).read_text()
+
+
+def test_the_demo_leaves_eight_previews_for_the_slider():
+    """The demo's report has at least 8 slider stops, the last at the final step (whose eval grid the video reuses)."""
+    cfg = load_config("demo")
+    assert cfg.steps // cfg.preview_every >= 8 and cfg.steps % cfg.preview_every == 0
+
+
+def test_report_command_line_reruns_the_same_config(tmp_path):
+    """The page's command line, re-parsed with shlex and the CLI's own parser, loads the run's config: for a batch
+    run (whose prompt and seed come from the prompts file, not its overrides) and for a plain run."""
+    from html import unescape
+
+    from dreamfusion.batch.worker import PromptWorker
+    from dreamfusion.cli import split_config_flag
+    from dreamfusion.run import RunRecord
+
+    prompt = 'a red cube\'s "twin" $HOME `x` & ;'
+    job = {"index": 0, "prompt": prompt, "seed": 7, "resume": False, "config": "demo", "run_dir": str(tmp_path / "b"),
+           "overrides": ["steps=120", f"output_dir={tmp_path / 'my runs'}", "guidance.guidance_scale=7.5"]}
+    batch_cfg = PromptWorker._config(None, job)
+    plain = ["prompt=a blue sphere", "seed=3", "render.width=48", f"output_dir={tmp_path / 'out dir'}"]
+    for name, cfg, config_name, overrides in (("b", batch_cfg, "demo", job["overrides"]),
+                                             ("p", load_config(None, plain), None, plain)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        RunRecord(run_dir, cfg, config_name, overrides).update(status="done")
+        html = write_report(run_dir).read_text()
+        (command,) = re.findall(r'<code class="command">([^<]*)</code>', html)
+        argv = shlex.split(unescape(command))
+        assert argv[:3] == ["python", "-m", "dreamfusion"]
+        config, rest = split_config_flag(argv[3:])
+        assert config == config_name
+        assert to_yaml(load_config(config, rest)) == (run_dir / "config.yaml").read_text()
 
 
 def test_nice_ticks():
@@ -273,7 +360,7 @@ STATE = """{ready: document.readyState,
   mesh: (m => m && {loaded: m.loaded, visible: m.modelIsVisible, rect: m.getBoundingClientRect().toJSON()})(
     document.querySelector("model-viewer")),
   video: (v => v && {readyState: v.readyState, duration: v.duration, width: v.videoWidth,
-                     error: v.error && v.error.code})(
+                     shown: v.getBoundingClientRect().width, error: v.error && v.error.code})(
     document.querySelector("video")),
   previews: [...document.querySelectorAll(".previews img")].map(i => ({complete: i.complete, natural: i.naturalWidth,
     shown: i.getBoundingClientRect().width})),
@@ -319,6 +406,7 @@ def test_report_in_chromium_shows_mesh_video_previews(page, tmp_path):
     # the video: decodable, with the duration it was written with (frames / fps)
     assert state["video"]["error"] is None and state["video"]["readyState"] >= 2
     assert state["video"]["duration"] == pytest.approx(FRAMES / FPS, abs=1.0 / FPS) and state["video"]["width"] == 96
+    assert state["video"]["shown"] == 96  # at its native size: not upscaled into a blur
     # previews: each 64 px view shown at 256 px; only the last one (of 3) is visible
     assert [(p["complete"], p["natural"]) for p in state["previews"]] == [(True, 256)] * 3
     assert [p["shown"] for p in state["previews"]] == [0, 0, 1024]
@@ -337,7 +425,8 @@ def test_report_in_chromium_without_mesh_or_video(page, tmp_path):
     state = _load(page, report, lambda s: True)
     shot = page.screenshot(tmp_path / "bare.png")
     assert state["mesh"] is None and state["video"] is None and state["previews"] == [] and state["plots"] == 0
-    assert state["absent"] == ["mesh: not produced", "orbit video: not produced", "previews: not produced",
+    assert state["absent"] == ["mesh: not produced", "orbit video: not produced",
+                               "previews: not produced (the run failed before its first preview at step 75)",
                                "metrics.jsonl: not produced", "timings: not recorded"]
     assert state["changed"] == []  # the defaults of "gone" cannot be loaded: no highlights
     assert "could not be loaded" in report.read_text()

@@ -8,8 +8,11 @@ resumed run must reproduce, with every step's metrics row written once.
 
 from __future__ import annotations
 
+import builtins
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,18 +84,131 @@ def test_one_loaded_model_serves_several_prompts(finished, tmp_path):
                                              for r in rows(own.run_dir)]
 
 
+def _nan_from(first: int, last: int = 10**9, where: str = "loss") -> FunctionGuidance:
+    """A guidance stub whose loss (or only its gradient) is NaN at steps first..last."""
+    def terms(rgb, cams, step, steps, generator=None):
+        bad = first <= step <= last
+        if bad and where == "grad":  # a finite loss with a NaN gradient
+            rgb.register_hook(lambda g: torch.full_like(g, float("nan")))
+        return {"loss_sds": rgb.mean() * (float("nan") if bad and where == "loss" else 1.0)}
+    return FunctionGuidance(terms)
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch, where):
+    """A step with a NaN loss or gradient changes nothing (field and Adam state bit-identical) and is counted."""
+    import dreamfusion.guidance as guidance_pkg
+    from dreamfusion.train import Trainer
+
+    cfg = tiny("a red cube", tmp_path)
+    trainer = Trainer(cfg, tmp_path, torch.device("cpu"), _nan_from(2, 2, where))
+    for _ in range(2):
+        trainer.train_step()
+    before = trainer.state()
+    row = trainer.train_step()  # step 2: skipped
+    after = trainer.state()
+    assert row["skipped_steps"] == 1 and trainer.step == 3
+    for key in ("field", "background"):
+        assert all(torch.equal(before[key][k], after[key][k]) for k in before[key]), key
+    assert str(before["optimizer"]["state"]) == str(after["optimizer"]["state"])
+    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device, model=None: _nan_from(5, 5, where))
+    result = run(tiny("a red cube", tmp_path), quiet=True)  # one bad step: the run goes on and finishes
+    assert result.status == "done" and result.metrics["skipped_steps"] == 1
+    assert [r["skipped_steps"] for r in rows(result.run_dir)] == [0] * 5 + [1] * 3
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(result.run_dir)["field"].values())
+
+
 def test_a_diverging_run_fails_alone_with_its_line_in_run_json(tmp_path, monkeypatch):
     import dreamfusion.guidance as guidance_pkg
 
-    nan = FunctionGuidance(lambda rgb, cams, step, steps, generator=None:
-                           {"loss_sds": rgb.mean() * (float("nan") if step == 5 else 1.0)})
-    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device, model=None: nan)
-    with pytest.raises(UserError, match="the loss is nan at step 5") as info:
-        run(tiny("a red cube", tmp_path), quiet=True)
+    monkeypatch.setattr(guidance_pkg, "build_guidance", lambda cfg, device, model=None: _nan_from(5))
+    with pytest.raises(UserError, match="3 steps in a row had a non-finite loss or gradient") as info:
+        run(tiny("a red cube", tmp_path, "max_nonfinite_steps=3"), quiet=True)
     record = read_run_json(info.value.run_dir)
-    assert (record["status"], record["step"]) == ("failed", 5)
+    assert (record["status"], record["step"]) == ("failed", 7)
     assert record["error"] == str(info.value) and "\n" not in record["error"]
-    assert load_checkpoint(info.value.run_dir)["step"] == 4  # the last checkpoint stays
+    assert "the last checkpoint (step 4) is intact" in record["error"]
+    assert load_checkpoint(info.value.run_dir)["step"] == 4  # the last good checkpoint stays
+    assert [r["skipped_steps"] for r in rows(info.value.run_dir)] == [0, 0, 0, 0, 0, 1, 2]
+
+
+class _FullDisk:
+    """``open`` on a disk that fills up: from the ``after``-th opening for writing of a file named like ``name``
+    (its temporary twin included), writes raise ENOSPC as a full disk does once a new file holds 1 kB (a file
+    appended to gets nothing more). torch.save then raises its own RuntimeError, "unexpected pos", as it does on
+    a real full disk.
+    ``kept`` holds the target's bytes at the moment the disk filled."""
+
+    def __init__(self, target: Path, after: int = 1):
+        self.target, self.after, self.opened, self.kept = target, after, 0, None
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        fh = builtins.open(file, mode, *args, **kwargs)
+        path = Path(file)
+        if ("w" in mode or "a" in mode) and path.parent == self.target.parent and \
+                re.sub(r"\.\d+\.tmp", "", path.name.lstrip(".")) == self.target.name:
+            self.opened += 1
+            if self.opened >= self.after:
+                self.kept = self.target.read_bytes() if self.target.is_file() else None
+                return _Full(fh, "a" in mode)
+        return fh
+
+
+class _Full:
+    def __init__(self, fh, append: bool):
+        self.fh, self.room = fh, 0 if append else 1024
+
+    def write(self, data):
+        if len(data) > self.room:
+            self.fh.write(data[:self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+@pytest.mark.parametrize("name, after", [("checkpoints/last.pt", 2), ("mesh/model.glb", 1), ("metrics.jsonl", 1)])
+def test_a_full_disk_fails_the_run_with_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, name, after):
+    """ENOSPC while torch.save writes the second checkpoint (torch wraps it in a RuntimeError), while the mesh is
+    written, or while a metrics row is appended: one line naming the file, the file's previous bytes kept, no
+    temporary file left, run.json failed with that line."""
+    import dreamfusion.io
+    import dreamfusion.train
+
+    out = tmp_path / "out"
+    disk = {}
+
+    def make_run_dir(output_dir, slug):  # the run folder's name is known before the run starts
+        run_dir = out / "run"
+        run_dir.mkdir(parents=True)
+        disk["full"] = _FullDisk(run_dir / name, after)
+        for module in (dreamfusion.io, dreamfusion.train):
+            monkeypatch.setattr(module, "open", disk["full"], raising=False)
+        return run_dir
+
+    monkeypatch.setattr("dreamfusion.run.make_run_dir", make_run_dir)
+    with pytest.raises(UserError) as info:
+        run(tiny("a red cube", out), quiet=True)
+    run_dir, message = out / "run", str(info.value)
+    assert info.value.run_dir == run_dir and disk["full"].opened >= after
+    assert f"cannot write '{run_dir / name}': no space left on device" in message and "\n" not in message
+    assert "Traceback" not in message and "enforce fail" not in message
+    if disk["full"].kept is not None:  # the previous checkpoint / metrics rows, byte for byte
+        assert (run_dir / name).read_bytes() == disk["full"].kept
+    if name == "checkpoints/last.pt":
+        assert load_checkpoint(run_dir)["step"] == 4
+    assert [p.name for p in run_dir.rglob("*") if ".tmp" in p.name] == []
+    record = read_run_json(run_dir)
+    assert record["status"] == "failed" and record["error"] == message
 
 
 def test_a_loss_term_without_a_weight_is_an_error_not_dropped():

@@ -1,11 +1,13 @@
 """The batch driver: plan which prompts still need work, hand them to Ray actors, record and show progress.
 
     <output_dir>/batch-<prompts-file-stem>/
-        batch.json      each prompt: status, run folder, seconds, node, IoU / colour under the prior, error line
+        batch.json      each prompt: status, run folder (null when none was made), step while it runs, seconds,
+                        node, IoU / colour under the prior, error line
         index.html      the gallery: every run's orbit video or preview, prompt, status, link to its report
         runs/<index>-<slug>/   one ordinary run folder per prompt
 
-Running the same command again skips prompts whose run is done and resumes the others from their checkpoints.
+Running the same command again skips prompts whose run is done (their batch.json entries are kept as they were)
+and resumes the others from their checkpoints.
 Scheduling is Ray's: the driver keeps one job in flight per actor and waits with ``ray.wait``.
 """
 
@@ -59,21 +61,39 @@ def plan(prompts_file: Path, batch_dir: Path) -> list[dict]:
     return entries
 
 
+def _previous_rows(batch_dir: Path) -> dict[tuple[int, str, str], dict]:
+    """The entries of an earlier batch.json by (index, prompt, run folder); {} when there is none."""
+    try:
+        rows = json.loads((batch_dir / "batch.json").read_text()).get("runs", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {(r.get("index"), r.get("prompt"), r.get("run_dir")): r for r in rows if isinstance(r, dict)}
+
+
 class _Batch:
     """batch.json and index.html, rewritten (atomically) whenever a prompt changes state."""
 
-    def __init__(self, batch_dir: Path, prompts_file: Path, config: str | None, overrides: list[str], entries):
+    def __init__(self, batch_dir: Path, prompts_file: Path, config: str | None, overrides: list[str], entries,
+                 steps: int):
         self.dir, self.prompts_file, self.config, self.overrides = batch_dir, prompts_file, config, overrides
+        self.steps = steps  # of every run
+        self.dirty, self.written = False, 0.0  # a running prompt's step not in batch.json yet; time of the last write
         self.rows = []
+        previous = _previous_rows(batch_dir)
         for e in entries:
             record = e["record"]
             metrics = record.get("metrics", {})
+            rel = str(Path(e["run_dir"]).relative_to(batch_dir))
+            kept = previous.get((e["index"], e["prompt"], rel))
+            if e["state"] == "done" and kept is not None and kept.get("status") == "done":
+                self.rows.append(kept)  # not redone: its entry (seconds, node, worker) stays as it was written
+                continue
             self.rows.append({"index": e["index"], "prompt": e["prompt"], "seed": e["seed"],
-                              "run_dir": str(Path(e["run_dir"]).relative_to(batch_dir)),
+                              "run_dir": rel,
                               "status": "done" if e["state"] == "done" else "pending",
                               "seconds": round(sum(record.get("seconds", {}).values()), 2) if record else None,
                               "iou": metrics.get("iou"), "albedo_err": metrics.get("albedo_err"),
-                              "node": None, "worker": None, "error": None})
+                              "step": record.get("step"), "node": None, "worker": None, "error": None})
 
     def counts(self) -> dict[str, int]:
         out = {k: 0 for k in ("done", "running", "failed", "interrupted", "pending")}
@@ -83,9 +103,13 @@ class _Batch:
 
     def set(self, index: int, **fields) -> None:
         self.rows[index].update(fields)
+        rel = self.rows[index]["run_dir"]
+        if fields.get("status") == "failed" and rel is not None and not (self.dir / rel).is_dir():
+            self.rows[index]["run_dir"] = None  # it failed before its run folder was made
         self.write()
 
     def write(self) -> None:
+        self.dirty, self.written = False, time.time()
         data = {"format": BATCH_FORMAT, "prompts_file": str(self.prompts_file), "config": self.config,
                 "overrides": self.overrides, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "counts": self.counts(),
                 "runs": self.rows}
@@ -124,7 +148,7 @@ def run_batch(prompts_file: str | Path, config: str | None = None, overrides: li
     batch_dir = batch_folder(prompts_file, base.output_dir)
     entries = plan(prompts_file, batch_dir)
     batch_dir.mkdir(parents=True, exist_ok=True)
-    batch = _Batch(batch_dir, prompts_file, config, overrides, entries)
+    batch = _Batch(batch_dir, prompts_file, config, overrides, entries, base.steps)
     batch.write()
     todo = [dict(e, config=config, overrides=overrides, resume=e["state"] == "resume") for e in entries
             if e["state"] != "done"]
@@ -174,6 +198,7 @@ def _dispatch(ray, batch: _Batch, todo: list[dict], device: str, max_parallel, c
                     ray.cancel(ref)  # each run stops after its current step and saves its checkpoint
             if not running:
                 break
+            _show_steps(batch, running.values(), bar)
             timeout = 1.0 if not stopping.get("sent") else max(0.0, _STOP_GRACE_S - (time.time() - stopping["sent"]))
             ready, _ = ray.wait(list(running), num_returns=1, timeout=timeout)
             if stopping.get("sent") and not ready and time.time() - stopping["sent"] >= _STOP_GRACE_S:
@@ -185,14 +210,14 @@ def _dispatch(ray, batch: _Batch, todo: list[dict], device: str, max_parallel, c
             for ref in ready:
                 worker, job = running.pop(ref)
                 result = _result(ray, ref, job)
-                batch.set(job["index"], worker=result.get("pid"), **{k: result.get(k) for k in (
-                    "status", "seconds", "iou", "albedo_err", "node", "error")})
+                batch.set(job["index"], worker=result.get("pid"), step=read_run_json(Path(job["run_dir"])).get("step"),
+                          **{k: result.get(k) for k in ("status", "seconds", "iou", "albedo_err", "node", "error")})
+                if progress:  # each prompt's end as it happens, above the bar
+                    bar.write(_ended(batch.rows[job["index"]]), file=sys.stderr)
                 if result.get("worker_died"):
                     worker = _workers(ray, device, 1, cpus_per_worker, 1)[0]  # replace the dead actor
                 idle.append(worker)
                 bar.update(result["status"] in ("done", "failed"))
-                c = batch.counts()
-                bar.set_postfix(done=c["done"], running=c["running"], failed=c["failed"])
     finally:
         bar.close()
         for s, handler in previous.items():
@@ -201,6 +226,45 @@ def _dispatch(ray, batch: _Batch, todo: list[dict], device: str, max_parallel, c
         c = batch.counts()
         raise BatchInterrupted(f"batch stopped: {c['done']} done, {c['interrupted']} interrupted with their "
                                f"checkpoints, {c['pending']} not started; run the same command again to continue")
+
+
+def _last_step(run_dir: Path) -> int | None:
+    """The step of the last row of a run's metrics.jsonl (read from its end), None before the first."""
+    try:
+        with open(run_dir / "metrics.jsonl", "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 4096))
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a row being written
+    return None
+
+
+def _show_steps(batch: _Batch, running, bar) -> None:
+    """The running prompts' steps: in batch.json (and the gallery) and after the progress bar."""
+    shown = []
+    for _, job in running:
+        row = batch.rows[job["index"]]
+        step = _last_step(Path(job["run_dir"]))
+        if step is not None and step != row.get("step"):
+            row["step"] = step
+            batch.dirty = True
+        shown.append(f"#{job['index']} step {row.get('step') or 0}/{batch.steps}")
+    if batch.dirty and time.time() - batch.written >= 2.0:  # at most every 2 s
+        batch.write()
+    c = batch.counts()
+    bar.set_postfix_str(f"{c['done']} done, {c['failed']} failed; running " + ", ".join(shown))
+
+
+def _ended(row: dict) -> str:
+    """One line for a prompt that ended: status, prompt, seconds, and the error of a failed one."""
+    seconds = f" in {row['seconds']:.1f} s" if row.get("seconds") is not None else ""
+    error = f": {row['error']}" if row.get("error") else ""
+    return f"{row['status']}: #{row['index']} {row['prompt']}{seconds}{error}"
 
 
 class BatchInterrupted(UserError):

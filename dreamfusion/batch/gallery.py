@@ -1,6 +1,6 @@
 """index.html of a batch folder: one card per prompt with its orbit video (or last preview), prompt, status,
-scores and a link to the run's report.html. Plain HTML and CSS, relative links only, so the folder can be
-moved or served as it is."""
+step while it runs, scores and a link to the run's report.html. Plain HTML and CSS, relative links only, so the
+folder can be moved or served as it is. An IoU under POOR_IOU (embedded prior) is flagged on the card."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 
 from ..io import atomic_write_text
+from ..report.reading import POOR_IOU
 
 __all__ = ["write_gallery"]
 
@@ -23,40 +24,56 @@ justify-content:center;color:#8a90a0;background:#eceef2}.body{padding:10px 14px 
 font-size:12px;color:#fff}.done{background:#1f8a4c}.failed{background:#c0392b}.running{background:#2d6cdf}
 .interrupted{background:#b7791f}.pending{background:#8a90a0}.meta{color:#5b6170;font-size:13px;margin:6px 0 0}
 .error{color:#c0392b;font-size:13px;margin:6px 0 0;word-break:break-word}a{color:#2d6cdf}
+.poor{color:#9a6700;font-weight:600}
 """
 
 
-def _media(run_dir: Path, rel: str) -> str:
-    if (run_dir / "orbit.mp4").is_file():
+_NO_MEDIA = {"failed": "no video: the run failed", "interrupted": "no video: interrupted, rerun the batch to go on",
+             "pending": "not started yet", "running": "no preview yet"}
+
+
+def _media(run_dir: Path | None, rel: str | None, status: str) -> str:
+    if run_dir is not None and (run_dir / "orbit.mp4").is_file():
         return f'<video src="{html.escape(rel)}/orbit.mp4" muted loop autoplay playsinline></video>'
-    previews = sorted((run_dir / "previews").glob("step_*.png")) if (run_dir / "previews").is_dir() else []
+    previews = sorted((run_dir / "previews").glob("step_*.png")) if run_dir and (run_dir / "previews").is_dir() else []
     if previews:
         return f'<img src="{html.escape(rel)}/previews/{previews[-1].name}" alt="last preview">'
-    return '<div class="empty">no video yet</div>'
+    return f'<div class="empty">{html.escape(_NO_MEDIA.get(status, "no video"))}</div>'
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 60 else f"{int(value // 60)} min {value % 60:.0f} s"
 
 
 def _card(batch_dir: Path, row: dict) -> str:
-    rel = row["run_dir"]
-    run_dir = batch_dir / rel
+    rel = row.get("run_dir")
+    run_dir = batch_dir / rel if rel else None
     status = row["status"]
     facts = []
+    if status == "running" and row.get("step") is not None:
+        facts.append(f"step {row['step']}")
     if row.get("seconds") is not None:
-        facts.append(f"{row['seconds']:.0f} s")
-    if row.get("iou") is not None:
+        facts.append(_seconds(row["seconds"]))
+    if row.get("iou") is not None and row["iou"] < POOR_IOU:
+        facts.append(f'<span class="poor" title="under {POOR_IOU}: the mesh matches the prompt\'s object poorly; '
+                     f'train longer (steps=...)">IoU {row["iou"]:.3f} (poor)</span>')
+    elif row.get("iou") is not None:
         facts.append(f"IoU {row['iou']:.3f}")
     if row.get("albedo_err") is not None:
         facts.append(f"colour err {row['albedo_err']:.3f}")
     if row.get("seed") is not None:
         facts.append(f"seed {row['seed']}")
     links = []
-    if (run_dir / "report.html").is_file():
+    if run_dir is not None and (run_dir / "report.html").is_file():
         links.append(f'<a href="{html.escape(rel)}/report.html">report</a>')
-    if run_dir.is_dir():
+    if run_dir is not None and run_dir.is_dir():
         links.append(f'<a href="{html.escape(rel)}/">run folder</a>')
     error = f'<p class="error">{html.escape(row["error"])}</p>' if row.get("error") else ""
-    return (f'<div class="card" data-status="{status}">{_media(run_dir, rel)}<div class="body">'
+    lines = [f'<p class="meta">{" · ".join(items)}</p>' for items in (facts,) if items]
+    lines += [error] + [f'<p class="meta">{" · ".join(items)}</p>' for items in (links,) if items]
+    return (f'<div class="card" data-status="{status}">{_media(run_dir, rel, status)}<div class="body">'
             f'<p class="prompt">{html.escape(row["prompt"])}</p><span class="badge {status}">{status}</span>'
-            f'<p class="meta">{" · ".join(facts)}</p>{error}<p class="meta">{" · ".join(links)}</p></div></div>')
+            f'{"".join(lines)}</div></div>')
 
 
 def write_gallery(batch_dir: Path, batch: dict) -> Path:

@@ -381,6 +381,8 @@ class Config:
     """Side in pixels of each of the four views of a preview image."""
     log_every: int = 10
     """Append a line to metrics.jsonl every N steps."""
+    max_nonfinite_steps: int = 20
+    """This many skipped steps in a row (NaN or infinite loss or gradient; skipped_steps in metrics.jsonl) fail the run."""
     field: FieldConfig = dc_field(default_factory=FieldConfig)
     camera: CameraConfig = dc_field(default_factory=CameraConfig)
     render: RenderConfig = dc_field(default_factory=RenderConfig)

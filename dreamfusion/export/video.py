@@ -5,7 +5,9 @@ imageio-ffmpeg wheel bundles, so writing works offline.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 
 import numpy as np
 
@@ -50,6 +52,28 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30, crf:
                 writer.append_data(frame)
         finally:
             writer.close()
+        _check_mp4(tmp)
+
+
+def _check_mp4(path: str | os.PathLike) -> None:
+    """An OSError unless ``path`` is a whole .mp4: top-level boxes (4-byte size, 4-byte type; size 1: a 64-bit
+    size follows, 0: to the end) that end at the file's end, a ``moov`` among them. ffmpeg that runs out of disk
+    says so on stderr and leaves a cut file, but imageio does not raise: this catches it before the rename."""
+    end, seen, at = os.path.getsize(path), set(), 0
+    with open(path, "rb") as fh:
+        while at + 8 <= end:
+            fh.seek(at)
+            head = fh.read(16)
+            size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            size = int.from_bytes(head[8:16], "big") if size == 1 else (end - at if size == 0 else size)
+            if size < 8:
+                break
+            seen.add(kind)
+            at += size
+    if at != end or b"moov" not in seen:
+        full = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 2**20
+        raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC) if full else
+                      "ffmpeg wrote an incomplete video")
 
 
 def stack_panels(panels: list[np.ndarray]) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import shlex
 from datetime import datetime, timezone
 from html import escape
 from importlib.resources import files
@@ -14,7 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dreamfusion.report.plot import line_plot
-from dreamfusion.report.reading import MISSING, RunFolder, files_with_sizes, flatten, format_size, series
+from dreamfusion.report.reading import MISSING, POOR_IOU, RunFolder, files_with_sizes, flatten, format_size, series
 
 __all__ = ["render_page"]
 
@@ -22,6 +23,7 @@ EMBED_LIMIT = 64 * 2**20  # a mesh or video larger than this is linked, not embe
 MIN_VIEW_PX = 256  # each preview view is shown at least this wide
 VIEWS = ("front", "right", "back", "left")
 TITLES = {"loss": "loss", "grad_norm": "SDS gradient norm", "t": "diffusion t", "sec_per_step": "seconds per step"}
+Y_LABELS = {"grad_norm": "norm", "t": "t", "sec_per_step": "seconds"}  # the rest are losses
 # The viewer compiles a WebAssembly decoder ('wasm-unsafe-eval'); nothing may come from outside the page.
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'wasm-unsafe-eval'; style-src 'unsafe-inline'; "
        "img-src data: blob:; media-src data: blob:; connect-src data: blob:; worker-src blob:")
@@ -78,6 +80,9 @@ def _header(run: RunFolder) -> str:
     if numbers:
         out.append('<div class="numbers">' + "".join(f"<div>{escape(k)}<b>{v:.4g}</b></div>"
                                                       for k, v in numbers.items()) + "</div>")
+    if numbers.get("iou", 1.0) < POOR_IOU:
+        out.append(f'<div class="poor">IoU {numbers["iou"]:.3f} is poor (under {POOR_IOU}): the mesh matches the '
+                   f"prompt's object badly; train longer (steps=...) or try another seed</div>")
     if info.get("error"):
         out.append(f'<div class="error">{escape(str(info["error"]))}</div>')
     if run.notes:
@@ -111,9 +116,27 @@ def _result(run: RunFolder) -> str:
             f'<div><h3>Orbit video</h3>{video_html}</div></div></section>')
 
 
+def _why_no_previews(run: RunFolder) -> str:
+    """Why a run folder has no previews, from its config and run.json."""
+    cfg, step = run.config or {}, run.info.get("step")
+    every, steps = cfg.get("preview_every"), cfg.get("steps")
+    if not isinstance(every, int):
+        return "previews: not produced"
+    if every <= 0:
+        return "previews: not produced (preview_every=0 turns them off)"
+    if isinstance(steps, int) and every > steps:
+        return (f"previews: not produced (preview_every={every} is more than steps={steps}: "
+                f"set preview_every={max(1, steps // 8)} for 8 of them)")
+    if isinstance(step, int) and step < every:
+        return f"previews: not produced (the run stopped at step {step}, before the first preview at step {every})"
+    if step is None and run.info.get("status") in ("failed", "interrupted"):
+        return f"previews: not produced (the run {run.info['status']} before its first preview at step {every})"
+    return "previews: not produced (no previews/step_*.png in the run folder)"
+
+
 def _previews(run: RunFolder) -> str:
     if not run.previews:
-        return f'<section><h2>Previews over training</h2>{_absent("previews: not produced")}</section>'
+        return f'<section><h2>Previews over training</h2>{_absent(_why_no_previews(run))}</section>'
     figures, labels = [], []
     for i, (step, png, width) in enumerate(run.previews):
         view = max(width / len(VIEWS), 1.0)
@@ -136,7 +159,8 @@ def _curves(run: RunFolder) -> str:
     curves = series(run.metrics)
     if not curves:
         return f'<section><h2>Training curves</h2>{_absent("metrics.jsonl: not produced")}</section>'
-    plots = "".join(line_plot(xs, ys, TITLES.get(name, name)) for name, (xs, ys) in curves.items())
+    plots = "".join(line_plot(xs, ys, TITLES.get(name, name), y_label=Y_LABELS.get(name, "loss"), smooth=name != "t")
+                    for name, (xs, ys) in curves.items())
     return f'<section><h2>Training curves</h2><div class="plots">{plots}</div></section>'
 
 
@@ -153,13 +177,32 @@ def _phases(run: RunFolder) -> str:
             f'</tr>{rows}</table></section>')
 
 
+def command_line(run: RunFolder) -> str | None:
+    """A shell command that runs this run again: ``python -m dreamfusion [--config NAME] key=value ...``, each
+    argument quoted for a POSIX shell; the prompt and seed are added where the overrides lack them (a batch
+    run's come from its prompts file). None without run.json's config name."""
+    if "config" not in run.info:
+        return None
+    overrides = [str(o) for o in run.info.get("overrides") or [] if not str(o).startswith("resume=")]
+    keys = {o.split("=", 1)[0] for o in overrides}
+    prompt = run.info.get("prompt") if run.info.get("prompt") is not None else (run.config or {}).get("prompt")
+    if "prompt" not in keys and prompt:
+        overrides.append(f"prompt={prompt}")
+    seed = (run.config or {}).get("seed")
+    if "seed" not in keys and seed is not None and "seed" in run.diff:
+        overrides.append(f"seed={seed}")
+    name = run.info.get("config")
+    argv = ["python", "-m", "dreamfusion", *(["--config", str(name)] if name else []), *overrides]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def _config(run: RunFolder) -> str:
     if run.config is None:
         return f'<section><h2>Config</h2>{_absent("config.yaml: not produced")}</section>'
     out = ['<section class="config"><h2>Config</h2>']
-    overrides = run.info.get("overrides") or []
-    if overrides:
-        out.append("<p>command line: " + " ".join(f"<code>{escape(str(o))}</code>" for o in overrides) + "</p>")
+    command = command_line(run)
+    if command:
+        out.append(f'<p>run it again: <code class="command">{escape(command)}</code></p>')
     name = escape(str(run.info.get("config") or "dreamfusion"))
     if run.diff:
         rows = "".join(f'<tr class="changed"><td>{escape(k)}</td><td>{escape(_value(flatten(run.config)[k]))}</td>'

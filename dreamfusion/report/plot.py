@@ -2,16 +2,28 @@
 
 The data range maps onto the plot box exactly (no padding): x in [min, max] -> [LEFT, width - RIGHT],
 y in [min, max] -> [height - BOTTOM, TOP] (linear, or linear in log10 y for a log plot). Ticks sit at
-"nice" values (1, 2, 5 x 10^k) inside the range.
+"nice" values (1, 2, 5 x 10^k) inside the range. A noisy series is drawn faint with its exponential moving
+average over it (``ema``, TensorBoard's smoothing).
 """
 from __future__ import annotations
 
 import math
 from html import escape
 
-__all__ = ["line_plot", "nice_ticks", "wants_log"]
+__all__ = ["line_plot", "nice_ticks", "wants_log", "ema"]
 
 LEFT, RIGHT, TOP, BOTTOM = 58.0, 14.0, 30.0, 34.0  # margins of the plot box in px
+SMOOTHING = 0.8  # the EMA's weight of the past: each point is the mean of the ones before it, weighted 0.8^age
+
+
+def ema(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """Exponential moving average with TensorBoard's debiasing: the n-th output is the mean of the first n
+    values weighted weight^(n-1-k), so the line starts at the first value instead of rising from 0."""
+    out, acc = [], 0.0
+    for n, v in enumerate(values, start=1):
+        acc = weight * acc + (1 - weight) * v
+        out.append(acc / (1 - weight ** n))
+    return out
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -56,10 +68,11 @@ def wants_log(ys: list[float]) -> bool:
     return bool(finite) and min(finite) > 0 and max(finite) / min(finite) >= 100.0
 
 
-def line_plot(xs: list[float], ys: list[float], title: str, *, x_label: str = "step", width: int = 460,
-              height: int = 230, log_y: bool | None = None) -> str:
+def line_plot(xs: list[float], ys: list[float], title: str, *, x_label: str = "step", y_label: str = "",
+              width: int = 460, height: int = 230, log_y: bool | None = None, smooth: bool = False) -> str:
     """One series as an SVG <svg> element. Points with a non-finite y (or y <= 0 on a log axis) are left
-    out and break the line; `log_y=None` picks a log axis by `wants_log`."""
+    out and break the line; `log_y=None` picks a log axis by `wants_log`. `smooth`: the raw line faint and
+    its ``ema`` over it (from three points on)."""
     if len(xs) != len(ys):
         raise ValueError(f"xs and ys differ in length: {len(xs)} and {len(ys)}")
     log_y = wants_log(ys) if log_y is None else log_y
@@ -89,15 +102,22 @@ def line_plot(xs: list[float], ys: list[float], title: str, *, x_label: str = "s
         parts.append(f'<line class="grid" x1="{x0}" x2="{x1}" y1="{py(t):.1f}" y2="{py(t):.1f}"/>'
                      f'<text class="ytick" x="{x0 - 6}" y="{py(t) + 4:.1f}">{_label(10 ** t if log_y else t)}</text>')
     parts.append(f'<text class="xlabel" x="{x1}" y="{height - 4}">{escape(x_label)}</text>')
-    segment: list[str] = []
-    for x, y, k in zip(xs, ys, keep):
-        if k:
-            segment.append(f"{px(x):.2f},{py(math.log10(y) if log_y else y):.2f}")
-        elif segment:
-            parts.append(f'<polyline class="line" points="{" ".join(segment)}"/>')
-            segment = []
-    if segment:
-        parts.append(f'<polyline class="line" points="{" ".join(segment)}"/>')
+    if y_label:
+        parts.append(f'<text class="ylabel" transform="translate(12 {(y0 + y1) / 2:.1f}) rotate(-90)">'
+                     f'{escape(y_label)}</text>')
+    smooth = smooth and len(fx) >= 3
+    smoothed = iter(ema([y for y, k in zip(ys, keep) if k]) if smooth else [])
+    for cls, values in (("line raw" if smooth else "line", ys), *((("line smooth", None),) if smooth else ())):
+        segment: list[str] = []
+        for x, y, k in zip(xs, ys, keep):
+            if k:
+                v = y if values is not None else next(smoothed)
+                segment.append(f"{px(x):.2f},{py(math.log10(v) if log_y else v):.2f}")
+            elif segment:
+                parts.append(f'<polyline class="{cls}" points="{" ".join(segment)}"/>')
+                segment = []
+        if segment:
+            parts.append(f'<polyline class="{cls}" points="{" ".join(segment)}"/>')
     if len(fx) == 1:
         parts.append(f'<circle class="dot" cx="{px(fx[0]):.2f}" cy="{py(fy[0]):.2f}" r="3"/>')
     parts.append("</svg>")
