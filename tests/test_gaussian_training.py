@@ -77,7 +77,7 @@ def test_progressive_resolution_follows_the_milestones(tmp_path):
 
 @pytest.mark.parametrize("override, fragment", [
     ("render.progressive_milestones=[100,200]", "one entry fewer"),
-    ("render.progressive_sizes=[64,0]", "must be positive"),
+    ("render.progressive_sizes=[64,0]", "entries must be >= 1"),
 ])
 def test_progressive_resolution_config_errors(override, fragment):
     from dreamfusion.config import load_config

@@ -43,13 +43,13 @@ class Interval:
         above = self.low < value or (self.low_closed and value == self.low)
         return above and (value < self.high or (self.high_closed and value == self.high))
 
-    def describe(self, integer: bool = False) -> str:
+    def describe(self) -> str:
         """'positive', '>= 0', 'in [0, 1]' or 'a finite number': the words of an error and of --help."""
         if not math.isinf(self.high):
             return f"in {self.text}"
         if math.isinf(self.low):
             return "a finite number"
-        if (self.low, self.low_closed) == (0, False) or (integer and (self.low, self.low_closed) == (1, True)):
+        if (self.low, self.low_closed) == (0, False):
             return "positive"
         return f"{'>=' if self.low_closed else '>'} {self.low}"
 
@@ -76,7 +76,7 @@ def numeric_ranges(cls: type, prefix: str = "") -> dict[str, tuple[Interval, str
 
 
 def _allowed(interval: Interval, kind: str) -> str:
-    return interval.describe(integer="int" in kind) + (" or null" if kind.startswith("Optional") else "")
+    return interval.describe() + (" or null" if kind.startswith("Optional") else "")
 
 
 def range_doc(interval: Interval, kind: str) -> str:
