@@ -122,6 +122,7 @@ def _wait_for_pause(folder: Path, proc: subprocess.Popen, timeout: float = 600) 
             return found[0].parent
         assert proc.poll() is None, f"the process ended before pausing: {proc.communicate()[1][-2000:]}"
         time.sleep(0.05)
+    proc.kill()  # a process that never paused must not outlive the test
     raise AssertionError(f"no run under {folder} paused within {timeout} s")
 
 
