@@ -368,8 +368,8 @@ class Config:
     """The text prompt."""
     negative_prompt: str = ""
     """Text to steer away from; replaces the empty prompt in classifier-free guidance."""
-    seed: int = ranged(0, "[0, 18446744073709551615]")
-    """Random seed of cameras, noise and initialisation."""
+    seed: int = ranged(0, "[-9223372036854775808, 18446744073709551615]")
+    """Random seed of cameras, noise and initialisation (any value torch.manual_seed takes: -2^63 .. 2^64 - 1)."""
     steps: int = ranged(10000, "[1, inf)")
     """Total optimization steps (with resume: the step to continue up to)."""
     output_dir: str = "outputs"
