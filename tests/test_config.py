@@ -207,6 +207,8 @@ def _refused(overrides) -> str:
         _load(overrides)
     assert "\n" not in str(info.value)
     return str(info.value)
+
+
 # Keys checked against another one: their boundary values load when the other moves with them (the range is
 # checked first, so a value past it is refused by its own key's message whatever the others hold).
 COMPANIONS = {
@@ -222,11 +224,19 @@ def _step(x, towards, kind):
     return x + (1 if towards > x else -1) if "int" in kind else math.nextafter(float(x), towards)
 
 
+def _yaml(value) -> str:
+    """A number as YAML reads it back exactly (NaN and infinities as .nan, .inf, -.inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+    return repr(value)
+
+
 def _override(key, value, companions=True):
     default = get(Config(), key)
+    text = _yaml(value)
     if isinstance(default, list):  # every entry takes the value (the list keeps its length; min <= max holds)
-        value = [value] * max(len(default), 1)
-    return [f"{key}={value!r}", *(COMPANIONS.get(key, lambda v: [])(value) if companions else [])]
+        text = "[" + ",".join([text] * max(len(default), 1)) + "]"
+    return [f"{key}={text}", *(COMPANIONS.get(key, lambda v: [])(value) if companions else [])]
 
 
 def test_every_numeric_key_declares_a_range():
@@ -237,13 +247,14 @@ def test_every_numeric_key_declares_a_range():
 
 @pytest.mark.parametrize("key", sorted(NUMERIC))
 def test_numeric_key_boundaries_load_and_values_past_them_name_the_key(key):
+    """A closed bound loads, the next representable value past it is refused; an open bound is refused, the next
+    value inside loads; NaN and +-inf are refused for every float key (issue 22); each refusal starts with the key."""
     interval, kind = NUMERIC[key].metadata["range"], str(NUMERIC[key].type)
     inside, outside = [], []
     for bound, closed, inward in ((interval.low, interval.low_closed, math.inf),
                                   (interval.high, interval.high_closed, -math.inf)):
-        if math.isinf(bound):
-            inside.append((-1e300 if inward > 0 else 1e300) if "float" in kind else None)  # huge finite values load
-            outside.append(bound if "float" in kind else None)  # inf itself: refused below with nan
+        if math.isinf(bound):  # huge finite values load; the infinities are refused below with nan
+            inside.append((-1e300 if inward > 0 else 1e300) if "float" in kind else None)
         elif closed:
             inside.append(bound)
             outside.append(_step(bound, -inward, kind))
@@ -253,10 +264,9 @@ def test_numeric_key_boundaries_load_and_values_past_them_name_the_key(key):
     for value in filter(lambda v: v is not None, inside):
         loaded = get(_load(_override(key, value)), key)
         assert loaded == ([value] * len(loaded) if isinstance(loaded, list) else value), (key, value)
-    refused = [v for v in outside if v is not None] + ([math.nan, math.inf, -math.inf] if "float" in kind else [])
+    refused = outside + ([math.nan, math.inf, -math.inf] if "float" in kind else [])
     for value in refused:
-        overrides = [o.replace("nan", ".nan").replace("inf", ".inf") for o in _override(key, value, False)]
-        message = _refused(overrides)
+        message = _refused(_override(key, value, companions=False))
         assert message.startswith(f"{key} ") and " must be " in message, (value, message)
         if not math.isfinite(value):
             assert "finite" in message, message
