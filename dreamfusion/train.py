@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import signal
 import sys
@@ -264,6 +265,7 @@ class Trainer:
         bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, dynamic_ncols=True, desc="optimizing",
                    disable=not progress)
         t0, step0, row = time.perf_counter(), self.step, {}
+        pause_at = _test_pause_step(c.prompt)
         try:
             while self.step < c.steps:
                 row = self.train_step()
@@ -281,6 +283,8 @@ class Trainer:
                     self.write_preview()
                 if self.step % c.checkpoint_every == 0:
                     self.save()
+                if self.step == pause_at:
+                    _pause_until_stopped(self.run_dir, self.step, should_stop)
                 if should_stop is not None and self.step < c.steps and should_stop():
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -345,3 +349,20 @@ def _row_step(line: str) -> int:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+TEST_PAUSE_ENV = "DREAMFUSION_TEST_PAUSE"
+"""Tests only: STEP or STEP:PROMPT. After that step of a run (of that prompt) is logged, previewed and
+checkpointed, the loop writes run_dir/paused and waits until it is stopped (should_stop(), SIGTERM or kill -9):
+a test that stops a process at a given step sees the file, then signals; no timing window to miss."""
+
+
+def _test_pause_step(prompt: str) -> int | None:
+    step, _, only = os.environ.get(TEST_PAUSE_ENV, "").partition(":")
+    return int(step) if step and only in ("", prompt) else None
+
+
+def _pause_until_stopped(run_dir: Path, step: int, should_stop) -> None:
+    (run_dir / "paused").write_text(f"{step}\n")
+    while not (should_stop is not None and should_stop()):
+        time.sleep(0.05)

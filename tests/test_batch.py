@@ -193,33 +193,29 @@ def test_two_node_cluster_runs_prompts_on_both_nodes(ray, tmp_path):
     assert nodes is None or {r["node"] for r in batch["runs"]} <= nodes
 
 
-def _batch_cli(prompts: Path, out: Path) -> subprocess.Popen:
+def _batch_cli(prompts: Path, out: Path, pause: str | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "dreamfusion", "batch", str(prompts), "--config", "demo", "--max-parallel", "2",
             *TINY, "steps=30", "checkpoint_every=2", f"output_dir={out}"]
-    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+    env = {k: v for k, v in os.environ.items() if k != "DREAMFUSION_TEST_PAUSE"}
+    if pause is not None:  # the Ray workers inherit it: that prompt's run waits at that step until cancelled
+        env["DREAMFUSION_TEST_PAUSE"] = pause
+    return subprocess.Popen(args, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def _steps_logged(run_dir: Path) -> int:
-    metrics = run_dir / "metrics.jsonl"
-    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
-
-
 def test_stopped_batch_resumes_without_redoing_anything(ray, tmp_path):
+    """SIGTERM while one prompt is done and another is early in training with a checkpoint, then the same command
+    again. The third prompt starts only when a worker is free (one of the first two done) and pauses after its
+    step 4 (checkpointed) until the batch cancels it (DREAMFUSION_TEST_PAUSE=4:a white cone); the test signals
+    once it sees the pause, so the stop lands there however slow the machine is."""
     prompts = _prompts(tmp_path, "a red cube", "a blue sphere", "a white cone")
     out = tmp_path / "out"
-    proc = _batch_cli(prompts, out)
+    proc = _batch_cli(prompts, out, pause="4:a white cone")
     batch_json = out / "batch-props" / "batch.json"
     deadline = time.time() + 600
-    while time.time() < deadline:  # stop once one prompt is done and another is early in training with a checkpoint
-        data = json.loads(batch_json.read_text()) if batch_json.is_file() else {"runs": []}
-        done = [r for r in data["runs"] if r["status"] == "done"]
-        running = [r for r in data["runs"] if r["status"] == "running"
-                   and (out / "batch-props" / r["run_dir"] / "checkpoints" / "last.pt").is_file()
-                   and _steps_logged(out / "batch-props" / r["run_dir"]) <= 15]  # far from step 30, so SIGTERM lands mid-run
-        if done and running:
-            break
-        time.sleep(0.2)
+    while time.time() < deadline and not list((out / "batch-props").glob("*/paused")):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "run the same command again to continue" in err.strip().splitlines()[-1]
@@ -232,6 +228,7 @@ def test_stopped_batch_resumes_without_redoing_anything(ray, tmp_path):
     interrupted = [batch_dir / r["run_dir"] for r in data["runs"] if r["status"] == "interrupted"]
     saved = {d: read_run_json(d)["step"] for d in interrupted}
     assert all(step > 0 for step in saved.values())  # they stopped with a checkpoint past step 0
+    assert stopped[2] == "interrupted" and read_run_json(batch_dir / data["runs"][2]["run_dir"])["step"] == 4
 
     proc = _batch_cli(prompts, out)
     _, err = proc.communicate(timeout=600)

@@ -6,10 +6,13 @@ defaults, the CHOICES table against each key's docstring, and to_yaml -> load_ru
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import fields, is_dataclass
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from dreamfusion.config import (CHOICES, CONFIG_DIR, RENAMED, Config, all_keys, available_configs, load_config,
                                 load_run_config, to_yaml)
@@ -176,19 +179,129 @@ def test_ranges_are_min_max_pairs(key):
     assert get(load_config(None, [f"{key}=[2.5,2.5]"]), key) == [2.5, 2.5]  # a fixed value is a range too
 
 
-@pytest.mark.parametrize("t_min, t_max", [(0.0, 0.98), (0.5, 0.4), (0.02, 1.0), (-0.1, 0.5)])
-def test_diffusion_time_range(t_min, t_max):
-    message = error(None, [f"guidance.t_min={t_min}", f"guidance.t_max={t_max}"])
+def test_diffusion_time_range_is_ordered():
+    message = error(None, ["guidance.t_min=0.5", "guidance.t_max=0.4"])
     assert "guidance.t_min" in message and "guidance.t_max" in message
 
 
-@pytest.mark.parametrize("key", ["steps", "checkpoint_every", "log_every", "render.width", "render.height",
-                                 "render.n_samples", "camera.batch_size", "export.resolution",
-                                 "export.video_frames", "export.video_fps"])
-@pytest.mark.parametrize("value", [0, -2])
-def test_counts_must_be_positive(key, value):
-    message = error(None, [f"{key}={value}"])
-    assert message.startswith(key) and "positive" in message and str(value) in message
+# Every numeric key, found from the annotations (not from the ranges): a new key without a declared range fails.
+def _numeric_fields(cls=Config, prefix=""):
+    for f in fields(cls):
+        default = getattr(cls(), f.name)
+        if is_dataclass(default):
+            yield from _numeric_fields(type(default), prefix + f.name + ".")
+        elif re.search(r"\b(int|float)\b", str(f.type)):
+            yield prefix + f.name, f
+
+
+NUMERIC = dict(_numeric_fields())
+SCHEMA = OmegaConf.structured(Config)  # the defaults, built once: load_config(None, overrides, base=SCHEMA) is 4x faster
+
+
+def _load(overrides):
+    return load_config(None, overrides, base=SCHEMA)
+
+
+def _refused(overrides) -> str:
+    with pytest.raises(ConfigError) as info:
+        _load(overrides)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+# Keys checked against another one: their boundary values load when the other moves with them (the range is
+# checked first, so a value past it is refused by its own key's message whatever the others hold).
+COMPANIONS = {
+    "guidance.t_min": lambda v: [f"guidance.t_max={v!r}"], "guidance.t_max": lambda v: [f"guidance.t_min={v!r}"],
+    "render.albedo_prob": lambda v: ["render.textureless_prob=0"],
+    "render.textureless_prob": lambda v: ["render.albedo_prob=0"],
+    "render.progressive_milestones": lambda v: ["render.progressive_sizes=[8,8]"],
+}
+
+
+def _step(x, towards, kind):
+    """The nearest value of the key's type from x towards +-inf: the first value past (or inside) a bound."""
+    return x + (1 if towards > x else -1) if "int" in kind else math.nextafter(float(x), towards)
+
+
+def _yaml(value) -> str:
+    """A number as YAML reads it back exactly (NaN and infinities as .nan, .inf, -.inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+    return repr(value)
+
+
+def _override(key, value, companions=True):
+    default = get(Config(), key)
+    text = _yaml(value)
+    if isinstance(default, list):  # every entry takes the value (the list keeps its length; min <= max holds)
+        text = "[" + ",".join([text] * max(len(default), 1)) + "]"
+    return [f"{key}={text}", *(COMPANIONS.get(key, lambda v: [])(value) if companions else [])]
+
+
+def test_every_numeric_key_declares_a_range():
+    missing = [key for key, f in NUMERIC.items() if "range" not in f.metadata]
+    assert not missing, f"declare a range with ranged(default, interval) for {missing}"
+    assert len(NUMERIC) > 90 and "guidance.guidance_scale" in NUMERIC and "export.threshold" in NUMERIC
+
+
+@pytest.mark.parametrize("key", sorted(NUMERIC))
+def test_numeric_key_boundaries_load_and_values_past_them_name_the_key(key):
+    """A closed bound loads, the next representable value past it is refused; an open bound is refused, the next
+    value inside loads; NaN and +-inf are refused for every float key (issue 22); each refusal starts with the key."""
+    interval, kind = NUMERIC[key].metadata["range"], str(NUMERIC[key].type)
+    inside, outside = [], []
+    for bound, closed, inward in ((interval.low, interval.low_closed, math.inf),
+                                  (interval.high, interval.high_closed, -math.inf)):
+        if math.isinf(bound):  # huge finite values load; the infinities are refused below with nan
+            inside.append((-1e300 if inward > 0 else 1e300) if "float" in kind else None)
+        elif closed:
+            inside.append(bound)
+            outside.append(_step(bound, -inward, kind))
+        else:
+            inside.append(_step(bound, inward, kind))
+            outside.append(bound)
+    for value in filter(lambda v: v is not None, inside):
+        loaded = get(_load(_override(key, value)), key)
+        assert loaded == ([value] * len(loaded) if isinstance(loaded, list) else value), (key, value)
+    refused = outside + ([math.nan, math.inf, -math.inf] if "float" in kind else [])
+    for value in refused:
+        message = _refused(_override(key, value, companions=False))
+        assert message.startswith(f"{key} ") and " must be " in message, (value, message)
+        if not math.isfinite(value):
+            assert "finite" in message, message
+        else:
+            assert interval.describe() in message, message
+    if kind.startswith("Optional"):
+        assert get(_load([f"{key}=null"]), key) is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("guidance.guidance_scale=-5", "guidance.guidance_scale must be >= 0, got -5.0"),
+    ("guidance.deepfloyd.max_length=0", "guidance.deepfloyd.max_length must be >= 1, got 0"),
+    ("guidance.prior.view_window=0", "guidance.prior.view_window must be in (0, 180], got 0.0"),
+    ("export.threshold=-1", "export.threshold must be positive or null, got -1.0"),
+    ("guidance.guidance_scale=nan", "guidance.guidance_scale must be a finite number, got nan"),
+    ("camera.elevation_range=[-10,inf]", "camera.elevation_range entries must be finite numbers, got [-10.0, inf]"),
+    ("render.progressive_sizes=[64,0]", "render.progressive_sizes entries must be >= 1, got [64, 0]"),
+])
+def test_issue_examples_are_refused_in_one_line(override, message):
+    extra = ["render.progressive_milestones=[100]"] if "progressive" in override else []
+    assert error(None, [override, *extra]) == message
+
+
+def test_nan_in_a_yaml_file_is_refused(tmp_path):
+    path = tmp_path / "nan.yaml"
+    path.write_text("guidance:\n  guidance_scale: .nan\n")
+    assert error(str(path)) == "guidance.guidance_scale must be a finite number, got nan"
+
+
+def test_help_states_each_numeric_keys_range():
+    docs = {k: d for k, d, _ in all_keys()}
+    assert docs["guidance.guidance_scale"].endswith(" Must be >= 0.")
+    assert docs["export.threshold"].endswith(" Must be positive or null.")
+    assert docs["optim.betas"].endswith(" Entries must be in [0, 1).")
+    assert all("ust be " in docs[key] for key in NUMERIC)
 
 
 def test_video_panels_are_checked():

@@ -228,31 +228,41 @@ def _cli(args: list[str], env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_for_pause(folder: Path, proc: subprocess.Popen, timeout: float = 600) -> Path:
+    """The run folder under `folder` whose loop paused at DREAMFUSION_TEST_PAUSE's step (it wrote `paused` and
+    now waits to be stopped, so a signal sent after this lands at that step whatever the machine's load)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(folder.glob("*/paused"))
+        if found:
+            return found[0].parent
+        assert proc.poll() is None, f"the process ended before pausing: {proc.communicate()[1][-2000:]}"
+        time.sleep(0.05)
+    proc.kill()  # a process that never paused must not outlive the test
+    raise AssertionError(f"no run under {folder} paused within {timeout} s")
+
+
 def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path):
     """SIGKILL after the step-4 checkpoint: metrics.jsonl rows and previews past step 4 are dropped on resume,
-    so every step is written once, and the resumed field equals a straight 12-step run's."""
+    so every step is written once, and the resumed field equals a straight 12-step run's. The killed process
+    pauses after step 6 (DREAMFUSION_TEST_PAUSE=6) and is killed while it waits: no timing window."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("DREAMFUSION_TEST_PAUSE", None)
     args = ["prompt=a red cube", *TINY, "steps=12", "preview_every=1", "preview_resolution=32"]
     straight = _cli([*args, f"output_dir={tmp_path / 'straight'}"], env)
     out, err = straight.communicate(timeout=600)
     assert straight.returncode == 0, err[-2000:]
     straight_dir = Path(out.strip().splitlines()[-1])
 
-    killed = _cli([*args, f"output_dir={tmp_path / 'killed'}"], env)
-    deadline = time.time() + 600
-    run_dir = None
-    while time.time() < deadline:
-        found = list((tmp_path / "killed").glob("*/metrics.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= 6:
-            run_dir = found[0].parent
-            os.kill(killed.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    killed = _cli([*args, f"output_dir={tmp_path / 'killed'}"], {**env, "DREAMFUSION_TEST_PAUSE": "6"})
+    run_dir = _wait_for_pause(tmp_path / "killed", killed)
+    os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)
-    assert run_dir is not None and killed.returncode == -signal.SIGKILL
+    assert killed.returncode == -signal.SIGKILL
+    assert (run_dir / "paused").read_text() == "6\n"
     saved = load_checkpoint(run_dir)["step"]
     written = [r["step"] for r in rows(run_dir)]
-    assert max(written) > saved, "the kill must land between checkpoints for this test to mean anything"
+    assert (saved, written) == (4, list(range(1, 7)))  # killed between checkpoints, with rows past the last one
 
     resumed = subprocess.run([sys.executable, "-m", "dreamfusion", f"resume={run_dir}", "steps=12"], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=600)

@@ -206,7 +206,7 @@ def test_config_errors_and_a_missing_peft(tiny_sd_dir, monkeypatch):
         load_config("demo", ["guidance.vsd.enabled=true"])
     with pytest.raises(ConfigError, match="do not combine"):
         load_config(None, ["guidance.vsd.enabled=true", "guidance.perp_neg.enabled=true"])
-    with pytest.raises(ConfigError, match="lora_rank >= 1"):
+    with pytest.raises(ConfigError, match="guidance.vsd.lora_rank must be >= 1"):
         load_config(None, ["guidance.vsd.lora_rank=0"])
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(UserError, match=r'pip install "dreamfusion\[vsd\]"'):

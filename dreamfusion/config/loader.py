@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
+from .ranges import check_ranges, range_doc
 from .schema import CHOICES, LATENT_NEEDS_VOLUME, RENAMED, Config, check_choice
 
 __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "validate", "to_yaml", "all_keys",
@@ -43,7 +44,7 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, object]]:
-    """Every dotted key with its doc and default: [(key, doc, default)]."""
+    """Every dotted key with its doc (a numeric key's with its range) and default: [(key, doc, default)]."""
     out = []
     docs = field_docs(cls)
     inst = cls()
@@ -52,7 +53,10 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, objec
         if is_dataclass(value):
             out.extend(all_keys(type(value), prefix + f.name + "."))
         else:
-            out.append((prefix + f.name, docs.get(f.name, ""), value))
+            doc = docs.get(f.name, "")
+            if "range" in f.metadata:
+                doc = f"{doc} {range_doc(f.metadata['range'], str(f.type))}"
+            out.append((prefix + f.name, doc, value))
     return out
 
 
@@ -212,57 +216,30 @@ def _get(cfg: Config, dotted: str):
 
 
 def validate(cfg: Config) -> None:
-    """Choice keys hold an allowed value; counts and ranges make sense."""
+    """Choice keys hold an allowed value, numeric keys lie in their declared ranges (ranges.py), and the keys
+    that depend on each other agree."""
     for key in CHOICES:
         check_choice(key, _get(cfg, key))
-    if cfg.steps <= 0:
-        raise ConfigError(f"steps must be a positive integer, got {cfg.steps}")
-    for key in ("checkpoint_every", "log_every", "render.width", "render.height", "render.n_samples",
-                "camera.batch_size", "export.resolution", "export.video_frames", "export.video_fps"):
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
+    check_ranges(cfg)
     for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fovy_range"):
         value = _get(cfg, key)
         if len(value) != 2 or value[0] > value[1]:
             raise ConfigError(f"{key} must be [min, max] with min <= max, got {list(value)}")
-    for key in ("field.bound", "render.width", "export.texture_size", "export.video_resolution", "preview_resolution",
-                "guidance.vae_resolution", "guidance.prior.resolution", "guidance.prior.views"):
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
     sizes, milestones = list(cfg.render.progressive_sizes), list(cfg.render.progressive_milestones)
     if sizes or milestones:
         if len(milestones) != len(sizes) - 1:
             raise ConfigError(f"render.progressive_milestones needs one entry fewer than render.progressive_sizes "
                               f"(got {len(milestones)} and {len(sizes)}), e.g. sizes [128, 256] milestones [300]")
-        if any(s <= 0 for s in sizes):
-            raise ConfigError(f"render.progressive_sizes must be positive, got {sizes}")
         if any(b <= a for a, b in zip([0] + milestones, milestones)):
             raise ConfigError(f"render.progressive_milestones must be positive and increasing, got {milestones}")
-    if cfg.render.eval_grid < 0 or cfg.render.eval_grid == 1:
-        raise ConfigError(f"render.eval_grid must be 0 (render the field itself) or a grid side >= 2, "
-                          f"got {cfg.render.eval_grid}")
-    for key in ("export.decimate_faces", "export.uv_max_faces"):
-        if _get(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0 (0 keeps every face), got {_get(cfg, key)}")
-    if cfg.preview_every < 0:
-        raise ConfigError(f"preview_every must be >= 0 (0 disables previews), got {cfg.preview_every}")
-    for key in ("render.albedo_prob", "render.textureless_prob", "render.ambient"):
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"{key} must be in [0, 1], got {_get(cfg, key)}")
+    if cfg.render.eval_grid == 1:
+        raise ConfigError("render.eval_grid must be 0 (render the field itself) or a grid side >= 2, got 1")
     if cfg.render.albedo_prob + cfg.render.textureless_prob > 1.0:
         raise ConfigError("render.albedo_prob + render.textureless_prob must be <= 1")
-    if cfg.optim.lr_warmup_steps < 0 or not 0.0 < cfg.optim.lr_warmup_start <= 1.0:
-        raise ConfigError(f"need optim.lr_warmup_steps >= 0 and 0 < optim.lr_warmup_start <= 1, got "
-                          f"{cfg.optim.lr_warmup_steps} and {cfg.optim.lr_warmup_start}")
-    betas = cfg.optim.betas
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(betas)}")
-    if cfg.camera.distance_range[0] <= 0:
-        raise ConfigError(f"camera.distance_range must be positive, got {list(cfg.camera.distance_range)}")
-    if not (0.0 < cfg.camera.fovy_range[0] and cfg.camera.fovy_range[1] < 180.0):
-        raise ConfigError(f"camera.fovy_range must lie in (0, 180) degrees, got {list(cfg.camera.fovy_range)}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(cfg.optim.betas)}")
     g = cfg.guidance
-    if not 0.0 < g.t_min <= g.t_max < 1.0:
+    if g.t_min > g.t_max:
         raise ConfigError(f"need 0 < guidance.t_min <= guidance.t_max < 1, got {g.t_min} and {g.t_max}")
     if g.latent_render and g.type != "sds":
         raise ConfigError(f"guidance.latent_render needs guidance.type=sds (Stable Diffusion latents), got "
@@ -285,12 +262,6 @@ def validate(cfg: Config) -> None:
                           f"got {g.type}")
     if vsd.enabled and p.enabled:
         raise ConfigError("guidance.vsd.enabled and guidance.perp_neg.enabled do not combine: choose one")
-    if vsd.lora_rank < 1 or vsd.lr <= 0 or not 0.0 <= vsd.camera_dropout <= 1.0:
-        raise ConfigError(f"need guidance.vsd.lora_rank >= 1, guidance.vsd.lr > 0 and guidance.vsd.camera_dropout "
-                          f"in [0, 1], got {vsd.lora_rank}, {vsd.lr} and {vsd.camera_dropout}")
-    if cfg.export.auto_optical_depth is not None and cfg.export.auto_optical_depth <= 0:
-        raise ConfigError(f"export.auto_optical_depth must be positive (or null for the field's own), "
-                          f"got {cfg.export.auto_optical_depth}")
     for panel in cfg.export.video_panels:
         if panel not in ("rgb", "normal", "depth"):
             raise ConfigError(f"bad export.video_panels entry '{panel}': choose from rgb, normal, depth")

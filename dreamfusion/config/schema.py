@@ -4,6 +4,9 @@ The string literal under each field is its documentation and the text ``--help``
 ``configs/`` and ``key=value`` overrides only set these fields (``loader.py`` checks them). Keys that only
 one field or guidance type reads are grouped under it: ``field.hashgrid.*``, ``field.triplane.*``,
 ``field.gaussian.*``, ``optim.gaussian.*``, ``guidance.prior.*``, ``guidance.clip.*``, ``guidance.deepfloyd.*``.
+
+Every numeric key is declared with ``ranged(default, "[lo, hi]")`` (``ranges.py``): its allowed values in
+interval notation, each entry's for a list; ``--help`` prints the range after the docstring.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from dataclasses import field as dc_field
 from typing import List, Optional
 
 from ..errors import ConfigError
+from .ranges import ranged
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
            "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "check_choice", "LATENT_NEEDS_VOLUME",
            "DeepFloydConfig"]
+
 
 
 @dataclass
@@ -26,15 +31,15 @@ class HashGridConfig:
 
     backend: str = "auto"
     """Implementation: auto (tinycudann on CUDA when installed), torch, or tcnn."""
-    n_levels: int = 16
+    n_levels: int = ranged(16, "[1, inf)")
     """Number of resolution levels."""
-    n_features_per_level: int = 2
+    n_features_per_level: int = ranged(2, "[1, inf)")
     """Features stored per level."""
-    log2_hashmap_size: int = 19
+    log2_hashmap_size: int = ranged(19, "[1, inf)")
     """Log2 of the table size per level."""
-    base_resolution: int = 16
+    base_resolution: int = ranged(16, "[1, inf)")
     """Resolution of the coarsest level."""
-    per_level_scale: float = 1.447
+    per_level_scale: float = ranged(1.447, "[1, inf)")
     """Growth factor of the resolution from one level to the next."""
 
 
@@ -42,9 +47,9 @@ class HashGridConfig:
 class TriplaneConfig:
     """field.triplane: the three feature planes of the tri-plane field (EG3D)."""
 
-    resolution: int = 128
+    resolution: int = ranged(128, "[2, inf)")
     """Side N of each N x N feature plane."""
-    channels: int = 16
+    channels: int = ranged(16, "[1, inf)")
     """Feature channels per plane."""
     aggregation: str = "sum"
     """How the three plane features combine: sum (EG3D), product or concat."""
@@ -54,33 +59,33 @@ class TriplaneConfig:
 class GaussianConfig:
     """field.gaussian: 3D Gaussian splats and their adaptive density control (3DGS, DreamGaussian)."""
 
-    count: int = 3000
+    count: int = ranged(3000, "[1, inf)")
     """Number of Gaussians at init (DreamGaussian: 5000)."""
-    init_radius: float = 0.8
+    init_radius: float = ranged(0.8, "(0, inf)")
     """Radius of the ball the means are drawn in."""
-    init_opacity: float = 0.1
+    init_opacity: float = ranged(0.1, "(0, 1)")
     """Opacity at init."""
-    sh_degree: int = 0
+    sh_degree: int = ranged(0, "[0, 3]")
     """Spherical-harmonics degree of the colour (0 = view independent)."""
-    init_scale: float = 0.0
+    init_scale: float = ranged(0.0, "[0, inf)")
     """Initial scale (standard deviation); 0 = mean distance to the 3 nearest neighbours."""
     rasterizer: str = "auto"
     """Rasterizer: auto (gsplat on CUDA when installed), torch, or gsplat."""
-    densify_every: int = 50
+    densify_every: int = ranged(50, "[0, inf)")
     """Clone / split / prune every N steps (0 disables)."""
-    densify_start: int = 0
+    densify_start: int = ranged(0, "[0, inf)")
     """First step at which densification may run."""
-    densify_stop: int = 3000
+    densify_stop: int = ranged(3000, "[0, inf)")
     """Last step at which densification may run."""
-    densify_grad_threshold: float = 0.01
+    densify_grad_threshold: float = ranged(0.01, "[0, inf)")
     """Mean view-space (NDC) gradient norm of a mean above which it is cloned or split."""
-    dense_scale: float = 0.005
+    dense_scale: float = ranged(0.005, "[0, inf)")
     """Largest scale up to which a Gaussian is cloned; larger ones are split in two."""
-    prune_opacity: float = 0.05
+    prune_opacity: float = ranged(0.05, "[0, 1]")
     """Prune Gaussians whose opacity is below this."""
-    prune_scale: float = 0.1
+    prune_scale: float = ranged(0.1, "[0, inf)")
     """Prune Gaussians whose largest scale exceeds this (0 disables)."""
-    max_count: int = 8000
+    max_count: int = ranged(8000, "[0, inf)")
     """Cap on the number of Gaussians densification may reach (0 = no cap)."""
 
 
@@ -90,17 +95,17 @@ class FieldConfig:
 
     type: str = "nerf"
     """The 3D representation: nerf (hash-grid NeRF), triplane, or gaussian."""
-    bound: float = 1.0
+    bound: float = ranged(1.0, "(0, inf)")
     """Half side of the scene cube [-bound, bound]^3 that holds the object."""
-    hidden_dim: int = 64
+    hidden_dim: int = ranged(64, "[1, inf)")
     """Width of the MLP that decodes features to density and albedo."""
-    n_hidden_layers: int = 1
+    n_hidden_layers: int = ranged(1, "[0, inf)")
     """Hidden layers of that MLP."""
     density_activation: str = "softplus"
     """Density activation: softplus or exp (truncated exponential)."""
-    blob_density: float = 10.0
+    blob_density: float = ranged(10.0, "[0, inf)")
     """Peak of the density bias added at init (0 disables it)."""
-    blob_radius: float = 0.5
+    blob_radius: float = ranged(0.5, "(0, inf)")
     """Radius of the density blob: Magic3D blob_density * (1 - |x| / blob_radius)."""
     hashgrid: HashGridConfig = dc_field(default_factory=HashGridConfig)
     triplane: TriplaneConfig = dc_field(default_factory=TriplaneConfig)
@@ -109,37 +114,37 @@ class FieldConfig:
 
 @dataclass
 class CameraConfig:
-    batch_size: int = 1
+    batch_size: int = ranged(1, "[1, inf)")
     """Views rendered per step."""
-    elevation_range: List[float] = dc_field(default_factory=lambda: [-10.0, 45.0])
+    elevation_range: List[float] = ranged([-10.0, 45.0], "[-90, 90]")
     """Training elevation range in degrees (min, max)."""
-    azimuth_range: List[float] = dc_field(default_factory=lambda: [-180.0, 180.0])
+    azimuth_range: List[float] = ranged([-180.0, 180.0], "(-inf, inf)")
     """Training azimuth range in degrees; 0 is the front (+z)."""
-    distance_range: List[float] = dc_field(default_factory=lambda: [1.5, 2.0])
+    distance_range: List[float] = ranged([1.5, 2.0], "(0, inf)")
     """Training camera distance range from the origin."""
-    fovy_range: List[float] = dc_field(default_factory=lambda: [40.0, 70.0])
+    fovy_range: List[float] = ranged([40.0, 70.0], "(0, 180)")
     """Training vertical field of view range in degrees."""
-    eval_elevation: float = 15.0
+    eval_elevation: float = ranged(15.0, "[-90, 90]")
     """Elevation of the orbit video and previews, degrees."""
-    eval_distance: float = 1.75
+    eval_distance: float = ranged(1.75, "(0, inf)")
     """Distance of the orbit video and previews."""
-    eval_fovy: float = 55.0
+    eval_fovy: float = ranged(55.0, "(0, 180)")
     """Field of view of the orbit video and previews, degrees."""
 
 
 @dataclass
 class RenderConfig:
-    width: int = 64
+    width: int = ranged(64, "[1, inf)")
     """Training render width in pixels."""
-    height: int = 64
+    height: int = ranged(64, "[1, inf)")
     """Training render height in pixels."""
-    progressive_sizes: List[int] = dc_field(default_factory=list)
+    progressive_sizes: List[int] = ranged([], "[1, inf)")
     """Progressive resolution: square render sides used in turn, e.g. [128, 256, 512] (DreamGaussian); empty keeps width x height."""
-    progressive_milestones: List[int] = dc_field(default_factory=list)
+    progressive_milestones: List[int] = ranged([], "[1, inf)")
     """Steps at which training moves on to the next of progressive_sizes (one fewer entry than it, increasing)."""
-    n_samples: int = 128
+    n_samples: int = ranged(128, "[1, inf)")
     """Stratified samples per ray inside the scene cube."""
-    eval_grid: int = 0
+    eval_grid: int = ranged(0, "[0, inf)")
     """Previews and the orbit video render the field sampled once on this many grid vertices per side (fast on a CPU); 0 renders the field itself."""
     perturb: bool = True
     """Jitter sample positions during training."""
@@ -147,13 +152,13 @@ class RenderConfig:
     """Ray sampler: auto (nerfacc occupancy grid on CUDA when installed), torch, or nerfacc."""
     background: str = "learned"
     """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, white_or_black (either, per view), or augment (Dream Fields random textures)."""
-    albedo_warmup_steps: int = 1000
+    albedo_warmup_steps: int = ranged(1000, "[0, inf)")
     """Steps that render albedo only before random shading starts (DreamFusion)."""
-    albedo_prob: float = 0.2
+    albedo_prob: float = ranged(0.2, "[0, 1]")
     """After warm-up: probability of albedo shading."""
-    textureless_prob: float = 0.3
+    textureless_prob: float = ranged(0.3, "[0, 1]")
     """After warm-up: probability of textureless (white albedo) Lambertian shading; the rest is Lambertian."""
-    ambient: float = 0.1
+    ambient: float = ranged(0.1, "[0, 1]")
     """Ambient light fraction in Lambertian shading."""
 
 
@@ -161,11 +166,11 @@ class RenderConfig:
 class PriorConfig:
     """guidance.prior: the embedded offline prior (guidance.type=prior)."""
 
-    resolution: int = 32
+    resolution: int = ranged(32, "[1, inf)")
     """Image resolution of its dataset and of the denoiser."""
-    views: int = 256
+    views: int = ranged(256, "[1, inf)")
     """Rendered views per prompt in its image set."""
-    view_window: float = 20.0
+    view_window: float = ranged(20.0, "(0, 180]")
     """Keep dataset views within this many degrees of the render camera."""
 
 
@@ -173,9 +178,9 @@ class PriorConfig:
 class ClipConfig:
     """guidance.clip: Dream Fields' CLIP guidance (guidance.type=clip)."""
 
-    crops: int = 4
+    crops: int = ranged(4, "[1, inf)")
     """Augmented crops per step."""
-    crop_fraction: float = 0.8
+    crop_fraction: float = ranged(0.8, "(0, 1]")
     """Fraction of the render side each random crop covers."""
 
 
@@ -185,13 +190,13 @@ class PerpNegConfig:
 
     enabled: bool = False
     """Replace classifier-free guidance by Perp-Neg (Armandpour et al. 2023) against multi-faced (Janus) objects."""
-    f_fs: List[float] = dc_field(default_factory=lambda: [4.0, 0.5, -2.426])
+    f_fs: List[float] = ranged([4.0, 0.5, -2.426], "(-inf, inf)")
     """(a, b, c) of the weight a exp(-b r) + c of the front negative between front and side (r = 1 front)."""
-    f_sf: List[float] = dc_field(default_factory=lambda: [4.0, 0.5, -2.426])
+    f_sf: List[float] = ranged([4.0, 0.5, -2.426], "(-inf, inf)")
     """(a, b, c) of the weight of the side negative between front and side (at 1 - r)."""
-    f_sb: List[float] = dc_field(default_factory=lambda: [1.0, 0.5, -0.606])
+    f_sb: List[float] = ranged([1.0, 0.5, -0.606], "(-inf, inf)")
     """(a, b, c) of the weight of the side negative between side and back (r = 1 side)."""
-    f_fsb: List[float] = dc_field(default_factory=lambda: [1.0, 0.5, 0.967])
+    f_fsb: List[float] = ranged([1.0, 0.5, 0.967], "(-inf, inf)")
     """(a, b, c) of the weight of the front negative between side and back."""
 
 
@@ -201,11 +206,11 @@ class VSDConfig:
 
     enabled: bool = False
     """Compare the guided noise with a camera-conditioned LoRA of the UNet trained on the renders instead of the injected noise."""
-    lora_rank: int = 4
+    lora_rank: int = ranged(4, "[1, inf)")
     """Rank of the LoRA on the UNet's attention projections (to_q, to_k, to_v, to_out)."""
-    lr: float = 0.001
+    lr: float = ranged(0.001, "(0, inf)")
     """Adam learning rate of the LoRA and its camera embedding."""
-    camera_dropout: float = 0.1
+    camera_dropout: float = ranged(0.1, "[0, 1]")
     """Probability of a zero camera condition in the LoRA's training loss (classifier-free training)."""
 
 
@@ -213,7 +218,7 @@ class VSDConfig:
 class DeepFloydConfig:
     """guidance.deepfloyd: DeepFloyd IF stage I, a pixel-space prior read by T5 (guidance.type=deepfloyd)."""
 
-    max_length: int = 77
+    max_length: int = ranged(77, "[1, inf)")
     """T5 tokens per text, padded or truncated; IF was trained with 77 (diffusers' IFPipeline)."""
     variant: Optional[str] = None
     """Weight files to load: null = the full-precision ones; fp16 = IF's *.fp16.safetensors (half the download)."""
@@ -229,19 +234,19 @@ class GuidanceConfig:
     """Hub id or local folder of the guidance model."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) of the model."""
-    guidance_scale: float = 100.0
+    guidance_scale: float = ranged(100.0, "[0, inf)")
     """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u)."""
-    t_min: float = 0.02
+    t_min: float = ranged(0.02, "(0, 1)")
     """Smallest diffusion time, as a fraction of the 1000 training steps."""
-    t_max: float = 0.98
+    t_max: float = ranged(0.98, "(0, 1)")
     """Largest diffusion time at the start of training."""
     t_anneal: str = "none"
     """How t_max moves toward t_max_end: none, linear or sqrt."""
-    t_max_end: float = 0.5
+    t_max_end: float = ranged(0.5, "(0, 1)")
     """T_max at the end of training when t_anneal is not none."""
     weighting: str = "sds"
     """W(t): sds (1 - abar_t), uniform, or fantasia3d (sqrt(abar_t) (1 - abar_t))."""
-    grad_clip: float = 0.0
+    grad_clip: float = ranged(0.0, "[0, inf)")
     """Clamp each element of the SDS gradient to [-grad_clip, grad_clip]; 0 disables."""
     view_dependent: bool = True
     """Append front/side/back/overhead view to the prompt by camera."""
@@ -255,7 +260,7 @@ class GuidanceConfig:
     """Attention kernel of the UNet and VAE: sdpa (fused torch scaled_dot_product_attention) or classic."""
     compile: bool = False
     """Torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
-    vae_resolution: int = 512
+    vae_resolution: int = ranged(512, "[1, inf)")
     """Renders are resized to this before the VAE encodes them."""
     latent_render: bool = False
     """Latent-NeRF: the field renders SD's 4 latent channels (albedo only, no lighting) at render.width x height (64 for SD) and SDS skips the VAE; nerf / triplane with guidance.type=sds."""
@@ -270,19 +275,19 @@ class GuidanceConfig:
 class GaussianOptimConfig:
     """optim.gaussian: per-parameter learning rates of the Gaussian field (3DGS / DreamGaussian)."""
 
-    position_lr: float = 0.005
+    position_lr: float = ranged(0.005, "(0, inf)")
     """Adam learning rate of the means at step 0."""
-    position_lr_final: float = 0.0002
+    position_lr_final: float = ranged(0.0002, "[0, inf)")
     """Learning rate of the means after position_lr_steps (log-linear decay)."""
-    position_lr_steps: int = 600
+    position_lr_steps: int = ranged(600, "[0, inf)")
     """Steps over which the means' learning rate decays."""
-    color_lr: float = 0.01
+    color_lr: float = ranged(0.01, "[0, inf)")
     """Learning rate of the SH colour coefficients (higher degrees at 1/20 of it)."""
-    opacity_lr: float = 0.05
+    opacity_lr: float = ranged(0.05, "[0, inf)")
     """Learning rate of the opacity logits."""
-    scale_lr: float = 0.005
+    scale_lr: float = ranged(0.005, "[0, inf)")
     """Learning rate of the log-scales."""
-    rotation_lr: float = 0.005
+    rotation_lr: float = ranged(0.005, "[0, inf)")
     """Learning rate of the quaternions."""
 
 
@@ -290,68 +295,68 @@ class GaussianOptimConfig:
 class OptimConfig:
     """optim: Adam and the learning rates of every parameter group."""
 
-    encoding_lr: float = 0.01
+    encoding_lr: float = ranged(0.01, "[0, inf)")
     """Adam learning rate of the grid / plane / Gaussian parameters."""
-    network_lr: float = 0.001
+    network_lr: float = ranged(0.001, "[0, inf)")
     """Adam learning rate of the MLPs."""
-    triplane_lr: float = 0.02
+    triplane_lr: float = ranged(0.02, "[0, inf)")
     """Adam learning rate of the tri-plane feature planes."""
-    background_lr: float = 0.001
+    background_lr: float = ranged(0.001, "[0, inf)")
     """Adam learning rate of the learned background."""
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = ranged(0, "[0, inf)")
     """Linear learning-rate warm-up over this many steps, on top of every other schedule; 0 disables (Dream Fields: 1500)."""
-    lr_warmup_start: float = 0.1
+    lr_warmup_start: float = ranged(0.1, "(0, 1]")
     """Fraction of each learning rate at step 0 of the warm-up (Dream Fields: 1e-5 -> 1e-4 is 0.1)."""
-    betas: List[float] = dc_field(default_factory=lambda: [0.9, 0.99])
+    betas: List[float] = ranged([0.9, 0.99], "[0, 1)")
     """Adam betas."""
-    eps: float = 1e-15
+    eps: float = ranged(1e-15, "[0, inf)")
     """Adam epsilon."""
     gaussian: GaussianOptimConfig = dc_field(default_factory=GaussianOptimConfig)
 
 
 @dataclass
 class LossConfig:
-    sds: float = 1.0
+    sds: float = ranged(1.0, "[0, inf)")
     """Weight of the score distillation term."""
-    clip: float = 1.0
+    clip: float = ranged(1.0, "[0, inf)")
     """Weight of the CLIP similarity term."""
-    transmittance: float = 0.0
+    transmittance: float = ranged(0.0, "[0, inf)")
     """Weight of the Dream Fields transmittance term (configs/dreamfields.yaml: 0.5)."""
-    orientation: float = 0.0
+    orientation: float = ranged(0.0, "[0, inf)")
     """Weight of the orientation loss (normals facing away from the camera)."""
-    sparsity: float = 0.0
+    sparsity: float = ranged(0.0, "[0, inf)")
     """Weight of the opacity sparsity loss mean(sqrt(opacity^2 + 0.01))."""
-    opacity_entropy: float = 0.0
+    opacity_entropy: float = ranged(0.0, "[0, inf)")
     """Weight of the binary entropy of the opacity."""
-    tv: float = 0.0
+    tv: float = ranged(0.0, "[0, inf)")
     """Weight of the total-variation regulariser of tri-planes."""
-    lora: float = 1.0
+    lora: float = ranged(1.0, "[0, inf)")
     """Weight of the VSD LoRA's denoising loss (guidance.vsd; it trains the LoRA only)."""
 
 
 @dataclass
 class ExportConfig:
-    resolution: int = 128
+    resolution: int = ranged(128, "[2, inf)")
     """Marching-cubes grid resolution per side."""
-    threshold: Optional[float] = None
+    threshold: Optional[float] = ranged(None, "(0, inf)")
     """Density level of the surface; null = automatic, where the optical depth seen from outside reaches auto_optical_depth."""
-    auto_optical_depth: Optional[float] = None
+    auto_optical_depth: Optional[float] = ranged(None, "(0, inf)")
     """Automatic surface: optical depth (min over the six axis directions) at which the mesh surface lies; null = the field's own (0.3 for nerf / triplane, 0.15 for gaussian)."""
-    min_component_ratio: float = 0.05
+    min_component_ratio: float = ranged(0.05, "[0, 1]")
     """Drop mesh pieces with fewer faces than this fraction of the largest piece."""
-    decimate_faces: int = 0
+    decimate_faces: int = ranged(0, "[0, inf)")
     """Target face count for decimation; 0 keeps every face."""
     texture: str = "uv"
     """Colour: uv (xatlas unwrap + baked albedo texture) or vertex (vertex colours)."""
-    uv_max_faces: int = 20000
+    uv_max_faces: int = ranged(20000, "[0, inf)")
     """UV texture only: decimate to at most this many faces before the unwrap (xatlas time grows faster than the face count); 0 never."""
-    texture_size: int = 1024
+    texture_size: int = ranged(1024, "[1, inf)")
     """Side of the baked albedo texture in pixels."""
-    video_frames: int = 120
+    video_frames: int = ranged(120, "[1, inf)")
     """Frames of the orbit video."""
-    video_fps: int = 30
+    video_fps: int = ranged(30, "[1, inf)")
     """Frames per second of the orbit video."""
-    video_resolution: int = 256
+    video_resolution: int = ranged(256, "[1, inf)")
     """Side of each orbit video panel in pixels."""
     video_panels: List[str] = dc_field(default_factory=lambda: ["rgb"])
     """Panels side by side in the orbit video: rgb, normal, depth."""
@@ -363,9 +368,9 @@ class Config:
     """The text prompt."""
     negative_prompt: str = ""
     """Text to steer away from; replaces the empty prompt in classifier-free guidance."""
-    seed: int = 0
-    """Random seed of cameras, noise and initialisation."""
-    steps: int = 10000
+    seed: int = ranged(0, "[-9223372036854775808, 18446744073709551615]")
+    """Random seed of cameras, noise and initialisation (any value torch.manual_seed takes: -2^63 .. 2^64 - 1)."""
+    steps: int = ranged(10000, "[1, inf)")
     """Total optimization steps (with resume: the step to continue up to)."""
     output_dir: str = "outputs"
     """Folder that receives the run folder."""
@@ -373,16 +378,17 @@ class Config:
     """auto, cpu or cuda."""
     resume: Optional[str] = None
     """A run folder to continue from its last checkpoint."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = ranged(500, "[1, inf)")
     """Write the checkpoint every N steps (and at the end or on interrupt)."""
-    preview_every: int = 500
+    preview_every: int = ranged(500, "[0, inf)")
     """Write a preview image every N steps; 0 disables."""
-    preview_resolution: int = 256
+    preview_resolution: int = ranged(256, "[1, inf)")
     """Side in pixels of each of the four views of a preview image."""
-    log_every: int = 10
+    log_every: int = ranged(10, "[1, inf)")
     """Append a line to metrics.jsonl every N steps."""
-    max_nonfinite_steps: int = 20
-    """This many skipped steps in a row (NaN or infinite loss or gradient; skipped_steps in metrics.jsonl) fail the run."""
+    max_nonfinite_steps: int = ranged(20, "[0, inf)")
+    """This many skipped steps in a row (NaN or infinite loss or gradient; skipped_steps in metrics.jsonl) fail
+    the run; 0 or 1 fails it at the first."""
     field: FieldConfig = dc_field(default_factory=FieldConfig)
     camera: CameraConfig = dc_field(default_factory=CameraConfig)
     render: RenderConfig = dc_field(default_factory=RenderConfig)

@@ -1,0 +1,103 @@
+"""Allowed values of numeric config keys, declared next to each key in schema.py and checked in one place.
+
+A numeric key is written ``guidance_scale: float = ranged(100.0, "[0, inf)")``: the interval in the usual
+notation ("[0, 1]", "(0, inf)", "[1, inf)"), each entry's for a list key. :func:`check_ranges` (called first
+by the loader's ``validate``) refuses a value outside it, and NaN or infinity for every float key, with one
+line that starts with the key; a null Optional key (an automatic setting) is not checked.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import field as dc_field
+
+from ..errors import ConfigError
+
+__all__ = ["Interval", "ranged", "numeric_ranges", "range_doc", "check_ranges"]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The allowed values of a numeric key, read from interval notation."""
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Interval":
+        match = re.fullmatch(r"([\[(])\s*(-?inf|-?[0-9.e+-]+)\s*,\s*(-?inf|-?[0-9.e+-]+)\s*([\])])", text)
+        if match is None:
+            raise ValueError(f"bad interval '{text}': write e.g. [0, 1], (0, inf) or [1, inf)")
+        low, high = (float(v) if "inf" in v or "." in v or "e" in v else int(v) for v in match.group(2, 3))
+        interval = cls(low, high, match.group(1) == "[", match.group(4) == "]", text)
+        if low > high or (interval.low_closed and math.isinf(low)) or (interval.high_closed and math.isinf(high)):
+            raise ValueError(f"bad interval '{text}': need low <= high and an open bracket at infinity")
+        return interval
+
+    def __contains__(self, value) -> bool:
+        above = self.low < value or (self.low_closed and value == self.low)
+        return above and (value < self.high or (self.high_closed and value == self.high))
+
+    def describe(self) -> str:
+        """'positive', '>= 0', 'in [0, 1]' or 'a finite number': the words of an error and of --help."""
+        if not math.isinf(self.high):
+            return f"in {self.text}"
+        if math.isinf(self.low):
+            return "a finite number"
+        if (self.low, self.low_closed) == (0, False):
+            return "positive"
+        return f"{'>=' if self.low_closed else '>'} {self.low}"
+
+
+def ranged(default, interval: str):
+    """A dataclass field holding a number (or a list of numbers) that must lie in ``interval``."""
+    metadata = {"range": Interval.parse(interval)}
+    if isinstance(default, list):
+        return dc_field(default_factory=lambda: list(default), metadata=metadata)
+    return dc_field(default=default, metadata=metadata)
+
+
+def numeric_ranges(cls: type, prefix: str = "") -> dict[str, tuple[Interval, str]]:
+    """{dotted key: (its interval, its type annotation)} for every key declared with :func:`ranged`."""
+    out = {}
+    instance = cls()
+    for f in fields(cls):
+        value = getattr(instance, f.name)
+        if is_dataclass(value):
+            out.update(numeric_ranges(type(value), f"{prefix}{f.name}."))
+        elif "range" in f.metadata:
+            out[prefix + f.name] = (f.metadata["range"], str(f.type))
+    return out
+
+
+def _allowed(interval: Interval, kind: str) -> str:
+    return interval.describe() + (" or null" if kind.startswith("Optional") else "")
+
+
+def range_doc(interval: Interval, kind: str) -> str:
+    """The sentence --help adds to a numeric key's docstring, e.g. 'Must be >= 0.'"""
+    subject = "Entries must" if kind.startswith("List") else "Must"
+    return f"{subject} be {_allowed(interval, kind)}."
+
+
+def check_ranges(cfg) -> None:
+    """A one-line ConfigError, starting with the key, for the first numeric value outside its interval."""
+    for key, (interval, kind) in numeric_ranges(type(cfg)).items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None and kind.startswith("Optional"):
+            continue
+        is_list = kind.startswith("List")
+        values = list(value) if is_list else [value]
+        subject, shown = (f"{key} entries", list(value)) if is_list else (key, value)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{subject} must be finite numbers, got {shown}" if is_list else
+                              f"{key} must be a finite number, got {value}")
+        if not all(v in interval for v in values):
+            raise ConfigError(f"{subject} must be {_allowed(interval, kind)}, got {shown}")
