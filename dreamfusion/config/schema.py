@@ -387,8 +387,7 @@ class Config:
     log_every: int = ranged(10, "[1, inf)")
     """Append a line to metrics.jsonl every N steps."""
     max_nonfinite_steps: int = ranged(20, "[0, inf)")
-    """This many skipped steps in a row (NaN or infinite loss or gradient; skipped_steps in metrics.jsonl) fail
-    the run; 0 or 1 fails it at the first."""
+    """Skipped steps in a row (non-finite loss or gradient; skipped_steps in metrics.jsonl) that fail the run."""
     field: FieldConfig = dc_field(default_factory=FieldConfig)
     camera: CameraConfig = dc_field(default_factory=CameraConfig)
     render: RenderConfig = dc_field(default_factory=RenderConfig)
