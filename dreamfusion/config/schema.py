@@ -231,6 +231,8 @@ class GuidanceConfig:
     """Hub revision (branch, tag or commit) of the model."""
     guidance_scale: float = 100.0
     """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u)."""
+    preview_scale: float = 7.5
+    """Guidance scale of the 2D preview's DDIM sampling (python -m dreamfusion preview), not the SDS scale; range >= 0 (7.5: Stable Diffusion's sampling default)."""
     t_min: float = 0.02
     """Smallest diffusion time, as a fraction of the 1000 training steps."""
     t_max: float = 0.98
