@@ -7,9 +7,9 @@
   shapes is one of the prompt's own images at that camera's selected views;
 - the CLI's PNG: four labelled views, each the sample enlarged by a whole factor to >= 128 px.
 
-``BROKEN`` keeps the broken samplers these oracles must catch (c5a276d's loop, a sampler that stops after its first
-step, guidance sign-flipped or ignored, no clipping, clipping that keeps the model's noise); the ``*_catches_*``
-tests assert that each one fails the oracle.
+``broken_samplers.BROKEN`` keeps the broken samplers these oracles must catch (c5a276d's loop, a sampler that stops
+after its first step, guidance sign-flipped or ignored, no clipping, clipping that keeps the model's noise); the
+``*_catches`` tests assert that each one fails the oracle.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import dreamfusion.preview as preview
+from broken_samplers import BROKEN
 from dreamfusion.cli import main
 from dreamfusion.config import load_config
 from dreamfusion.errors import UserError
@@ -35,56 +36,6 @@ def test_ddim_timesteps_closed_form():
     assert ddim_timesteps(1000) == list(range(999, -1, -1))
     with pytest.raises(ValueError):
         ddim_timesteps(0)
-
-
-# --- broken samplers the oracles must catch --------------------------------------------------------------
-
-def _leading(steps, num_train_timesteps=T):
-    ratio = num_train_timesteps // steps
-    return [i * ratio for i in reversed(range(steps))]
-
-
-@torch.no_grad()
-def _ddim_keeps_model_noise(predictor, cond, cameras, guidance_scale, steps=50, generator=None, timesteps=_leading):
-    """c5a276d's loop (timesteps = 'leading': T - T/n ... 0): x0 clipped, but the step taken with the model's noise."""
-    abar = predictor.alphas_cumprod.float().cpu()
-    batch = cameras.c2w.shape[0]
-    x = torch.randn((batch, *predictor.sample_shape), generator=generator)
-    ts = timesteps(steps, abar.shape[0])
-    x0 = x
-    for i, t in enumerate(ts):
-        eps_u, eps_c = predictor.predict_noise(x, torch.full((batch,), t, dtype=torch.long), cameras, cond)
-        eps = eps_u.float().cpu() + guidance_scale * (eps_c.float().cpu() - eps_u.float().cpu())
-        a_t = abar[t]
-        a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        if predictor.clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    return x0
-
-
-class _NoClip:
-    """A predictor seen without its clip_denoised flag."""
-
-    clip_denoised = False
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-BROKEN = {
-    "c5a276d": _ddim_keeps_model_noise,
-    "clip keeps the model's noise": lambda p, c, cams, s, n, g: _ddim_keeps_model_noise(p, c, cams, s, n, g,
-                                                                                         timesteps=ddim_timesteps),
-    "stops after the first step": lambda p, c, cams, s, n, g: ddim_sample(p, c, cams, s, 1, g),
-    "guidance sign-flipped": lambda p, c, cams, s, n, g: ddim_sample(p, c, cams, -s, n, g),
-    "guidance ignored": lambda p, c, cams, s, n, g: ddim_sample(p, c, cams, 1.0, n, g),
-    "no clipping": lambda p, c, cams, s, n, g: ddim_sample(_NoClip(p), c, cams, s, n, g),
-}
 
 
 # --- oracle 1: Gaussian data, closed-form noise prediction -----------------------------------------------
