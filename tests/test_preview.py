@@ -138,6 +138,39 @@ def test_the_gaussian_oracles_catch(name):
     assert max(errors) > 0.05, errors
 
 
+class _DeviceChecking(GaussianPredictor):
+    """The Gaussian predictor on PyTorch's meta device (shapes without data): a .cpu() inside the sampler raises,
+    and so does every input not on the model's device, as a CUDA model's would; decode hands back CPU images."""
+
+    def __init__(self):
+        p = _gaussian(clip=True)
+        super().__init__(p.mu_u.to("meta"), p.mu_c.to("meta"), p.s_u, p.s_c, True)
+        self.alphas_cumprod = self.alphas_cumprod.to("meta")
+        self.seen = 0
+
+    def predict_noise(self, x_t, t, cameras, cond):
+        for name, v in (("x_t", x_t), ("t", t), ("cameras", cameras.c2w)):
+            assert v.device.type == "meta", f"{name} on {v.device}"
+        self.seen += 1
+        return super().predict_noise(x_t, t, cameras, cond)
+
+    def encode_prompt(self, prompt, negative_prompt="", view_dependent=True):
+        return None
+
+    def decode(self, x):
+        assert x.device.type == "meta", x.device
+        return torch.zeros(x.shape[0], *x.shape[2:], 3)
+
+
+def test_the_sampler_keeps_every_tensor_on_the_models_device():
+    model = _DeviceChecking()
+    x = ddim_sample(model, None, preview_cameras(load_config("demo").camera, "meta"), 7.5, 5,
+                    torch.Generator().manual_seed(0))
+    assert x.device.type == "meta" and x.shape == (4, 3, 4, 4) and model.seen == 5
+    images = sample_preview(load_config("demo", ["prompt=a red cube"]), 3, model=model)  # cameras on its device
+    assert images.shape == (4, 4, 4, 3) and model.seen == 8
+
+
 # --- oracle 2: the embedded prior gives back its own images ----------------------------------------------
 
 @pytest.fixture(scope="module")
