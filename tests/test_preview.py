@@ -210,6 +210,38 @@ def test_the_prior_oracle_catches(name, demo_prior, monkeypatch):
     assert max(_prior_error(demo_prior, "a green cone")) > 0.1
 
 
+# --- oracle 3: Stable Diffusion, replayed on direct UNet and VAE calls -----------------------------------
+
+def test_stable_diffusion_preview_is_ddim_on_direct_unet_calls(tiny_sd_dir, monkeypatch):
+    """Latents are not clipped; each view's conditional embedding by its label (front, right = side, back, left =
+    side), CFG at guidance.preview_scale, the VAE's decode at the end; float64 DDIM from the folder's scheduler."""
+    from diffusers import DDPMScheduler
+
+    from dreamfusion.guidance import StableDiffusion
+
+    sd = StableDiffusion.load(str(tiny_sd_dir), vae_resolution=16)
+    cfg = load_config("dreamfusion", [f"guidance.model={tiny_sd_dir}", "prompt=a red cube", "device=cpu",
+                                      "guidance.preview_scale=4"])
+    abar = DDPMScheduler.from_pretrained(tiny_sd_dir, subfolder="scheduler").alphas_cumprod.double()
+    cond = sd.encode_prompt(cfg.prompt, "", True)
+    conds = torch.cat([cond.cond[label] for label in ("front", "side", "back", "side")])
+    x = torch.randn((4, *sd.sample_shape), generator=torch.Generator().manual_seed(cfg.seed)).double()
+    ts = [999, 666, 333, 0]
+    for i, t in enumerate(ts):
+        with torch.no_grad():
+            e_u, e_c = (sd.unet(x.float(), torch.full((4,), t), encoder_hidden_states=e).sample.double()
+                        for e in (cond.uncond.expand(4, -1, -1), conds))
+        eps = e_u + 4.0 * (e_c - e_u)
+        a, b = abar[t], (abar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64))
+        x = b.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - b).sqrt() * eps
+    with torch.no_grad():
+        reference = ((sd.vae.decode(x.float() / sd.scaling_factor).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    assert (sample_preview(cfg, 4, model=sd) - reference).abs().max().item() < 1e-4
+    for name in ("stops after the first step", "guidance sign-flipped", "guidance ignored"):
+        monkeypatch.setattr(preview, "ddim_sample", BROKEN[name])
+        assert (sample_preview(cfg, 4, model=sd) - reference).abs().max().item() > 0.01, name  # measured 0.04-0.21
+
+
 # --- the PNG a person reads ------------------------------------------------------------------------------
 
 def test_preview_image_enlarges_each_view_by_a_whole_factor_under_its_label():
