@@ -7,11 +7,13 @@ Works for every diffusion guidance (Stable Diffusion, the embedded prior, DeepFl
 DDIM (Song et al. 2021, eq. 12 with eta = 0) on n = --steps timesteps spread evenly from T - 1 down to 0
 (diffusers' 'linspace' spacing; one step: T - 1). Starting at T - 1 matches the start x_T ~ N(0, I) to the noise
 level the model was trained on for it (Lin et al. 2023, sec. 3.3), and ending at 0 leaves the least noise for the
-last x0 estimate (ending at T/n, as 'trailing' does, leaves a blend of near-identical images at the embedded prior):
+last x0 estimate (ending at T/n - 1, as 'trailing' does, leaves blends of near-identical images at the embedded prior):
     eps_hat = eps_u + s (eps_c - eps_u)                               (classifier-free guidance at scale s)
     x0_hat  = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
     where the model's pixels are bounded (clip_denoised): x0_hat <- clip(x0_hat, -1, 1) and the noise is made
-    consistent with it, eps_hat <- (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t), as diffusers' DDIMScheduler does
+    consistent with it, eps_hat <- (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t) (GLIDE's rule; diffusers' DDIM
+    step with use_clipped_model_output=True): a step with the clipped x0 but the model's noise leaves x_t off the
+    path of any x0, and the embedded prior then draws black squares
     x_prev  = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat   (abar_prev = 1 after the last step: x0_hat)
 Every tensor lives on the model's device (``alphas_cumprod.device``); the start noise is drawn from ``generator``
 on the generator's device and moved there, so a seed gives the same start on every device.
