@@ -2,8 +2,8 @@
 
 Oracles: the folder's own parts loaded directly with ``from_pretrained`` (UNet, T5, tokenizer), IF's cosine
 schedule in closed form, an independent replay of the SDS step (same seed: t, eps, x_t, the UNet called
-directly, CFG, w(t)), the T5 cache round trip (identical tensors with T5 unloadable), and the run folder of an
-end-to-end ``python -m dreamfusion --config deepfloyd`` run.
+directly, CFG, w(t)) and of the 2D preview's DDIM, the T5 cache round trip (identical tensors with T5
+unloadable), and the run folder of an end-to-end ``python -m dreamfusion --config deepfloyd`` run.
 """
 
 from __future__ import annotations
