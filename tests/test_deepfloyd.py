@@ -2,8 +2,8 @@
 
 Oracles: the folder's own parts loaded directly with ``from_pretrained`` (UNet, T5, tokenizer), IF's cosine
 schedule in closed form, an independent replay of the SDS step (same seed: t, eps, x_t, the UNet called
-directly, CFG, w(t)), the T5 cache round trip (identical tensors with T5 unloadable), and the run folder of an
-end-to-end ``python -m dreamfusion --config deepfloyd`` run.
+directly, CFG, w(t)) and of the 2D preview's DDIM, the T5 cache round trip (identical tensors with T5
+unloadable), and the run folder of an end-to-end ``python -m dreamfusion --config deepfloyd`` run.
 """
 
 from __future__ import annotations
@@ -329,17 +329,43 @@ def test_perp_neg_on_if_matches_the_rule_on_direct_unet_calls(tiny_if_dir):
     assert (guidance.guided_noise(x_t, t, views) - expected).abs().max().item() < 1e-3
 
 
-def test_decode_undoes_encode_and_the_2d_preview_samples_if(tiny_if_dir):
-    from dreamfusion.preview import sample_preview
+def _if_preview_reference(model, folder, cfg, steps: int) -> torch.Tensor:
+    """The preview's DDIM replayed in float64 from the folder's own scheduler and direct UNet calls: the start noise
+    of the seed, each view's conditional embedding by its label (front, right = side, back, left = side), CFG at
+    guidance.preview_scale, x0 clipped to [-1, 1] and the step taken with the noise of the clipped x0."""
+    from diffusers import DDPMScheduler
+
+    abar = DDPMScheduler.from_pretrained(folder, subfolder="scheduler").alphas_cumprod.double()
+    cond = model.encode_prompt(cfg.prompt, "", True)
+    conds = torch.cat([cond.cond[label] for label in ("front", "side", "back", "side")])
+    x = torch.randn((4, *model.sample_shape), generator=torch.Generator().manual_seed(cfg.seed)).double()
+    ts = [round(999 * (steps - 1 - i) / (steps - 1)) for i in range(steps)]
+    for i, t in enumerate(ts):
+        with torch.no_grad():
+            e_u, e_c = (model.unet(x.float(), torch.full((4,), t), encoder_hidden_states=e).sample[:, :3].double()
+                        for e in (cond.uncond.expand(4, -1, -1), conds))
+        eps = e_u + cfg.guidance.preview_scale * (e_c - e_u)
+        a, b = abar[t], (abar[ts[i + 1]] if i + 1 < steps else torch.tensor(1.0, dtype=torch.float64))
+        x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+        x = b.sqrt() * x0 + (1 - b).sqrt() * (x - a.sqrt() * x0) / (1 - a).sqrt()
+    return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def test_decode_undoes_encode_and_the_2d_preview_is_ddim_on_direct_unet_calls(tiny_if_dir, monkeypatch):
+    import dreamfusion.preview as preview
+    from broken_samplers import BROKEN
 
     model = DeepFloydIF.load(str(tiny_if_dir))
     images = torch.rand(2, 16, 16, 3)
     assert model.sample_shape == (3, 16, 16) and model.clip_denoised
     assert torch.allclose(model.decode(model.encode(images)), images, atol=1e-6)
-    cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube", "device=cpu"])
-    first, again = sample_preview(cfg, steps=2, model=model), sample_preview(cfg, steps=2, model=model)
-    assert first.shape == (4, 16, 16, 3) and torch.equal(first, again)  # four views, the seed's DDIM
-    assert first.min() >= 0 and first.max() <= 1
+    cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube", "device=cpu",
+                                    "guidance.preview_scale=4"])
+    reference = _if_preview_reference(model, tiny_if_dir, cfg, steps=4)
+    assert (preview.sample_preview(cfg, 4, model=model).double() - reference).abs().max().item() < 1e-4
+    for name, sampler in BROKEN.items():  # the oracle catches each broken sampler (measured: 1.0 for every one)
+        monkeypatch.setattr(preview, "ddim_sample", sampler)
+        assert (preview.sample_preview(cfg, 4, model=model).double() - reference).abs().max().item() > 0.05, name
 
 
 # --- end to end ------------------------------------------------------------------------------------

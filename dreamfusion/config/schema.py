@@ -236,6 +236,8 @@ class GuidanceConfig:
     """Hub revision (branch, tag or commit) of the model."""
     guidance_scale: float = ranged(100.0, "[0, inf)")
     """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u)."""
+    preview_scale: float = ranged(7.5, "[0, inf)")
+    """Guidance scale of the 2D preview's DDIM sampling (not the SDS scale; 7.5 is Stable Diffusion's default)."""
     t_min: float = ranged(0.02, "(0, 1)")
     """Smallest diffusion time, as a fraction of the 1000 training steps."""
     t_max: float = ranged(0.98, "(0, 1)")
