@@ -199,7 +199,8 @@ class EmbeddedPrior:
         self.images = (imgs * 2 - 1).flatten(3)  # [S, C, V, 3RR]
         self._cams, self._bg = cams, bg
         self._scene_cache: dict[Scene, Tensor] = {}
-        self._sets: list[list[Tensor]] = []  # image sets named by the embeddings' first entry
+        self._sets: list[list[tuple]] = []  # image sets (lists of piece names) named by the embeddings' first entry
+        self._pieces: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # name -> (images [M, D] f64, |x|^2 [M], view [M])
         self._set_ids: dict[tuple, int] = {}
         # per view label, the distribution over dataset views that '<prompt>, <label> view' stands for
         labels = view_label(cams.elevation, cams.azimuth)
@@ -221,11 +222,17 @@ class EmbeddedPrior:
             self._scene_cache[scene] = (imgs * 2 - 1).flatten(1)
         return self._scene_cache[scene]
 
-    def _register(self, key: tuple, pieces: list[Tensor]) -> float:
-        """The index of an image set (pieces [N_j, V, D]) in the prior's table, added on first use."""
+    def _register(self, key: tuple, pieces: list[tuple[tuple, Tensor]]) -> float:
+        """The index of an image set in the prior's table, added on first use. A set is a list of named pieces
+        [N_j, V, D] (N_j images per view); each piece is kept once, flattened in float64 with its squared norms."""
+        for name, images in pieces:
+            if name not in self._pieces:
+                flat = images.reshape(-1, images.shape[-1]).double()
+                views = torch.arange(images.shape[1], device=self.device).repeat(images.shape[0])
+                self._pieces[name] = (flat, (flat * flat).sum(-1), views)
         if key not in self._set_ids:
             self._set_ids[key] = len(self._sets)
-            self._sets.append(pieces)
+            self._sets.append([name for name, _ in pieces])
         return float(self._set_ids[key])
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PriorCondition:
@@ -236,16 +243,17 @@ class EmbeddedPrior:
         vocabulary = self.images.flatten(0, 1)  # [S C, V, D]
         if negative_prompt.strip():
             negative = self._scene_images(parse_scene(negative_prompt))
-            uncond_images, uncond_pieces, uncond_key = negative[None, None], [negative[None]], ("neg", negative_prompt)
+            uncond_images, uncond_key = negative[None, None], ("neg", negative_prompt)
+            uncond_pieces = [(("prompt", negative_prompt), negative[None])]
         else:
             uncond_images = self.images
-            uncond_pieces = [vocabulary] if scene.legacy else [vocabulary, images[None]]
+            uncond_pieces = [(("vocabulary",), vocabulary)] + ([] if scene.legacy else [(("prompt", prompt), images[None])])
             uncond_key = ("vocabulary",) if scene.legacy else ("vocabulary", prompt)
         views = self.view_dirs.shape[0]
         uniform = torch.full((views,), 1.0 / views, device=self.device)
         row = lambda set_id, w: torch.cat([w.new_tensor([set_id]), w])[None, None]  # [1, 1, 1 + V]
         uncond = row(self._register(uncond_key, uncond_pieces), uniform)
-        own = self._register(("prompt", prompt), [images[None]])
+        own = self._register(("prompt", prompt), [(("prompt", prompt), images[None])])
         cond = {label: row(own, w) for label, w in self.label_weights.items()} if view_dependent \
             else {"all": row(own, uniform)}
         return PriorCondition(uncond, cond, images, uncond_images, windowed=scene.legacy)
@@ -282,20 +290,27 @@ class EmbeddedPrior:
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
         """x_t [B, 3, R, R], t [B] long, embeddings [K, B, 1, 1 + V] (module docstring) -> eps [K, B, 3, R, R]:
-        each image under each of its K conditions, the exact denoiser of the image set with those view masses."""
+        each image under each of its K conditions, the exact denoiser of the image set with those view masses.
+
+        In float64, with the per-image constant |x_t|^2 dropped from the logits:
+        -|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar)) = (2 sqrt(abar) <x_t, x_i> - abar |x_i|^2) / (2 (1 - abar)) + c."""
         k, batch = embeddings.shape[:2]
         out = torch.empty((k, *x_t.shape), device=x_t.device, dtype=torch.float32)
         for i in range(k):
             for b in range(batch):
-                e = embeddings[i, b].reshape(-1).to(self.device)
-                pieces = self._sets[int(round(float(e[0])))]
-                w = e[1:].clamp(min=0)
-                keep = (w > 0).nonzero()[:, 0]
-                n_images = sum(p.shape[0] for p in pieces)
-                log_mass = (w[keep] / n_images).log()  # each image of a view: the view's mass / images per view
-                chosen = [(p[:, keep].reshape(-1, p.shape[-1]), log_mass.repeat(p.shape[0])) for p in pieces]
-                flat = x_t[b].reshape(-1).to(self.device).float()
-                out[i, b] = mixture_eps(flat, self.alphas_cumprod[t[b]], chosen).reshape(x_t.shape[1:])
+                e = embeddings[i, b].reshape(-1).to(self.device, torch.float64)
+                names = self._sets[int(round(float(e[0])))]
+                per_view = sum(self._pieces[n][0].shape[0] for n in names) / (e.numel() - 1)  # images per view
+                log_mass = (e[1:].clamp(min=0) / per_view).log()  # [V]: -inf where a view has no mass
+                abar = self.alphas_cumprod[t[b]].double()
+                sqrt_ab, var = abar.sqrt(), 1.0 - abar
+                x = x_t[b].reshape(-1).to(self.device, torch.float64)
+                logits = [log_mass[views] + (2 * sqrt_ab * (images @ x) - abar * sq) / (2 * var)
+                          for images, sq, views in (self._pieces[n] for n in names)]
+                top = torch.stack([lg.max() for lg in logits]).max()
+                weights = [torch.exp(lg - top) for lg in logits]
+                mean = sum(w @ self._pieces[n][0] for w, n in zip(weights, names)) / sum(w.sum() for w in weights)
+                out[i, b] = ((x - sqrt_ab * mean) / var.sqrt()).reshape(x_t.shape[1:]).float()
         return out
 
     @torch.no_grad()
