@@ -166,7 +166,7 @@ class PriorConfig:
     views: int = 256
     """Rendered views per prompt in its image set."""
     view_window: float = 20.0
-    """Keep dataset views within this many degrees of the render camera."""
+    """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent)."""
 
 
 @dataclass

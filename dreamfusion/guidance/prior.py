@@ -200,7 +200,7 @@ class EmbeddedPrior:
         self._cams, self._bg = cams, bg
         self._scene_cache: dict[Scene, Tensor] = {}
         self._sets: list[list[tuple]] = []  # image sets (lists of piece names) named by the embeddings' first entry
-        self._pieces: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # name -> (images [M, D] f64, |x|^2 [M], view [M])
+        self._pieces: dict[tuple, Tensor | tuple] = {}  # name -> images [N, V, D], or _piece's flattened form
         self._set_ids: dict[tuple, int] = {}
         # per view label, the distribution over dataset views that '<prompt>, <label> view' stands for
         labels = view_label(cams.elevation, cams.azimuth)
@@ -224,12 +224,9 @@ class EmbeddedPrior:
 
     def _register(self, key: tuple, pieces: list[tuple[tuple, Tensor]]) -> float:
         """The index of an image set in the prior's table, added on first use. A set is a list of named pieces
-        [N_j, V, D] (N_j images per view); each piece is kept once, flattened in float64 with its squared norms."""
+        [N_j, V, D] (N_j images per view), each kept once (``_piece`` flattens it on first use)."""
         for name, images in pieces:
-            if name not in self._pieces:
-                flat = images.reshape(-1, images.shape[-1]).double()
-                views = torch.arange(images.shape[1], device=self.device).repeat(images.shape[0])
-                self._pieces[name] = (flat, (flat * flat).sum(-1), views)
+            self._pieces.setdefault(name, images)
         if key not in self._set_ids:
             self._set_ids[key] = len(self._sets)
             self._sets.append([name for name, _ in pieces])
@@ -287,6 +284,15 @@ class EmbeddedPrior:
             return ok.nonzero()[:, 0]
         return torch.argsort(angle / self.window + size_gap / 0.1)[:MIN_VIEWS]
 
+    def _piece(self, name: tuple) -> tuple[Tensor, Tensor, Tensor]:
+        """A piece flattened in float64 (images [M, D], squared norms [M], view of each row [M]), made on first use."""
+        piece = self._pieces[name]
+        if isinstance(piece, Tensor):
+            flat = piece.reshape(-1, piece.shape[-1]).double()
+            views = torch.arange(piece.shape[1], device=self.device).repeat(piece.shape[0])
+            piece = self._pieces[name] = (flat, (flat * flat).sum(-1), views)
+        return piece
+
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
         """x_t [B, 3, R, R], t [B] long, embeddings [K, B, 1, 1 + V] (module docstring) -> eps [K, B, 3, R, R]:
@@ -300,16 +306,17 @@ class EmbeddedPrior:
             for b in range(batch):
                 e = embeddings[i, b].reshape(-1).to(self.device, torch.float64)
                 names = self._sets[int(round(float(e[0])))]
-                per_view = sum(self._pieces[n][0].shape[0] for n in names) / (e.numel() - 1)  # images per view
+                pieces = [self._piece(n) for n in names]
+                per_view = sum(p[0].shape[0] for p in pieces) / (e.numel() - 1)  # images per view
                 log_mass = (e[1:].clamp(min=0) / per_view).log()  # [V]: -inf where a view has no mass
                 abar = self.alphas_cumprod[t[b]].double()
                 sqrt_ab, var = abar.sqrt(), 1.0 - abar
                 x = x_t[b].reshape(-1).to(self.device, torch.float64)
                 logits = [log_mass[views] + (2 * sqrt_ab * (images @ x) - abar * sq) / (2 * var)
-                          for images, sq, views in (self._pieces[n] for n in names)]
+                          for images, sq, views in pieces]
                 top = torch.stack([lg.max() for lg in logits]).max()
                 weights = [torch.exp(lg - top) for lg in logits]
-                mean = sum(w @ self._pieces[n][0] for w, n in zip(weights, names)) / sum(w.sum() for w in weights)
+                mean = sum(w @ p[0] for w, p in zip(weights, pieces)) / sum(w.sum() for w in weights)
                 out[i, b] = ((x - sqrt_ab * mean) / var.sqrt()).reshape(x_t.shape[1:]).float()
         return out
 
