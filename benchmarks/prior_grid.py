@@ -14,7 +14,7 @@ The test bed (issue 24): objects with a front and two-object scenes, each traine
 plain SDS (guidance.view_dependent=false), SDS with view-dependent prompts, and Perp-Neg, over seeds:
 
     python benchmarks/prior_grid.py --bed                 # BED_PROMPTS x seeds 0 1 2 x 3 methods
-    python benchmarks/prior_grid.py --bed --smoke         # one prompt of each kind, 2 steps: seconds
+    python benchmarks/prior_grid.py --bed --smoke         # one prompt of each kind, 2 steps, a small prior
     python benchmarks/prior_grid.py --bed --steps 300 --seeds 0 --prompts "a red cube on a blue sphere"
 
 Bed runs are in-process around one loaded prior (the demo config with BED_OVERRIDES, sized so 90 runs fit in
@@ -61,6 +61,7 @@ METHODS = {"plain SDS": ["guidance.view_dependent=false"],
 BED_OVERRIDES = ["preview_every=0", "checkpoint_every=100000", "log_every=100000"]
 BED_SIZE = ["render.n_samples=32"]  # with BED_STEPS: about 20 s a run on one busy core (docs/BENCHMARKS.md)
 BED_STEPS = 100
+SMOKE_SIZE = ["guidance.prior.views=32", "guidance.prior.resolution=16", "render.width=16", "render.height=16"]
 
 
 def bed_run(prompt: str, method: str, seed: int, steps: int, export_resolution: int, model, extra: list[str],
@@ -144,7 +145,7 @@ def bed(args) -> int:
     prompts = args.prompts or (BED_PROMPTS[:1] + BED_PROMPTS[5:6] if args.smoke else BED_PROMPTS)
     steps = 2 if args.smoke else args.steps
     resolution = 24 if args.smoke else args.export_resolution
-    extra = [*BED_SIZE, *args.overrides]
+    extra = [*BED_SIZE, *(SMOKE_SIZE if args.smoke else []), *args.overrides]
     cfg = load_config("demo", [f"prompt={prompts[0]}", *BED_OVERRIDES, *extra])
     t0 = time.perf_counter()
     model = load_guidance_model(cfg, "cpu")
