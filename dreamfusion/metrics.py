@@ -188,7 +188,7 @@ def scene_scores(mesh, prompt: str, resolution: int = 96) -> dict[str, float]:
         scores = {"iou": iou(mesh_occupancy(vertices, faces, resolution, 1.0).reshape(-1), 0)}
         if part.front is None:
             mean = _area_mean(colours, area)
-            scores["albedo_err"] = float(np.abs(mean - np.array(COLOURS[part.colour])).max()) if mean is not None else 1.0
+            scores["albedo_err"] = 1.0 if mean is None else float(np.abs(mean - np.array(COLOURS[part.colour])).max())
             return scores
         in_front = vertices[faces].mean(1)[:, 2] >= part.centre[2] + FRONT_Z * part.scale
         errs = []

@@ -64,7 +64,7 @@ def test_the_front_shows_from_the_front_only_and_the_silhouette_is_the_plain_sha
         share = float((label == 1).sum() / (label >= 0).sum())
         if front_share is not None:  # head-on, the camera sees the front face (red) or the back face (white)
             assert share == front_share, (azimuth, share)
-        else:  # from the right, the front part is the slab z >= FRONT_Z: a quarter of the side face, seen in perspective
+        else:  # from the right the front part is the slab z >= FRONT_Z: a quarter of the side face, in perspective
             assert 0.1 < share < (0.5 - FRONT_Z) / 1.0 + 0.1, share
 
 
@@ -145,7 +145,8 @@ def test_perp_neg_runs_on_the_prior_and_without_negatives_is_view_dependent_cfg(
     _, model = prior
     zero = "[0.0, 0.5, 0.0]"
     over = ["prompt=a white cube with a red front", "guidance.prior.views=24", "guidance.prior.resolution=8",
-            "guidance.perp_neg.enabled=true", *[f"guidance.perp_neg.{k}={zero}" for k in ("f_fs", "f_sf", "f_sb", "f_fsb")]]
+            "guidance.perp_neg.enabled=true",
+            *[f"guidance.perp_neg.{k}={zero}" for k in ("f_fs", "f_sf", "f_sb", "f_fsb")]]
     cfg = load_config("demo", over)
     pn = build_guidance(cfg, "cpu", model)
     assert isinstance(pn, PerpNegGuidance)
