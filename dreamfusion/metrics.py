@@ -1,11 +1,38 @@
-"""Measurements of an exported asset against a known object: volumetric IoU and mean surface albedo."""
+"""Measurements of an exported asset against the known scene of an embedded-prior prompt.
+
+- **IoU**: volumetric IoU of the mesh's interior (vertical-ray parity at 96^3 cell centres over [-1, 1]^3)
+  and the analytic object. A prompt of one object scores the whole mesh. A two-object prompt ('a red cube on
+  a blue sphere') splits the mesh into connected components (faces sharing edges) and gives each object the
+  component that matches it best: the assignment of distinct components to the two objects that minimises the
+  sum over objects of |mean colour - object colour| (RGB distance) + (1 - IoU with the object). An object left
+  without a component (the mesh is one piece, or empty) scores IoU 0 and colour error 1.
+- **Colour error**: the largest channel error of the area-weighted mean surface colour against the prompt's
+  colour; per object for a pair; for an object with a front, of the faces in its front part (object z >=
+  FRONT_Z) against the front colour and of the rest against the body colour, the larger of the two.
+- **Relation** (pairs): 1 when the volume centroids of the two assigned components are in the relation's order
+  on its axis (on: first above, y; under: below; next to: first at smaller x; in front of: first at larger z;
+  behind: smaller z), else 0.
+- **Janus score** (objects with a front): how many of the 4 side views show the front feature; 1 is right, 4
+  is a front on every side, 0 no front at all. The mesh is seen orthographically at elevation 0 along -z
+  (front, camera on +z), -x (right, camera on +x), +z (back), +x (left) on a 64 x 64 grid over [-1, 1]^2 (the
+  nearest face of each pixel's ray, its colour the mean of its vertex colours). A view shows the front when more
+  than half of the covered pixels in its central band (the middle half of the covered width) are nearer (RGB
+  distance) the front colour than the body colour. The true object shows it only from the front: its front part
+  reaches FRONT_Z = 0.25 of a half-width of 0.5, so the side views' central bands (|z| <= a quarter of the width)
+  stay body-coloured.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-__all__ = ["grid_points", "mesh_occupancy", "volumetric_iou", "mean_surface_albedo", "prior_scores"]
+__all__ = ["grid_points", "mesh_occupancy", "volumetric_iou", "mean_surface_albedo", "prior_scores", "scene_scores",
+           "janus_views", "face_colours", "truth_mesh"]
+
+JANUS_VIEWS = {"front": (2, 1.0, 0), "right": (0, 1.0, 2), "back": (2, -1.0, 0), "left": (0, -1.0, 2)}
+"""view -> (depth axis, sign toward the camera, horizontal image axis)."""
+JANUS_RESOLUTION = 64
 
 _JITTER = (1.234567e-5, 2.345678e-5)  # keeps query columns off triangle edges (no double counting)
 
@@ -16,23 +43,20 @@ def grid_points(resolution: int, bound: float) -> np.ndarray:
     return np.stack(np.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
 
 
-def mesh_occupancy(vertices: np.ndarray, faces: np.ndarray, resolution: int, bound: float) -> np.ndarray:
-    """Inside test [R,R,R] bool (x, y, z indexing) of a closed mesh on the grid of `grid_points`.
-
-    A vertical ray from each cell centre toward +y crosses the surface an odd number of times iff the
-    centre is inside: every triangle is intersected with the columns its xz footprint covers.
-    """
-    R, h = resolution, 2 * bound / resolution
-    tri = vertices[faces].astype(np.float64)  # [F,3,3]
+def _column_hits(tri: np.ndarray, R: int, bound: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where vertical lines (along y) through the R x R column centres of the xz grid cross triangles [F,3,3]:
+    (column index ix * R + iz, y of the crossing, triangle index), one entry per crossing."""
+    h = 2 * bound / R
+    tri = tri.astype(np.float64).copy()
     tri[..., 0] -= _JITTER[0]
     tri[..., 2] -= _JITTER[1]
     col = lambda v: (v + bound) / h - 0.5  # world -> column index (fractional)
     lo = np.clip(np.ceil(col(tri[..., [0, 2]].min(1))), 0, R - 1).astype(int)  # [F,2]
     hi = np.clip(np.floor(col(tri[..., [0, 2]].max(1))), 0, R - 1).astype(int)
     keep = (hi >= lo).all(1)
-    tri, lo, hi = tri[keep], lo[keep], hi[keep]
+    tri, lo, hi, index = tri[keep], lo[keep], hi[keep], np.nonzero(keep)[0]
     span = int((hi - lo).max()) + 1 if len(tri) else 0
-    hits_col, hits_y = [], []
+    hits_col, hits_y, hits_face = [np.zeros(0, int)], [np.zeros(0)], [np.zeros(0, int)]
     for ox in range(span):
         for oz in range(span):
             ix, iz = lo[:, 0] + ox, lo[:, 1] + oz
@@ -49,10 +73,21 @@ def mesh_occupancy(vertices: np.ndarray, faces: np.ndarray, resolution: int, bou
             inside = ok & (u >= 0) & (v >= 0) & (w >= 0)
             hits_col.append((ix[m] * R + iz[m])[inside])
             hits_y.append((u * a[:, 1] + v * b[:, 1] + w * c[:, 1])[inside])
+            hits_face.append(index[m][inside])
+    return np.concatenate(hits_col), np.concatenate(hits_y), np.concatenate(hits_face)
+
+
+def mesh_occupancy(vertices: np.ndarray, faces: np.ndarray, resolution: int, bound: float) -> np.ndarray:
+    """Inside test [R,R,R] bool (x, y, z indexing) of a closed mesh on the grid of `grid_points`.
+
+    A vertical ray from each cell centre toward +y crosses the surface an odd number of times iff the
+    centre is inside: every triangle is intersected with the columns its xz footprint covers.
+    """
+    R, h = resolution, 2 * bound / resolution
+    cols, ys, _ = _column_hits(vertices[faces], R, bound)
     occ = np.zeros((R, R, R), dtype=bool)
-    if not hits_col:
+    if not len(cols):
         return occ
-    cols, ys = np.concatenate(hits_col), np.concatenate(hits_y)
     key = np.sort(cols * 4.0 * (bound + 1) + ys)  # columns never overlap: |y| <= bound
     centres = (np.arange(R) + 0.5) * h - bound
     colid = np.arange(R * R)[:, None] * 4.0 * (bound + 1)
@@ -70,30 +105,157 @@ def volumetric_iou(vertices: np.ndarray, faces: np.ndarray, inside_fn, resolutio
     return float(np.logical_and(pred, gt).sum() / union) if union else 0.0
 
 
-def mean_surface_albedo(mesh) -> np.ndarray:
-    """Area-weighted mean colour [3] in [0,1] of a trimesh mesh with texture or vertex colours (a .glb's
-    COLOR_0 beside a material comes back from trimesh as the vertex attribute 'color')."""
+def face_colours(mesh) -> np.ndarray:
+    """Colour [F, 3] in [0, 1] of each face of a trimesh mesh with texture or vertex colours: the mean of its
+    vertices' colours (a .glb's COLOR_0 beside a material comes back from trimesh as the vertex attribute 'color')."""
     attributes = getattr(mesh.visual, "vertex_attributes", {})
     if "color" in attributes:
         colors = np.asarray(attributes["color"])[:, :3].astype(np.float64) / 255.0
     else:
         visual = mesh.visual.to_color() if hasattr(mesh.visual, "to_color") else mesh.visual  # texture -> vertex
         colors = visual.vertex_colors[:, :3].astype(np.float64) / 255.0
-    face_colors = colors[mesh.faces].mean(1)
+    return colors[mesh.faces].mean(1)
+
+
+def mean_surface_albedo(mesh) -> np.ndarray:
+    """Area-weighted mean colour [3] in [0,1] of a trimesh mesh with texture or vertex colours."""
     area = mesh.area_faces
-    return (face_colors * area[:, None]).sum(0) / area.sum()
+    return (face_colours(mesh) * area[:, None]).sum(0) / area.sum()
+
+
+def _area_mean(colours: np.ndarray, area: np.ndarray) -> np.ndarray | None:
+    return (colours * area[:, None]).sum(0) / area.sum() if area.sum() > 0 else None
+
+
+def janus_views(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, body, front,
+                resolution: int = JANUS_RESOLUTION) -> dict[str, float]:
+    """view -> fraction of the covered pixels of its central band nearer the front colour than the body colour
+    (module docstring); a view shows the front when its fraction is above 0.5. colours [F, 3] per face."""
+    body, front = np.asarray(body, np.float64), np.asarray(front, np.float64)
+    is_front = np.linalg.norm(colours - front, axis=1) < np.linalg.norm(colours - body, axis=1)  # [F]
+    out = {}
+    for view, (depth, sign, across) in JANUS_VIEWS.items():
+        # lay the view's axes out as (horizontal, depth toward the camera, vertical = y) for _column_hits
+        v = np.stack([vertices[:, across], sign * vertices[:, depth], vertices[:, 1]], -1)
+        cols, d, face = _column_hits(v[faces], resolution, 1.0)
+        if not len(cols):
+            out[view] = 0.0
+            continue
+        order = np.lexsort((-d, cols))  # per column, the nearest crossing (largest depth) first
+        cols, face = cols[order], face[order]
+        first = np.r_[True, cols[1:] != cols[:-1]]
+        cols, face = cols[first], face[first]
+        u = cols // resolution  # horizontal index
+        lo, hi = u.min(), u.max() + 1
+        band = np.abs(u + 0.5 - (lo + hi) / 2) <= (hi - lo) / 4
+        out[view] = float(is_front[face[band]].mean()) if band.any() else 0.0
+    return out
+
+
+def _load_mesh(glb_path):
+    import trimesh
+
+    scene = trimesh.load(glb_path)  # a Scene keeps the vertex colours that force="mesh" would drop
+    return scene if isinstance(scene, trimesh.Trimesh) else next(iter(scene.geometry.values()))
+
+
+def _components(mesh, max_components: int = 6) -> list[np.ndarray]:
+    """Face indices of the mesh's connected pieces (faces sharing an edge), the largest max_components by area."""
+    import trimesh
+
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    pieces = [np.nonzero(labels == k)[0] for k in np.unique(labels)]
+    pieces.sort(key=lambda f: -mesh.area_faces[f].sum())
+    return pieces[:max_components]
+
+
+def scene_scores(mesh, prompt: str, resolution: int = 96) -> dict[str, float]:
+    """A trimesh mesh with colours against the scene the prompt asks for (module docstring): ``iou`` (mean over
+    objects), ``albedo_err`` (largest), per object ``iou_<k>`` / ``albedo_err_<k>``, ``relation`` for a pair and
+    ``janus`` for an object with a front."""
+    from itertools import permutations
+
+    from .guidance.primitives import COLOURS, FRONT_Z, RELATIONS, parse_scene, scene_inside
+
+    scene = parse_scene(prompt)
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    colours, area = face_colours(mesh), np.asarray(mesh.area_faces)
+    points = torch.from_numpy(grid_points(resolution, 1.0)).float()
+    truth = scene_inside(scene, points).numpy()  # [K, R^3]
+    iou = lambda occ, k: float((occ & truth[k]).sum() / max((occ | truth[k]).sum(), 1))
+    if len(scene.parts) == 1:
+        part = scene.parts[0]
+        scores = {"iou": iou(mesh_occupancy(vertices, faces, resolution, 1.0).reshape(-1), 0)}
+        if part.front is None:
+            mean = _area_mean(colours, area)
+            scores["albedo_err"] = 1.0 if mean is None else float(np.abs(mean - np.array(COLOURS[part.colour])).max())
+            return scores
+        in_front = vertices[faces].mean(1)[:, 2] >= part.centre[2] + FRONT_Z * part.scale
+        errs = []
+        for where, colour in ((in_front, part.front), (~in_front, part.colour)):
+            mean = _area_mean(colours[where], area[where])
+            errs.append(float(np.abs(mean - np.array(COLOURS[colour])).max()) if mean is not None else 1.0)
+        views = janus_views(vertices, faces, colours, COLOURS[part.colour], COLOURS[part.front])
+        scores.update(albedo_err=max(errs), janus=float(sum(f > 0.5 for f in views.values())),
+                      **{f"front_{v}": f for v, f in views.items()})
+        return scores
+    pieces = []
+    for f in _components(mesh):
+        occ = mesh_occupancy(vertices, faces[f], resolution, 1.0).reshape(-1)
+        if occ.any():
+            pieces.append((occ, _area_mean(colours[f], area[f])))
+    cost = lambda k, c: (np.linalg.norm(pieces[c][1] - np.array(COLOURS[scene.parts[k].colour]))
+                         + 1.0 - iou(pieces[c][0], k))
+    K = len(scene.parts)
+    options = [p for p in permutations(range(len(pieces)), min(K, len(pieces)))]
+    best = min(((sum(cost(k, c) for k, c in zip(kk, p)), dict(zip(kk, p)))
+                for p in options for kk in permutations(range(K), len(p))), key=lambda x: x[0], default=(0, {}))[1]
+    scores, centroids = {}, {}
+    grid = points.numpy()
+    for k, part in enumerate(scene.parts):
+        if k in best:
+            occ, mean = pieces[best[k]]
+            scores[f"iou_{k}"] = iou(occ, k)
+            scores[f"albedo_err_{k}"] = float(np.abs(mean - np.array(COLOURS[part.colour])).max())
+            centroids[k] = grid[occ].mean(0)
+        else:
+            scores[f"iou_{k}"], scores[f"albedo_err_{k}"] = 0.0, 1.0
+    axis, sign = RELATIONS[scene.relation]
+    holds = len(centroids) == 2 and sign * (centroids[0][axis] - centroids[1][axis]) > 0
+    scores.update(iou=float(np.mean([scores[f"iou_{k}"] for k in range(K)])),
+                  albedo_err=max(scores[f"albedo_err_{k}"] for k in range(K)), relation=float(holds))
+    return scores
+
+
+def truth_mesh(prompt: str, resolution: int = 96, colour_rule=None):
+    """The prompt's true scene as a trimesh mesh with vertex colours: marching cubes at `resolution` of a density
+    exp(-40 sdf) at level 1 (the surface sdf = 0), coloured by the scene's surface labels (or by
+    ``colour_rule(points [V,3]) -> colour names``, to build deliberately wrong assets in tests)."""
+    import trimesh
+
+    from .export import extract_mesh
+    from .guidance.primitives import COLOURS, parse_scene, scene_palette, scene_sdf, surface_label
+
+    scene = parse_scene(prompt)
+    density = lambda p: torch.exp(-40.0 * scene_sdf(scene, p)[0]).clamp(max=1e6)
+    vertices, faces = extract_mesh(density, 1.0, resolution, threshold=1.0, min_component_ratio=0.0)
+    points = torch.from_numpy(vertices).float()
+    names = colour_rule(points) if colour_rule else [scene_palette(scene)[i] for i in surface_label(scene, points)]
+    rgb = np.round(255 * np.array([COLOURS[n] for n in names])).astype(np.uint8)
+    return trimesh.Trimesh(vertices, faces, vertex_colors=rgb, process=False)
 
 
 def prior_scores(glb_path, prompt: str, resolution: int = 96) -> dict[str, float]:
-    """A mesh made under the embedded prior against the prompt's known object: volumetric IoU with the analytic
-    primitive and the largest per-channel error of the mean surface albedo against its colour."""
-    import trimesh
+    """A mesh made under the embedded prior against the prompt's known scene. A prompt of the first vocabulary
+    ('a red cube'): volumetric IoU with the analytic primitive and the largest per-channel error of the mean
+    surface albedo against its colour (and that albedo); any other prompt: ``scene_scores``."""
+    from .guidance.primitives import COLOURS, inside, parse_scene
 
-    from .guidance.primitives import COLOURS, inside, parse_prompt
-
-    shape, colour = parse_prompt(prompt)
-    scene = trimesh.load(glb_path)  # a Scene keeps the vertex colours that force="mesh" would drop
-    mesh = scene if isinstance(scene, trimesh.Trimesh) else next(iter(scene.geometry.values()))
+    mesh = _load_mesh(glb_path)
+    scene = parse_scene(prompt)
+    if not scene.legacy:
+        return scene_scores(mesh, prompt, resolution)
+    shape, colour = scene.parts[0].shape, scene.parts[0].colour
     iou = volumetric_iou(np.asarray(mesh.vertices), np.asarray(mesh.faces), lambda p: inside(shape, p), resolution)
     albedo = mean_surface_albedo(mesh)
     return {"iou": iou, "albedo_err": float(np.abs(albedo - np.array(COLOURS[colour])).max()),

@@ -109,7 +109,7 @@ def test_guided_noise_equals_the_closed_form_on_a_hand_built_predictor():
 
 def test_config_and_builder(tiny_sd_dir):
     with pytest.raises(ConfigError, match="needs a text-conditioned diffusion model"):
-        load_config("demo", ["guidance.perp_neg.enabled=true"])
+        load_config("dreamfields", ["guidance.perp_neg.enabled=true"])  # CLIP (the embedded prior has predict_eps)
     with pytest.raises(ConfigError, match="view_dependent=true"):
         load_config(None, ["guidance.perp_neg.enabled=true", "guidance.view_dependent=false"])
     with pytest.raises(ConfigError, match="three numbers"):

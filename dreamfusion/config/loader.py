@@ -251,9 +251,9 @@ def validate(cfg: Config) -> None:
         if len(getattr(p, key)) != 3:
             raise ConfigError(f"guidance.perp_neg.{key} must be three numbers (a, b, c) of a exp(-b r) + c, "
                               f"got {list(getattr(p, key))}")
-    if p.enabled and g.type not in ("sds", "deepfloyd"):
-        raise ConfigError(f"guidance.perp_neg.enabled needs a text-conditioned diffusion model (guidance.type=sds "
-                          f"or deepfloyd), got guidance.type={g.type}: set guidance.perp_neg.enabled=false")
+    if p.enabled and g.type not in ("sds", "deepfloyd", "prior"):
+        raise ConfigError(f"guidance.perp_neg.enabled needs a text-conditioned diffusion model (guidance.type=sds, "
+                          f"deepfloyd or prior), got guidance.type={g.type}: set guidance.perp_neg.enabled=false")
     if p.enabled and not g.view_dependent:
         raise ConfigError("guidance.perp_neg.enabled needs guidance.view_dependent=true (its prompts are per view)")
     vsd = g.vsd

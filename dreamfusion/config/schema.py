@@ -171,7 +171,7 @@ class PriorConfig:
     views: int = ranged(256, "[1, inf)")
     """Rendered views per prompt in its image set."""
     view_window: float = ranged(20.0, "(0, 180]")
-    """Keep dataset views within this many degrees of the render camera."""
+    """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent)."""
 
 
 @dataclass

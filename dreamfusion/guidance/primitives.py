@@ -1,19 +1,31 @@
-"""The embedded prior's vocabulary: analytic primitives, their colours, and their silhouettes.
+"""The embedded prior's vocabulary: analytic primitives, their colours, scenes of them, and their renders.
 
-Geometry is in the world (glTF) frame: y up, centred at the origin.
+Geometry is in the world (glTF) frame: y up, front toward +z (docs/DESIGN.md). Three prompt forms:
+
+- ``a <colour> <shape>``: one primitive at the origin, full size (the first vocabulary; the demo's prompts).
+- ``a <colour> <shape> with a <colour> front``: one primitive whose front part (object z >= FRONT_Z) has the
+  second colour, so the object looks different from the front, the sides and the back (a Janus problem can be
+  seen and counted: dreamfusion/metrics.py).
+- ``a <colour> <shape> <relation> a <colour> <shape>``: two primitives at PAIR_SCALE of full size, centres at
+  +-PAIR_OFFSET on the relation's axis (RELATIONS): ``on`` puts the first at +y and the second at -y, ``under``
+  the reverse; ``next to`` puts the first at -x (left, seen from the front) and the second at +x; ``in front of``
+  the first at +z, the second at -z; ``behind`` the reverse. The smallest gap between the two is 0.1 (two spheres
+  of radius 0.3 at 0.7 apart), so the true scene is two separate pieces.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..errors import UserError
 
-__all__ = ["SHAPES", "COLOURS", "parse_prompt", "sdf", "inside", "render_alpha"]
+__all__ = ["SHAPES", "COLOURS", "RELATIONS", "Part", "Scene", "parse_prompt", "parse_scene", "sdf", "inside",
+           "render_alpha", "scene_inside", "scene_sdf", "scene_palette", "surface_label", "render_scene"]
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.10, 0.10),
@@ -28,22 +40,82 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 SHAPES = ("cube", "sphere", "cone", "cylinder", "torus")
 
 CONE_TAN = 0.5  # base radius 0.5 over height 1.0
-BOUNDING_RADIUS = 0.9  # every shape lies inside this sphere (the cube corner is at 0.866)
+BOUNDING_RADIUS = 0.9  # every shape and scene lies inside this sphere (the cube corner is at 0.866)
+FRONT_Z = 0.25  # object points with z >= FRONT_Z (object frame, full size) carry the front colour
+PAIR_SCALE = 0.5  # each object of a two-object scene at half size ...
+PAIR_OFFSET = 0.35  # ... centred at +-PAIR_OFFSET on the relation's axis
+# relation -> (axis, sign): the first object sits at sign * PAIR_OFFSET on the axis, the second at the opposite
+RELATIONS = {"on": (1, 1.0), "under": (1, -1.0), "next to": (0, -1.0), "in front of": (2, 1.0), "behind": (2, -1.0)}
+_FILLER = {"a", "an", "the", "one", "single"}
+
+
+class Part(NamedTuple):
+    """One object of a scene: a primitive scaled by `scale` about its centre, placed at `centre`."""
+
+    shape: str
+    colour: str
+    centre: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale: float = 1.0
+    front: str | None = None  # colour of the front part (object z >= FRONT_Z), None for a plain object
+
+
+class Scene(NamedTuple):
+    """What a prompt asks for: its parts and the relation between the two of a pair (None otherwise)."""
+
+    parts: tuple[Part, ...]
+    relation: str | None = None
+
+    @property
+    def legacy(self) -> bool:
+        """A prompt of the first vocabulary ('a red cube'): one plain full-size object."""
+        return len(self.parts) == 1 and self.parts[0].front is None
+
+
+def _unknown(prompt: str) -> UserError:
+    return UserError(
+        f"the embedded prior does not know '{prompt}': it knows 'a <colour> <shape>', 'a <colour> <shape> with a "
+        f"<colour> front' and 'a <colour> <shape> <relation> a <colour> <shape>' with colour in {', '.join(COLOURS)}, "
+        f"shape in {', '.join(SHAPES)} and relation in {', '.join(RELATIONS)} (e.g. \"a red cube\", \"a red cube on "
+        f"a blue sphere\"); other prompts need guidance.type=sds with Stable Diffusion")
+
+
+def _object(words: list[str]) -> tuple[str, str] | None:
+    """['red', 'cube'] -> ('cube', 'red'), else None (filler words already removed)."""
+    if len(words) == 2 and words[0] in COLOURS and words[1] in SHAPES:
+        return words[1], words[0]
+    return None
+
+
+def parse_scene(prompt: str) -> Scene:
+    """The scene a prompt asks for (module docstring); anything else is a one-line UserError listing the vocabulary."""
+    words = [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in _FILLER]
+    text = " ".join(words)
+    one = _object(words)
+    if one is not None:
+        return Scene((Part(one[0], one[1]),))
+    if len(words) == 5 and words[2] == "with" and words[4] == "front" and words[3] in COLOURS:
+        one = _object(words[:2])
+        if one is not None:
+            return Scene((Part(one[0], one[1], front=words[3]),))
+    for relation, (axis, sign) in RELATIONS.items():
+        head, sep, tail = f" {text} ".partition(f" {relation} ")
+        if sep:
+            first, second = _object(head.split()), _object(tail.split())
+            if first is not None and second is not None:
+                centre = [0.0, 0.0, 0.0]
+                centre[axis] = sign * PAIR_OFFSET
+                other = tuple(0.0 - c for c in centre)
+                return Scene((Part(first[0], first[1], tuple(centre), PAIR_SCALE),
+                              Part(second[0], second[1], other, PAIR_SCALE)), relation)
+    raise _unknown(prompt)
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
-    """'a red cube' -> ('cube', 'red'); anything else is a one-line UserError listing the vocabulary."""
-    words = re.findall(r"[a-z]+", prompt.lower())
-    shapes = [w for w in words if w in SHAPES]
-    colours = [w for w in words if w in COLOURS]
-    filler = {"a", "an", "the", "one", "single"}
-    extra = [w for w in words if w not in SHAPES and w not in COLOURS and w not in filler]
-    if len(shapes) != 1 or len(colours) != 1 or extra:
-        raise UserError(
-            f"the embedded prior does not know '{prompt}': it knows 'a <colour> <shape>' with colour in "
-            f"{', '.join(COLOURS)} and shape in {', '.join(SHAPES)} (e.g. \"a red cube\"); "
-            f"other prompts need guidance.type=sds with Stable Diffusion")
-    return shapes[0], colours[0]
+    """'a red cube' -> ('cube', 'red'): a prompt of the first vocabulary; anything else is a one-line UserError."""
+    scene = parse_scene(prompt)
+    if not scene.legacy:
+        raise UserError(f"'{prompt}' is not one plain object ('a <colour> <shape>'): use parse_scene")
+    return scene.parts[0].shape, scene.parts[0].colour
 
 
 def sdf(shape: str, p: Tensor) -> Tensor:
@@ -111,3 +183,62 @@ def render_alpha(shape: str, origins: Tensor, dirs: Tensor, iterations: int = 12
         keep = ~done & (t < t_exit)
         active, t, t_exit = active[keep], t[keep], t_exit[keep]
     return hit.to(origins.dtype)
+
+
+def _local(part: Part, p: Tensor) -> Tensor:
+    """World points [M,3] -> the part's own full-size frame."""
+    return (p - p.new_tensor(part.centre)) / part.scale
+
+
+def scene_inside(scene: Scene, p: Tensor) -> Tensor:
+    """Inside test [K, M] bool of points [M,3] for each of the scene's K parts (the IoU oracle)."""
+    return torch.stack([inside(part.shape, _local(part, p)) for part in scene.parts])
+
+
+def scene_sdf(scene: Scene, p: Tensor) -> tuple[Tensor, Tensor]:
+    """(distance bound [M] of the union, index [M] of the nearest part); a scaled bound is a bound."""
+    d = torch.stack([sdf(part.shape, _local(part, p)) * part.scale for part in scene.parts])
+    best = d.min(0)
+    return best.values, best.indices
+
+
+def scene_palette(scene: Scene) -> list[str]:
+    """The colour of each surface label: parts' colours, then the front colours, in part order."""
+    return [part.colour for part in scene.parts] + [part.front for part in scene.parts if part.front]
+
+
+def surface_label(scene: Scene, p: Tensor) -> Tensor:
+    """Index [M] into scene_palette of the colour at surface points [M,3]."""
+    _, nearest = scene_sdf(scene, p)
+    label = nearest.clone()
+    slot = len(scene.parts)
+    for k, part in enumerate(scene.parts):
+        if part.front:
+            label[(nearest == k) & (_local(part, p)[:, 2] >= FRONT_Z)] = slot
+            slot += 1
+    return label
+
+
+@torch.no_grad()
+def render_scene(scene: Scene, origins: Tensor, dirs: Tensor, iterations: int = 128) -> Tensor:
+    """Colour label [N] long of rays [N,3] (unit dirs): an index into scene_palette, -1 where the ray misses.
+
+    Sphere tracing of the union's distance bound, as in render_alpha."""
+    b = (origins * dirs).sum(-1)
+    c = (origins * origins).sum(-1) - BOUNDING_RADIUS ** 2
+    disc = b * b - c
+    label = torch.full((origins.shape[0],), -1, dtype=torch.long, device=origins.device)
+    active = (disc > 0).nonzero()[:, 0]
+    root = disc[active].sqrt()
+    t, t_exit = (-b[active] - root).clamp(min=0), -b[active] + root
+    for _ in range(iterations):
+        if active.numel() == 0:
+            break
+        points = origins[active] + t[:, None] * dirs[active]
+        d, _ = scene_sdf(scene, points)
+        done = d < 1e-4
+        label[active[done]] = surface_label(scene, points[done])
+        t = t + d.clamp(min=1e-4)
+        keep = ~done & (t < t_exit)
+        active, t, t_exit = active[keep], t[keep], t_exit[keep]
+    return label

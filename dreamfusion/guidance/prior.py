@@ -1,12 +1,25 @@
 """The embedded prior: the exact optimal denoiser of a finite, procedurally rendered image set.
 
-For x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps and a uniform distribution over images {x_i},
-    E[x0 | x_t] = sum_i w_i x_i,   w = softmax_i(-|x_t - sqrt(abar_t) x_i|^2 / (2 (1 - abar_t)))
+For x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps and a distribution with masses m_i over images {x_i},
+    E[x0 | x_t] = sum_i w_i x_i,   w = softmax_i(log m_i - |x_t - sqrt(abar_t) x_i|^2 / (2 (1 - abar_t)))
     eps_hat     = (x_t - sqrt(abar_t) E[x0 | x_t]) / sqrt(1 - abar_t)
 (Tweedie's formula for a mixture of Diracs). It is a pixel-space noise predictor with the same interface
-as the Stable Diffusion wrapper, so the SDS rule, t schedule, weighting and CFG are shared: conditional =
-the prompt's images, unconditional = every vocabulary prompt's images, both restricted to dataset views
-near the render camera (the analogue of view-dependent prompts).
+as the Stable Diffusion wrapper, so the SDS rule, t schedule, weighting and CFG are shared.
+
+Which images a prompt stands for (primitives.py has the prompt forms):
+- The first vocabulary ('a red cube', the demo): the prompt's images from the dataset views near the render
+  camera (conditional) against every vocabulary prompt's from those views (unconditional). The camera itself
+  picks the view, so ``view_dependent`` changes nothing (kept as it was: the demo's results are unchanged).
+- Every other prompt (an object with a front, two objects and a relation) is conditioned on text only, as with
+  Stable Diffusion: the prompt alone stands for its images from ALL dataset views (any azimuth: an object seen
+  from the camera may face any way), and a view-dependent prompt ('..., front view' / 'side view' / 'back view'
+  / 'overhead view', the camera's label in guidance/prompts.py) for its images from the dataset views carrying
+  that label (all views when none does). The unconditional set is every vocabulary prompt's images and the
+  prompt's own, from all views (or the negative prompt's).
+The prior's "text embedding" of such a prompt is [1, 1, 1 + V]: the index of the prompt's image set in the
+prior's own table, then a distribution over the V dataset views (the unconditional row: the unconditional set,
+uniform). Perp-Neg's interpolated prompts (r front + (1 - r) side) are then mixtures of the view buckets, and
+``predict_eps`` serves Perp-Neg as it serves Stable Diffusion.
 """
 
 from __future__ import annotations
@@ -15,7 +28,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +39,8 @@ from render.rays import generate_rays
 
 from ..errors import ConfigError, UserError
 from ..io import atomic_write
-from .primitives import COLOURS, SHAPES, parse_prompt, render_alpha
+from .primitives import COLOURS, SHAPES, Scene, parse_scene, render_alpha, render_scene, scene_palette
+from .prompts import TextConditioning, view_label
 
 __all__ = ["EmbeddedPrior", "PriorCondition", "closed_form_eps", "scaled_linear_alphas_cumprod", "BACKGROUNDS"]
 
@@ -34,6 +48,7 @@ BACKGROUNDS = {"gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0), "black": (0.0,
 SUPERSAMPLE = 3  # rays per pixel side when rendering the silhouettes (anti-aliasing)
 MIN_VIEWS = 4  # when no dataset view lies inside the window, use this many nearest ones
 CACHE_VERSION = 1
+SCENE_CACHE_VERSION = 1
 
 
 def scaled_linear_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
@@ -47,6 +62,18 @@ def closed_form_eps(x_t: Tensor, abar: Tensor, images: Tensor) -> Tensor:
     sqrt_ab, var = abar.sqrt(), 1.0 - abar
     logits = -((x_t[None] - sqrt_ab * images) ** 2).sum(-1) / (2.0 * var)
     mean = torch.softmax(logits, 0) @ images  # E[x0 | x_t]
+    return (x_t - sqrt_ab * mean) / var.sqrt()
+
+
+def mixture_eps(x_t: Tensor, abar: Tensor, pieces: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """eps_hat [D] of x_t [D] for images with masses given as pieces (images [K_j, D], log mass [K_j]): the
+    softmax over all pieces at once, without concatenating the images."""
+    sqrt_ab, var = abar.sqrt(), 1.0 - abar
+    logits = [lm - ((x_t[None] - sqrt_ab * x) ** 2).sum(-1) / (2.0 * var) for x, lm in pieces]
+    top = torch.stack([lg.max() for lg in logits]).max()
+    weights = [torch.exp(lg - top) for lg in logits]
+    total = sum(w.sum() for w in weights)
+    mean = sum(w @ x for w, (x, _) in zip(weights, pieces)) / total  # E[x0 | x_t]
     return (x_t - sqrt_ab * mean) / var.sqrt()
 
 
@@ -103,12 +130,48 @@ def load_silhouettes(shape: str, cams: Cameras, resolution: int) -> Tensor:
     return alpha
 
 
-class PriorCondition(NamedTuple):
-    """One prompt under the prior: the conditional image set [V, D] and the unconditional one (every
-    vocabulary prompt's images [S, C, V, D], or the negative prompt's [1, 1, V, D])."""
+def _scene_key(scene: Scene, cams: Cameras, resolution: int) -> str:
+    return hashlib.sha1(repr((SCENE_CACHE_VERSION, tuple(scene.parts), resolution, cams.c2w.numpy().round(5).tobytes(),
+                              cams.fovy.numpy().round(6).tobytes())).encode()).hexdigest()[:16]
 
-    cond: Tensor
-    uncond: Tensor
+
+def render_scene_coverage(scene: Scene, cams: Cameras, resolution: int, views_per_chunk: int = 64) -> Tensor:
+    """Anti-aliased coverage [V, K, R, R] of each of the scene's K palette colours seen from each camera."""
+    side, k = resolution * SUPERSAMPLE, len(scene_palette(scene))
+    out = []
+    for v in range(0, cams.c2w.shape[0], views_per_chunk):
+        origins, dirs = generate_rays(cams.c2w[v:v + views_per_chunk], cams.fovy[v:v + views_per_chunk], side, side)
+        label = render_scene(scene, origins.reshape(-1, 3), dirs.reshape(-1, 3)).reshape(-1, side, side)
+        onehot = F.one_hot(label + 1, k + 1)[..., 1:].permute(0, 3, 1, 2).float()  # [n, K, side, side]; -1 = none
+        out.append(F.avg_pool2d(onehot, SUPERSAMPLE))
+    return torch.cat(out)
+
+
+def load_scene_coverage(scene: Scene, cams: Cameras, resolution: int) -> Tensor:
+    """Scene coverage from the cache, rendered and stored on first use."""
+    path = cache_dir() / f"scene-{resolution}px-{cams.c2w.shape[0]}v-{_scene_key(scene, cams, resolution)}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:
+            pass  # a corrupt cache entry is rebuilt below
+    coverage = render_scene_coverage(scene, cams, resolution)
+    try:
+        atomic_write(path, lambda fh: torch.save(coverage, fh))
+    except UserError:
+        pass
+    return coverage
+
+
+@dataclass
+class PriorCondition(TextConditioning):
+    """One prompt under the prior. ``uncond`` / ``cond`` are its "text embeddings" (module docstring); for a
+    prompt of the first vocabulary (``windowed``) ``images`` [V, D] and ``uncond_images`` (every vocabulary
+    prompt's [S, C, V, D], or the negative prompt's [1, 1, V, D]) are read near the camera instead."""
+
+    images: Tensor
+    uncond_images: Tensor
+    windowed: bool
 
 
 class EmbeddedPrior:
@@ -134,17 +197,63 @@ class EmbeddedPrior:
         a = alphas[:, None, :, None]  # [S,1,V,1,R,R]
         imgs = a * palette[None, :, None, :, None, None] + (1 - a) * bg[None, None, None, :, None, None]
         self.images = (imgs * 2 - 1).flatten(3)  # [S, C, V, 3RR]
+        self._cams, self._bg = cams, bg
+        self._scene_cache: dict[Scene, Tensor] = {}
+        self._sets: list[list[tuple]] = []  # image sets (lists of piece names) named by the embeddings' first entry
+        self._pieces: dict[tuple, Tensor | tuple] = {}  # name -> images [N, V, D], or _piece's flattened form
+        self._set_ids: dict[tuple, int] = {}
+        # per view label, the distribution over dataset views that '<prompt>, <label> view' stands for
+        labels = view_label(cams.elevation, cams.azimuth)
+        self.label_weights = {}
+        for label in ("front", "side", "back", "overhead"):
+            mask = torch.tensor([x == label for x in labels], dtype=torch.float32, device=self.device)
+            mask = mask if mask.sum() > 0 else torch.ones_like(mask)
+            self.label_weights[label] = mask / mask.sum()
 
-    def _prompt_images(self, prompt: str) -> Tensor:  # [V, D]
-        shape, colour = parse_prompt(prompt)
-        return self.images[SHAPES.index(shape), list(COLOURS).index(colour)]
+    def _scene_images(self, scene: Scene) -> Tensor:  # [V, D]
+        if scene.legacy:
+            part = scene.parts[0]
+            return self.images[SHAPES.index(part.shape), list(COLOURS).index(part.colour)]
+        if scene not in self._scene_cache:
+            coverage = load_scene_coverage(scene, self._cams, self.resolution).to(self.device)  # [V, K, R, R]
+            palette = torch.tensor([COLOURS[c] for c in scene_palette(scene)], device=self.device)  # [K, 3]
+            imgs = torch.einsum("vkhw,kc->vchw", coverage, palette) + (1 - coverage.sum(1, keepdim=True)) * \
+                self._bg[None, :, None, None]
+            self._scene_cache[scene] = (imgs * 2 - 1).flatten(1)
+        return self._scene_cache[scene]
+
+    def _register(self, key: tuple, pieces: list[tuple[tuple, Tensor]]) -> float:
+        """The index of an image set in the prior's table, added on first use. A set is a list of named pieces
+        [N_j, V, D] (N_j images per view), each kept once (``_piece`` flattens it on first use)."""
+        for name, images in pieces:
+            self._pieces.setdefault(name, images)
+        if key not in self._set_ids:
+            self._set_ids[key] = len(self._sets)
+            self._sets.append([name for name, _ in pieces])
+        return float(self._set_ids[key])
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PriorCondition:
-        """The prompt's images; the unconditional set is the negative prompt's, else every vocabulary prompt's.
-        (The prior always keeps the dataset views near the render camera: its analogue of view-dependent
-        prompts, so ``view_dependent`` changes nothing.)"""
-        uncond = self._prompt_images(negative_prompt)[None, None] if negative_prompt.strip() else self.images
-        return PriorCondition(self._prompt_images(prompt), uncond)
+        """The prompt's conditioning (module docstring): for the first vocabulary its images and the unconditional
+        set, read near the camera; for every prompt the text-only embeddings that ``predict_eps`` reads."""
+        scene = parse_scene(prompt)
+        images = self._scene_images(scene)
+        vocabulary = self.images.flatten(0, 1)  # [S C, V, D]
+        if negative_prompt.strip():
+            negative = self._scene_images(parse_scene(negative_prompt))
+            uncond_images, uncond_key = negative[None, None], ("neg", negative_prompt)
+            uncond_pieces = [(("prompt", negative_prompt), negative[None])]
+        else:
+            uncond_images = self.images
+            uncond_pieces = [(("vocabulary",), vocabulary)] + ([] if scene.legacy else [(("prompt", prompt), images[None])])
+            uncond_key = ("vocabulary",) if scene.legacy else ("vocabulary", prompt)
+        views = self.view_dirs.shape[0]
+        uniform = torch.full((views,), 1.0 / views, device=self.device)
+        row = lambda set_id, w: torch.cat([w.new_tensor([set_id]), w])[None, None]  # [1, 1, 1 + V]
+        uncond = row(self._register(uncond_key, uncond_pieces), uniform)
+        own = self._register(("prompt", prompt), [(("prompt", prompt), images[None])])
+        cond = {label: row(own, w) for label, w in self.label_weights.items()} if view_dependent \
+            else {"all": row(own, uniform)}
+        return PriorCondition(uncond, cond, images, uncond_images, windowed=scene.legacy)
 
     def encode(self, images: Tensor) -> Tensor:
         """[B,H,W,3] in [0,1] -> x0 [B,3,R,R] in [-1,1], differentiable (area-resized when H != R)."""
@@ -175,14 +284,54 @@ class EmbeddedPrior:
             return ok.nonzero()[:, 0]
         return torch.argsort(angle / self.window + size_gap / 0.1)[:MIN_VIEWS]
 
+    def _piece(self, name: tuple) -> tuple[Tensor, Tensor, Tensor]:
+        """A piece flattened in float64 (images [M, D], squared norms [M], view of each row [M]), made on first use."""
+        piece = self._pieces[name]
+        if isinstance(piece, Tensor):
+            flat = piece.reshape(-1, piece.shape[-1]).double()
+            views = torch.arange(piece.shape[1], device=self.device).repeat(piece.shape[0])
+            piece = self._pieces[name] = (flat, (flat * flat).sum(-1), views)
+        return piece
+
+    @torch.no_grad()
+    def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
+        """x_t [B, 3, R, R], t [B] long, embeddings [K, B, 1, 1 + V] (module docstring) -> eps [K, B, 3, R, R]:
+        each image under each of its K conditions, the exact denoiser of the image set with those view masses.
+
+        In float64, with the per-image constant |x_t|^2 dropped from the logits:
+        -|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar)) = (2 sqrt(abar) <x_t, x_i> - abar |x_i|^2) / (2 (1 - abar)) + c."""
+        k, batch = embeddings.shape[:2]
+        out = torch.empty((k, *x_t.shape), device=x_t.device, dtype=torch.float32)
+        for i in range(k):
+            for b in range(batch):
+                e = embeddings[i, b].reshape(-1).to(self.device, torch.float64)
+                names = self._sets[int(round(float(e[0])))]
+                pieces = [self._piece(n) for n in names]
+                per_view = sum(p[0].shape[0] for p in pieces) / (e.numel() - 1)  # images per view
+                log_mass = (e[1:].clamp(min=0) / per_view).log()  # [V]: -inf where a view has no mass
+                abar = self.alphas_cumprod[t[b]].double()
+                sqrt_ab, var = abar.sqrt(), 1.0 - abar
+                x = x_t[b].reshape(-1).to(self.device, torch.float64)
+                logits = [log_mass[views] + (2 * sqrt_ab * (images @ x) - abar * sq) / (2 * var)
+                          for images, sq, views in pieces]
+                top = torch.stack([lg.max() for lg in logits]).max()
+                weights = [torch.exp(lg - top) for lg in logits]
+                mean = sum(w @ p[0] for w, p in zip(weights, pieces)) / sum(w.sum() for w in weights)
+                out[i, b] = ((x - sqrt_ab * mean) / var.sqrt()).reshape(x_t.shape[1:]).float()
+        return out
+
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Cameras, cond: PriorCondition) -> tuple[Tensor, Tensor]:
+        if not cond.windowed:
+            uncond, conds = cond.for_cameras(cameras, x_t.shape[0])  # [B, 1, 1 + V] each
+            eps = self.predict_eps(x_t, t, torch.stack([uncond, conds]))
+            return eps[0], eps[1]
         B = x_t.shape[0]
         eps_u, eps_c = torch.empty_like(x_t), torch.empty_like(x_t)
         for b in range(B):
             idx = self.select_views(cameras, b)
             abar = self.alphas_cumprod[t[b]]
             flat = x_t[b].reshape(-1)
-            eps_c[b] = closed_form_eps(flat, abar, cond.cond[idx]).reshape(x_t.shape[1:])
-            eps_u[b] = closed_form_eps(flat, abar, cond.uncond[:, :, idx].reshape(-1, flat.numel())).reshape(x_t.shape[1:])
+            eps_c[b] = closed_form_eps(flat, abar, cond.images[idx]).reshape(x_t.shape[1:])
+            eps_u[b] = closed_form_eps(flat, abar, cond.uncond_images[:, :, idx].reshape(-1, flat.numel())).reshape(x_t.shape[1:])
         return eps_u, eps_c
