@@ -46,7 +46,7 @@ def pick_shading(step: int, cfg, generator: torch.Generator) -> str:
     """DreamFusion shading schedule: albedo during warm-up, then albedo / textureless / lambertian at random."""
     if step < cfg.albedo_warmup_steps:
         return "albedo"
-    u = torch.rand((), generator=generator).item()
+    u = torch.rand((), generator=generator, device=generator.device).item()
     if u < cfg.albedo_prob:
         return "albedo"
     return "textureless" if u < cfg.albedo_prob + cfg.textureless_prob else "lambertian"

@@ -154,7 +154,7 @@ class GaussianField(Field):
         _, dirs = generate_rays(cameras.c2w.to(self.means), cameras.fovy.to(self.means), height, width)
         B = cameras.c2w.shape[0]
         bg = background(dirs) if background is not None else solid_background(
-            background_kind, (B, height, width), generator, self.means.device)
+            background_kind, (B, height, width), generator, device=self.means.device)
         albedo, opacity = out["rgb"], out["alpha"]
         return {"rgb": albedo + (1.0 - opacity) * bg, "opacity": opacity, "depth": out["depth"], "albedo": albedo,
                 "normal": None, "dirs": dirs, "means2d": out["means2d"], "radii": out["radii"]}
