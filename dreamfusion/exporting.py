@@ -116,7 +116,8 @@ def export_run(field, background, cfg: Config, run_dir: Path, device, timer: Pha
     """Every artifact that can be made; the errors of those that could not, one line each. ``video_view``:
     ``eval_view(field, cfg.render.eval_grid)`` when the caller has it already (the trainer's last preview).
 
-    A failure of one artifact (an empty field has no mesh) does not lose the others.
+    A failure of one artifact (an empty field has no mesh) does not lose the others. Any other exception
+    propagates carrying the artifacts written so far as its ``written`` attribute.
     """
     timer = timer or PhaseTimer(quiet=True)
     field.eval()
@@ -139,5 +140,8 @@ def export_run(field, background, cfg: Config, run_dir: Path, device, timer: Pha
             written.update(job())
         except UserError as exc:
             errors.append(f"{name}: {exc}")
+        except Exception as exc:
+            exc.written = written  # an unexpected failure: the artifacts already written stay listed (run.py)
+            raise
     field.train()
     return written, errors
