@@ -220,7 +220,8 @@ class Trainer:
         self._adam_step(warmup_factor(self.step, c.optim))
         self.field.after_step(self.step, self.optimizer)
         self.step += 1
-        return {"loss": loss.item(), **{k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()}}
+        return {"loss": loss.item(), **{k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()},
+                **self.field.log_terms()}
 
     def _adam_step(self, factor: float) -> None:
         """optimizer.step() with every group's lr scaled by `factor` for this step only, so the warm-up

@@ -81,7 +81,7 @@ class GaussianConfig:
     prune_scale: float = 0.1
     """Prune Gaussians whose largest scale exceeds this (0 disables)."""
     max_count: int = 8000
-    """Cap on the number of Gaussians densification may reach (0 = no cap)."""
+    """Cap on the number of Gaussians densification may reach (0 = no cap, warned about: SDS grows it without bound)."""
 
 
 @dataclass
