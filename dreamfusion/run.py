@@ -28,6 +28,7 @@ from .checkpoint import CHECKPOINT, check_output_dir, load_checkpoint, make_run_
 from .config import Config, load_run_config, to_yaml
 from .errors import CheckpointError, UserError
 from .exporting import PhaseTimer, export_run
+from .extensions import prepare_kernels
 from .io import atomic_write_text
 
 __all__ = ["run", "export", "load_run", "resolve_device", "read_run_json", "RunResult", "LoadedRun", "RunRecord"]
@@ -145,6 +146,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
         check_output_dir(cfg.output_dir)  # likewise for an output_dir that cannot hold the run folder
     with timer.phase("load_guidance"):
         guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
+    prepare_kernels(cfg, device, timer)  # nerfacc / gsplat CUDA builds announced here, not mid-training
     if not resuming:
         run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt)) if run_dir is None else _fresh_run_dir(run_dir)
     trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
@@ -276,6 +278,9 @@ def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     record.data["status"] = read_run_json(run_dir).get("status", "done")
     record.forget_export()
     timer = PhaseTimer(quiet=quiet)
+    prepare_kernels(cfg, loaded.device, timer)
+    if hasattr(loaded.field, "rasterizer"):  # built before: follow a fall-back to the PyTorch twin
+        loaded.field.rasterizer = cfg.field.gaussian.rasterizer
     try:
         written, errors = export_run(loaded.field, loaded.background, cfg, run_dir, loaded.device, timer)
     except UserError:
