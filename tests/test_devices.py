@@ -187,11 +187,15 @@ def test_no_computation_takes_a_cpu_device_default():
 
 # -- the GPU suite: every path end to end on DREAMFUSION_TEST_DEVICE (default cuda) -----------------------
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", list(CASES))
-def test_cli_end_to_end_on_the_test_device(case, request, tmp_path):
+def _need_test_device():
     if TEST_DEVICE == "cuda" and not torch.cuda.is_available():
         pytest.fail("the gpu suite needs CUDA (or DREAMFUSION_TEST_DEVICE=cpu to check its logic)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(CASES))
+def test_cli_end_to_end_on_the_test_device(case, request, tmp_path, tiny_clip_dir):
+    _need_test_device()
     rc, out, err = run_cli(command(case, request, tmp_path, TEST_DEVICE))
     assert rc == 0, err
     run_dir = Path(out.splitlines()[-1])
@@ -203,3 +207,18 @@ def test_cli_end_to_end_on_the_test_device(case, request, tmp_path):
     rc, _, err = run_cli([*command(case, request, tmp_path, TEST_DEVICE), f"resume={run_dir}", "steps=4"])
     assert rc == 0, err
     assert json.loads((run_dir / "run.json").read_text())["step"] == 4
+    rc, out, err = run_cli(["eval", run_dir, "--clip-model", tiny_clip_dir, "--views", "2", "--resolution", "16",
+                            "--device", TEST_DEVICE])
+    assert rc == 0, err
+
+
+@pytest.mark.gpu
+def test_batch_with_one_actor_on_the_test_device(tmp_path):
+    _need_test_device()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere\n")
+    rc, out, err = run_cli(["batch", prompts, "--config", "demo", "--max-parallel", "1", f"device={TEST_DEVICE}",
+                            f"output_dir={tmp_path / 'runs'}", *SMALL, *PRIOR])
+    assert rc == 0, err
+    runs = json.loads((Path(out.splitlines()[-1]) / "batch.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["done", "done"], runs
