@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 import dreamfusion.exporting
 from dreamfusion import train as train_module
