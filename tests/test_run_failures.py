@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 import dreamfusion.exporting
 from dreamfusion import train as train_module
 from test_devices import command, run_cli  # the tiny Stable Diffusion command line of the device tests
