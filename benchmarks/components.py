@@ -61,9 +61,10 @@ def bench_hashgrid(args, device, clock) -> list[dict]:
     from dreamfusion.fields.hashgrid import HashGrid, TcnnHashGrid, _tcnn_available
 
     cfg = FieldConfig()
-    kwargs = dict(bound=cfg.bound, n_levels=cfg.n_levels, n_features_per_level=cfg.n_features_per_level,
-                  log2_hashmap_size=cfg.log2_hashmap_size, base_resolution=cfg.base_resolution,
-                  per_level_scale=cfg.per_level_scale)
+    grid_cfg = cfg.hashgrid
+    kwargs = dict(bound=cfg.bound, n_levels=grid_cfg.n_levels, n_features_per_level=grid_cfg.n_features_per_level,
+                  log2_hashmap_size=grid_cfg.log2_hashmap_size, base_resolution=grid_cfg.base_resolution,
+                  per_level_scale=grid_cfg.per_level_scale)
     points = torch.rand(args.points, 3, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
     impls = {"torch": lambda: HashGrid(**kwargs)}
     rows = []

@@ -3,6 +3,7 @@ against the fast settings (export.uv_max_faces, render.eval_grid), measured back
 
     python benchmarks/export.py                      # trains the demo's "a red cube" first (~70 s on 2 cores)
     python benchmarks/export.py RUN_DIR --resolution 128 --texture-size 1024
+    python benchmarks/export.py --set steps=2 --set render.eval_grid=16 --resolution 16 --frames 2   # smoke
 
 For each setting: seconds per export phase (mesh, decimate, unwrap, bake, write, grid, video), the mesh's
 IoU and colour error under the embedded prior (metrics.prior_scores), and the PSNR of 12 orbit frames
@@ -40,9 +41,9 @@ SETTINGS = [("old path: every face unwrapped, video from the field", ["export.uv
 MESH_PHASES = ("export.mesh", "export.decimate", "export.unwrap", "export.bake", "export.write")
 
 
-def train_demo(out: Path) -> Path:
+def train_demo(out: Path, overrides: list[str]) -> Path:
     proc = subprocess.run([sys.executable, "-m", "dreamfusion", "--config", "demo", "prompt=a red cube",
-                           f"output_dir={out}"], cwd=ROOT, capture_output=True, text=True)
+                           f"output_dir={out}", *overrides], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"demo run failed: {proc.stderr.strip().splitlines()[-1:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
@@ -54,7 +55,8 @@ def frames_psnr(loaded, grid: int, frames: int, side: int) -> float | None:
     if not grid:
         return None
     cfg, field = loaded.cfg, loaded.field.eval()
-    cams = orbit_cameras(frames, cfg.camera.eval_elevation, cfg.camera.eval_distance, cfg.camera.eval_fovy)
+    cams = orbit_cameras(frames, cfg.camera.eval_elevation, cfg.camera.eval_distance, cfg.camera.eval_fovy,
+                         device=loaded.device)
     kw = dict(n_samples=cfg.render.n_samples, background_kind="white")
     want = render_views_chunked(field, loaded.background, cams, side, side, occupancy=field.skip_grid(kw["n_samples"]), **kw)
     view = eval_view(field, grid)
@@ -69,15 +71,17 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--texture-size", type=int, default=512)
     ap.add_argument("--frames", type=int, default=60, help="orbit video frames")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of the demo run trained first and of every export (last word: overrides SETTINGS)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
-        source = Path(args.run_dir) if args.run_dir else train_demo(Path(tmp) / "train")
+        source = Path(args.run_dir) if args.run_dir else train_demo(Path(tmp) / "train", args.set)
         rows = []
         for label, overrides in SETTINGS:
             work = Path(tmp) / f"export{len(rows)}"
             shutil.copytree(source, work)
             over = [f"export.resolution={args.resolution}", f"export.texture_size={args.texture_size}",
-                    f"export.video_frames={args.frames}", *overrides]
+                    f"export.video_frames={args.frames}", *overrides, *args.set]
             loaded = load_run(work, overrides=over)
             timer = PhaseTimer(quiet=True)
             written, errors = export_run(loaded.field, loaded.background, loaded.cfg, work, loaded.device, timer)
@@ -90,7 +94,7 @@ def main() -> None:
                          "mesh_s": round(sum(s.get(k, 0.0) for k in MESH_PHASES), 2),
                          "video_s": round(s.get("export.grid", 0.0) + s["export.video"], 2),
                          "iou": round(scores["iou"], 4), "albedo_err": round(scores["albedo_err"], 4),
-                         "psnr_db": frames_psnr(loaded, grid, 12, loaded.cfg.export.video_resolution)})
+                         "psnr_db": frames_psnr(loaded, grid, min(12, args.frames), loaded.cfg.export.video_resolution)})
     base = rows[0]
     print(f"# {time.strftime('%Y-%m-%d')} | {os.cpu_count()} CPU cores | load {os.getloadavg()[0]:.2f} at the end | "
           f"torch {torch.__version__} | export.resolution={args.resolution} texture {args.texture_size} px, "

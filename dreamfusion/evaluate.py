@@ -101,7 +101,7 @@ def render_run(run_dir: Path, views: int, resolution: int, device: torch.device)
 
 @torch.no_grad()
 def evaluate(run_dirs: list[Path], clip, views: int = 8, resolution: int | None = None,
-             device: torch.device | str = "cpu") -> tuple[dict, Tensor, Tensor]:
+             *, device: torch.device | str) -> tuple[dict, Tensor, Tensor]:
     """(report, image_emb [R, V, D], text_emb [R, D]) for the runs, with a loaded FrozenCLIP ``clip``."""
     device = torch.device(device)
     side = resolution or clip.input_size
@@ -169,7 +169,7 @@ def cmd_eval(argv: list[str]) -> int:
         _check_run_dir(run_dir)
     device = resolve_device(args.device)
     clip = FrozenCLIP.load(args.clip_model, device=device, role="evaluation")
-    report, _, _ = evaluate(args.runs, clip, args.views, args.resolution, device)
+    report, _, _ = evaluate(args.runs, clip, args.views, args.resolution, device=device)
     report = {"clip_model": args.clip_model, **report}
     print(format_table(report), file=sys.stderr)
     text = json.dumps(report, indent=2)

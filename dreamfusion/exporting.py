@@ -18,6 +18,7 @@ from .errors import UserError
 from .export import (bake_albedo, colorize_depth, decimate, extract_mesh, normals_to_rgb, stack_panels, unwrap,
                      vertex_colors, write_glb, write_obj, write_video)
 from .fields.baked import BakedField
+from .fields.base import field_device
 from .latent import rgb_view
 from .renderer import render_views_chunked
 
@@ -59,11 +60,12 @@ def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = No
                 density_fn=None) -> dict[str, Path]:
     """mesh/model.obj (+ .mtl, .png) and mesh/model.glb. ``density_fn`` (default ``field.density``) is what marching
     cubes samples: a BakedField of the same resolution gives the same grid without a second pass."""
-    e, timer = cfg.export, timer or PhaseTimer(quiet=True)
+    e, timer, device = cfg.export, timer or PhaseTimer(quiet=True), field_device(field)
     with timer.phase("export.mesh", f"marching cubes on a {e.resolution}^3 density grid"):
         vertices, faces = extract_mesh(density_fn or field.density, field.bound, e.resolution, threshold=e.threshold,
                                        min_component_ratio=e.min_component_ratio, decimate_faces=e.decimate_faces,
-                                       auto_optical_depth=surface_optical_depth(field, e.auto_optical_depth))
+                                       auto_optical_depth=surface_optical_depth(field, e.auto_optical_depth),
+                                       device=device)
     albedo_fn = lambda pts: field(pts)["albedo"]  # noqa: E731
     mesh_dir = Path(run_dir) / "mesh"
     mesh_dir.mkdir(exist_ok=True)
@@ -74,11 +76,11 @@ def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = No
         with timer.phase("export.unwrap", f"UV atlas of {len(faces)} faces (xatlas)"):
             vertices, faces, uv = unwrap(vertices, faces, size=e.texture_size)
         with timer.phase("export.bake", f"albedo baked into a {e.texture_size} px texture"):
-            texture = bake_albedo(vertices, faces, uv, albedo_fn, size=e.texture_size)
+            texture = bake_albedo(vertices, faces, uv, albedo_fn, size=e.texture_size, device=device)
         kwargs = {"uv": uv, "texture": texture}
     else:
         with timer.phase("export.bake", f"vertex colours of {len(vertices)} vertices"):
-            kwargs = {"vertex_colors": vertex_colors(vertices, albedo_fn)}
+            kwargs = {"vertex_colors": vertex_colors(vertices, albedo_fn, device=device)}
     with timer.phase("export.write", "mesh/model.obj and mesh/model.glb"):
         write_obj(mesh_dir / "model.obj", vertices, faces, **kwargs)
         write_glb(mesh_dir / "model.glb", vertices, faces, **kwargs)
@@ -114,7 +116,8 @@ def export_run(field, background, cfg: Config, run_dir: Path, device, timer: Pha
     """Every artifact that can be made; the errors of those that could not, one line each. ``video_view``:
     ``eval_view(field, cfg.render.eval_grid)`` when the caller has it already (the trainer's last preview).
 
-    A failure of one artifact (an empty field has no mesh) does not lose the others.
+    A failure of one artifact (an empty field has no mesh) does not lose the others. Any other exception
+    propagates carrying the artifacts written so far as its ``written`` attribute.
     """
     timer = timer or PhaseTimer(quiet=True)
     field.eval()
@@ -137,5 +140,8 @@ def export_run(field, background, cfg: Config, run_dir: Path, device, timer: Pha
             written.update(job())
         except UserError as exc:
             errors.append(f"{name}: {exc}")
+        except Exception as exc:
+            exc.written = written  # an unexpected failure: the artifacts already written stay listed (run.py)
+            raise
     field.train()
     return written, errors

@@ -29,11 +29,10 @@ def occupancy_grid(field, n_samples: int, resolution: int = 64, min_alpha: float
     fall between probes are kept; a sample of spacing 2 bound / n_samples in a skipped cell would have
     had alpha < min_alpha.
     """
-    bound, fine = field.bound, 2 * resolution
-    c = (torch.arange(fine, dtype=torch.float32) + 0.5) / fine * 2 * bound - bound
+    bound, fine, device = field.bound, 2 * resolution, field_device(field)
+    c = (torch.arange(fine, dtype=torch.float32, device=device) + 0.5) / fine * 2 * bound - bound
     pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
-    device = field_device(field)
-    density = torch.cat([field.density(p.to(device)) for p in pts.split(1 << 18)]).reshape(fine, fine, fine)
+    density = torch.cat([field.density(p) for p in pts.split(1 << 18)]).reshape(fine, fine, fine)
     cell = torch.nn.functional.max_pool3d(density[None, None], 2)  # [1,1,R,R,R]
     cell = torch.nn.functional.max_pool3d(cell, 3, stride=1, padding=1)[0, 0]
     return cell * (2 * bound / n_samples) > min_alpha
@@ -91,7 +90,7 @@ def render_volume(field, background, cameras: Cameras, height: int, width: int, 
     if background is not None:
         bg = background(dirs)
     else:
-        bg = solid_background(background_kind, (B, height, width), generator, origins.device)
+        bg = solid_background(background_kind, (B, height, width), generator, device=origins.device)
     if latent:
         bg = rgb_to_latent(bg)
     rgb = fg + (1.0 - opacity) * bg

@@ -6,6 +6,8 @@
 Every run folder holds ``run.json``, rewritten atomically as the run moves on: status (running / done / failed
 / interrupted), prompt, config name, artifact paths (relative to the folder), seconds per phase, final metrics
 and the one-line error of a failed run. The CLI, ``eval``, ``view``, ``report`` and ``batch`` use these.
+Any exception in training or export marks the run failed: its one line goes to run.json and the CLI, its
+traceback to ``error.log`` in the run folder (``ERROR_LOG``), and the artifacts written until then stay listed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime as _dt
 import json
 import shutil
 import sys
+import traceback
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -25,11 +28,13 @@ from .checkpoint import CHECKPOINT, check_output_dir, load_checkpoint, make_run_
 from .config import Config, load_run_config, to_yaml
 from .errors import CheckpointError, UserError
 from .exporting import PhaseTimer, export_run
+from .extensions import prepare_kernels
 from .io import atomic_write_text
 
 __all__ = ["run", "export", "load_run", "resolve_device", "read_run_json", "RunResult", "LoadedRun", "RunRecord"]
 
 RUN_FORMAT = "dreamfusion-run/1"
+ERROR_LOG = "error.log"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -141,6 +146,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
         check_output_dir(cfg.output_dir)  # likewise for an output_dir that cannot hold the run folder
     with timer.phase("load_guidance"):
         guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
+    prepare_kernels(cfg, device, timer)  # nerfacc / gsplat CUDA builds announced here, not mid-training
     if not resuming:
         run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt)) if run_dir is None else _fresh_run_dir(run_dir)
     trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
@@ -179,9 +185,36 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
         _report(record, timer, quiet)
         exc.run_dir = run_dir
         raise exc from None
+    except Exception as exc:  # a bug, not the user's: one line and the run folder; the traceback in error.log
+        raise _failed(record, timer, exc, quiet, step=trainer.step) from None
     record.update(status="done", finished=_now())
     _report(record, timer, quiet)
     return _result(record)
+
+
+def _failed(record: RunRecord, timer: PhaseTimer, exc: Exception, quiet: bool, **fields) -> UserError:
+    """Record an unexpected exception (status failed, its one line, the artifacts it left) and write its
+    traceback to the run folder's error.log; returns the one-line UserError for the CLI to print."""
+    log = record.run_dir / ERROR_LOG
+    lines = (str(exc).strip() or "no message").splitlines()
+    line = f"{type(exc).__name__}: {lines[0]}"
+    try:
+        log.write_text("".join(traceback.format_exception(exc)))
+        where = f"the traceback is in {log}"
+    except OSError as log_exc:
+        where = f"no {ERROR_LOG} ({log_exc.strerror or log_exc})"
+    written = dict(getattr(exc, "written", {}))
+    if (record.run_dir / CHECKPOINT).is_file():
+        written["checkpoint"] = record.run_dir / CHECKPOINT
+    record.update(status="failed", seconds=timer.seconds, error=line, finished=_now(),
+                  artifacts=record.relative(written), **fields)
+    try:
+        _report(record, timer, quiet)
+    except Exception as report_exc:  # the failure's record matters more than its report
+        print(f"warning: no report.html ({type(report_exc).__name__}: {report_exc})", file=sys.stderr)
+    error = UserError(f"{line} ({where}; please report it)")
+    error.run_dir = record.run_dir
+    return error
 
 
 def _report(record: RunRecord, timer: PhaseTimer, quiet: bool) -> None:
@@ -245,7 +278,15 @@ def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     record.data["status"] = read_run_json(run_dir).get("status", "done")
     record.forget_export()
     timer = PhaseTimer(quiet=quiet)
-    written, errors = export_run(loaded.field, loaded.background, cfg, run_dir, loaded.device, timer)
+    prepare_kernels(cfg, loaded.device, timer)
+    if hasattr(loaded.field, "rasterizer"):  # built before: follow a fall-back to the PyTorch twin
+        loaded.field.rasterizer = cfg.field.gaussian.rasterizer
+    try:
+        written, errors = export_run(loaded.field, loaded.background, cfg, run_dir, loaded.device, timer)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _failed(record, timer, exc, quiet) from None
     record.update(artifacts=record.relative(written), seconds=timer.seconds)
     if errors:
         raise UserError("; ".join(errors) + f" (the checkpoint in {run_dir} is intact: retry with "

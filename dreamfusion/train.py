@@ -48,7 +48,7 @@ def pick_shading(step: int, cfg, generator: torch.Generator) -> str:
     """DreamFusion shading schedule: albedo during warm-up, then albedo / textureless / lambertian at random."""
     if step < cfg.albedo_warmup_steps:
         return "albedo"
-    u = torch.rand((), generator=generator).item()
+    u = torch.rand((), generator=generator, device=generator.device).item()
     if u < cfg.albedo_prob:
         return "albedo"
     return "textureless" if u < cfg.albedo_prob + cfg.textureless_prob else "lambertian"
@@ -236,7 +236,7 @@ class Trainer:
                                f"is intact")
         self.step += 1
         return {"loss": loss.item(), **{k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()},
-                "skipped_steps": self.skipped}
+                "skipped_steps": self.skipped, **self.field.log_terms()}
 
     def _adam_step(self, factor: float) -> None:
         """optimizer.step() with every group's lr scaled by `factor` for this step only, so the warm-up

@@ -67,8 +67,8 @@ def test_mesh_of_the_baked_field_at_its_resolution_is_the_fields_mesh():
     field = small_nerf()
     r = 24
     baked = BakedField.bake(field, r)
-    v1, f1 = extract_mesh(field.density, BOUND, r)
-    v2, f2 = extract_mesh(baked.density, BOUND, r)
+    v1, f1 = extract_mesh(field.density, BOUND, r, device="cpu")
+    v2, f2 = extract_mesh(baked.density, BOUND, r, device="cpu")
     assert np.array_equal(f1, f2) and len(f1) > 100
     assert np.abs(v1 - v2).max() < 1e-4
 

@@ -92,13 +92,13 @@ def test_transmittance_loss_closed_form_and_gradient():
 # --- augmentation -----------------------------------------------------------------------------------
 
 def test_random_backgrounds_seeded_and_deterministic():
-    a = random_backgrounds(6, 20, 24, torch.Generator().manual_seed(3))
-    b = random_backgrounds(6, 20, 24, torch.Generator().manual_seed(3))
-    c = random_backgrounds(6, 20, 24, torch.Generator().manual_seed(4))
+    a = random_backgrounds(6, 20, 24, torch.Generator().manual_seed(3), device="cpu")
+    b = random_backgrounds(6, 20, 24, torch.Generator().manual_seed(3), device="cpu")
+    c = random_backgrounds(6, 20, 24, torch.Generator().manual_seed(4), device="cpu")
     assert a.shape == (6, 20, 24, 3) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
     # the renderer's entry point draws the same backgrounds from the same generator state
-    assert torch.equal(solid_background("augment", (6, 20, 24), torch.Generator().manual_seed(3)), a)
+    assert torch.equal(solid_background("augment", (6, 20, 24), torch.Generator().manual_seed(3), device="cpu"), a)
     assert build_background("augment") is None
 
 
@@ -214,7 +214,7 @@ def test_augment_background_composites_behind_the_render():
         white = render_views(field, None, cams, 16, 16, n_samples=16, background_kind="white")
         aug = render_views(field, None, cams, 16, 16, n_samples=16, background_kind="augment",
                            generator=torch.Generator().manual_seed(6))
-    bg = random_backgrounds(2, 16, 16, torch.Generator().manual_seed(6))
+    bg = random_backgrounds(2, 16, 16, torch.Generator().manual_seed(6), device="cpu")
     assert torch.allclose(aug["rgb"], white["rgb"] + (1 - white["opacity"]) * (bg - 1), atol=1e-6)
 
 

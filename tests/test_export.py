@@ -69,7 +69,7 @@ def test_density_grid_samples_vertices_spanning_the_box():
     # density = (x + 2) + 10 (y + 2) + 100 (z + 2) identifies every sample's coordinates exactly.
     fn = lambda p: (p[:, 0] + 2) + 10 * (p[:, 1] + 2) + 100 * (p[:, 2] + 2)
     bound, r = 0.75, 9
-    grid = density_grid(fn, bound, r, chunk=50)  # chunk smaller than R^3 and not dividing it
+    grid = density_grid(fn, bound, r, chunk=50, device="cpu")  # chunk smaller than R^3 and not dividing it
     axis = np.linspace(-bound, bound, r)
     x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
     np.testing.assert_allclose(grid, (x + 2) + 10 * (y + 2) + 100 * (z + 2), rtol=1e-6)
@@ -87,7 +87,7 @@ def test_optical_depth_of_constant_density_is_sigma_times_distance_to_nearest_fa
 def test_step_sphere_auto_surface_within_two_voxels():
     bound, res = 1.0, 64
     h = 2 * bound / (res - 1)
-    v, f = extract_mesh(step_sphere, bound, res)  # automatic level
+    v, f = extract_mesh(step_sphere, bound, res, device="cpu")  # automatic level
     radius = np.linalg.norm(v, axis=1)
     assert np.all(np.abs(radius - RADIUS) <= 2 * h)
     np.testing.assert_allclose(v.min(axis=0), -RADIUS, atol=2 * h)
@@ -101,7 +101,7 @@ def test_auto_level_carves_away_a_uniform_fog():
     bound, res = 1.0, 48
     h = 2 * bound / (res - 1)
     foggy = lambda p: step_sphere(p) + 0.2
-    v, f = extract_mesh(foggy, bound, res)
+    v, f = extract_mesh(foggy, bound, res, device="cpu")
     np.testing.assert_allclose(v.min(axis=0), -RADIUS, atol=2 * h)
     np.testing.assert_allclose(v.max(axis=0), RADIUS, atol=2 * h)
     # A step density puts the surface within half a voxel of the radius: volume within 3 (h/2) / r.
@@ -112,7 +112,7 @@ def test_auto_level_carves_away_a_uniform_fog():
 def sphere():
     """Smooth sphere at 48^3 with an explicit threshold: (vertices, faces, threshold, voxel size)."""
     bound, res, t = 1.0, 48, 1.0
-    v, f = extract_mesh(smooth_sphere, bound, res, threshold=t)
+    v, f = extract_mesh(smooth_sphere, bound, res, threshold=t, device="cpu")
     return v, f, t, 2 * bound / (res - 1)
 
 
@@ -139,18 +139,18 @@ def test_floater_is_dropped_and_kept_without_the_filter():
     floater = (0.75, 0.75, 0.75)
     fn = lambda p: _blend(torch.maximum(torch.sigmoid((RADIUS - p.norm(dim=-1)) / SOFT),
                                         torch.sigmoid((0.08 - (p - torch.tensor(floater)).norm(dim=-1)) / SOFT)))
-    alone_v, alone_f = extract_mesh(smooth_sphere, 1.0, 48, threshold=1.0)
-    v, f = extract_mesh(fn, 1.0, 48, threshold=1.0)
+    alone_v, alone_f = extract_mesh(smooth_sphere, 1.0, 48, threshold=1.0, device="cpu")
+    v, f = extract_mesh(fn, 1.0, 48, threshold=1.0, device="cpu")
     assert len(f) == len(alone_f)  # exactly the main sphere's faces are left
     np.testing.assert_allclose(np.sort(v, axis=0), np.sort(alone_v, axis=0), atol=1e-6)
-    v_all, f_all = extract_mesh(fn, 1.0, 48, threshold=1.0, min_component_ratio=0.0)
+    v_all, f_all = extract_mesh(fn, 1.0, 48, threshold=1.0, min_component_ratio=0.0, device="cpu")
     near = np.linalg.norm(v_all - np.array(floater), axis=1) < 0.2
     assert near.any() and len(f_all) > len(f)
 
 
 def test_field_touching_the_box_gives_a_closed_mesh_on_the_box():
     big = lambda p: smooth_sphere(p, radius=2.0)  # dense over the whole [-1, 1]^3 box (corners at 1.73)
-    v, f = extract_mesh(big, 1.0, 16, threshold=1.0)
+    v, f = extract_mesh(big, 1.0, 16, threshold=1.0, device="cpu")
     np.testing.assert_array_equal(v.min(axis=0), -1.0)
     np.testing.assert_array_equal(v.max(axis=0), 1.0)
     assert signed_volume(v, f) == pytest.approx(8.0, rel=1e-6)  # the cube itself
@@ -161,7 +161,7 @@ def test_field_touching_the_box_gives_a_closed_mesh_on_the_box():
 def test_empty_field_raises_one_line_user_error(threshold):
     fn = (lambda p: torch.full(p.shape[:1], LO)) if threshold is None else smooth_sphere
     with pytest.raises(UserError, match=r"the field is empty at threshold .*export\.threshold=") as info:
-        extract_mesh(fn, 1.0, 16, threshold=threshold)
+        extract_mesh(fn, 1.0, 16, threshold=threshold, device="cpu")
     assert "\n" not in str(info.value)
 
 
@@ -171,21 +171,21 @@ def test_empty_field_raises_one_line_user_error(threshold):
 ])
 def test_broken_field_or_threshold_is_a_one_line_user_error(fn, threshold, message):
     with pytest.raises(UserError, match=message) as info:
-        extract_mesh(fn, 1.0, 16, threshold=threshold)
+        extract_mesh(fn, 1.0, 16, threshold=threshold, device="cpu")
     assert "\n" not in str(info.value)
 
 
 def test_decimation_without_fast_simplification_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "fast_simplification", None)  # import now raises ImportError
     with pytest.raises(UserError, match="pip install fast-simplification") as info:
-        extract_mesh(smooth_sphere, 1.0, 24, decimate_faces=200)
+        extract_mesh(smooth_sphere, 1.0, 24, decimate_faces=200, device="cpu")
     assert "\n" not in str(info.value)
 
 
 def test_decimation_reaches_the_target_and_keeps_the_shape(sphere):
     import_oracle("fast_simplification", "pip install fast-simplification (the dev extra)")
     _, full_f, t, _ = sphere
-    v, f = extract_mesh(smooth_sphere, 1.0, 48, threshold=t, decimate_faces=1000)  # the fixture's level
+    v, f = extract_mesh(smooth_sphere, 1.0, 48, threshold=t, decimate_faces=1000, device="cpu")  # the fixture's level
     assert len(f) <= 1000 < len(full_f)
     assert signed_volume(v, f) == pytest.approx(4 / 3 * math.pi * level_radius(t) ** 3, rel=0.03)
 
@@ -233,7 +233,7 @@ def sample(texture: np.ndarray, uv: np.ndarray, v_down: bool) -> np.ndarray:
 
 def colour_match(vertices, colours, h) -> float:
     """Fraction of vertices away from the x = 0 colour edge whose sampled colour equals red_blue."""
-    expected = vertex_colors(vertices, red_blue).astype(int)
+    expected = vertex_colors(vertices, red_blue, device="cpu").astype(int)
     away = np.abs(vertices[:, 0]) > 1.5 * h
     assert away.sum() > 100
     return float((np.abs(colours - expected).max(axis=1) <= 8)[away].mean())
@@ -242,7 +242,7 @@ def colour_match(vertices, colours, h) -> float:
 @pytest.fixture(scope="module")
 def baked(sphere):
     v, f, _, h = sphere
-    return bake_texture(v, f, red_blue, size=256) + (h,)
+    return bake_texture(v, f, red_blue, size=256, device="cpu") + (h,)
 
 
 def test_bake_texture_shapes_and_vertices_on_the_mesh(sphere, baked):
@@ -297,7 +297,7 @@ def test_textured_glb_round_trip(tmp_path, baked):
 
 def test_vertex_colour_round_trip_is_exact(tmp_path, sphere):
     v, f, _, _ = sphere
-    vc = vertex_colors(v, red_blue)
+    vc = vertex_colors(v, red_blue, device="cpu")
     np.testing.assert_array_equal(np.unique(vc, axis=0), [[0, 0, 255], [255, 0, 0]])
     write_obj(tmp_path / "model.obj", v, f, vertex_colors=vc)
     write_glb(tmp_path / "model.glb", v, f, vertex_colors=vc)
@@ -341,7 +341,7 @@ def test_glb_passes_khronos_validator(tmp_path, sphere, baked, colour):
         write_glb(tmp_path / "model.glb", v2, f2, uv, tex)
     else:
         v, f, _, _ = sphere
-        write_glb(tmp_path / "model.glb", v, f, vertex_colors=vertex_colors(v, red_blue) if colour == "vertex" else None)
+        write_glb(tmp_path / "model.glb", v, f, vertex_colors=vertex_colors(v, red_blue, device="cpu") if colour == "vertex" else None)
     report = _validate(tmp_path / "model.glb")
     assert report["numErrors"] == 0, report["messages"]
     assert report["numWarnings"] == 0, report["messages"]
@@ -458,7 +458,7 @@ def test_uv_export_decimates_before_the_unwrap_and_keeps_shape_and_colour(tmp_pa
     t = 1.0
     cfg = load_config(None, ["export.resolution=40", "export.texture_size=256", f"export.threshold={t}",
                              f"export.uv_max_faces={uv_max_faces}"])
-    full_v, full_f = extract_mesh(smooth_sphere, 1.0, 40, threshold=t)
+    full_v, full_f = extract_mesh(smooth_sphere, 1.0, 40, threshold=t, device="cpu")
     timer = PhaseTimer(quiet=True)
     paths = export_mesh(SphereField(), cfg, tmp_path, timer)
     mesh = trimesh.load(paths["obj"], process=False)

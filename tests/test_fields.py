@@ -200,15 +200,15 @@ def test_param_groups_cover_each_parameter_once():
 
 
 def test_solid_backgrounds():
-    assert torch.equal(solid_background("white", (2, 4, 5), None), torch.ones(2, 4, 5, 3))
-    assert torch.equal(solid_background("black", (2, 4, 5), None), torch.zeros(2, 4, 5, 3))
-    a = solid_background("random", (3, 4, 5), torch.Generator().manual_seed(7))
-    b = solid_background("random", (3, 4, 5), torch.Generator().manual_seed(7))
+    assert torch.equal(solid_background("white", (2, 4, 5), None, device="cpu"), torch.ones(2, 4, 5, 3))
+    assert torch.equal(solid_background("black", (2, 4, 5), None, device="cpu"), torch.zeros(2, 4, 5, 3))
+    a = solid_background("random", (3, 4, 5), torch.Generator().manual_seed(7), device="cpu")
+    b = solid_background("random", (3, 4, 5), torch.Generator().manual_seed(7), device="cpu")
     assert torch.equal(a, b)
     colours = torch.rand(3, 3, generator=torch.Generator().manual_seed(7))  # one draw per view
     assert torch.equal(a, colours[:, None, None, :].expand(3, 4, 5, 3))
     with pytest.raises(ConfigError, match="background"):
-        solid_background("grey", (1, 2, 2), None)
+        solid_background("grey", (1, 2, 2), None, device="cpu")
 
 
 def test_learned_background():

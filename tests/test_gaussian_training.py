@@ -157,13 +157,13 @@ def test_white_or_black_background_is_one_of_the_two_per_view():
     from dreamfusion.fields.background import solid_background
 
     g = torch.Generator().manual_seed(3)
-    bg = solid_background("white_or_black", (64, 5, 4), g)
+    bg = solid_background("white_or_black", (64, 5, 4), g, device="cpu")
     per_view = bg.reshape(64, -1)
     assert torch.equal(per_view.min(1).values, per_view.max(1).values)  # solid per view
     levels = per_view[:, 0]
     assert set(levels.tolist()) == {0.0, 1.0}
     assert 16 <= int(levels.sum()) <= 48  # equal odds: 32 expected, binomial sd 4
-    again = solid_background("white_or_black", (64, 5, 4), torch.Generator().manual_seed(3))
+    again = solid_background("white_or_black", (64, 5, 4), torch.Generator().manual_seed(3), device="cpu")
     assert torch.equal(again, bg)
 
 

@@ -170,9 +170,9 @@ def test_sds_on_the_prior_recovers_an_orange_cone(tmp_path, monkeypatch):
                                "render.n_samples=48", "preview_every=0"])
     trainer = Trainer(cfg, tmp_path, torch.device("cpu"), build_guidance(cfg, "cpu"))
     cone = lambda p: inside("cone", p)
-    before = volumetric_iou(*extract_mesh(trainer.field.density, 1.0, 48), cone, 64)
+    before = volumetric_iou(*extract_mesh(trainer.field.density, 1.0, 48, device="cpu"), cone, 64)
     trainer.fit()
-    vertices, faces = extract_mesh(trainer.field.density, 1.0, 48)
+    vertices, faces = extract_mesh(trainer.field.density, 1.0, 48, device="cpu")
     ious = {shape: volumetric_iou(vertices, faces, lambda p, s=shape: inside(s, p), 64) for shape in SHAPES}
     after = ious["cone"]
     assert after >= 0.55 and after >= before + 0.25, (before, after)
@@ -180,7 +180,7 @@ def test_sds_on_the_prior_recovers_an_orange_cone(tmp_path, monkeypatch):
     # colour: the albedo at the surface, area-weighted (the exporter's vertex colours), within 0.12 per channel
     # of the prompt's colour (benchmarks/prior_grid.py's tolerance)
     with torch.no_grad():
-        rgb = vertex_colors(vertices, lambda p: trainer.field(p)["albedo"])
+        rgb = vertex_colors(vertices, lambda p: trainer.field(p)["albedo"], device="cpu")
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=rgb, process=False)
     albedo = mean_surface_albedo(mesh)
     assert np.abs(albedo - np.array(COLOURS["orange"])).max() <= 0.12, albedo

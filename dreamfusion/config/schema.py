@@ -86,7 +86,7 @@ class GaussianConfig:
     prune_scale: float = ranged(0.1, "[0, inf)")
     """Prune Gaussians whose largest scale exceeds this (0 disables)."""
     max_count: int = ranged(8000, "[0, inf)")
-    """Cap on the number of Gaussians densification may reach (0 = no cap)."""
+    """Cap on the number of Gaussians densification may reach (0 = no cap, warned about: SDS grows it without bound)."""
 
 
 @dataclass

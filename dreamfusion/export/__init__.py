@@ -1,9 +1,10 @@
 """Export a trained field: mesh (marching cubes), colour (vertex or baked UV texture), files, orbit video.
 
-Everything here is a function of arrays and callables (`density_fn`, `albedo_fn`), not of field classes:
+Everything here is a function of arrays and callables (`density_fn`, `albedo_fn`), not of field classes; the
+callables get their points on the device the caller names (`dev = field_device(field)`), never a default one:
 
-    v, f = extract_mesh(field.density, field.bound, cfg.export.resolution, cfg.export.threshold, ...)
-    v, f, uv, tex = bake_texture(v, f, lambda p: field(p)["albedo"], size=cfg.export.texture_size)
+    v, f = extract_mesh(field.density, field.bound, cfg.export.resolution, cfg.export.threshold, device=dev)
+    v, f, uv, tex = bake_texture(v, f, lambda p: field(p)["albedo"], size=cfg.export.texture_size, device=dev)
     write_obj(run / "mesh/model.obj", v, f, uv, tex); write_glb(run / "mesh/model.glb", v, f, uv, tex)
     write_video(run / "orbit.mp4", stack_panels([rgb, normals_to_rgb(n), colorize_depth(d, a)]), fps)
 """

@@ -28,23 +28,24 @@ def _grid_axis(bound: float, resolution: int) -> np.ndarray:
 
 @torch.no_grad()
 def density_grid(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: float, resolution: int,
-                 chunk: int = 65536, device: str | torch.device = "cpu") -> np.ndarray:
+                 chunk: int = 65536, *, device: str | torch.device) -> np.ndarray:
     """Density at the R^3 grid vertices spanning exactly [-bound, bound]^3 -> float32 [R, R, R].
 
     `grid[i, j, k]` is the density at `(x_i, y_j, z_k)`, `x_i = -bound + i * 2 bound / (R - 1)`.
-    Points are passed to `density_fn` as float32 tensors [M, 3] on `device`, M <= chunk.
+    Points are passed to `density_fn` as float32 tensors [M, 3] on `device` (the field's: `field_device(field)`,
+    no default: a CPU default once fed CUDA fields CPU points), M <= chunk.
     """
     if resolution < 2:
         raise ValueError(f"density_grid needs resolution >= 2, got {resolution}")
-    axis = torch.from_numpy(_grid_axis(bound, resolution).astype(np.float32))
+    axis = torch.from_numpy(_grid_axis(bound, resolution).astype(np.float32)).to(device)
     r = resolution
     n = r ** 3
     out = np.empty(n, dtype=np.float32)
     for start in range(0, n, chunk):  # C order: flat index = (i * R + j) * R + k
         stop = min(start + chunk, n)
-        idx = torch.arange(start, stop)
+        idx = torch.arange(start, stop, device=axis.device)
         pts = torch.stack([axis[idx // (r * r)], axis[(idx // r) % r], axis[idx % r]], dim=1)  # [M, 3]
-        sigma = density_fn(pts.to(device))
+        sigma = density_fn(pts)
         if tuple(sigma.shape) not in ((stop - start,), (stop - start, 1)):
             raise ValueError(f"density_fn returned shape {tuple(sigma.shape)} for {stop - start} points; "
                              f"expected [{stop - start}]")
@@ -134,8 +135,8 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target: int,
 
 def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: float, resolution: int,
                  threshold: float | None = None, min_component_ratio: float = 0.05,
-                 decimate_faces: int = 0, auto_optical_depth: float = 0.3, chunk: int = 65536,
-                 device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                 decimate_faces: int = 0, auto_optical_depth: float = 0.3, chunk: int = 65536, *,
+                 device: str | torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Surface `density == threshold` of a field -> (vertices [V, 3] float32 world, faces [F, 3] int64).
 
     threshold None -> automatic: the iso-surface where `optical_depth` reaches `auto_optical_depth`. The grid is padded by one empty layer before
@@ -145,7 +146,7 @@ def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: floa
     largest piece are dropped (floaters); `decimate_faces > 0` then simplifies to about that many faces.
     `density_fn` must return densities >= 0 (activated, as `Field.density` does). Raises UserError
     when nothing in the grid exceeds the threshold, the threshold is not positive, or the grid holds
-    NaN / inf (a diverged checkpoint).
+    NaN / inf (a diverged checkpoint). `device`: where `density_fn` takes its points (the field's device).
     """
     from skimage.measure import marching_cubes
 

@@ -40,7 +40,8 @@ def _tensors(field_or_tensors) -> dict[str, np.ndarray]:
     missing = [k for k in _KEYS if k not in source]
     if missing:
         raise ValueError(f"splat export needs {', '.join(_KEYS)}; missing {', '.join(missing)}")
-    out = {k: torch.as_tensor(v).detach().float().cpu().numpy() for k, v in source.items() if v is not None}
+    out = {k: v.detach().float().cpu().numpy() if torch.is_tensor(v) else np.asarray(v, dtype=np.float32)
+           for k, v in source.items() if v is not None}  # a tensor leaves its own device
     n = out["means"].shape[0]
     shapes = {"means": (n, 3), "log_scales": (n, 3), "quats": (n, 4), "opacity_logits": (n,), "sh_dc": (n, 3)}
     for k, shape in shapes.items():

@@ -1,7 +1,8 @@
 """Colour for an extracted mesh: per-vertex albedo, or a UV atlas (xatlas) with a baked albedo texture.
 
 `albedo_fn(points [M, 3] float32 tensor) -> [M, 3]` in [0, 1] is any callable (e.g.
-`lambda p: field(p)["albedo"]`); nothing here knows about field classes.
+`lambda p: field(p)["albedo"]`); nothing here knows about field classes. Points go to `albedo_fn` on the
+`device` the caller names (the field's, `field_device(field)`): there is no default device.
 
 UV convention (OBJ): `uv = (u, v)` in [0, 1], v = 0 at the *bottom* of the image. The texture array is
 stored row 0 = top, so texel (row, col) has its centre at `u = (col + 0.5) / W`, `v = 1 - (row + 0.5) / H`.
@@ -26,8 +27,8 @@ def _query(albedo_fn: Callable[[torch.Tensor], torch.Tensor], points: np.ndarray
     """albedo_fn over points [M, 3] in chunks -> float32 [M, 3] clipped to [0, 1]."""
     out = np.empty((len(points), 3), dtype=np.float32)
     for start in range(0, len(points), chunk):
-        pts = torch.from_numpy(np.array(points[start:start + chunk], dtype=np.float32))  # a writable copy
-        rgb = albedo_fn(pts.to(device))
+        pts = torch.from_numpy(np.array(points[start:start + chunk], dtype=np.float32)).to(device)  # a writable copy
+        rgb = albedo_fn(pts)
         if tuple(rgb.shape) != (len(pts), 3):
             raise ValueError(f"albedo_fn returned shape {tuple(rgb.shape)} for {len(pts)} points; expected [{len(pts)}, 3]")
         out[start:start + chunk] = rgb.detach().float().cpu().numpy()
@@ -39,7 +40,7 @@ def _to_uint8(rgb: np.ndarray) -> np.ndarray:
 
 
 def vertex_colors(vertices: np.ndarray, albedo_fn: Callable[[torch.Tensor], torch.Tensor],
-                  chunk: int = 65536, device: str | torch.device = "cpu") -> np.ndarray:
+                  chunk: int = 65536, *, device: str | torch.device) -> np.ndarray:
     """Albedo at each vertex -> uint8 [V, 3] (round(255 * clip(albedo, 0, 1)))."""
     vertices = np.asarray(vertices)
     if vertices.ndim != 2 or vertices.shape[1] != 3:
@@ -162,7 +163,7 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int = 1024,
 
 def bake_albedo(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
                 albedo_fn: Callable[[torch.Tensor], torch.Tensor], size: int = 1024, padding: int = 2,
-                chunk: int = 65536, device: str | torch.device = "cpu") -> np.ndarray:
+                chunk: int = 65536, *, device: str | torch.device) -> np.ndarray:
     """Albedo of an unwrapped mesh baked into its texture -> uint8 [size, size, 3] (row 0 = top).
 
     Each texel that a triangle's UV image overlaps gets the albedo at the matching 3D point (see
@@ -184,9 +185,9 @@ def bake_albedo(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
 
 
 def bake_texture(vertices: np.ndarray, faces: np.ndarray, albedo_fn: Callable[[torch.Tensor], torch.Tensor],
-                 size: int = 1024, padding: int = 2, chunk: int = 65536,
-                 device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 size: int = 1024, padding: int = 2, chunk: int = 65536, *,
+                 device: str | torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`unwrap` then `bake_albedo`: (vertices' [V', 3] float32, faces' [F, 3] int64, uv [V', 2] float32 (OBJ
     convention, v = 0 at the bottom), texture uint8 [size, size, 3] (row 0 = top))."""
     vertices2, faces2, uv = unwrap(vertices, faces, size, padding)
-    return vertices2, faces2, uv, bake_albedo(vertices2, faces2, uv, albedo_fn, size, padding, chunk, device)
+    return vertices2, faces2, uv, bake_albedo(vertices2, faces2, uv, albedo_fn, size, padding, chunk, device=device)

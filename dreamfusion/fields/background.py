@@ -55,8 +55,8 @@ class LearnedBackground(nn.Module):
         return [{"name": "background", "params": list(self.parameters()), "lr": optim_cfg.background_lr}]
 
 
-def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu") -> Tensor:
+def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None, *,
+                     device: torch.device | str) -> Tensor:
     """A solid background ``[*shape, 3]``; ``shape[0]`` is the number of views.
 
     white = 1, black = 0, gray = 0.5; random = one colour per view, uniform in [0, 1]^3, drawn from ``generator``

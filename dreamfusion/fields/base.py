@@ -76,6 +76,10 @@ class Field(nn.Module):
     def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Called after optimizer.step() (e.g. learning-rate schedules, densification that resizes parameters)."""
 
+    def log_terms(self) -> dict[str, float]:
+        """Numbers of the field's own for each metrics.jsonl row (e.g. the Gaussian count)."""
+        return {}
+
     def write_artifacts(self, run_dir: Path) -> dict[str, Path]:
         """Files of the field's own format written into the run folder: {name: path}."""
         return {}

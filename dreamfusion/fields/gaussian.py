@@ -26,6 +26,7 @@ cells over the query points).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -94,6 +95,10 @@ class GaussianField(Field):
         if cfg.gaussian.sh_degree not in (0, 1, 2, 3):
             raise ConfigError(f"field.gaussian.sh_degree must be 0, 1, 2 or 3, got {cfg.gaussian.sh_degree}")
         check_choice("field.gaussian.rasterizer", cfg.gaussian.rasterizer)
+        if cfg.gaussian.max_count <= 0 and cfg.gaussian.densify_every > 0:
+            print(f"warning: field.gaussian.max_count={cfg.gaussian.max_count} puts no cap on densification (SDS "
+                  f"gradients once grew 5,000 Gaussians to 2.8 M in 500 steps): set e.g. "
+                  f"field.gaussian.max_count=100000", file=sys.stderr)
         self.cfg = cfg
         self.bound = float(cfg.bound)
         self.sh_degree = int(cfg.gaussian.sh_degree)
@@ -120,6 +125,9 @@ class GaussianField(Field):
     @property
     def count(self) -> int:
         return self.means.shape[0]
+
+    def log_terms(self) -> dict[str, float]:
+        return {"gaussians": self.count}
 
     @property
     def scales(self) -> Tensor:  # [N, 3]
@@ -154,7 +162,7 @@ class GaussianField(Field):
         _, dirs = generate_rays(cameras.c2w.to(self.means), cameras.fovy.to(self.means), height, width)
         B = cameras.c2w.shape[0]
         bg = background(dirs) if background is not None else solid_background(
-            background_kind, (B, height, width), generator, self.means.device)
+            background_kind, (B, height, width), generator, device=self.means.device)
         albedo, opacity = out["rgb"], out["alpha"]
         return {"rgb": albedo + (1.0 - opacity) * bg, "opacity": opacity, "depth": out["depth"], "albedo": albedo,
                 "normal": None, "dirs": dirs, "means2d": out["means2d"], "radii": out["radii"]}

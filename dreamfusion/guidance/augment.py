@@ -83,8 +83,8 @@ def _blur(image: Tensor, sigma: float) -> Tensor:
     return x[0].permute(1, 2, 0)
 
 
-def random_backgrounds(batch: int, height: int, width: int, generator: torch.Generator | None = None,
-                       device: torch.device | str = "cpu") -> Tensor:
+def random_backgrounds(batch: int, height: int, width: int, generator: torch.Generator | None = None, *,
+                       device: torch.device | str) -> Tensor:
     """[B, H, W, 3] in [0, 1]: per view one of noise / checkerboard / Fourier texture, then a random blur.
 
     Per view the draws are, in order: the kind (uniform over BACKGROUND_KINDS), the kind's own

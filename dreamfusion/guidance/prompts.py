@@ -26,8 +26,7 @@ _BACK_AZIMUTH = 135.0
 def view_label(elevation_deg: Tensor | Sequence[float] | float,
                azimuth_deg: Tensor | Sequence[float] | float) -> list[str]:
     """The view label of each camera: elevation [B] and azimuth [B] in degrees -> B labels."""
-    elev = torch.as_tensor(elevation_deg, dtype=torch.float64).detach().cpu().reshape(-1)
-    azim = torch.as_tensor(azimuth_deg, dtype=torch.float64).detach().cpu().reshape(-1)
+    elev, azim = _on_host(elevation_deg), _on_host(azimuth_deg)
     if elev.shape != azim.shape:
         raise ValueError(f"view_label: elevation has shape {tuple(elev.shape)} but azimuth {tuple(azim.shape)}")
     azim = torch.remainder(azim + 180.0, 360.0) - 180.0  # wrap to [-180, 180) like Cameras
@@ -42,6 +41,11 @@ def view_label(elevation_deg: Tensor | Sequence[float] | float,
         else:
             labels.append("side")
     return labels
+
+
+def _on_host(x) -> Tensor:
+    """Degrees [B] float64 on the CPU: a tensor is copied from its own device, numbers made on the CPU."""
+    return (x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(x)).double().reshape(-1)
 
 
 def view_prompts(prompt: str) -> dict[str, str]:

@@ -1,0 +1,224 @@
+"""Devices come from the field and the inputs, on every path a GPU user runs.
+
+On a GPU the field lives on ``cuda`` while a tensor made without a device lands on the CPU, and the two
+meeting raise "Expected all tensors to be on the same device" (a CPU-default ``density_grid`` once failed
+every export after training so). Without a GPU the roles are swapped: the field stays on the CPU and
+PyTorch's default device is set to ``meta`` (tensors without data) for everything but building modules.
+A tensor made from a default then lands on ``meta``: it meets the field's CPU tensors and raises, or carries
+no data. Oracle: the twin, the same run with the ordinary default device, which every metric, the mesh and
+the video frames must equal exactly. A device written as a literal (``device="cpu"``) is not moved by the
+default device; the last test lists those by name, each with its reason.
+
+The ``gpu`` tests run the same command lines end to end on ``DREAMFUSION_TEST_DEVICE`` (default cuda):
+``DREAMFUSION_TEST_DEVICE=cpu python -m pytest -m gpu tests/test_devices.py`` checks them here.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+import dreamfusion.guidance
+from dreamfusion import train as train_module
+from dreamfusion.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DEVICE = os.environ.get("DREAMFUSION_TEST_DEVICE", "cuda")
+
+SMALL = ["steps=3", "checkpoint_every=2", "preview_every=3", "preview_resolution=16", "log_every=1",
+         "render.width=16", "render.height=16", "render.n_samples=16", "render.eval_grid=16",
+         "render.progressive_sizes=[]", "render.progressive_milestones=[]",
+         "field.hashgrid.n_levels=4", "field.hashgrid.log2_hashmap_size=12", "field.hashgrid.base_resolution=8",
+         "field.hidden_dim=16", "field.triplane.resolution=16", "field.triplane.channels=4",
+         "field.gaussian.count=300", "field.gaussian.densify_every=2", "camera.batch_size=1",
+         "export.resolution=24", "export.texture_size=64", "export.video_frames=2", "export.video_resolution=16"]
+SD = ["guidance.vae_resolution=32", "guidance.dtype=fp32"]
+PRIOR = ["guidance.prior.resolution=16", "guidance.prior.views=16"]
+
+# name -> (config, overrides, the tiny model's fixture or None): every path of issue 20.
+CASES = {
+    "default": (None, SD, "tiny_sd_dir"),
+    "triplane": ("triplane", SD, "tiny_sd_dir"),
+    "gaussian": ("gaussian", SD, "tiny_sd_dir"),
+    "dreamfields": ("dreamfields", ["guidance.clip.crops=1"], "tiny_clip_dir"),
+    "prolificdreamer": ("prolificdreamer", SD, "tiny_sd_dir"),
+    "perp_neg": (None, [*SD, "guidance.perp_neg.enabled=true"], "tiny_sd_dir"),
+    "latent": (None, [*SD, "guidance.latent_render=true", "export.texture=vertex"], "tiny_sd_dir"),
+    "deepfloyd": ("deepfloyd", [], "tiny_if_dir"),
+    "demo": ("demo", PRIOR, None),
+}
+
+
+def command(case: str, request, out_dir: Path, device: str) -> list[str]:
+    config, extra, fixture = CASES[case]
+    model = [f"guidance.model={request.getfixturevalue(fixture)}"] if fixture else []
+    return [*(["--config", config] if config else []), "prompt=a red cube", f"output_dir={out_dir}",
+            f"device={device}", *SMALL, *extra, *model]
+
+
+def run_cli(argv: list) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@contextlib.contextmanager
+def default_device_elsewhere(monkeypatch):
+    """PyTorch's default device set to meta, except while modules are built and weights loaded (a GPU user's
+    modules are built on the CPU, then moved): the trainer's constructor and the guidance loader."""
+    build_guidance, trainer_init = dreamfusion.guidance.build_guidance, train_module.Trainer.__init__
+
+    def on_cpu(fn):
+        def wrapped(*args, **kwargs):
+            with torch.device("cpu"):
+                return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(dreamfusion.guidance, "build_guidance", on_cpu(build_guidance))
+    monkeypatch.setattr(train_module.Trainer, "__init__", on_cpu(trainer_init))
+    with torch.device("meta"):
+        yield
+
+
+def outcome(run_dir: Path) -> dict:
+    """What a run produced, to compare with its twin: metrics, run.json's status, mesh, video frames."""
+    record = json.loads((run_dir / "run.json").read_text())
+    mesh = trimesh.load(run_dir / "mesh" / "model.obj", force="mesh", process=False)
+    return {"status": record["status"], "error": record["error"], "metrics": record["metrics"],
+            "log": (run_dir / "metrics.jsonl").read_text().splitlines(),
+            "vertices": np.asarray(mesh.vertices), "faces": np.asarray(mesh.faces),
+            "video": iio.imread(run_dir / "orbit.mp4"), "report": (run_dir / "report.html").is_file()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert a[key] == b[key], key
+
+
+def drop_times(lines: list[str]) -> list[dict]:
+    rows = [json.loads(line) for line in lines]
+    return [untimed(row) for row in rows]
+
+
+def untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if "sec" not in k and "time" not in k}
+
+
+CPU_CASES = ["default", "gaussian", "latent"]  # one per renderer / guidance family, seconds each
+
+
+def run_and_export(argv: list) -> dict:
+    """A run, then ``export RUN_DIR`` again with vertex colours: its outcome."""
+    rc, out, err = run_cli(argv)
+    assert rc == 0, err
+    run_dir = Path(out.splitlines()[-1])
+    rc, _, err = run_cli(["export", run_dir, "export.texture=vertex"])
+    assert rc == 0, err
+    return outcome(run_dir)
+
+
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_run_export_and_report_alike_with_the_default_device_elsewhere(case, request, tmp_path, monkeypatch):
+    twin = run_and_export(command(case, request, tmp_path / "twin", "cpu"))
+    with default_device_elsewhere(monkeypatch):
+        got = run_and_export(command(case, request, tmp_path / "meta", "cpu"))
+    for values in (twin, got):
+        values["log"], values["metrics"] = drop_times(values["log"]), untimed(values["metrics"])
+    assert_same(twin, got)
+    assert len(got["faces"]) > 0
+
+
+# -- device literals ---------------------------------------------------------------------------------
+
+# A CPU device written out in dreamfusion/ or render/ is not moved by the default device, so it is checked by
+# name: a computation's ``device="cpu"`` default is refused; builders and loaders may default to the CPU, as
+# torch.nn modules do; the remaining literals are listed with their reason.
+BUILDERS = re.compile(r"__init__$|^build_|^make_|^load")
+ALLOWED_LITERALS = {
+    ("dreamfusion/train.py", 'torch.Generator("cpu")'),  # the run's RNG: the same draws on any device
+    ("dreamfusion/fields/base.py", 'torch.device("cpu")'),  # field_device of a module without tensors
+    ("dreamfusion/guidance/sds.py", 'torch.device("cpu")'),  # draws without a generator, as torch.rand's
+    ("dreamfusion/guidance/augment.py", 'torch.device("cpu")'),  # likewise
+}
+LITERAL = re.compile(r'torch\.device\("cpu"\)|torch\.Generator\("cpu"\)')
+
+
+def cpu_defaults(source: str) -> list[str]:
+    """Names of the functions of ``source`` whose ``device`` parameter defaults to "cpu", builders aside."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not BUILDERS.search(node.name):
+            args = [*node.args.posonlyargs, *node.args.args]
+            pairs = [*zip(args[len(args) - len(node.args.defaults):], node.args.defaults),
+                     *zip(node.args.kwonlyargs, node.args.kw_defaults)]
+            if any(a.arg == "device" and isinstance(d, ast.Constant) and d.value == "cpu" for a, d in pairs):
+                found.append(node.name)
+    return found
+
+
+def test_no_computation_takes_a_cpu_device_default():
+    defaults, literals = [], set()
+    for folder in ("dreamfusion", "render"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = str(path.relative_to(ROOT))
+            if rel == "dreamfusion/preview.py":
+                continue  # the preview command's devices are checked with it
+            text = path.read_text()
+            defaults += [f"{rel}:{name}" for name in cpu_defaults(text)]
+            literals |= {(rel, m.group(0)) for m in LITERAL.finditer(text)}
+    assert not defaults, f"device='cpu' defaults (take the device from the field or the inputs): {defaults}"
+    assert not literals - ALLOWED_LITERALS, f"CPU device literals: {sorted(literals - ALLOWED_LITERALS)}"
+
+
+# -- the GPU suite: every path end to end on DREAMFUSION_TEST_DEVICE (default cuda) -----------------------
+
+def _need_test_device():
+    if TEST_DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.fail("the gpu suite needs CUDA (or DREAMFUSION_TEST_DEVICE=cpu to check its logic)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(CASES))
+def test_cli_end_to_end_on_the_test_device(case, request, tmp_path, tiny_clip_dir):
+    _need_test_device()
+    rc, out, err = run_cli(command(case, request, tmp_path, TEST_DEVICE))
+    assert rc == 0, err
+    run_dir = Path(out.splitlines()[-1])
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "done" and record["step"] == 3
+    assert {"checkpoint", "obj", "glb", "video", "report"} <= set(record["artifacts"])
+    rc, _, err = run_cli(["export", run_dir, "export.resolution=16"])
+    assert rc == 0, err
+    rc, _, err = run_cli([*command(case, request, tmp_path, TEST_DEVICE), f"resume={run_dir}", "steps=4"])
+    assert rc == 0, err
+    assert json.loads((run_dir / "run.json").read_text())["step"] == 4
+    rc, out, err = run_cli(["eval", run_dir, "--clip-model", tiny_clip_dir, "--views", "2", "--resolution", "16",
+                            "--device", TEST_DEVICE])
+    assert rc == 0, err
+
+
+@pytest.mark.gpu
+def test_batch_with_one_actor_on_the_test_device(tmp_path):
+    _need_test_device()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere\n")
+    rc, out, err = run_cli(["batch", prompts, "--config", "demo", "--max-parallel", "1", f"device={TEST_DEVICE}",
+                            f"output_dir={tmp_path / 'runs'}", *SMALL, *PRIOR])
+    assert rc == 0, err
+    runs = json.loads((Path(out.splitlines()[-1]) / "batch.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["done", "done"], runs
