@@ -119,7 +119,7 @@ def untimed(row: dict) -> dict:
     return {k: v for k, v in row.items() if "sec" not in k and "time" not in k}
 
 
-CPU_CASES = ["default", "gaussian", "latent"]  # one per renderer / guidance family, seconds each
+CPU_CASES = ["default", "gaussian", "latent", "demo"]  # one per renderer / guidance family, seconds each
 
 
 def run_and_export(argv: list) -> dict:
@@ -176,8 +176,6 @@ def test_no_computation_takes_a_cpu_device_default():
     for folder in ("dreamfusion", "render"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = str(path.relative_to(ROOT))
-            if rel == "dreamfusion/preview.py":
-                continue  # the preview command's devices are checked with it
             text = path.read_text()
             defaults += [f"{rel}:{name}" for name in cpu_defaults(text)]
             literals |= {(rel, m.group(0)) for m in LITERAL.finditer(text)}

@@ -85,15 +85,16 @@ def cache_dir() -> Path:
 
 def dataset_cameras(n: int, elevation_range, azimuth_range, distance_range, fovy_range, seed: int = 0) -> Cameras:
     """n views spread evenly: golden-angle azimuths, area-uniform elevations, seeded distance and fovy."""
-    i = torch.arange(n, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)  # a CPU computation: every tensor on the generator's device
+    i = torch.arange(n, dtype=torch.float64, device=g.device)
     lo, hi = (math.sin(math.radians(e)) for e in elevation_range)
     elevation = torch.rad2deg(torch.asin(lo + (hi - lo) * (i + 0.5) / n))
     golden = 180.0 * (3.0 - math.sqrt(5.0))  # degrees
     a0, a1 = azimuth_range
     azimuth = a0 + torch.remainder(i * golden, max(a1 - a0, 1e-6))
-    g = torch.Generator().manual_seed(seed)
-    distance = distance_range[0] + (distance_range[1] - distance_range[0]) * torch.rand(n, generator=g, dtype=torch.float64)
-    fovy = fovy_range[0] + (fovy_range[1] - fovy_range[0]) * torch.rand(n, generator=g, dtype=torch.float64)
+    uniform = lambda: torch.rand(n, generator=g, dtype=torch.float64, device=g.device)  # noqa: E731
+    distance = distance_range[0] + (distance_range[1] - distance_range[0]) * uniform()
+    fovy = fovy_range[0] + (fovy_range[1] - fovy_range[0]) * uniform()
     elevation, azimuth, distance, fovy = (x.float() for x in (elevation, azimuth, distance, fovy))
     eye = camera_position(elevation, azimuth, distance)
     azimuth = torch.remainder(azimuth + 180.0, 360.0) - 180.0
