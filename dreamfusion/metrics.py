@@ -220,8 +220,8 @@ def scene_scores(mesh, prompt: str, resolution: int = 96) -> dict[str, float]:
         best = _assign_pieces(pieces, targets, iou)
     scores, centroids = {"colour_split": float(by_colour)}, {}
     for k, part in enumerate(scene.parts):
-        occ, mean = pieces[best[k]] if k in best else (None, None)
-        if occ is not None and occ.any() and mean is not None:
+        occ, mean = pieces[best[k]]
+        if occ.any() and mean is not None:
             scores[f"iou_{k}"] = iou(occ, k)
             scores[f"albedo_err_{k}"] = float(np.abs(mean - targets[k]).max())
             centroids[k] = points.numpy()[occ].mean(0)
