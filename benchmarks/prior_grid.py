@@ -15,6 +15,7 @@ plain SDS (guidance.view_dependent=false), SDS with view-dependent prompts, and 
 
     python benchmarks/prior_grid.py --bed                 # BED_PROMPTS x seeds 0 1 2 x 3 methods
     python benchmarks/prior_grid.py --bed --smoke         # one prompt of each kind, 2 steps, a small prior
+    python benchmarks/prior_grid.py --bed --only pairs    # the five pairs only (--only fronts: the other five)
     python benchmarks/prior_grid.py --bed --steps 300 --seeds 0 --prompts "a red cube on a blue sphere"
 
 Bed runs are in-process around one loaded prior (the demo config with BED_OVERRIDES, sized so 90 runs fit in
@@ -142,7 +143,8 @@ def bed(args) -> int:
     from dreamfusion.guidance import load_guidance_model
 
     torch.set_num_threads(args.threads)
-    prompts = args.prompts or (BED_PROMPTS[:1] + BED_PROMPTS[5:6] if args.smoke else BED_PROMPTS)
+    kinds = {"all": BED_PROMPTS, "fronts": BED_PROMPTS[:5], "pairs": BED_PROMPTS[5:]}[args.only]
+    prompts = args.prompts or ([p for p in (BED_PROMPTS[0], BED_PROMPTS[5]) if p in kinds] if args.smoke else kinds)
     steps = 2 if args.smoke else args.steps
     resolution = 24 if args.smoke else args.export_resolution
     extra = [*BED_SIZE, *(SMOKE_SIZE if args.smoke else []), *args.overrides]
@@ -155,8 +157,8 @@ def bed(args) -> int:
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {os.cpu_count()} CPU cores, torch "
           f"{torch.__version__} on {args.threads} thread(s) | load average {load[0]:.1f} | steps {steps}, "
           f"export {resolution}^3 | {' '.join(extra)} | prior ready in {time.perf_counter() - t0:.1f} s", flush=True)
-    print("| method | prompt | seed | Janus | IoU | IoU per object | relation | colour err | s |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| method | prompt | seed | Janus | IoU | IoU per object | split | relation | colour err | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
     jobs = [(prompt, method, seed, steps, resolution) for seed in args.seeds for prompt in prompts for method in METHODS]
     with tempfile.TemporaryDirectory() as workdir:
@@ -171,23 +173,27 @@ def bed(args) -> int:
         for r in results:
             rows.append(r)
             per = " / ".join(f"{r[f'iou_{k}']:.2f}" for k in range(2) if f"iou_{k}" in r)
+            split = {0.0: "pieces", 1.0: "colour"}.get(r.get("colour_split"), "–")
             print(f"| {r['method']} | {r['prompt']} | {r['seed']} | {r.get('janus', '–')} | {r['iou']:.3f} | "
-                  f"{per or '–'} | {r.get('relation', '–')} | {r['albedo_err']:.3f} | {r['seconds']:.1f} |", flush=True)
+                  f"{per or '–'} | {split} | {r.get('relation', '–')} | {r['albedo_err']:.3f} | {r['seconds']:.1f} |",
+                  flush=True)
         if args.workers > 1:
             pool.close()
             pool.join()
     print(f"\n{len(rows)} runs in {time.perf_counter() - t0:.0f} s; load average at the end {os.getloadavg()[0]:.1f}\n")
     print("| method | Janus score (mean; 1 is right) | runs with Janus 1 | IoU (objects with a front) | "
-          "IoU per object (pairs) | relation accuracy (pairs) | colour error | seconds per run |")
-    print("|---|---|---|---|---|---|---|---|")
+          "IoU per object (pairs) | pairs split by colour | relation accuracy (pairs) | colour error | seconds per run |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for method in METHODS:
         mine = [r for r in rows if r["method"] == method]
         fronted = [r for r in mine if "janus" in r]
         pairs = [r for r in mine if "relation" in r]
         per_object = [{"v": r[f"iou_{k}"]} for r in pairs for k in range(2)]
         right = f"{sum(r['janus'] == 1 for r in fronted)} / {len(fronted)}"
+        by_colour = f"{sum(r['colour_split'] == 1 for r in pairs)} / {len(pairs)}"
         print(f"| {method} | {_mean(fronted, 'janus')} | {right} | {_mean(fronted, 'iou')} | {_mean(per_object, 'v')} | "
-              f"{_mean(pairs, 'relation')} | {_mean(mine, 'albedo_err')} | {_mean(mine, 'seconds')} |", flush=True)
+              f"{by_colour} | {_mean(pairs, 'relation')} | {_mean(mine, 'albedo_err')} | {_mean(mine, 'seconds')} |",
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
@@ -202,6 +208,8 @@ def main() -> int:
     ap.add_argument("--bed", action="store_true", help="the test bed: objects with a front and two-object scenes "
                     "x seeds x (plain SDS, view-dependent SDS, Perp-Neg)")
     ap.add_argument("--smoke", action="store_true", help="with --bed: one prompt of each kind, one seed, 2 steps")
+    ap.add_argument("--only", choices=["all", "fronts", "pairs"], default="all",
+                    help="with --bed: only the objects with a front, or only the pairs, of BED_PROMPTS")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="with --bed")
     ap.add_argument("--steps", type=int, default=BED_STEPS, help="with --bed: training steps per run")
     ap.add_argument("--export-resolution", type=int, default=48, help="with --bed: marching-cubes grid side")

@@ -2,16 +2,24 @@
 
 - **IoU**: volumetric IoU of the mesh's interior (vertical-ray parity at 96^3 cell centres over [-1, 1]^3)
   and the analytic object. A prompt of one object scores the whole mesh. A two-object prompt ('a red cube on
-  a blue sphere') splits the mesh into connected components (faces sharing edges) and gives each object the
-  component that matches it best: the assignment of distinct components to the two objects that minimises the
-  sum over objects of |mean colour - object colour| (RGB distance) + (1 - IoU with the object). An object left
-  without a component (the mesh is one piece, or empty) scores IoU 0 and colour error 1.
+  a blue sphere') needs the mesh split into one part per object, by one of two rules (``colour_split`` says
+  which was used):
+  - *by pieces*, when the mesh has at least as many connected components (faces sharing edges) with an interior
+    as the scene has objects: each object gets the component that matches it best, the assignment of distinct
+    components to the objects that minimises the sum over objects of |mean colour - object colour| (RGB
+    distance) + (1 - IoU with the object);
+  - *by colour*, when it has fewer (the objects fused into one piece, as a 48^3 mesh of two objects 0.1 apart
+    usually is): each face goes to the object whose colour is nearest its colour (RGB distance; the two colours
+    of a pair differ, primitives.parse_scene refuses a pair of one colour), and each interior cell of the
+    whole mesh to the object of its nearest face (by face centroid). A one-colour blob thus goes to one object
+    whole and leaves the other empty.
+  An object left without a part (one piece too few, or no cell of its colour) scores IoU 0 and colour error 1.
 - **Colour error**: the largest channel error of the area-weighted mean surface colour against the prompt's
-  colour; per object for a pair; for an object with a front, of the faces in its front part (object z >=
+  colour; per object for a pair (of its component's faces, or of the faces given to it by colour); for an object with a front, of the faces in its front part (object z >=
   FRONT_Z) against the front colour and of the rest against the body colour, the larger of the two.
-- **Relation** (pairs): 1 when the volume centroids of the two assigned components are in the relation's order
-  on its axis (on: first above, y; under: below; next to: first at smaller x; in front of: first at larger z;
-  behind: smaller z), else 0.
+- **Relation** (pairs): 1 when the volume centroids of the two objects' parts (components, or colour parts)
+  are in the relation's order on its axis (on: first above, y; under: below; next to: first at smaller x; in
+  front of: first at larger z; behind: smaller z), else 0.
 - **Janus score** (objects with a front): how many of the 4 side views show the front feature; 1 is right, 4
   is a front on every side, 0 no front at all. The mesh is seen orthographically at elevation 0 along -z
   (front, camera on +z), -x (right, camera on +x), +z (back), +x (left) on a 64 x 64 grid over [-1, 1]^2 (the
@@ -173,8 +181,6 @@ def scene_scores(mesh, prompt: str, resolution: int = 96) -> dict[str, float]:
     """A trimesh mesh with colours against the scene the prompt asks for (module docstring): ``iou`` (mean over
     objects), ``albedo_err`` (largest), per object ``iou_<k>`` / ``albedo_err_<k>``, ``relation`` for a pair and
     ``janus`` for an object with a front."""
-    from itertools import permutations
-
     from .guidance.primitives import COLOURS, FRONT_Z, RELATIONS, parse_scene, scene_inside
 
     scene = parse_scene(prompt)
@@ -199,25 +205,26 @@ def scene_scores(mesh, prompt: str, resolution: int = 96) -> dict[str, float]:
         scores.update(albedo_err=max(errs), janus=float(sum(f > 0.5 for f in views.values())),
                       **{f"front_{v}": f for v, f in views.items()})
         return scores
+    K = len(scene.parts)
+    targets = np.array([COLOURS[part.colour] for part in scene.parts])  # [K, 3]
     pieces = []
     for f in _components(mesh):
         occ = mesh_occupancy(vertices, faces[f], resolution, 1.0).reshape(-1)
         if occ.any():
             pieces.append((occ, _area_mean(colours[f], area[f])))
-    cost = lambda k, c: (np.linalg.norm(pieces[c][1] - np.array(COLOURS[scene.parts[k].colour]))
-                         + 1.0 - iou(pieces[c][0], k))
-    K = len(scene.parts)
-    options = [p for p in permutations(range(len(pieces)), min(K, len(pieces)))]
-    best = min(((sum(cost(k, c) for k, c in zip(kk, p)), dict(zip(kk, p)))
-                for p in options for kk in permutations(range(K), len(p))), key=lambda x: x[0], default=(0, {}))[1]
-    scores, centroids = {}, {}
-    grid = points.numpy()
+    by_colour = len(pieces) < K
+    if by_colour:  # one part per object, every part possibly empty (occupancy all False, mean colour None)
+        pieces = _colour_parts(vertices, faces, colours, area, targets, points.numpy(), resolution)
+        best = {k: k for k in range(K)}
+    else:
+        best = _assign_pieces(pieces, targets, iou)
+    scores, centroids = {"colour_split": float(by_colour)}, {}
     for k, part in enumerate(scene.parts):
-        if k in best:
-            occ, mean = pieces[best[k]]
+        occ, mean = pieces[best[k]]
+        if occ.any() and mean is not None:
             scores[f"iou_{k}"] = iou(occ, k)
-            scores[f"albedo_err_{k}"] = float(np.abs(mean - np.array(COLOURS[part.colour])).max())
-            centroids[k] = grid[occ].mean(0)
+            scores[f"albedo_err_{k}"] = float(np.abs(mean - targets[k]).max())
+            centroids[k] = points.numpy()[occ].mean(0)
         else:
             scores[f"iou_{k}"], scores[f"albedo_err_{k}"] = 0.0, 1.0
     axis, sign = RELATIONS[scene.relation]
@@ -227,17 +234,52 @@ def scene_scores(mesh, prompt: str, resolution: int = 96) -> dict[str, float]:
     return scores
 
 
-def truth_mesh(prompt: str, resolution: int = 96, colour_rule=None):
+def _assign_pieces(pieces: list, targets: np.ndarray, iou) -> dict[int, int]:
+    """object k -> index of its piece (occupancy, mean colour): the assignment of distinct pieces to the objects
+    with the least sum of |mean colour - object colour| + 1 - IoU (module docstring); len(pieces) >= objects."""
+    from itertools import permutations
+
+    cost = lambda k, c: np.linalg.norm(pieces[c][1] - targets[k]) + 1.0 - iou(pieces[c][0], k)
+    K = len(targets)
+    return min((dict(zip(range(K), p)) for p in permutations(range(len(pieces)), K)),
+               key=lambda a: sum(cost(k, c) for k, c in a.items()))
+
+
+def _colour_parts(vertices, faces, colours, area, targets, grid, resolution) -> list[tuple[np.ndarray, object]]:
+    """The split by colour (module docstring): per object, (occupancy [R^3] of the interior cells whose nearest
+    face is nearest its colour, area-weighted mean colour of those faces or None)."""
+    from scipy.spatial import cKDTree
+
+    label = np.linalg.norm(colours[:, None] - targets[None], axis=-1).argmin(1)  # [F] nearest object colour
+    occ = mesh_occupancy(vertices, faces, resolution, 1.0).reshape(-1)
+    cell = np.full(occ.shape, -1)
+    if occ.any():
+        _, nearest = cKDTree(vertices[faces].mean(1)).query(grid[occ])
+        cell[occ] = label[nearest]
+    return [(cell == k, _area_mean(colours[label == k], area[label == k])) for k in range(len(targets))]
+
+
+def truth_mesh(prompt: str, resolution: int = 96, colour_rule=None, bridge: float = 0.0):
     """The prompt's true scene as a trimesh mesh with vertex colours: marching cubes at `resolution` of a density
     exp(-40 sdf) at level 1 (the surface sdf = 0), coloured by the scene's surface labels (or by
-    ``colour_rule(points [V,3]) -> colour names``, to build deliberately wrong assets in tests)."""
+    ``colour_rule(points [V,3]) -> colour names``, to build deliberately wrong assets in tests). ``bridge`` > 0
+    joins a pair's objects by a rod of that radius between their centres (one piece, as trained pairs come out)."""
     import trimesh
 
     from .export import extract_mesh
     from .guidance.primitives import COLOURS, parse_scene, scene_palette, scene_sdf, surface_label
 
     scene = parse_scene(prompt)
-    density = lambda p: torch.exp(-40.0 * scene_sdf(scene, p)[0]).clamp(max=1e6)
+
+    def distance(p):
+        d = scene_sdf(scene, p)[0]
+        if bridge > 0 and len(scene.parts) == 2:
+            a, b = (p.new_tensor(part.centre) for part in scene.parts)
+            s = (((p - a) @ (b - a)) / (b - a).dot(b - a)).clamp(0, 1)
+            d = torch.minimum(d, (p - a - s[:, None] * (b - a)).norm(dim=-1) - bridge)
+        return d
+
+    density = lambda p: torch.exp(-40.0 * distance(p)).clamp(max=1e6)
     vertices, faces = extract_mesh(density, 1.0, resolution, threshold=1.0, min_component_ratio=0.0)
     points = torch.from_numpy(vertices).float()
     names = colour_rule(points) if colour_rule else [scene_palette(scene)[i] for i in surface_label(scene, points)]

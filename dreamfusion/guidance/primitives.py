@@ -10,7 +10,8 @@ Geometry is in the world (glTF) frame: y up, front toward +z (docs/DESIGN.md). T
   +-PAIR_OFFSET on the relation's axis (RELATIONS): ``on`` puts the first at +y and the second at -y, ``under``
   the reverse; ``next to`` puts the first at -x (left, seen from the front) and the second at +x; ``in front of``
   the first at +z, the second at -z; ``behind`` the reverse. The smallest gap between the two is 0.1 (two spheres
-  of radius 0.3 at 0.7 apart), so the true scene is two separate pieces.
+  of radius 0.3 at 0.7 apart), so the true scene is two separate pieces. The two colours of a pair differ (a pair
+  of one colour is refused: the metrics split a fused asset by colour).
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ def parse_scene(prompt: str) -> Scene:
         if sep:
             first, second = _object(head.split()), _object(tail.split())
             if first is not None and second is not None:
+                if first[1] == second[1]:
+                    raise UserError(f"'{prompt}': the two objects of a pair need different colours (the metrics tell "
+                                    f"them apart by colour), e.g. 'a {first[1]} {first[0]} {relation} a "
+                                    f"{next(c for c in COLOURS if c != first[1])} {second[0]}'")
                 centre = [0.0, 0.0, 0.0]
                 centre[axis] = sign * PAIR_OFFSET
                 other = tuple(0.0 - c for c in centre)
