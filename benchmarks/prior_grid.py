@@ -85,8 +85,8 @@ def bed_run(prompt: str, method: str, seed: int, steps: int, export_resolution: 
     field = trainer.field
     with torch.no_grad():
         vertices, faces = extract_mesh(field.density, field.bound, export_resolution,
-                                       auto_optical_depth=field.surface_optical_depth)
-        rgb = vertex_colors(vertices, lambda p: field(p)["albedo"])
+                                       auto_optical_depth=field.surface_optical_depth, device="cpu")
+        rgb = vertex_colors(vertices, lambda p: field(p)["albedo"], device="cpu")
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=rgb, process=False)
     scores = scene_scores(mesh, prompt)
     return {"prompt": prompt, "method": method, "seed": seed, "seconds": time.perf_counter() - t0, **scores}

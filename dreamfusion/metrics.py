@@ -280,7 +280,8 @@ def truth_mesh(prompt: str, resolution: int = 96, colour_rule=None, bridge: floa
         return d
 
     density = lambda p: torch.exp(-40.0 * distance(p)).clamp(max=1e6)
-    vertices, faces = extract_mesh(density, 1.0, resolution, threshold=1.0, min_component_ratio=0.0)
+    vertices, faces = extract_mesh(density, 1.0, resolution, threshold=1.0, min_component_ratio=0.0,
+                                    device="cpu")  # the truth is a CPU computation
     points = torch.from_numpy(vertices).float()
     names = colour_rule(points) if colour_rule else [scene_palette(scene)[i] for i in surface_label(scene, points)]
     rgb = np.round(255 * np.array([COLOURS[n] for n in names])).astype(np.uint8)

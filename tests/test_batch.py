@@ -213,7 +213,7 @@ def test_stopped_batch_resumes_without_redoing_anything(ray, tmp_path):
     proc = _batch_cli(prompts, out, pause="4:a white cone")
     batch_json = out / "batch-props" / "batch.json"
     deadline = time.time() + 600
-    while time.time() < deadline and not list((out / "batch-props").glob("*/paused")):
+    while time.time() < deadline and not list((out / "batch-props").glob("runs/*/paused")):
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)

@@ -98,7 +98,7 @@ def _small_gaussian_iou(tmp_path, prompt: str = "an orange cube", broken: str | 
     trainer.fit(progress=False)
     field = trainer.field
     vertices, faces = extract_mesh(field.density, field.bound, 48,
-                                   auto_optical_depth=surface_optical_depth(field, None))
+                                   auto_optical_depth=surface_optical_depth(field, None), device="cpu")
     shape, _ = parse_prompt(prompt)
     return volumetric_iou(vertices, faces, lambda p: inside(shape, p), 64)
 

@@ -185,7 +185,7 @@ def _prior_error(prior, prompt: str, steps: int = 20) -> list[float]:
     the views the prior selects for that camera."""
     cfg = load_config("demo", [f"prompt={prompt}"])
     images = sample_preview(cfg, steps, model=prior)  # [4, R, R, 3]
-    cams, own = preview_cameras(cfg.camera), prior.encode_prompt(prompt).cond
+    cams, own = preview_cameras(cfg.camera), prior.encode_prompt(prompt).images
     errors = []
     for b in range(4):
         candidates = prior.decode(own[prior.select_views(cams, b)].reshape(-1, *prior.sample_shape))
@@ -266,7 +266,7 @@ def test_cli_preview_of_a_red_cube_shows_its_own_images_labelled(tmp_path, capsy
     assert row.shape == (LABEL_PX + 128, 512, 3)
     views = torch.tensor(row[LABEL_PX::4, ::4] / 255.0).reshape(32, 4, 32, 3).permute(1, 0, 2, 3)  # 1 pixel of 4x4
     cfg, cams = load_config("demo"), preview_cameras(load_config("demo").camera)
-    own = demo_prior.encode_prompt("a red cube").cond
+    own = demo_prior.encode_prompt("a red cube").images
     for b, label in enumerate(VIEW_LABELS):
         candidates = demo_prior.decode(own[demo_prior.select_views(cams, b)].reshape(-1, 3, 32, 32)).double()
         assert (candidates - views[b]).abs().flatten(1).max(1).values.min().item() < 0.02, label
