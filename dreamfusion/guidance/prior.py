@@ -118,17 +118,22 @@ def load_silhouettes(shape: str, cams: Cameras, resolution: int) -> Tensor:
     key = hashlib.sha1(repr((CACHE_VERSION, shape, resolution, cams.c2w.numpy().round(5).tobytes(),
                              cams.fovy.numpy().round(6).tobytes())).encode()).hexdigest()[:16]
     path = cache_dir() / f"{shape}-{resolution}px-{cams.c2w.shape[0]}v-{key}.pt"
+    return _cached(path, lambda: render_silhouettes(shape, cams, resolution))
+
+
+def _cached(path: Path, make) -> Tensor:
+    """The tensor stored at ``path``, else ``make()``'s, stored there for next time."""
     if path.is_file():
         try:
             return torch.load(path, weights_only=True)
         except Exception:
             pass  # a corrupt cache entry is rebuilt below
-    alpha = render_silhouettes(shape, cams, resolution)
+    value = make()
     try:
-        atomic_write(path, lambda fh: torch.save(alpha, fh))
+        atomic_write(path, lambda fh: torch.save(value, fh))
     except UserError:
         pass  # an unwritable cache only costs the rendering next time
-    return alpha
+    return value
 
 
 def _scene_key(scene: Scene, cams: Cameras, resolution: int) -> str:
@@ -151,17 +156,7 @@ def render_scene_coverage(scene: Scene, cams: Cameras, resolution: int, views_pe
 def load_scene_coverage(scene: Scene, cams: Cameras, resolution: int) -> Tensor:
     """Scene coverage from the cache, rendered and stored on first use."""
     path = cache_dir() / f"scene-{resolution}px-{cams.c2w.shape[0]}v-{_scene_key(scene, cams, resolution)}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception:
-            pass  # a corrupt cache entry is rebuilt below
-    coverage = render_scene_coverage(scene, cams, resolution)
-    try:
-        atomic_write(path, lambda fh: torch.save(coverage, fh))
-    except UserError:
-        pass
-    return coverage
+    return _cached(path, lambda: render_scene_coverage(scene, cams, resolution))
 
 
 @dataclass
