@@ -164,29 +164,39 @@ def inside(shape: str, p: Tensor) -> Tensor:
     raise ValueError(f"unknown shape {shape}")
 
 
-@torch.no_grad()
-def render_alpha(shape: str, origins: Tensor, dirs: Tensor, iterations: int = 128) -> Tensor:
-    """Silhouette [N] in {0, 1} of rays [N,3] (unit dirs) by sphere tracing the shape's distance bound.
-
-    Marching starts where the ray enters the sphere of radius BOUNDING_RADIUS that holds every shape and
-    stops where it leaves it; only rays still marching are evaluated.
-    """
+def _sphere_trace(distance, origins: Tensor, dirs: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+    """(ray index [H], hit point [H,3]) of the rays [N,3] (unit dirs) that reach the surface of the distance bound
+    ``distance(points [M,3]) -> [M]``. Marching starts where the ray enters the sphere of radius BOUNDING_RADIUS
+    that holds every shape and scene and stops where it leaves it; only rays still marching are evaluated."""
     b = (origins * dirs).sum(-1)
     c = (origins * origins).sum(-1) - BOUNDING_RADIUS ** 2
     disc = b * b - c
-    hit = torch.zeros(origins.shape[0], dtype=torch.bool, device=origins.device)
     active = (disc > 0).nonzero()[:, 0]
     root = disc[active].sqrt()
     t, t_exit = (-b[active] - root).clamp(min=0), -b[active] + root
+    rays, points = [], []
     for _ in range(iterations):
         if active.numel() == 0:
             break
-        d = sdf(shape, origins[active] + t[:, None] * dirs[active])
+        at = origins[active] + t[:, None] * dirs[active]
+        d = distance(at)
         done = d < 1e-4
-        hit[active[done]] = True
+        rays.append(active[done])
+        points.append(at[done])
         t = t + d.clamp(min=1e-4)
         keep = ~done & (t < t_exit)
         active, t, t_exit = active[keep], t[keep], t_exit[keep]
+    if not rays:
+        return active.new_zeros(0), origins.new_zeros(0, 3)
+    return torch.cat(rays), torch.cat(points)
+
+
+@torch.no_grad()
+def render_alpha(shape: str, origins: Tensor, dirs: Tensor, iterations: int = 128) -> Tensor:
+    """Silhouette [N] in {0, 1} of rays [N,3] (unit dirs) by sphere tracing the shape's distance bound."""
+    hit = torch.zeros(origins.shape[0], dtype=torch.bool, device=origins.device)
+    rays, _ = _sphere_trace(lambda p: sdf(shape, p), origins, dirs, iterations)
+    hit[rays] = True
     return hit.to(origins.dtype)
 
 
@@ -226,24 +236,9 @@ def surface_label(scene: Scene, p: Tensor) -> Tensor:
 
 @torch.no_grad()
 def render_scene(scene: Scene, origins: Tensor, dirs: Tensor, iterations: int = 128) -> Tensor:
-    """Colour label [N] long of rays [N,3] (unit dirs): an index into scene_palette, -1 where the ray misses.
-
-    Sphere tracing of the union's distance bound, as in render_alpha."""
-    b = (origins * dirs).sum(-1)
-    c = (origins * origins).sum(-1) - BOUNDING_RADIUS ** 2
-    disc = b * b - c
+    """Colour label [N] long of rays [N,3] (unit dirs): an index into scene_palette, -1 where the ray misses;
+    sphere tracing of the union's distance bound."""
     label = torch.full((origins.shape[0],), -1, dtype=torch.long, device=origins.device)
-    active = (disc > 0).nonzero()[:, 0]
-    root = disc[active].sqrt()
-    t, t_exit = (-b[active] - root).clamp(min=0), -b[active] + root
-    for _ in range(iterations):
-        if active.numel() == 0:
-            break
-        points = origins[active] + t[:, None] * dirs[active]
-        d, _ = scene_sdf(scene, points)
-        done = d < 1e-4
-        label[active[done]] = surface_label(scene, points[done])
-        t = t + d.clamp(min=1e-4)
-        keep = ~done & (t < t_exit)
-        active, t, t_exit = active[keep], t[keep], t_exit[keep]
+    rays, points = _sphere_trace(lambda p: scene_sdf(scene, p)[0], origins, dirs, iterations)
+    label[rays] = surface_label(scene, points)
     return label
