@@ -132,7 +132,8 @@ def test_predict_eps_is_the_exact_denoiser_of_the_weighted_views(prior):
     # equal masses reduce to the uniform closed form
     imgs = torch.rand(5, 12, generator=g)
     xt = torch.randn(12, generator=g)
-    torch.testing.assert_close(mixture_eps(xt, abar_all[400], [(imgs[:2], torch.zeros(2)), (imgs[2:], torch.zeros(3))]),
+    pieces = [(x, (x * x).sum(-1), torch.zeros(len(x))) for x in (imgs[:2], imgs[2:])]  # images, |x|^2, log mass
+    torch.testing.assert_close(mixture_eps(xt, abar_all[400], pieces),
                                closed_form_eps(xt, abar_all[400], imgs))
 
 

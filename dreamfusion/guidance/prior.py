@@ -65,15 +65,16 @@ def closed_form_eps(x_t: Tensor, abar: Tensor, images: Tensor) -> Tensor:
     return (x_t - sqrt_ab * mean) / var.sqrt()
 
 
-def mixture_eps(x_t: Tensor, abar: Tensor, pieces: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """eps_hat [D] of x_t [D] for images with masses given as pieces (images [K_j, D], log mass [K_j]): the
-    softmax over all pieces at once, without concatenating the images."""
+def mixture_eps(x_t: Tensor, abar: Tensor, pieces: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """eps_hat [D] of x_t [D] for images with masses given as pieces (images [K_j, D], their squared norms [K_j],
+    log mass [K_j]): the softmax over all pieces at once, without concatenating the images. The per-image
+    constant |x_t|^2 is dropped from the logits:
+    -|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar)) = (2 sqrt(abar) <x_t, x_i> - abar |x_i|^2) / (2 (1 - abar)) + c."""
     sqrt_ab, var = abar.sqrt(), 1.0 - abar
-    logits = [lm - ((x_t[None] - sqrt_ab * x) ** 2).sum(-1) / (2.0 * var) for x, lm in pieces]
+    logits = [lm + (2 * sqrt_ab * (x @ x_t) - abar * sq) / (2 * var) for x, sq, lm in pieces]
     top = torch.stack([lg.max() for lg in logits]).max()
     weights = [torch.exp(lg - top) for lg in logits]
-    total = sum(w.sum() for w in weights)
-    mean = sum(w @ x for w, (x, _) in zip(weights, pieces)) / total  # E[x0 | x_t]
+    mean = sum(w @ x for w, (x, _, _) in zip(weights, pieces)) / sum(w.sum() for w in weights)  # E[x0 | x_t]
     return (x_t - sqrt_ab * mean) / var.sqrt()
 
 
@@ -292,10 +293,8 @@ class EmbeddedPrior:
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
         """x_t [B, 3, R, R], t [B] long, embeddings [K, B, 1, 1 + V] (module docstring) -> eps [K, B, 3, R, R]:
-        each image under each of its K conditions, the exact denoiser of the image set with those view masses.
-
-        In float64, with the per-image constant |x_t|^2 dropped from the logits:
-        -|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar)) = (2 sqrt(abar) <x_t, x_i> - abar |x_i|^2) / (2 (1 - abar)) + c."""
+        each image under each of its K conditions, the exact denoiser of the image set with those view masses
+        (``mixture_eps`` in float64)."""
         k, batch = embeddings.shape[:2]
         out = torch.empty((k, *x_t.shape), device=x_t.device, dtype=torch.float32)
         for i in range(k):
@@ -305,15 +304,10 @@ class EmbeddedPrior:
                 pieces = [self._piece(n) for n in names]
                 per_view = sum(p[0].shape[0] for p in pieces) / (e.numel() - 1)  # images per view
                 log_mass = (e[1:].clamp(min=0) / per_view).log()  # [V]: -inf where a view has no mass
-                abar = self.alphas_cumprod[t[b]].double()
-                sqrt_ab, var = abar.sqrt(), 1.0 - abar
                 x = x_t[b].reshape(-1).to(self.device, torch.float64)
-                logits = [log_mass[views] + (2 * sqrt_ab * (images @ x) - abar * sq) / (2 * var)
-                          for images, sq, views in pieces]
-                top = torch.stack([lg.max() for lg in logits]).max()
-                weights = [torch.exp(lg - top) for lg in logits]
-                mean = sum(w @ p[0] for w, p in zip(weights, pieces)) / sum(w.sum() for w in weights)
-                out[i, b] = ((x - sqrt_ab * mean) / var.sqrt()).reshape(x_t.shape[1:]).float()
+                eps = mixture_eps(x, self.alphas_cumprod[t[b]].double(),
+                                  [(images, sq, log_mass[views]) for images, sq, views in pieces])
+                out[i, b] = eps.reshape(x_t.shape[1:]).float()
         return out
 
     @torch.no_grad()
