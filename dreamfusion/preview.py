@@ -57,6 +57,8 @@ def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> list[int]:
 def ddim_sample(predictor, cond, cameras: Cameras, guidance_scale: float, steps: int = 50,
                 generator: torch.Generator | None = None) -> Tensor:
     """x0 [B, C, h, w] on the predictor's device: deterministic DDIM from N(0, I), one sample per camera."""
+    from .guidance.sds import classifier_free_guidance
+
     abar = predictor.alphas_cumprod.float()  # [T], on the model's device
     device = abar.device
     batch = cameras.c2w.shape[0]
@@ -68,7 +70,7 @@ def ddim_sample(predictor, cond, cameras: Cameras, guidance_scale: float, steps:
         a_t, a_prev = abar[t], (abar[timesteps[i + 1]] if i + 1 < len(timesteps) else one)
         eps_u, eps_c = predictor.predict_noise(x, torch.full((batch,), t, dtype=torch.long, device=device),
                                                cameras, cond)
-        eps = eps_u.float() + guidance_scale * (eps_c.float() - eps_u.float())
+        eps = classifier_free_guidance(eps_u.float(), eps_c.float(), guidance_scale)
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         if predictor.clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
