@@ -33,7 +33,7 @@ from .latent import LATENT_CHANNELS
 from .renderer import render_views, render_views_chunked
 
 __all__ = ["Trainer", "Interrupted", "Diverged", "pick_shading", "regularizers", "render_size", "warmup_factor",
-           "weighted_loss"]
+           "weighted_loss", "metrics_step"]
 
 
 class Interrupted(UserError):
@@ -176,7 +176,7 @@ class Trainer:
         self.load(state if state is not None else load_checkpoint(self.run_dir, map_location=self.device))
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.is_file():
-            rows = [line for line in metrics.read_text().splitlines(keepends=True) if 0 <= _row_step(line) <= self.step]
+            rows = [line for line in metrics.read_text().splitlines(keepends=True) if 0 <= metrics_step(line) <= self.step]
             atomic_write_text(metrics, "".join(rows))
         for preview in (self.run_dir / "previews").glob("step_*.png"):
             if int(preview.stem[len("step_"):]) > self.step:
@@ -339,7 +339,7 @@ def _all_finite(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
     return bool(torch.isfinite(torch.cat([loss.detach().reshape(1).float(), norms.float()])).all())
 
 
-def _row_step(line: str) -> int:
+def metrics_step(line: str) -> int:
     """The step of a metrics.jsonl row; -1 for a torn line (a kill in the middle of a write)."""
     try:
         return int(json.loads(line)["step"])

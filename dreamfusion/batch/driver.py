@@ -236,12 +236,10 @@ def _last_step(run_dir: Path) -> int | None:
             lines = fh.read().splitlines()
     except OSError:
         return None
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue  # a row being written
-    return None
+    from ..train import metrics_step
+
+    steps = (metrics_step(line) for line in reversed(lines))
+    return next((step for step in steps if step >= 0), None)  # -1: a row being written
 
 
 def _show_steps(batch: _Batch, running, bar) -> None:
