@@ -106,12 +106,14 @@ def line_plot(xs: list[float], ys: list[float], title: str, *, x_label: str = "s
         parts.append(f'<text class="ylabel" transform="translate(12 {(y0 + y1) / 2:.1f}) rotate(-90)">'
                      f'{escape(y_label)}</text>')
     smooth = smooth and len(fx) >= 3
-    smoothed = iter(ema([y for y, k in zip(ys, keep) if k]) if smooth else [])
-    for cls, values in (("line raw" if smooth else "line", ys), *((("line smooth", None),) if smooth else ())):
+    curves = [("line raw" if smooth else "line", ys)]
+    if smooth:  # the EMA of the kept points, at their places (a left-out point stays a gap)
+        smoothed = iter(ema([y for y, k in zip(ys, keep) if k]))
+        curves.append(("line smooth", [next(smoothed) if k else y for y, k in zip(ys, keep)]))
+    for cls, values in curves:
         segment: list[str] = []
-        for x, y, k in zip(xs, ys, keep):
+        for x, v, k in zip(xs, values, keep):
             if k:
-                v = y if values is not None else next(smoothed)
                 segment.append(f"{px(x):.2f},{py(math.log10(v) if log_y else v):.2f}")
             elif segment:
                 parts.append(f'<polyline class="{cls}" points="{" ".join(segment)}"/>')
