@@ -52,18 +52,13 @@ def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_run(argv: list[str]) -> Path:
-    from .config import load_config, load_run_config
-    from .run import run
+    from .config import load_config
+    from .run import resume, run
 
     name, overrides = split_config_flag(argv)
     cfg = load_config(name, overrides)
     if cfg.resume is not None:
-        config_path = Path(cfg.resume) / "config.yaml"
-        if not config_path.is_file():
-            raise UserError(f"cannot resume: '{cfg.resume}' has no config.yaml; pass a run folder made by dreamfusion")
-        resume = cfg.resume
-        cfg = load_run_config(config_path, [o for o in overrides if not o.startswith("resume=")])
-        cfg.resume = resume
+        return resume(cfg.resume, [o for o in overrides if not o.startswith("resume=")], config_name=name).run_dir
     return run(cfg, config_name=name, overrides=overrides).run_dir
 
 

@@ -18,6 +18,7 @@ from render.gaussians import _gsplat_available
 from render.volume_nerfacc import nerfacc_available
 
 from .config import Config
+from .settings import replace_key
 
 __all__ = ["kernels_needed", "prepare_kernels"]
 
@@ -39,17 +40,15 @@ def _load(name: str) -> None:
         raise RuntimeError(f"{name} produced no CUDA extension")
 
 
-def _fall_back(cfg: Config, name: str) -> str:
-    if name == "nerfacc":
-        cfg.render.sampler = "torch"
-        return "render.sampler=torch"
-    cfg.field.gaussian.rasterizer = "torch"
-    return "field.gaussian.rasterizer=torch"
+_TWINS = {"nerfacc": "render.sampler", "gsplat": "field.gaussian.rasterizer"}  # the key that picks the twin
 
 
-def prepare_kernels(cfg: Config, device: torch.device, timer) -> list[str]:
+def prepare_kernels(cfg: Config, device: torch.device, timer) -> tuple[Config, list[str]]:
+
+
     """Build or load each needed package's kernels as phase ``kernels.<name>`` of ``timer``; a failure switches
-    ``cfg`` to the PyTorch twin with a one-line warning. Returns the packages whose kernels are ready."""
+    to the PyTorch twin with a one-line warning. Returns the config to run (a copy with the twin's key set after a
+    failure; configs are frozen) and the packages whose kernels are ready."""
     ready = []
     for name in kernels_needed(cfg, device):
         with timer.phase(f"kernels.{name}", f"building the {name} CUDA kernels (first run only; later runs load them)"):
@@ -58,7 +57,8 @@ def prepare_kernels(cfg: Config, device: torch.device, timer) -> list[str]:
                 ready.append(name)
             except Exception as exc:  # a compiler or toolkit problem: the run goes on without the fast path
                 first = (str(exc).strip().splitlines() or [""])[0][:200]
-                setting = _fall_back(cfg, name)
+                cfg = replace_key(cfg, _TWINS[name], "torch")
+                setting = f"{_TWINS[name]}=torch"
                 print(f"warning: the {name} CUDA kernels did not build ({type(exc).__name__}: {first}); "
                       f"using the PyTorch twin ({setting}), slower but the same results", file=sys.stderr)
-    return ready
+    return cfg, ready

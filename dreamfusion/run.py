@@ -31,7 +31,7 @@ from .exporting import PhaseTimer, export_run
 from .extensions import prepare_kernels
 from .io import atomic_write_text
 
-__all__ = ["run", "export", "load_run", "resolve_device", "read_run_json", "RunResult", "LoadedRun", "RunRecord"]
+__all__ = ["run", "resume", "resume_config", "export", "load_run", "resolve_device", "read_run_json", "RunResult", "LoadedRun", "RunRecord"]
 
 RUN_FORMAT = "dreamfusion-run/1"
 ERROR_LOG = "error.log"
@@ -146,7 +146,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
         check_output_dir(cfg.output_dir)  # likewise for an output_dir that cannot hold the run folder
     with timer.phase("load_guidance"):
         guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
-    prepare_kernels(cfg, device, timer)  # nerfacc / gsplat CUDA builds announced here, not mid-training
+    cfg, _ = prepare_kernels(cfg, device, timer)  # nerfacc / gsplat CUDA builds announced here, not mid-training
     if not resuming:
         run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt)) if run_dir is None else _fresh_run_dir(run_dir)
     trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
@@ -190,6 +190,21 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
     record.update(status="done", finished=_now())
     _report(record, timer, quiet)
     return _result(record)
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple = ()) -> Config:
+    """The config that continues ``run_dir``: its config.yaml with ``overrides`` on top (e.g. ``steps=2000``) and
+    ``resume`` set to the folder."""
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"cannot resume: '{run_dir}' has no config.yaml; pass a run folder made by dreamfusion")
+    return replace(load_run_config(config_path, list(overrides)), resume=str(run_dir))
+
+
+def resume(run_dir: str | Path, overrides: list[str] | tuple = (), **options) -> RunResult:
+    """Continue a run folder from its last checkpoint up to ``steps`` (``python -m dreamfusion resume=RUN_DIR``,
+    and a batch's rerun): :func:`run` of :func:`resume_config`; ``options`` are run's."""
+    return run(resume_config(run_dir, overrides), overrides=overrides, **options)
 
 
 def _failed(record: RunRecord, timer: PhaseTimer, exc: Exception, quiet: bool, **fields) -> UserError:
@@ -278,7 +293,7 @@ def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     record.data["status"] = read_run_json(run_dir).get("status", "done")
     record.forget_export()
     timer = PhaseTimer(quiet=quiet)
-    prepare_kernels(cfg, loaded.device, timer)
+    cfg, _ = prepare_kernels(cfg, loaded.device, timer)
     if hasattr(loaded.field, "rasterizer"):  # built before: follow a fall-back to the PyTorch twin
         loaded.field.rasterizer = cfg.field.gaussian.rasterizer
     try:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from dreamfusion.settings import replace_key
 from dreamfusion.config import (CHOICES, CONFIG_DIR, RENAMED, Config, all_keys, available_configs, load_config,
                                 load_run_config, to_yaml)
 from dreamfusion.errors import ConfigError, UserError
@@ -89,7 +90,7 @@ def test_every_shipped_config_loads_with_exactly_its_values(path):
 def test_yaml_round_trip_through_a_run_folder(tmp_path, prompt):
     cfg = load_config("demo", ["export.threshold=2.5", "seed=7", "guidance.revision=main",
                                "export.video_panels=[rgb,normal,depth]"])
-    cfg.prompt = prompt  # YAML-looking text must come back as the same string
+    cfg = replace_key(cfg, "prompt", prompt)  # YAML-looking text must come back as the same string
     (tmp_path / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     assert load_run_config(tmp_path / "config.yaml") == cfg
     again = load_run_config(tmp_path / "config.yaml", ["steps=900"])
@@ -397,9 +398,7 @@ def test_builders_accept_exactly_the_allowed_values():
     assert ("learned",) + SOLID_KINDS == CHOICES["render.background"]
     for builder, key in ((lambda c: build_field(c.field), "field.type"), (lambda c: load_guidance_model(c, "cpu"),
                                                                          "guidance.type")):
-        cfg = Config()
-        *parents, leaf = key.split(".")
-        setattr(get(cfg, ".".join(parents)), leaf, "nope")
+        cfg = replace_key(Config(), key, "nope")
         with pytest.raises(ConfigError, match=f"bad value 'nope' for '{key}': choose one of "
                                               f"{', '.join(CHOICES[key])}"):
             builder(cfg)

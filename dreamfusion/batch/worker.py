@@ -55,17 +55,12 @@ class PromptWorker:
         return result
 
     def _config(self, job: dict):
-        from ..config import load_config, load_run_config
+        from ..config import load_config
+        from ..run import resume_config
 
-        run_dir = Path(job["run_dir"])
-        overrides = [*job["overrides"], f"prompt={job['prompt']}"]
-        if job["seed"] is not None:
-            overrides.append(f"seed={job['seed']}")
         if job["resume"]:
-            cfg = load_run_config(run_dir / "config.yaml", [o for o in overrides if not o.startswith("prompt=")])
-            cfg.resume = str(run_dir)
-            return cfg
-        return load_config(job["config"], overrides)
+            return resume_config(job["run_dir"], _resume_overrides(job))
+        return load_config(job["config"], [*job["overrides"], f"prompt={job['prompt']}", *_seed(job)])
 
     def model_for(self, cfg):
         from ..guidance import guidance_model_key, load_guidance_model
@@ -81,14 +76,16 @@ class PromptWorker:
 
 def _run(worker: PromptWorker, cfg, job: dict, ray) -> dict:
     from ..errors import UserError
-    from ..run import run
+    from ..run import resume, run
     from ..train import Interrupted
 
-    context = ray.get_runtime_context()
+    options = dict(config_name=job["config"], guidance_model=worker.model_for(cfg), quiet=True,
+                   should_stop=ray.get_runtime_context().is_canceled)
     try:
-        result = run(cfg, config_name=job["config"], overrides=job["overrides"], guidance_model=worker.model_for(cfg),
-                     run_dir=None if job["resume"] else job["run_dir"], quiet=True,
-                     should_stop=context.is_canceled)
+        if job["resume"]:  # the same path as python -m dreamfusion resume=RUN_DIR
+            result = resume(job["run_dir"], _resume_overrides(job), **options)
+        else:
+            result = run(cfg, overrides=job["overrides"], run_dir=job["run_dir"], **options)
     except Interrupted as exc:
         exc.batch_status = "interrupted"
         raise
@@ -96,3 +93,12 @@ def _run(worker: PromptWorker, cfg, job: dict, ray) -> dict:
         raise
     metrics = result.metrics
     return {"status": result.status, "error": None, "iou": metrics.get("iou"), "albedo_err": metrics.get("albedo_err")}
+
+
+def _seed(job: dict) -> list[str]:
+    return [] if job["seed"] is None else [f"seed={job['seed']}"]
+
+
+def _resume_overrides(job: dict) -> list[str]:
+    """The batch's overrides (and the prompt's seed) on top of a run folder's own config.yaml."""
+    return [*job["overrides"], *_seed(job)]

@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
-from .ranges import check_ranges, range_doc
-from .schema import CHOICES, LATENT_NEEDS_VOLUME, RENAMED, Config, check_choice
+from ..settings import check_ranges, check_sections, range_doc
+from .schema import LATENT_NEEDS_VOLUME, RENAMED, Config
 
 __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "validate", "to_yaml", "all_keys",
            "field_docs", "available_configs", "resolve_config_path"]
@@ -193,11 +193,17 @@ def _overrides_config(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot read overrides: {str(exc).splitlines()[0]}") from None
 
 
+def _structured() -> DictConfig:
+    """The schema's defaults as a mergeable OmegaConf node (the frozen dataclasses make it read-only)."""
+    node = OmegaConf.structured(Config)
+    OmegaConf.set_readonly(node, False)
+    return node
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None,
                 base: DictConfig | None = None) -> Config:
     """Defaults <- YAML file <- key=value overrides, checked against the dataclasses."""
-    schema = OmegaConf.structured(Config) if base is None else base
-    cfg = schema
+    cfg = _structured() if base is None else base
     if name_or_path is not None or base is None:
         path = resolve_config_path(name_or_path or DEFAULT_CONFIG)
         cfg = _merge(cfg, _load_yaml(path), str(path))
@@ -218,8 +224,7 @@ def _get(cfg: Config, dotted: str):
 def validate(cfg: Config) -> None:
     """Choice keys hold an allowed value, numeric keys lie in their declared ranges (ranges.py), and the keys
     that depend on each other agree."""
-    for key in CHOICES:
-        check_choice(key, _get(cfg, key))
+    check_sections(cfg)
     check_ranges(cfg)
     for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fovy_range"):
         value = _get(cfg, key)
@@ -280,6 +285,5 @@ def to_yaml(cfg: Config) -> str:
 
 def load_run_config(path: Path, overrides: list[str] | None = None) -> Config:
     """The resolved config.yaml of a run folder, with optional overrides on top."""
-    schema = OmegaConf.structured(Config)
-    cfg = _merge(schema, _migrate_renamed(_load_yaml(Path(path)), str(path)), str(path))
+    cfg = _merge(_structured(), _migrate_renamed(_load_yaml(Path(path)), str(path)), str(path))
     return load_config(None, overrides, base=cfg)

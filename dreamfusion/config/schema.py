@@ -11,25 +11,23 @@ interval notation, each entry's for a list; ``--help`` prints the range after th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import List, Optional
 
-from ..errors import ConfigError
-from .ranges import ranged
+from ..settings import choice, choices_of, ranged, section
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
-           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "check_choice", "LATENT_NEEDS_VOLUME",
+           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "LATENT_NEEDS_VOLUME",
            "DeepFloydConfig"]
 
 
 
-@dataclass
+@section
 class HashGridConfig:
     """field.hashgrid: the multiresolution hash encoding of the NeRF field (Instant-NGP)."""
 
-    backend: str = "auto"
+    backend: str = choice("auto", ("auto", "torch", "tcnn"))
     """Implementation: auto (tinycudann on CUDA when installed), torch, or tcnn."""
     n_levels: int = ranged(16, "[1, inf)")
     """Number of resolution levels."""
@@ -43,7 +41,7 @@ class HashGridConfig:
     """Growth factor of the resolution from one level to the next."""
 
 
-@dataclass
+@section
 class TriplaneConfig:
     """field.triplane: the three feature planes of the tri-plane field (EG3D)."""
 
@@ -51,11 +49,11 @@ class TriplaneConfig:
     """Side N of each N x N feature plane."""
     channels: int = ranged(16, "[1, inf)")
     """Feature channels per plane."""
-    aggregation: str = "sum"
+    aggregation: str = choice("sum", ("sum", "product", "concat"))
     """How the three plane features combine: sum (EG3D), product or concat."""
 
 
-@dataclass
+@section
 class GaussianConfig:
     """field.gaussian: 3D Gaussian splats and their adaptive density control (3DGS, DreamGaussian)."""
 
@@ -69,7 +67,7 @@ class GaussianConfig:
     """Spherical-harmonics degree of the colour (0 = view independent)."""
     init_scale: float = ranged(0.0, "[0, inf)")
     """Initial scale (standard deviation); 0 = mean distance to the 3 nearest neighbours."""
-    rasterizer: str = "auto"
+    rasterizer: str = choice("auto", ("auto", "torch", "gsplat"))
     """Rasterizer: auto (gsplat on CUDA when installed), torch, or gsplat."""
     densify_every: int = ranged(50, "[0, inf)")
     """Clone / split / prune every N steps (0 disables)."""
@@ -89,11 +87,11 @@ class GaussianConfig:
     """Cap on the number of Gaussians densification may reach (0 = no cap, warned about: SDS grows it without bound)."""
 
 
-@dataclass
+@section
 class FieldConfig:
     """field: the 3D representation; hidden_dim .. blob_radius are the MLP decoder shared by nerf and triplane."""
 
-    type: str = "nerf"
+    type: str = choice("nerf", ("nerf", "triplane", "gaussian"))
     """The 3D representation: nerf (hash-grid NeRF), triplane, or gaussian."""
     bound: float = ranged(1.0, "(0, inf)")
     """Half side of the scene cube [-bound, bound]^3 that holds the object."""
@@ -101,7 +99,7 @@ class FieldConfig:
     """Width of the MLP that decodes features to density and albedo."""
     n_hidden_layers: int = ranged(1, "[0, inf)")
     """Hidden layers of that MLP."""
-    density_activation: str = "softplus"
+    density_activation: str = choice("softplus", ("softplus", "exp"))
     """Density activation: softplus or exp (truncated exponential)."""
     blob_density: float = ranged(10.0, "[0, inf)")
     """Peak of the density bias added at init (0 disables it)."""
@@ -112,7 +110,7 @@ class FieldConfig:
     gaussian: GaussianConfig = dc_field(default_factory=GaussianConfig)
 
 
-@dataclass
+@section
 class CameraConfig:
     batch_size: int = ranged(1, "[1, inf)")
     """Views rendered per step."""
@@ -132,7 +130,7 @@ class CameraConfig:
     """Field of view of the orbit video and previews, degrees."""
 
 
-@dataclass
+@section
 class RenderConfig:
     width: int = ranged(64, "[1, inf)")
     """Training render width in pixels."""
@@ -148,9 +146,9 @@ class RenderConfig:
     """Previews and the orbit video render the field sampled once on this many grid vertices per side (fast on a CPU); 0 renders the field itself."""
     perturb: bool = True
     """Jitter sample positions during training."""
-    sampler: str = "auto"
+    sampler: str = choice("auto", ("auto", "torch", "nerfacc"))
     """Ray sampler: auto (nerfacc occupancy grid on CUDA when installed), torch, or nerfacc."""
-    background: str = "learned"
+    background: str = choice("learned", ("learned", "random", "white", "black", "gray", "white_or_black", "augment"))
     """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, white_or_black (either, per view), or augment (Dream Fields random textures)."""
     albedo_warmup_steps: int = ranged(1000, "[0, inf)")
     """Steps that render albedo only before random shading starts (DreamFusion)."""
@@ -162,7 +160,7 @@ class RenderConfig:
     """Ambient light fraction in Lambertian shading."""
 
 
-@dataclass
+@section
 class PriorConfig:
     """guidance.prior: the embedded offline prior (guidance.type=prior)."""
 
@@ -174,7 +172,7 @@ class PriorConfig:
     """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent)."""
 
 
-@dataclass
+@section
 class ClipConfig:
     """guidance.clip: Dream Fields' CLIP guidance (guidance.type=clip)."""
 
@@ -184,7 +182,7 @@ class ClipConfig:
     """Fraction of the render side each random crop covers."""
 
 
-@dataclass
+@section
 class PerpNegConfig:
     """guidance.perp_neg: Perp-Neg view-dependent negative prompts (guidance/perp_neg.py; sds or deepfloyd)."""
 
@@ -200,7 +198,7 @@ class PerpNegConfig:
     """(a, b, c) of the weight of the front negative between side and back."""
 
 
-@dataclass
+@section
 class VSDConfig:
     """guidance.vsd: variational score distillation (ProlificDreamer; guidance/vsd.py; guidance.type=sds)."""
 
@@ -214,7 +212,7 @@ class VSDConfig:
     """Probability of a zero camera condition in the LoRA's training loss (classifier-free training)."""
 
 
-@dataclass
+@section
 class DeepFloydConfig:
     """guidance.deepfloyd: DeepFloyd IF stage I, a pixel-space prior read by T5 (guidance.type=deepfloyd)."""
 
@@ -224,11 +222,11 @@ class DeepFloydConfig:
     """Weight files to load: null = the full-precision ones; fp16 = IF's *.fp16.safetensors (half the download)."""
 
 
-@dataclass
+@section
 class GuidanceConfig:
     """guidance: the 2D prior that grades the renders, and the SDS rule's settings."""
 
-    type: str = "sds"
+    type: str = choice("sds", ("sds", "prior", "clip", "deepfloyd"))
     """Guidance: sds (Stable Diffusion), prior (embedded offline prior), clip (Dream Fields) or deepfloyd (SDS on DeepFloyd IF stage I, pixel space)."""
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     """Hub id or local folder of the guidance model."""
@@ -242,11 +240,11 @@ class GuidanceConfig:
     """Smallest diffusion time, as a fraction of the 1000 training steps."""
     t_max: float = ranged(0.98, "(0, 1)")
     """Largest diffusion time at the start of training."""
-    t_anneal: str = "none"
+    t_anneal: str = choice("none", ("none", "linear", "sqrt"))
     """How t_max moves toward t_max_end: none, linear or sqrt."""
     t_max_end: float = ranged(0.5, "(0, 1)")
     """T_max at the end of training when t_anneal is not none."""
-    weighting: str = "sds"
+    weighting: str = choice("sds", ("sds", "uniform", "fantasia3d"))
     """W(t): sds (1 - abar_t), uniform, or fantasia3d (sqrt(abar_t) (1 - abar_t))."""
     grad_clip: float = ranged(0.0, "[0, inf)")
     """Clamp each element of the SDS gradient to [-grad_clip, grad_clip]; 0 disables."""
@@ -254,11 +252,11 @@ class GuidanceConfig:
     """Append front/side/back/overhead view to the prompt by camera."""
     half_precision: bool = True
     """Run the frozen model in fp16 on CUDA (always fp32 on CPU); read when guidance.dtype is auto."""
-    dtype: str = "auto"
+    dtype: str = choice("auto", ("auto", "fp32", "fp16", "bf16"))
     """Precision of the frozen UNet and VAE: auto (see half_precision), fp32, fp16 (CUDA only) or bf16."""
     channels_last: bool = False
     """Store the UNet and VAE convolution weights channels-last (NHWC), the layout tensor cores prefer."""
-    attention: str = "sdpa"
+    attention: str = choice("sdpa", ("sdpa", "classic"))
     """Attention kernel of the UNet and VAE: sdpa (fused torch scaled_dot_product_attention) or classic."""
     compile: bool = False
     """Torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
@@ -273,7 +271,7 @@ class GuidanceConfig:
     deepfloyd: DeepFloydConfig = dc_field(default_factory=DeepFloydConfig)
 
 
-@dataclass
+@section
 class GaussianOptimConfig:
     """optim.gaussian: per-parameter learning rates of the Gaussian field (3DGS / DreamGaussian)."""
 
@@ -293,7 +291,7 @@ class GaussianOptimConfig:
     """Learning rate of the quaternions."""
 
 
-@dataclass
+@section
 class OptimConfig:
     """optim: Adam and the learning rates of every parameter group."""
 
@@ -316,7 +314,7 @@ class OptimConfig:
     gaussian: GaussianOptimConfig = dc_field(default_factory=GaussianOptimConfig)
 
 
-@dataclass
+@section
 class LossConfig:
     sds: float = ranged(1.0, "[0, inf)")
     """Weight of the score distillation term."""
@@ -336,7 +334,7 @@ class LossConfig:
     """Weight of the VSD LoRA's denoising loss (guidance.vsd; it trains the LoRA only)."""
 
 
-@dataclass
+@section
 class ExportConfig:
     resolution: int = ranged(128, "[2, inf)")
     """Marching-cubes grid resolution per side."""
@@ -348,7 +346,7 @@ class ExportConfig:
     """Drop mesh pieces with fewer faces than this fraction of the largest piece."""
     decimate_faces: int = ranged(0, "[0, inf)")
     """Target face count for decimation; 0 keeps every face."""
-    texture: str = "uv"
+    texture: str = choice("uv", ("uv", "vertex"))
     """Colour: uv (xatlas unwrap + baked albedo texture) or vertex (vertex colours)."""
     uv_max_faces: int = ranged(20000, "[0, inf)")
     """UV texture only: decimate to at most this many faces before the unwrap (xatlas time grows faster than the face count); 0 never."""
@@ -364,7 +362,7 @@ class ExportConfig:
     """Panels side by side in the orbit video: rgb, normal, depth."""
 
 
-@dataclass
+@section
 class Config:
     prompt: str = ""
     """The text prompt."""
@@ -376,7 +374,7 @@ class Config:
     """Total optimization steps (with resume: the step to continue up to)."""
     output_dir: str = "outputs"
     """Folder that receives the run folder."""
-    device: str = "auto"
+    device: str = choice("auto", ("auto", "cpu", "cuda"))
     """auto, cpu or cuda."""
     resume: Optional[str] = None
     """A run folder to continue from its last checkpoint."""
@@ -399,31 +397,8 @@ class Config:
     export: ExportConfig = dc_field(default_factory=ExportConfig)
 
 
-# The allowed values of every string-valued choice key, written once: the loader validates merged configs
-# against them and the builders (build_field, make_hashgrid, ...) call check_choice for configs built in code.
-CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
-    "field.type": ("nerf", "triplane", "gaussian"),
-    "field.density_activation": ("softplus", "exp"),
-    "field.hashgrid.backend": ("auto", "torch", "tcnn"),
-    "field.triplane.aggregation": ("sum", "product", "concat"),
-    "field.gaussian.rasterizer": ("auto", "torch", "gsplat"),
-    "render.sampler": ("auto", "torch", "nerfacc"),
-    "render.background": ("learned", "random", "white", "black", "gray", "white_or_black", "augment"),
-    "guidance.type": ("sds", "prior", "clip", "deepfloyd"),
-    "guidance.t_anneal": ("none", "linear", "sqrt"),
-    "guidance.weighting": ("sds", "uniform", "fantasia3d"),
-    "guidance.dtype": ("auto", "fp32", "fp16", "bf16"),
-    "guidance.attention": ("sdpa", "classic"),
-    "export.texture": ("uv", "vertex"),
-}
-
-
-def check_choice(key: str, value: str) -> str:
-    """``value`` when CHOICES allows it for ``key``, else a one-line ConfigError listing the allowed values."""
-    if value not in CHOICES[key]:
-        raise ConfigError(f"bad value '{value}' for '{key}': choose one of {', '.join(CHOICES[key])}")
-    return value
+CHOICES: dict[str, tuple[str, ...]] = choices_of(Config)
+"""The allowed values of every choice key, {dotted key: values}, read from each section's choice() declarations."""
 
 
 def _renamed() -> dict[str, str]:

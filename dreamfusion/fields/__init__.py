@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import LATENT_NEEDS_VOLUME, FieldConfig, check_choice
+from ..config import LATENT_NEEDS_VOLUME, FieldConfig
+from ..settings import check_choice
 from ..errors import ConfigError
 from .background import LearnedBackground, build_background, solid_background
 from .base import Field
@@ -26,7 +27,7 @@ def build_field(cfg: FieldConfig, device: torch.device | str = "cpu", albedo_cha
     """The field named by ``cfg.type``, on ``device``; ``albedo_channels=4`` renders Stable Diffusion latents
     (guidance.latent_render; NeRF and tri-plane only)."""
     fields = {"nerf": NeRFField, "triplane": TriplaneField, "gaussian": GaussianField}
-    kind = check_choice("field.type", cfg.type)
+    kind = check_choice(cfg, "type", "field.type")
     if kind == "gaussian":  # colours are SH coefficients: RGB only
         if albedo_channels != 3:
             raise ConfigError(LATENT_NEEDS_VOLUME)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..config import CHOICES, OptimConfig, check_choice
+from ..config import CHOICES, OptimConfig
 from ..errors import ConfigError
 
 __all__ = ["LearnedBackground", "solid_background", "build_background"]
@@ -91,6 +91,8 @@ def solid_background(kind: str, shape: tuple[int, ...] | torch.Size, generator: 
 
 def build_background(kind: str, device: torch.device | str = "cpu") -> LearnedBackground | None:
     """The module for ``learned``; ``None`` for the solid kinds (use :func:`solid_background`)."""
-    if check_choice("render.background", kind) == "learned":
+    if kind not in CHOICES["render.background"]:
+        raise ConfigError(f"bad value '{kind}' for 'render.background': choose one of {', '.join(CHOICES['render.background'])}")
+    if kind == "learned":
         return LearnedBackground().to(device)
     return None

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import FieldConfig, check_choice
+from ..config import FieldConfig
+from ..settings import check_choice
 from ..errors import ConfigError
 from .base import Field
 
@@ -73,7 +74,7 @@ class DecodedField(Field):
         self.bound = float(cfg.bound)
         self.blob_density = float(cfg.blob_density)
         self.blob_radius = float(cfg.blob_radius)
-        self.density_activation = check_choice("field.density_activation", cfg.density_activation)
+        self.density_activation = check_choice(cfg, "density_activation", "field.density_activation")
         self._activation = _ACTIVATIONS[cfg.density_activation]
         layers: list[nn.Module] = []
         width = in_width

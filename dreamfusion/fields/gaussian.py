@@ -36,7 +36,8 @@ from render.cameras import Cameras
 from render.gaussians import ALPHA_MAX, SH_C0, quat_to_rotmat, rasterize_gaussians
 from render.rays import generate_rays
 
-from ..config import FieldConfig, OptimConfig, check_choice
+from ..config import FieldConfig, OptimConfig
+from ..settings import check_choice
 from ..errors import ConfigError
 from .background import solid_background
 from .base import Field
@@ -94,7 +95,7 @@ class GaussianField(Field):
             raise ConfigError(f"field.gaussian.init_opacity must be in (0, 1), got {cfg.gaussian.init_opacity}")
         if cfg.gaussian.sh_degree not in (0, 1, 2, 3):
             raise ConfigError(f"field.gaussian.sh_degree must be 0, 1, 2 or 3, got {cfg.gaussian.sh_degree}")
-        check_choice("field.gaussian.rasterizer", cfg.gaussian.rasterizer)
+        check_choice(cfg.gaussian, "rasterizer", "field.gaussian.rasterizer")
         if cfg.gaussian.max_count <= 0 and cfg.gaussian.densify_every > 0:
             print(f"warning: field.gaussian.max_count={cfg.gaussian.max_count} puts no cap on densification (SDS "
                   f"gradients once grew 5,000 Gaussians to 2.8 M in 500 steps): set e.g. "

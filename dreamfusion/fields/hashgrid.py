@@ -22,7 +22,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..config import FieldConfig, check_choice
+from ..config import FieldConfig
+from ..settings import check_choice
 from ..errors import ConfigError
 
 __all__ = ["HashGrid", "TcnnHashGrid", "make_hashgrid", "level_resolutions", "level_table_sizes"]
@@ -253,7 +254,7 @@ def make_hashgrid(cfg: FieldConfig, device: torch.device | str = "cpu") -> nn.Mo
     kwargs = dict(bound=cfg.bound, n_levels=h.n_levels, n_features_per_level=h.n_features_per_level,
                   log2_hashmap_size=h.log2_hashmap_size, base_resolution=h.base_resolution,
                   per_level_scale=h.per_level_scale)
-    backend = check_choice("field.hashgrid.backend", h.backend)
+    backend = check_choice(h, "backend", "field.hashgrid.backend")
     use_tcnn = backend == "tcnn" or (backend == "auto" and device.type == "cuda" and _tcnn_available())
     if use_tcnn:
         if device.type != "cuda":

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import FieldConfig, OptimConfig, TriplaneConfig, check_choice
+from ..config import FieldConfig, OptimConfig, TriplaneConfig
+from ..settings import check_choice
 from ..errors import ConfigError, UserError
 from ..io import atomic_write
 from .decoder import DecodedField
@@ -47,7 +48,7 @@ class TriplaneField(DecodedField):
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3):
         super().__init__()
         t = cfg.triplane
-        self.aggregation = check_choice("field.triplane.aggregation", t.aggregation)
+        self.aggregation = check_choice(t, "aggregation", "field.triplane.aggregation")
         if t.resolution < 2 or t.channels < 1:
             raise ConfigError(f"field.triplane.resolution must be >= 2 and field.triplane.channels >= 1, "
                               f"got {t.resolution} and {t.channels}")

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from ..config import Config, check_choice
+from ..config import Config
+from ..settings import check_choice
 from ..errors import UserError
 from .base import FrozenGuidance, FunctionGuidance, Guidance
 from .prompts import slugify, view_label, view_prompts
@@ -70,7 +71,7 @@ def load_guidance_model(cfg: Config, device: str | torch.device) -> Any:
     """The frozen model that ``cfg.guidance.type`` needs (Stable Diffusion, the embedded prior's image set, CLIP
     or DeepFloyd IF), loaded on ``device``; it knows no prompt."""
     loaders = {"sds": _load_sd, "prior": _load_prior, "clip": _load_clip, "deepfloyd": _load_deepfloyd}
-    return loaders[check_choice("guidance.type", cfg.guidance.type)](cfg, torch.device(device))
+    return loaders[check_choice(cfg.guidance, "type", "guidance.type")](cfg, torch.device(device))
 
 
 def build_guidance(cfg: Config, device: str | torch.device, model: Any = None) -> Guidance:

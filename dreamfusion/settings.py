@@ -1,21 +1,73 @@
-"""Allowed values of numeric config keys, declared next to each key in schema.py and checked in one place.
+"""How a component declares its config section: a frozen dataclass (:func:`section`) whose numeric keys carry
+their allowed interval (:func:`ranged`) and whose choice keys their allowed values (:func:`choice`).
+
+Each component (field, renderer, guidance, export, ...) declares its section next to its code with these;
+``config/schema.py`` only assembles the sections into ``Config`` and ``config/loader.py`` merges and checks.
+This module sits below every component (it imports nothing of dreamfusion but errors), so a component's
+config never imports the assembled schema.
 
 A numeric key is written ``guidance_scale: float = ranged(100.0, "[0, inf)")``: the interval in the usual
 notation ("[0, 1]", "(0, inf)", "[1, inf)"), each entry's for a list key. :func:`check_ranges` (called first
 by the loader's ``validate``) refuses a value outside it, and NaN or infinity for every float key, with one
-line that starts with the key; a null Optional key (an automatic setting) is not checked.
+line that starts with the key; a null Optional key (an automatic setting) is not checked. A section may define
+``check(self, root)`` for rules between its keys (``root`` is the whole config, for rules across sections);
+the loader calls it after the ranges. A loaded config is frozen: assigning to a key raises
+``dataclasses.FrozenInstanceError``; derive a changed copy with ``dataclasses.replace`` or :func:`replace_key`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from dataclasses import field as dc_field
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
-__all__ = ["Interval", "ranged", "numeric_ranges", "range_doc", "check_ranges"]
+__all__ = ["Interval", "section", "ranged", "choice", "choices_of", "check_choice", "numeric_ranges", "range_doc",
+           "check_ranges", "check_sections", "replace_key"]
+
+
+def section(cls: type) -> type:
+    """Decorator of a config section: a frozen dataclass (keys are read-only once the config is loaded)."""
+    return dataclass(frozen=True)(cls)
+
+
+def choice(default: str, allowed: tuple[str, ...]):
+    """A dataclass field holding one of ``allowed`` (the loader refuses any other value, naming them)."""
+    assert default in allowed, (default, allowed)
+    return dc_field(default=default, metadata={"choices": tuple(allowed)})
+
+
+def choices_of(cls: type, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """{dotted key: allowed values} of every key declared with :func:`choice` in ``cls`` and its sub-sections."""
+    out = {}
+    instance = cls()
+    for f in fields(cls):
+        value = getattr(instance, f.name)
+        if is_dataclass(value):
+            out.update(choices_of(type(value), f"{prefix}{f.name}."))
+        elif "choices" in f.metadata:
+            out[prefix + f.name] = f.metadata["choices"]
+    return out
+
+
+def check_choice(section_cfg, name: str, key: str | None = None) -> str:
+    """``section_cfg.<name>`` when its declared choices allow it, else a one-line ConfigError listing them
+    (``key``: the dotted name to show, default ``name``). Builders call it for configs made in code."""
+    allowed = {f.name: f.metadata.get("choices") for f in fields(section_cfg)}[name]
+    value = getattr(section_cfg, name)
+    if value not in allowed:
+        raise ConfigError(f"bad value '{value}' for '{key or name}': choose one of {', '.join(allowed)}")
+    return value
+
+
+def replace_key(cfg, dotted: str, value):
+    """A copy of the frozen config ``cfg`` with the dotted key set to ``value`` (the sections above it copied)."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return replace(cfg, **{head: value})
+    return replace(cfg, **{head: replace_key(getattr(cfg, head), rest, value)})
 
 
 @dataclass(frozen=True)
@@ -101,3 +153,17 @@ def check_ranges(cfg) -> None:
                               f"{key} must be a finite number, got {value}")
         if not all(v in interval for v in values):
             raise ConfigError(f"{subject} must be {_allowed(interval, kind)}, got {shown}")
+
+
+def check_sections(cfg, root=None, prefix: str = "") -> None:
+    """Every declared choice and range, then each section's own ``check(root)``, depth first."""
+    root = cfg if root is None else root
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            check_sections(value, root, f"{prefix}{f.name}.")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(f"bad value '{value}' for '{prefix}{f.name}': choose one of "
+                              f"{', '.join(f.metadata['choices'])}")
+    if hasattr(cfg, "check"):
+        cfg.check(root)

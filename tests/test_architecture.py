@@ -1,0 +1,184 @@
+"""The package"s import graph: no circles, and every import goes down the layers of docs/DESIGN.md.
+
+The graph is read from the source (every ``import`` and ``from ... import``, also the ones inside functions,
+which are dependencies all the same). A module may import modules of its own package and of lower layers; two
+packages of one layer do not import each other. Oracle: the graph of a copy of the package with one upward
+import added fails the check (test_an_upward_import_is_caught).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Low to high. A name is a module or a package (then every module under it).
+LAYERS = [
+    ["render", "dreamfusion.errors"],  # render/: pure functions of tensors
+    ["dreamfusion.io", "dreamfusion.settings"],
+    ["dreamfusion.checkpoint", "dreamfusion.fields", "dreamfusion.guidance", "dreamfusion.export",
+     "dreamfusion.report.plot"],
+    ["dreamfusion.latent"],
+    ["dreamfusion.renderer"],
+    ["dreamfusion.config"],  # assembles the components" sections
+    ["dreamfusion.metrics", "dreamfusion.extensions", "dreamfusion.report", "dreamfusion.train"],
+    ["dreamfusion.exporting"],
+    ["dreamfusion.run"],
+    ["dreamfusion.evaluate", "dreamfusion.preview", "dreamfusion.viewer", "dreamfusion.batch"],
+    ["dreamfusion.cli"],
+    ["dreamfusion.__main__", "dreamfusion"],
+]
+# Beyond the layers: a field is a representation (issue 21): it renders nothing and knows no camera.
+FORBIDDEN = {"dreamfusion.fields": ("render",)}
+
+# Imports that break the rules today, each to be removed as the code moves (issue 21); the test fails when the
+# code and this list disagree, in either direction.
+KNOWN_UPWARD: set[tuple[str, str]] = {
+    ("dreamfusion.fields", "dreamfusion.config"),
+    ("dreamfusion.fields.background", "dreamfusion.config"),
+    ("dreamfusion.fields.background", "dreamfusion.guidance.augment"),
+    ("dreamfusion.fields.base", "dreamfusion.renderer"),
+    ("dreamfusion.fields.decoder", "dreamfusion.config"),
+    ("dreamfusion.fields.gaussian", "dreamfusion.config"),
+    ("dreamfusion.fields.gaussian", "dreamfusion.export.ply"),
+    ("dreamfusion.fields.gaussian", "render.cameras"),
+    ("dreamfusion.fields.gaussian", "render.gaussians"),
+    ("dreamfusion.fields.gaussian", "render.rays"),
+    ("dreamfusion.fields.hashgrid", "dreamfusion.config"),
+    ("dreamfusion.fields.nerf", "dreamfusion.config"),
+    ("dreamfusion.fields.triplane", "dreamfusion.config"),
+    ("dreamfusion.guidance", "dreamfusion.config"),
+    ("dreamfusion.guidance.clip", "dreamfusion.config"),
+    ("dreamfusion.guidance.deepfloyd", "dreamfusion.config"),
+    ("dreamfusion.guidance.fastpaths", "dreamfusion.config"),
+    ("dreamfusion.guidance.sds", "dreamfusion.config"),
+    ("dreamfusion.guidance.stable_diffusion", "dreamfusion.config"),
+    ("dreamfusion.preview", "dreamfusion.cli"),
+    ("dreamfusion.train", "dreamfusion.exporting"),
+}
+KNOWN_CIRCLES: list[list[str]] = [
+    ["dreamfusion.cli", "dreamfusion.preview"],
+    ["dreamfusion.fields.baked", "dreamfusion.fields.base", "dreamfusion.fields.decoder", "dreamfusion.latent", "dreamfusion.renderer"],
+]
+
+
+def modules(root: Path = ROOT) -> dict[str, Path]:
+    out = {}
+    for path in [*root.glob("dreamfusion/**/*.py"), *root.glob("render/**/*.py")]:
+        if "configs" in path.parts:
+            continue
+        parts = path.relative_to(root).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """{module: the package modules it imports}, names resolved to the longest existing module."""
+    mods = modules(root)
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                    prefix = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    prefix = node.module
+                candidates = [f"{prefix}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in candidates:
+                while target and target not in mods:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _owner(module: str) -> tuple[int, str]:
+    """(layer index, the layer entry it falls under): the longest entry that is the module or a package above it."""
+    best = None
+    for index, layer in enumerate(LAYERS):
+        for entry in layer:
+            if module == entry or module.startswith(entry + "."):
+                if best is None or len(entry) > len(best[1]):
+                    best = (index, entry)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best
+
+
+def violations(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    out = set()
+    for source, targets in graph.items():
+        layer, entry = _owner(source)
+        for target in targets:
+            t_layer, t_entry = _owner(target)
+            forbidden = any(source.startswith(p) and (target == f or target.startswith(f + "."))
+                            for p, fs in FORBIDDEN.items() for f in fs)
+            if t_layer > layer or (t_layer == layer and t_entry != entry) or forbidden:
+                out.add((source, target))
+    return out
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_every_module_has_a_layer():
+    for module in modules():
+        _owner(module)
+
+
+def test_no_upward_or_sideways_imports():
+    found = violations(import_graph())
+    assert found - KNOWN_UPWARD == set(), f"imports against the layers: {sorted(found - KNOWN_UPWARD)}"
+    assert KNOWN_UPWARD - found == set(), f"fixed, remove from KNOWN_UPWARD: {sorted(KNOWN_UPWARD - found)}"
+
+
+def test_no_import_circles():
+    assert circles(import_graph()) == KNOWN_CIRCLES
+
+
+def test_an_upward_import_is_caught():
+    graph = import_graph()
+    graph["dreamfusion.errors"] = graph["dreamfusion.errors"] | {"dreamfusion.run"}
+    assert ("dreamfusion.errors", "dreamfusion.run") in violations(graph)
+    assert any("dreamfusion.errors" in c and "dreamfusion.run" in c for c in circles(graph))
+    graph = import_graph()
+    graph["dreamfusion.fields.base"] = graph["dreamfusion.fields.base"] | {"render.volume"}
+    assert ("dreamfusion.fields.base", "render.volume") in violations(graph)
