@@ -25,7 +25,7 @@ from dataclasses import field as dc_field
 from .errors import ConfigError
 
 __all__ = ["Interval", "section", "ranged", "choice", "choices_of", "check_choice", "numeric_ranges", "range_doc",
-           "check_ranges", "check_sections", "replace_key"]
+           "check_ranges", "check_sections", "replace_key", "freeze"]
 
 
 def section(cls: type) -> type:
@@ -109,8 +109,8 @@ class Interval:
 def ranged(default, interval: str):
     """A dataclass field holding a number (or a list of numbers) that must lie in ``interval``."""
     metadata = {"range": Interval.parse(interval)}
-    if isinstance(default, list):
-        return dc_field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, list):  # a frozen config holds tuples: its lists cannot be changed in place either
+        default = tuple(default)
     return dc_field(default=default, metadata=metadata)
 
 
@@ -153,6 +153,18 @@ def check_ranges(cfg) -> None:
                               f"{key} must be a finite number, got {value}")
         if not all(v in interval for v in values):
             raise ConfigError(f"{subject} must be {_allowed(interval, kind)}, got {shown}")
+
+
+def freeze(cfg):
+    """``cfg`` with every list value, at any depth, turned into a tuple (OmegaConf hands back lists)."""
+    changes = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            changes[f.name] = freeze(value)
+        elif isinstance(value, list):
+            changes[f.name] = tuple(value)
+    return replace(cfg, **changes)
 
 
 def check_sections(cfg, root=None, prefix: str = "") -> None:

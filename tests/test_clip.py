@@ -240,7 +240,7 @@ def test_dreamfields_config_frames_a_radius_one_scene():
     c = cfg.camera
     assert (cfg.guidance.type, cfg.render.background, cfg.loss.clip, cfg.loss.transmittance, cfg.loss.sds) == \
         ("clip", "augment", 1.0, 0.5, 0.0)
-    assert c.elevation_range == [30.0, 30.0] and c.distance_range == [4.0, 4.0] and c.azimuth_range == [-180.0, 180.0]
+    assert c.elevation_range == (30.0, 30.0) and c.distance_range == (4.0, 4.0) and c.azimuth_range == (-180.0, 180.0)
     # a sphere of radius 1 at distance d subtends 2 asin(1 / d): the view holds it with < 2 degrees to spare
     fit = math.degrees(2 * math.asin(1.0 / c.distance_range[0]))
     for fovy in (*c.fovy_range, c.eval_fovy):

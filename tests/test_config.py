@@ -6,6 +6,7 @@ defaults, the CHOICES table against each key's docstring, and to_yaml -> load_ru
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import fields, is_dataclass
@@ -14,10 +15,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from dreamfusion.settings import replace_key
 from dreamfusion.config import (CHOICES, CONFIG_DIR, RENAMED, Config, all_keys, available_configs, load_config,
                                 load_run_config, to_yaml)
 from dreamfusion.errors import ConfigError, UserError
+from dreamfusion.settings import replace_key
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 
@@ -56,9 +57,23 @@ def test_defaults_then_yaml_then_overrides(tmp_path):
     default = Config()
     assert cfg.steps == 9 and cfg.guidance.t_min == 0.05  # the command line beats the file
     assert cfg.seed == 3 and cfg.field.hidden_dim == 32  # the file beats the defaults
-    assert cfg.camera.elevation_range == [0.0, 30.0]
+    assert cfg.camera.elevation_range == (0.0, 30.0)
     assert cfg.log_every == default.log_every and cfg.field.hashgrid.n_levels == default.field.hashgrid.n_levels
     assert load_config(str(path), ["steps=9", "steps=11"]).steps == 11  # the last override wins
+
+
+def test_a_loaded_config_is_frozen():
+    """Every section and every list of a loaded config refuses changes: a copy is made with replace_key."""
+    cfg = load_config("demo")
+    for key, _, _ in all_keys():
+        *parents, leaf = key.split(".")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(get(cfg, ".".join(parents)) if parents else cfg, leaf, None)
+        value = get(cfg, key)
+        assert not isinstance(value, list), key  # tuples: no change in place either
+    changed = replace_key(cfg, "field.hashgrid.n_levels", 3)
+    assert changed.field.hashgrid.n_levels == 3 and cfg.field.hashgrid.n_levels == 8
+    assert changed.camera is cfg.camera and changed.field.triplane is cfg.field.triplane  # untouched sections shared
 
 
 def test_no_config_means_configs_dreamfusion_yaml():
@@ -79,6 +94,7 @@ def test_every_shipped_config_loads_with_exactly_its_values(path):
     cfg = load_config(path.stem)
     for key, _, default in all_keys():
         expected = written.get(key, default)
+        expected = tuple(expected) if isinstance(expected, list) else expected  # a loaded config holds tuples
         value = get(cfg, key)
         if isinstance(expected, float) or isinstance(value, float):
             assert value == pytest.approx(expected), key
@@ -177,7 +193,7 @@ def test_choice_keys_list_their_choices_and_accept_each(key):
 def test_ranges_are_min_max_pairs(key):
     assert error(None, [f"{key}=[50,10]"]) == f"{key} must be [min, max] with min <= max, got [50.0, 10.0]"
     assert key in error(None, [f"{key}=[1,2,3]"])
-    assert get(load_config(None, [f"{key}=[2.5,2.5]"]), key) == [2.5, 2.5]  # a fixed value is a range too
+    assert get(load_config(None, [f"{key}=[2.5,2.5]"]), key) == (2.5, 2.5)  # a fixed value is a range too
 
 
 def test_diffusion_time_range_is_ordered():
@@ -235,7 +251,7 @@ def _yaml(value) -> str:
 def _override(key, value, companions=True):
     default = get(Config(), key)
     text = _yaml(value)
-    if isinstance(default, list):  # every entry takes the value (the list keeps its length; min <= max holds)
+    if isinstance(default, (list, tuple)):  # every entry takes the value (the list keeps its length; min <= max holds)
         text = "[" + ",".join([text] * max(len(default), 1)) + "]"
     return [f"{key}={text}", *(COMPANIONS.get(key, lambda v: [])(value) if companions else [])]
 
@@ -264,7 +280,7 @@ def test_numeric_key_boundaries_load_and_values_past_them_name_the_key(key):
             outside.append(bound)
     for value in filter(lambda v: v is not None, inside):
         loaded = get(_load(_override(key, value)), key)
-        assert loaded == ([value] * len(loaded) if isinstance(loaded, list) else value), (key, value)
+        assert loaded == (tuple([value] * len(loaded)) if isinstance(loaded, (list, tuple)) else value), (key, value)
     refused = outside + ([math.nan, math.inf, -math.inf] if "float" in kind else [])
     for value in refused:
         message = _refused(_override(key, value, companions=False))
@@ -307,7 +323,7 @@ def test_help_states_each_numeric_keys_range():
 
 def test_video_panels_are_checked():
     assert error(None, ["export.video_panels=[rgb,foo]"]).startswith("bad export.video_panels entry 'foo'")
-    assert load_config(None, ["export.video_panels=[depth,rgb]"]).export.video_panels == ["depth", "rgb"]
+    assert load_config(None, ["export.video_panels=[depth,rgb]"]).export.video_panels == ("depth", "rgb")
 
 
 @pytest.mark.parametrize("override", [

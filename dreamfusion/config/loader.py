@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
-from ..settings import check_ranges, check_sections, range_doc
+from ..settings import check_ranges, check_sections, freeze, range_doc
 from .schema import LATENT_NEEDS_VOLUME, RENAMED, Config
 
 __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "validate", "to_yaml", "all_keys",
@@ -209,7 +209,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
         cfg = _merge(cfg, _load_yaml(path), str(path))
     if overrides:
         cfg = _merge(cfg, _overrides_config(overrides), "command line")
-    obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    obj: Config = freeze(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
     validate(obj)
     return obj
 
@@ -277,7 +277,7 @@ def to_yaml(cfg: Config) -> str:
     def escaped(node):
         if isinstance(node, dict):
             return {k: escaped(v) for k, v in node.items()}
-        if isinstance(node, list):
+        if isinstance(node, (list, tuple)):
             return [escaped(v) for v in node]
         return _escape(node) if isinstance(node, str) else node
     return OmegaConf.to_yaml(OmegaConf.create(escaped(asdict(cfg))))

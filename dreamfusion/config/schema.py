@@ -358,7 +358,7 @@ class ExportConfig:
     """Frames per second of the orbit video."""
     video_resolution: int = ranged(256, "[1, inf)")
     """Side of each orbit video panel in pixels."""
-    video_panels: List[str] = dc_field(default_factory=lambda: ["rgb"])
+    video_panels: List[str] = ("rgb",)
     """Panels side by side in the orbit video: rgb, normal, depth."""
 
 
