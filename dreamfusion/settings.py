@@ -167,15 +167,28 @@ def freeze(cfg):
     return replace(cfg, **changes)
 
 
-def check_sections(cfg, root=None, prefix: str = "") -> None:
-    """Every declared choice and range, then each section's own ``check(root)``, depth first."""
-    root = cfg if root is None else root
+def check_sections(cfg) -> None:
+    """The whole config, in this order: every declared choice, every range (:func:`check_ranges`), then each
+    section's own ``check(root)`` (rules between keys), depth first. The first problem is a one-line ConfigError."""
+    _check_choices(cfg)
+    check_ranges(cfg)
+    _check_rules(cfg, cfg)
+
+
+def _check_choices(cfg, prefix: str = "") -> None:
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if is_dataclass(value):
-            check_sections(value, root, f"{prefix}{f.name}.")
+            _check_choices(value, f"{prefix}{f.name}.")
         elif "choices" in f.metadata and value not in f.metadata["choices"]:
             raise ConfigError(f"bad value '{value}' for '{prefix}{f.name}': choose one of "
                               f"{', '.join(f.metadata['choices'])}")
+
+
+def _check_rules(cfg, root) -> None:
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            _check_rules(value, root)
     if hasattr(cfg, "check"):
         cfg.check(root)

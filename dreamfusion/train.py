@@ -100,7 +100,7 @@ def weighted_loss(terms: dict, loss_cfg) -> torch.Tensor:
         name = key[len("loss_"):]
         if name not in weights:
             raise ConfigError(f"the guidance or field returned the term '{key}' but the config has no weight "
-                              f"'loss.{name}': add it to LossConfig (dreamfusion/config/schema.py)")
+                              f"'loss.{name}': add it to LossConfig (dreamfusion/train_config.py)")
         if weights[name] != 0:
             total = weights[name] * value if total is None else total + weights[name] * value
     if total is None:

@@ -21,6 +21,7 @@ LAYERS = [
      "dreamfusion.report.plot"],
     ["dreamfusion.latent"],
     ["dreamfusion.renderer"],
+    ["dreamfusion.train_config"],  # the trainer's sections (camera, loss): above what the loss terms come from
     ["dreamfusion.config"],  # assembles the components" sections
     ["dreamfusion.metrics", "dreamfusion.extensions", "dreamfusion.report", "dreamfusion.train"],
     ["dreamfusion.exporting"],

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
-from ..settings import check_ranges, check_sections, freeze, range_doc
+from ..settings import check_sections, freeze, range_doc
 from .schema import LATENT_NEEDS_VOLUME, RENAMED, Config
 
 __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "validate", "to_yaml", "all_keys",
@@ -222,14 +222,9 @@ def _get(cfg: Config, dotted: str):
 
 
 def validate(cfg: Config) -> None:
-    """Choice keys hold an allowed value, numeric keys lie in their declared ranges (ranges.py), and the keys
-    that depend on each other agree."""
+    """Choice keys hold an allowed value, numeric keys lie in their declared ranges, and the keys that depend on
+    each other agree: each section's own check (settings.check_sections), then the rules not yet moved into one."""
     check_sections(cfg)
-    check_ranges(cfg)
-    for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fovy_range"):
-        value = _get(cfg, key)
-        if len(value) != 2 or value[0] > value[1]:
-            raise ConfigError(f"{key} must be [min, max] with min <= max, got {list(value)}")
     sizes, milestones = list(cfg.render.progressive_sizes), list(cfg.render.progressive_milestones)
     if sizes or milestones:
         if len(milestones) != len(sizes) - 1:
@@ -267,9 +262,6 @@ def validate(cfg: Config) -> None:
                           f"got {g.type}")
     if vsd.enabled and p.enabled:
         raise ConfigError("guidance.vsd.enabled and guidance.perp_neg.enabled do not combine: choose one")
-    for panel in cfg.export.video_panels:
-        if panel not in ("rgb", "normal", "depth"):
-            raise ConfigError(f"bad export.video_panels entry '{panel}': choose from rgb, normal, depth")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import field as dc_field
 from typing import List, Optional
 
+from ..export.config import ExportConfig
 from ..settings import choice, choices_of, ranged, section
+from ..train_config import CameraConfig, LossConfig
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
@@ -108,26 +110,6 @@ class FieldConfig:
     hashgrid: HashGridConfig = dc_field(default_factory=HashGridConfig)
     triplane: TriplaneConfig = dc_field(default_factory=TriplaneConfig)
     gaussian: GaussianConfig = dc_field(default_factory=GaussianConfig)
-
-
-@section
-class CameraConfig:
-    batch_size: int = ranged(1, "[1, inf)")
-    """Views rendered per step."""
-    elevation_range: List[float] = ranged([-10.0, 45.0], "[-90, 90]")
-    """Training elevation range in degrees (min, max)."""
-    azimuth_range: List[float] = ranged([-180.0, 180.0], "(-inf, inf)")
-    """Training azimuth range in degrees; 0 is the front (+z)."""
-    distance_range: List[float] = ranged([1.5, 2.0], "(0, inf)")
-    """Training camera distance range from the origin."""
-    fovy_range: List[float] = ranged([40.0, 70.0], "(0, 180)")
-    """Training vertical field of view range in degrees."""
-    eval_elevation: float = ranged(15.0, "[-90, 90]")
-    """Elevation of the orbit video and previews, degrees."""
-    eval_distance: float = ranged(1.75, "(0, inf)")
-    """Distance of the orbit video and previews."""
-    eval_fovy: float = ranged(55.0, "(0, 180)")
-    """Field of view of the orbit video and previews, degrees."""
 
 
 @section
@@ -312,54 +294,6 @@ class OptimConfig:
     eps: float = ranged(1e-15, "[0, inf)")
     """Adam epsilon."""
     gaussian: GaussianOptimConfig = dc_field(default_factory=GaussianOptimConfig)
-
-
-@section
-class LossConfig:
-    sds: float = ranged(1.0, "[0, inf)")
-    """Weight of the score distillation term."""
-    clip: float = ranged(1.0, "[0, inf)")
-    """Weight of the CLIP similarity term."""
-    transmittance: float = ranged(0.0, "[0, inf)")
-    """Weight of the Dream Fields transmittance term (configs/dreamfields.yaml: 0.5)."""
-    orientation: float = ranged(0.0, "[0, inf)")
-    """Weight of the orientation loss (normals facing away from the camera)."""
-    sparsity: float = ranged(0.0, "[0, inf)")
-    """Weight of the opacity sparsity loss mean(sqrt(opacity^2 + 0.01))."""
-    opacity_entropy: float = ranged(0.0, "[0, inf)")
-    """Weight of the binary entropy of the opacity."""
-    tv: float = ranged(0.0, "[0, inf)")
-    """Weight of the total-variation regulariser of tri-planes."""
-    lora: float = ranged(1.0, "[0, inf)")
-    """Weight of the VSD LoRA's denoising loss (guidance.vsd; it trains the LoRA only)."""
-
-
-@section
-class ExportConfig:
-    resolution: int = ranged(128, "[2, inf)")
-    """Marching-cubes grid resolution per side."""
-    threshold: Optional[float] = ranged(None, "(0, inf)")
-    """Density level of the surface; null = automatic, where the optical depth seen from outside reaches auto_optical_depth."""
-    auto_optical_depth: Optional[float] = ranged(None, "(0, inf)")
-    """Automatic surface: optical depth (min over the six axis directions) at which the mesh surface lies; null = the field's own (0.3 for nerf / triplane, 0.15 for gaussian)."""
-    min_component_ratio: float = ranged(0.05, "[0, 1]")
-    """Drop mesh pieces with fewer faces than this fraction of the largest piece."""
-    decimate_faces: int = ranged(0, "[0, inf)")
-    """Target face count for decimation; 0 keeps every face."""
-    texture: str = choice("uv", ("uv", "vertex"))
-    """Colour: uv (xatlas unwrap + baked albedo texture) or vertex (vertex colours)."""
-    uv_max_faces: int = ranged(20000, "[0, inf)")
-    """UV texture only: decimate to at most this many faces before the unwrap (xatlas time grows faster than the face count); 0 never."""
-    texture_size: int = ranged(1024, "[1, inf)")
-    """Side of the baked albedo texture in pixels."""
-    video_frames: int = ranged(120, "[1, inf)")
-    """Frames of the orbit video."""
-    video_fps: int = ranged(30, "[1, inf)")
-    """Frames per second of the orbit video."""
-    video_resolution: int = ranged(256, "[1, inf)")
-    """Side of each orbit video panel in pixels."""
-    video_panels: List[str] = ("rgb",)
-    """Panels side by side in the orbit video: rgb, normal, depth."""
 
 
 @section
