@@ -27,7 +27,7 @@ from dreamfusion.config import load_config
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import FunctionGuidance, load_guidance_model
 from dreamfusion.metrics import prior_scores
-from dreamfusion.run import load_run, read_run_json, run
+from dreamfusion.run import load_run, read_run_json, resume, resume_config, run
 from dreamfusion.train import weighted_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,6 +275,27 @@ def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path)
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
     assert [r["loss"] for r in rows(run_dir)] == pytest.approx([r["loss"] for r in rows(straight_dir)], rel=1e-4)
 
+
+
+def test_run_resume_continues_a_run_folder_like_a_straight_run(tmp_path):
+    """run.resume(run_dir, overrides) (the CLI's resume=RUN_DIR and a batch's rerun both call it): an 8-step run
+    resumed to 12 steps gives the same rows and field as a straight 12-step run; a folder without config.yaml is
+    one line."""
+    model = load_guidance_model(tiny("a red cube", tmp_path), "cpu")
+    straight = run(tiny("a red cube", tmp_path / "straight", "steps=12"), guidance_model=model, quiet=True)
+    first = run(tiny("a red cube", tmp_path / "first"), guidance_model=model, quiet=True)
+    cfg = resume_config(first.run_dir, ["steps=12"])
+    assert (cfg.resume, cfg.steps, cfg.prompt) == (str(first.run_dir), 12, "a red cube")
+    resumed = resume(first.run_dir, ["steps=12"], guidance_model=model, quiet=True)
+    assert resumed.run_dir == first.run_dir and resumed.status == "done"
+    assert [r["step"] for r in rows(first.run_dir)] == list(range(1, 13))
+    assert [r["loss"] for r in rows(first.run_dir)] == pytest.approx([r["loss"] for r in rows(straight.run_dir)],
+                                                                     rel=1e-5)
+    expected, got = load_checkpoint(straight.run_dir)["field"], load_checkpoint(first.run_dir)["field"]
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    with pytest.raises(UserError, match=r"^cannot resume: '.*' has no config.yaml; pass a run folder"):
+        resume(tmp_path)
 
 
 @pytest.mark.parametrize("preview_every", [4, 0])
