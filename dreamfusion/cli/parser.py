@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         keys = command.name in ("run", "preview")
         epilog = (lambda c=command, k=keys: _examples(c) + ("\n\n" + _keys_help() if k else ""))
-        sub.add_parser(command.name, help=command.summary, usage=f"{PROG} {command.usage}",
+        sub.add_parser(command.name, prog=f"{PROG} {command.name}", help=command.summary, usage=f"{PROG} {command.usage}",
                        description=command.summary + (".\n" + command.description if command.description else "."),
                        epilog_fn=epilog)
         _add_options(command.name, sub.choices[command.name])
