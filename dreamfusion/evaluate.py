@@ -16,7 +16,6 @@ The table goes to stderr, the JSON report to stdout or to --json PATH.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -29,10 +28,8 @@ from render.cameras import Cameras, camera_position, look_at
 
 from .errors import UserError
 
-__all__ = ["cmd_eval", "r_precision", "clip_scores", "eval_cameras", "render_run", "evaluate"]
+__all__ = ["evaluate_runs", "r_precision", "clip_scores", "eval_cameras", "render_run", "evaluate"]
 
-USAGE = ("usage: python -m dreamfusion eval RUN_DIR [RUN_DIR ...] --clip-model ID_OR_FOLDER "
-         "[--views N] [--resolution PX] [--json PATH] [--device auto|cpu|cuda]")
 EVAL_AZIMUTH_OFFSET = 17.0  # degrees: never one of the preview azimuths (multiples of 90) for fewer than 360 views
 
 
@@ -133,53 +130,30 @@ def format_table(report: dict) -> str:
     return "\n".join(lines + [note])
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump, no SystemExit
-        raise UserError(f"eval: {message}; {USAGE}")
-
-
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="python -m dreamfusion eval", add_help=False)
-    parser.add_argument("runs", nargs="*", type=Path)
-    parser.add_argument("--clip-model", default=None)
-    parser.add_argument("--views", type=int, default=8)
-    parser.add_argument("--resolution", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    args = parser.parse_args(argv)
-    if not args.runs:
-        raise UserError(f"eval needs at least one run folder; {USAGE}")
-    if not args.clip_model:
-        raise UserError("eval needs --clip-model ID_OR_FOLDER: a CLIP other than the guidance one, "
-                        "e.g. --clip-model openai/clip-vit-base-patch32 (or a local folder)")
-    if args.views <= 0:
-        raise UserError(f"--views must be positive, got {args.views}")
-    if args.resolution is not None and args.resolution <= 0:
-        raise UserError(f"--resolution must be positive, got {args.resolution}")
-    return args
-
-
-def cmd_eval(argv: list[str]) -> int:
-    """The ``eval`` subcommand; UserErrors propagate to the CLI (one line, exit status 2)."""
+def evaluate_runs(runs: list[Path], clip_model: str, views: int = 8, resolution: int | None = None,
+                  json_path: Path | None = None, device: str = "auto") -> int:
+    """The ``eval`` command's work: the table to stderr, the JSON report to ``json_path`` or stdout; returns 0.
+    UserErrors propagate to the CLI (one line, exit status 2)."""
     from .guidance.clip import FrozenCLIP
     from .run import resolve_device
 
-    args = _parse(argv)
-    for run_dir in args.runs:  # fail before the model load
+    runs = [Path(r) for r in runs]
+    for run_dir in runs:  # fail before the model load
         _check_run_dir(run_dir)
-    device = resolve_device(args.device)
-    clip = FrozenCLIP.load(args.clip_model, device=device, role="evaluation")
-    report, _, _ = evaluate(args.runs, clip, args.views, args.resolution, device=device)
-    report = {"clip_model": args.clip_model, **report}
+    device = resolve_device(device)
+    clip = FrozenCLIP.load(clip_model, device=device, role="evaluation")
+    report, _, _ = evaluate(runs, clip, views, resolution, device=device)
+    report = {"clip_model": clip_model, **report}
     print(format_table(report), file=sys.stderr)
     text = json.dumps(report, indent=2)
-    if args.json is None:
+    if json_path is None:
         print(text)
     else:
+        json_path = Path(json_path)
         try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(text + "\n")
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(text + "\n")
         except OSError as exc:
-            raise UserError(f"cannot write --json '{args.json}' ({exc.strerror or exc})") from None
-        print(f"wrote {args.json}", file=sys.stderr)
+            raise UserError(f"cannot write --json '{json_path}' ({exc.strerror or exc})") from None
+        print(f"wrote {json_path}", file=sys.stderr)
     return 0

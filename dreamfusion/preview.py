@@ -37,9 +37,8 @@ from render.cameras import Cameras, orbit_cameras
 
 from .errors import UserError
 
-__all__ = ["ddim_timesteps", "ddim_sample", "preview_cameras", "sample_preview", "preview_image", "cmd_preview"]
+__all__ = ["ddim_timesteps", "ddim_sample", "preview_cameras", "sample_preview", "preview_image", "write_preview"]
 
-USAGE = "usage: python -m dreamfusion preview prompt=\"...\" [--config NAME] [--steps 50] [key=value ...]"
 VIEW_LABELS = ("front", "right", "back", "left")
 MIN_VIEW_PX = 128  # each view is shown at least this wide: smaller samples are enlarged by a whole factor
 LABEL_PX = 20  # height of the label band above each view
@@ -129,38 +128,11 @@ def _font():
         return ImageFont.load_default()  # Pillow built without FreeType: its small bitmap font
 
 
-def _parse(argv: list[str]) -> tuple[str | None, int, list[str]]:
-    from .cli import split_config_flag
-
-    steps, rest, i = 50, [], 0
-    while i < len(argv):
-        flag, eq, value = argv[i].partition("=")
-        if flag == "--steps":
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise UserError(f"--steps needs a value; {USAGE}")
-                value, i = argv[i + 1], i + 1
-            try:
-                steps = int(value)
-            except ValueError:
-                steps = 0
-            if not 1 <= steps <= 1000:
-                raise UserError(f"--steps must be an integer in [1, 1000], got '{value}'")
-        else:
-            rest.append(argv[i])
-        i += 1
-    name, overrides = split_config_flag(rest)
-    return name, steps, overrides
-
-
-def cmd_preview(argv: list[str]) -> Path:
-    """The ``preview`` subcommand: writes <output_dir>/preview-<slug>-<time>.png and returns its path."""
-    from .config import load_config
+def write_preview(cfg, steps: int = 50) -> Path:
+    """The ``preview`` command's work: writes <output_dir>/preview-<slug>-<time>.png and returns its path."""
     from .guidance.prompts import slugify
     from .io import atomic_write
 
-    name, steps, overrides = _parse(argv)
-    cfg = load_config(name, overrides)
     t0 = time.perf_counter()
     images = sample_preview(cfg, steps)
     path = Path(cfg.output_dir) / f"preview-{slugify(cfg.prompt)}-{time.strftime('%Y%m%d-%H%M%S')}.png"

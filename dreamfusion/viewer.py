@@ -15,41 +15,9 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["cmd_view"]
+__all__ = ["view_run"]
 
-USAGE = "usage: python -m dreamfusion view RUN_DIR [--port 8080] [--host 127.0.0.1]"
 MESH_OFFSET = 1.5  # the mesh stands this far along +x from the splats, so both are visible at once
-
-
-def _parse(argv: list[str]) -> tuple[Path, str, int]:
-    run_dir, host, port, i = None, "127.0.0.1", 8080, 0
-    while i < len(argv):
-        arg = argv[i]
-        key, _, value = arg.partition("=")
-        if key in ("--port", "--host"):
-            if not value:
-                if i + 1 >= len(argv):
-                    raise UserError(f"{key} needs a value; {USAGE}")
-                value, i = argv[i + 1], i + 1
-            if key == "--host":
-                host = value
-            else:
-                try:
-                    port = int(value)
-                except ValueError:
-                    raise UserError(f"--port must be an integer, got '{value}'") from None
-        elif arg.startswith("-"):
-            raise UserError(f"unknown option '{arg}'; {USAGE}")
-        elif run_dir is None:
-            run_dir = Path(arg)
-        else:
-            raise UserError(f"unexpected argument '{arg}'; {USAGE}")
-        i += 1
-    if run_dir is None:
-        raise UserError(USAGE)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder '{run_dir}' does not exist")
-    return run_dir, host, port
 
 
 def load_splats(run_dir: Path) -> dict | None:
@@ -80,8 +48,11 @@ def load_splats(run_dir: Path) -> dict | None:
             "opacities": torch.sigmoid(t["opacity_logits"])[:, None].numpy()}
 
 
-def cmd_view(argv: list[str]) -> int:
-    run_dir, host, port = _parse(argv)
+def view_run(run_dir: Path, host: str = "127.0.0.1", port: int = 8080) -> int:
+    """The ``view`` command's work: serve the run's splats and mesh on host:port until Ctrl-C; returns 0."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder '{run_dir}' does not exist")
     try:
         import viser
     except ImportError:

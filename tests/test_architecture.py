@@ -55,11 +55,9 @@ KNOWN_UPWARD: set[tuple[str, str]] = {
     ("dreamfusion.guidance.fastpaths", "dreamfusion.config"),
     ("dreamfusion.guidance.sds", "dreamfusion.config"),
     ("dreamfusion.guidance.stable_diffusion", "dreamfusion.config"),
-    ("dreamfusion.preview", "dreamfusion.cli"),
     ("dreamfusion.train", "dreamfusion.exporting"),
 }
 KNOWN_CIRCLES: list[list[str]] = [
-    ["dreamfusion.cli", "dreamfusion.preview"],
     ["dreamfusion.fields.baked", "dreamfusion.fields.base", "dreamfusion.fields.decoder", "dreamfusion.latent", "dreamfusion.renderer"],
 ]
 

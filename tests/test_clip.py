@@ -335,7 +335,7 @@ def test_cli_eval_reports_both_runs(two_runs, tiny_clip_dir, tiny_clip, tmp_path
     (["eval", "RUN"], "needs --clip-model"),
     (["eval", "no/such/run", "--clip-model", "x"], "does not exist"),
     (["eval", "RUN", "--clip-model", "/no/such/clip"], "evaluation CLIP '/no/such/clip' is not a folder"),
-    (["eval", "RUN", "--clip-model", "x", "--views", "0"], "--views must be positive"),
+    (["eval", "RUN", "--clip-model", "x", "--views", "0"], "--views must be a positive integer, got '0'"),
 ])
 def test_eval_errors_are_one_line(argv, needle, two_runs, capsys):
     argv = [str(two_runs[1]) if a == "RUN" else a for a in argv]

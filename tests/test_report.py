@@ -24,7 +24,7 @@ from conftest import import_oracle, require_oracle
 
 from dreamfusion.config import load_config, to_yaml
 from dreamfusion.errors import UserError
-from dreamfusion.report import cmd_report, write_report
+from dreamfusion.report import rebuild_report, write_report
 from dreamfusion.report.plot import BOTTOM, LEFT, RIGHT, SMOOTHING, TOP, ema, line_plot, nice_ticks
 from dreamfusion.report.reading import MISSING, config_diff, format_size, read_run, series
 
@@ -122,7 +122,7 @@ def test_report_command_line_reruns_the_same_config(tmp_path):
     from html import unescape
 
     from dreamfusion.batch.worker import PromptWorker
-    from dreamfusion.cli import split_config_flag
+    from dreamfusion.cli import parse_command_line
     from dreamfusion.run import RunRecord
 
     prompt = 'a red cube\'s "twin" $HOME `x` & ;'
@@ -140,9 +140,9 @@ def test_report_command_line_reruns_the_same_config(tmp_path):
         (command,) = re.findall(r'<code class="command">([^<]*)</code>', html)
         argv = shlex.split(unescape(command))
         assert argv[:3] == ["python", "-m", "dreamfusion"]
-        config, rest = split_config_flag(argv[3:])
-        assert config == config_name
-        assert to_yaml(load_config(config, rest)) == (run_dir / "config.yaml").read_text()
+        command, args = parse_command_line(argv[3:])
+        assert command == "run" and args.config == config_name
+        assert to_yaml(load_config(args.config, args.settings)) == (run_dir / "config.yaml").read_text()
 
 
 def test_nice_ticks():
@@ -246,12 +246,16 @@ def test_previews_are_thinned_evenly_and_unreadable_ones_noted(tmp_path):
 
 
 def test_report_errors_are_one_line(tmp_path, capsys):
+    from dreamfusion.cli import main
+
     for argv in ([], ["a", "b"], [str(tmp_path / "missing")], [str(tmp_path)]):
-        with pytest.raises(UserError) as err:
-            cmd_report(argv)
-        assert "\n" not in str(err.value)
+        assert main(["report", *argv]) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith("error: ") and captured.err.count("\n") == 1, argv
+    with pytest.raises(UserError, match="is not a run folder"):
+        rebuild_report(tmp_path)
     run = _full_run(tmp_path / "run")
-    assert cmd_report([str(run)]) == 0
+    assert main(["report", str(run)]) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.html")
 
 

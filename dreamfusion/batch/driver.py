@@ -141,6 +141,8 @@ def run_batch(prompts_file: str | Path, config: str | None = None, overrides: li
     """Run every prompt of ``prompts_file`` (see prompts.py) with ``config`` + ``overrides`` on Ray actors;
     returns the batch folder and the final batch.json contents."""
     overrides = list(overrides or [])
+    if any(o.startswith("prompt=") for o in overrides):
+        raise UserError("prompt= does not apply to a batch: the prompts come from the file, one a line")
     prompts_file = Path(prompts_file)
     base = load_config(config, [*overrides, "prompt=x"])  # a bad key or value fails before Ray starts
     if base.resume is not None:

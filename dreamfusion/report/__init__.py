@@ -1,7 +1,7 @@
 """report.html: one self-contained page per run folder that works offline from file://.
 
     write_report(run_dir)                      # -> run_dir / "report.html"
-    python -m dreamfusion report RUN_DIR       # cmd_report: rebuild it
+    python -m dreamfusion report RUN_DIR       # rebuild_report(run_dir): rebuild it
 
 It reads only the run folder (run.json, config.yaml, metrics.jsonl, previews/, the mesh and the video),
 so it works for finished, failed and interrupted runs alike; a missing piece shows as "not produced".
@@ -16,9 +16,7 @@ from pathlib import Path
 from dreamfusion.errors import UserError
 from dreamfusion.io import atomic_write_text
 
-__all__ = ["write_report", "cmd_report"]
-
-USAGE = "usage: python -m dreamfusion report RUN_DIR"
+__all__ = ["write_report", "rebuild_report"]
 
 
 def write_report(run_dir: str | os.PathLike) -> Path:
@@ -33,16 +31,13 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     return atomic_write_text(run_dir / "report.html", html)
 
 
-def cmd_report(argv: list[str]) -> int:
-    """`python -m dreamfusion report RUN_DIR`: rebuild the report, print its path, return 0."""
-    if len(argv) != 1 or argv[0].startswith("-"):
-        raise UserError(USAGE)
-    run_dir = Path(argv[0])
+def rebuild_report(run_dir: str | os.PathLike) -> Path:
+    """The ``report`` command's work: check that run_dir is a run folder, rebuild its report, return its path."""
+    run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"'{run_dir}' does not exist: {USAGE}")
+        raise UserError(f"'{run_dir}' does not exist: pass a run folder made by python -m dreamfusion")
     if not ((run_dir / "config.yaml").is_file() or (run_dir / "run.json").is_file()):
         raise UserError(f"'{run_dir}' is not a run folder (no config.yaml or run.json)")
     path = write_report(run_dir)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
-    print(path)
-    return 0
+    return path
