@@ -22,6 +22,7 @@ LAYERS = [
     ["dreamfusion.latent"],
     ["dreamfusion.renderer"],
     ["dreamfusion.config"],  # assembles the components" sections
+    ["dreamfusion.densify"],  # the training layer's Gaussian densification strategy (train.py imports it)
     ["dreamfusion.metrics", "dreamfusion.extensions", "dreamfusion.report", "dreamfusion.train"],
     ["dreamfusion.exporting"],
     ["dreamfusion.run"],
