@@ -8,8 +8,9 @@ Schedules are named functions of the step (``done`` = optimizer steps completed)
     ``position_lr(step, ...)``: the means' learning rate at a step (``DensifyStrategy.learning_rates``).
 
 The trainer calls, each step: ``step_pre_backward(out)`` after the render (keep the gradient of the splats'
-2D means), ``learning_rates(step)`` before the Adam step (it sets those rates), and after a finite Adam step
-``step_post_optimizer(field, optimizer, out, step)``: when step + 1 is active, the statistics gain
+2D means), ``learning_rates(step)`` before the Adam step (the trainer sets those groups' rates to them, so a
+checkpoint needs no schedule state), and after a finite Adam step (a skipped step gathers and densifies
+nothing) ``step_post_optimizer(field, optimizer, out, step)``: when step + 1 is active, the statistics gain
 |d loss / d means2d| in NDC units (pixels * (W/2, H/2), 3DGS's threshold units) over the views that saw each
 Gaussian; when step + 1 is due, ``densify_and_prune``: Gaussians whose mean gradient reaches
 field.gaussian.densify_grad_threshold are cloned when small (largest scale <= dense_scale) or split in two when
