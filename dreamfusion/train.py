@@ -23,6 +23,7 @@ from render.volume_nerfacc import make_estimator, nerfacc_available, update_esti
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
+from .densify import DensifyStrategy, legacy_statistics
 from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
 from .fields.background import build_background
@@ -125,6 +126,8 @@ class Trainer:
             groups += guidance.param_groups()  # trainable guidance state (e.g. a VSD LoRA)
         self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         self.estimator = self._make_estimator()
+        self.strategy = (DensifyStrategy(cfg.field.gaussian, cfg.optim.gaussian, self.field)
+                         if cfg.field.type == "gaussian" else None)  # densification, the means' lr schedule
         self.step = 0
         self.skipped, self._nonfinite_run, self._saved_step = 0, 0, None  # non-finite steps: in all, in a row
         self._eval_view: tuple[int, object] | None = None
@@ -147,14 +150,20 @@ class Trainer:
                 "background": self.background.state_dict() if self.background is not None else {},
                 "guidance": self.guidance.state_dict() if self.guidance is not None else {},
                 "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "skipped_steps": self.skipped,
-                "estimator": self.estimator.state_dict() if self.estimator is not None else {}}
+                "estimator": self.estimator.state_dict() if self.estimator is not None else {},
+                "strategy": self.strategy.state_dict() if self.strategy is not None else {}}
 
     def load(self, state: dict, with_optimizer: bool = True) -> None:
         if state.get("field_type", self.cfg.field.type) != self.cfg.field.type:
             raise CheckpointError(f"checkpoint holds a {state['field_type']} field but the config asks for "
                                   f"field.type={self.cfg.field.type}")
         try:
-            self.field.load_state_dict(state["field"])
+            # a checkpoint written before the strategy holds its statistics in the field's buffers: they become
+            # the strategy's state when the checkpoint has none of its own
+            field_state, legacy = legacy_statistics(state["field"])
+            self.field.load_state_dict(field_state)
+            if self.strategy is not None:
+                self.strategy.load_state_dict(state.get("strategy") or legacy)
             if self.background is not None:
                 self.background.load_state_dict(state["background"])
             if self.guidance is not None:
@@ -212,6 +221,8 @@ class Trainer:
                              render_step_size=2 * self.field.bound / c.render.n_samples)
         shading = "albedo" if c.guidance.latent_render else pick_shading(self.step, c.render, self.generator)
         out = self.render_batch(cams, shading)
+        if self.strategy is not None:
+            self.strategy.step_pre_backward(out)  # keep the splats' 2D-mean gradients
         terms = self.guidance(out["rgb"], cams, self.step, c.steps, generator=self.generator)
         terms.update(regularizers(out, out.get("dirs")))
         terms.update(self.field.regularizers())
@@ -222,10 +233,11 @@ class Trainer:
         loss.backward()
         if _all_finite(loss, self.optimizer):  # one sync for the loss and every gradient
             self._nonfinite_run = 0
-            self.field.after_backward(out, self.step)  # e.g. Gaussian densification statistics
-            self._adam_step(warmup_factor(self.step, c.optim))
-            self.field.after_step(self.step, self.optimizer)
-        else:  # skipped: no Adam step, no field hook
+            lrs = self.strategy.learning_rates(self.step) if self.strategy is not None else {}
+            self._adam_step(warmup_factor(self.step, c.optim), lrs)
+            if self.strategy is not None:  # densification statistics; clone / split / prune when due
+                self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step)
+        else:  # skipped: no Adam step, no densification
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped, self._nonfinite_run = self.skipped + 1, self._nonfinite_run + 1
             if self._nonfinite_run >= c.max_nonfinite_steps:
@@ -235,12 +247,17 @@ class Trainer:
                                f"guidance.guidance_scale, or set guidance.grad_clip; the last checkpoint ({kept}) "
                                f"is intact")
         self.step += 1
+        counts = self.strategy.log_terms(self.field) if self.strategy is not None else {}  # e.g. "gaussians"
         return {"loss": loss.item(), **{k: (v.item() if torch.is_tensor(v) else v) for k, v in terms.items()},
-                "skipped_steps": self.skipped, **self.field.log_terms()}
+                "skipped_steps": self.skipped, **counts}
 
-    def _adam_step(self, factor: float) -> None:
-        """optimizer.step() with every group's lr scaled by `factor` for this step only, so the warm-up
-        composes with the groups' own schedules (the Gaussian means' decay) and checkpoints keep plain lrs."""
+    def _adam_step(self, factor: float, lrs: dict[str, float] | None = None) -> None:
+        """optimizer.step() after setting the scheduled groups' lrs (``lrs``: {group name: lr}, e.g. the Gaussian
+        means' decay), with every group's lr scaled by `factor` for this step only, so the warm-up composes with
+        the schedules and checkpoints keep plain lrs."""
+        for group in self.optimizer.param_groups:
+            if lrs and group.get("name") in lrs:
+                group["lr"] = lrs[group["name"]]
         if factor != 1.0:
             for group in self.optimizer.param_groups:
                 group["lr"] *= factor

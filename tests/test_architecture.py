@@ -23,6 +23,7 @@ LAYERS = [
     ["dreamfusion.renderer"],
     ["dreamfusion.train_config"],  # the trainer's sections (camera, loss): above what the loss terms come from
     ["dreamfusion.config"],  # assembles the components" sections
+    ["dreamfusion.densify"],  # the training layer's Gaussian densification strategy (train.py imports it)
     ["dreamfusion.metrics", "dreamfusion.extensions", "dreamfusion.report", "dreamfusion.train"],
     ["dreamfusion.exporting"],
     ["dreamfusion.run"],

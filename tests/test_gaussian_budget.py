@@ -42,13 +42,13 @@ def test_the_shipped_cap_holds_under_huge_gradients(tmp_path):
     seen = counts(tmp_path)  # logged each step: grows by thousands per densification
     assert len(seen) == 3 and start < seen[0] < seen[1] < seen[2] <= cap
     # Rendering 100,000 splats is too slow for a CPU test: the next densifications get the statistics huge
-    # random gradients leave (after_backward: every Gaussian seen, mean NDC gradient far over the threshold).
-    field, g = trainer.field, torch.Generator().manual_seed(0)
+    # random gradients leave (the strategy's: every Gaussian seen, mean NDC gradient far over the threshold).
+    field, strategy, g = trainer.field, trainer.strategy, torch.Generator().manual_seed(0)
     for _ in range(8):
         before = field.count
-        field.grad_accum = torch.rand(before, generator=g) * 1e4
-        field.grad_count = torch.ones(before)
-        stats = field.densify_and_prune(trainer.optimizer)
+        strategy.grad_accum = torch.rand(before, generator=g) * 1e4
+        strategy.grad_count = torch.ones(before)
+        stats = strategy.densify_and_prune(field, trainer.optimizer)
         assert field.count <= cap
         if stats["cloned"] + stats["split"] < before:  # the cap, not the gradients, chose how many grew
             assert before + stats["cloned"] + stats["split"] == cap
@@ -59,9 +59,14 @@ def test_the_shipped_cap_holds_under_huge_gradients(tmp_path):
 
 
 def test_no_cap_is_warned_about(capsys):
+    from dreamfusion.densify import DensifyStrategy
     from dreamfusion.fields import build_field
 
-    build_field(load_config("gaussian", ["field.gaussian.max_count=0", "field.gaussian.count=10"]).field, "cpu")
-    assert "field.gaussian.max_count=0 puts no cap" in capsys.readouterr().err
-    build_field(load_config("gaussian", ["field.gaussian.count=10"]).field, "cpu")
-    assert capsys.readouterr().err == ""
+    for overrides, warned in ((["field.gaussian.max_count=0"], True), ([], False)):
+        cfg = load_config("gaussian", ["field.gaussian.count=10", *overrides])
+        DensifyStrategy(cfg.field.gaussian, cfg.optim.gaussian, build_field(cfg.field, "cpu"))
+        err = capsys.readouterr().err
+        if warned:
+            assert "field.gaussian.max_count=0 puts no cap" in err
+        else:
+            assert err == ""

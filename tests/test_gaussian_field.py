@@ -1,8 +1,10 @@
-"""The Gaussian field: init and the render contract, densification (clone / split / prune) with the Adam
-state, the means' learning-rate schedule, checkpoints with a different count, the field as a volume."""
+"""The Gaussian field: init and the render contract, densification (clone / split / prune, the trainer's
+DensifyStrategy) with the Adam state, the means' learning-rate schedule, checkpoints with a different count,
+the field as a volume."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,7 +14,8 @@ from render.cameras import orbit_cameras
 
 from dreamfusion.config import FieldConfig, GaussianConfig, GaussianOptimConfig, OptimConfig
 from dreamfusion.fields import build_field
-from dreamfusion.fields.gaussian import GaussianField, position_lr
+from dreamfusion.densify import DensifyStrategy, position_lr
+from dreamfusion.fields.gaussian import GaussianField
 
 
 # -- the field ------------------------------------------------------------------------------------
@@ -49,29 +52,35 @@ def test_field_init_and_render_contract():
                       "gaussian_opacity_logits": 0.05, "gaussian_sh_dc": 0.01}
 
 
-def _constructed_field():
-    """Four Gaussians: A small + hot (clone), B large + hot (split), C faint (prune), D quiet (keep)."""
+def _strategy(field: GaussianField, optim: OptimConfig = DREAMGAUSSIAN_OPTIM, **changes) -> DensifyStrategy:
+    return DensifyStrategy(dataclasses.replace(field.cfg.gaussian, **changes), optim.gaussian, field)
+
+
+def _constructed_field(**changes):
+    """Four Gaussians: A small + hot (clone), B large + hot (split), C faint (prune), D quiet (keep); and the
+    strategy that holds their statistics."""
     field = _field(count=4, densify_grad_threshold=0.01, dense_scale=0.05,
                    prune_opacity=0.05, prune_scale=0.5)
+    strategy = _strategy(field, **changes)
     with torch.no_grad():
         field.means.copy_(torch.tensor([[0.0, 0, 0], [0.3, 0, 0], [0, 0.3, 0], [0, 0, 0.3]]))
         field.log_scales.copy_(torch.tensor([0.02, 0.2, 0.05, 0.05]).log()[:, None].expand(4, 3))
         field.opacity_logits.copy_(torch.logit(torch.tensor([0.5, 0.5, 0.01, 0.5])))
         field.sh_dc.copy_(torch.arange(12.0).reshape(4, 3))
-        field.grad_accum.copy_(torch.tensor([0.05, 0.05, 0.001, 0.001]) * 2)
-        field.grad_count.fill_(2.0)
-    return field
+        strategy.grad_accum.copy_(torch.tensor([0.05, 0.05, 0.001, 0.001]) * 2)
+        strategy.grad_count.fill_(2.0)
+    return field, strategy
 
 
 def test_densify_clone_split_prune_counts_and_adam_state():
-    field = _constructed_field()
+    field, strategy = _constructed_field()
     optimizer = torch.optim.Adam(field.param_groups(OptimConfig()), eps=1e-15)
     loss = sum((p * p).sum() for p in field.parameters())
     loss.backward()
     optimizer.step()
     moments = {name: optimizer.state[p]["exp_avg"].clone() for name, p in field.named_parameters()}
     before = {name: p.detach().clone() for name, p in field.named_parameters()}
-    counts = field.densify_and_prune(optimizer)
+    counts = strategy.densify_and_prune(field, optimizer)
     assert counts == {"cloned": 1, "split": 1, "pruned": 1, "count": 5}
     assert field.count == 5  # A, D kept; A's clone; B's two children; C pruned
     for name, p in field.named_parameters():
@@ -84,38 +93,39 @@ def test_densify_clone_split_prune_counts_and_adam_state():
         torch.testing.assert_close(getattr(field, name).detach(), before[name][[0, 3, 0, 1, 1]])
     torch.testing.assert_close(field.log_scales[:3].detach(), before["log_scales"][[0, 3, 0]])
     torch.testing.assert_close(field.scales[3:].detach(), before["log_scales"][[1, 1]].exp() / 1.6)
-    assert field.grad_accum.shape == (5,) and float(field.grad_accum.sum()) == 0.0
+    assert strategy.grad_accum.shape == (5,) and float(strategy.grad_accum.sum()) == 0.0
     # the optimizer keeps stepping on the resized parameters
     sum((p * p).sum() for p in field.parameters()).backward()
     optimizer.step()
 
 
-def test_after_step_schedule_and_densify_cadence():
-    field = _constructed_field()
-    field.cfg.gaussian.densify_every = 10
+def test_step_schedule_and_densify_cadence():
+    field, strategy = _constructed_field(densify_every=10)
     optimizer = torch.optim.Adam(field.param_groups(DREAMGAUSSIAN_OPTIM))
-    field.after_step(8, optimizer)
+    assert strategy.learning_rates(9) == {"gaussian_means": pytest.approx(position_lr(9, 1e-3, 2e-5, 300))}
+    strategy.step_post_optimizer(field, optimizer, {}, 8)
     assert field.count == 4
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(position_lr(9, 1e-3, 2e-5, 300))
-    field.after_step(9, optimizer)  # the 10th step
+    strategy.step_post_optimizer(field, optimizer, {}, 9)  # the 10th step
     assert field.count == 5
 
 
-def test_after_backward_accumulates_ndc_gradient():
+def test_statistics_accumulate_the_ndc_gradient():
     field = _field(count=50, init_opacity=0.5)
+    strategy = _strategy(field)
     cams = orbit_cameras(2, 15.0, 2.0, 50.0)
     out = field.render(cams, 16, 16)
+    strategy.step_pre_backward(out)
     out["rgb"].sum().backward()
-    field.after_backward(out, 0)
+    strategy.step_post_optimizer(field, None, out, 0)
     seen = (out["radii"] > 0).sum(0).float()
-    torch.testing.assert_close(field.grad_count, seen)
+    torch.testing.assert_close(strategy.grad_count, seen)
     expected = ((out["means2d"].grad * torch.tensor([8.0, 8.0])).norm(dim=-1) * (out["radii"] > 0)).sum(0)
-    torch.testing.assert_close(field.grad_accum, expected)
+    torch.testing.assert_close(strategy.grad_accum, expected)
 
 
 def test_checkpoint_with_a_different_count_loads_and_renders_identically():
-    field = _constructed_field()
-    field.densify_and_prune()
+    field, strategy = _constructed_field()
+    strategy.densify_and_prune(field)
     state = {k: v.clone() for k, v in field.state_dict().items()}
     fresh = _field(count=4)
     optimizer = torch.optim.Adam(fresh.param_groups(OptimConfig()))
@@ -138,10 +148,10 @@ def test_trainer_checkpoint_round_trip_after_densification(tmp_path):
     trainer = Trainer(cfg, tmp_path, torch.device("cpu"))
     cams = orbit_cameras(1, 10.0, 2.4, 45.0)
     out = trainer.render_batch(cams, "albedo")
+    trainer.strategy.step_pre_backward(out)
     out["rgb"].mean().backward()
-    trainer.field.after_backward(out, 0)
     trainer.optimizer.step()
-    trainer.field.after_step(0, trainer.optimizer)  # every Gaussian seen is hot: the count grows
+    trainer.strategy.step_post_optimizer(trainer.field, trainer.optimizer, out, 0)  # every Gaussian seen is hot
     n = trainer.field.count
     assert n > 300
     state = trainer.state()

@@ -88,8 +88,8 @@ def _small_gaussian_iou(tmp_path, prompt: str = "an orange cube", broken: str | 
     guidance = build_guidance(cfg, device)
     trainer = Trainer(cfg, tmp_path, device, guidance)
     if broken == "densify_loses_the_optimizer":  # Adam keeps stepping the parameters densification replaced
-        resize = trainer.field.densify_and_prune
-        trainer.field.densify_and_prune = lambda optimizer=None: resize(None)
+        resize = trainer.strategy.densify_and_prune
+        trainer.strategy.densify_and_prune = lambda field, optimizer=None: resize(field, None)
     elif broken == "guidance_gradient_flipped":  # the field climbs the SDS loss instead of descending it
         trainer.guidance = FunctionGuidance(lambda *args, **kw: {k: (-v if k.startswith("loss_") else v)
                                                                  for k, v in guidance(*args, **kw).items()})

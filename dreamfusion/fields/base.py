@@ -1,7 +1,7 @@
 """The Field interface: what the trainer, the renderer and the exporters ask of a 3D representation.
 
 A field maps points to density and albedo, renders itself from cameras (volume rendering by default),
-names its Adam parameter groups, and may add regularizers, per-step hooks and files of its own. The loop,
+names its Adam parameter groups, and may add regularizers and files of its own. The loop,
 renderer and exporters call these methods and never ask which kind of field they hold (docs/DESIGN.md).
 """
 
@@ -68,16 +68,6 @@ class Field(nn.Module):
 
     def regularizers(self) -> dict[str, Tensor]:
         """The field's own ``loss_*`` terms (weighted by the config's ``loss`` section), e.g. tri-plane TV."""
-        return {}
-
-    def after_backward(self, out: dict, step: int) -> None:
-        """Called after loss.backward() with the render's outputs (e.g. densification statistics)."""
-
-    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
-        """Called after optimizer.step() (e.g. learning-rate schedules, densification that resizes parameters)."""
-
-    def log_terms(self) -> dict[str, float]:
-        """Numbers of the field's own for each metrics.jsonl row (e.g. the Gaussian count)."""
         return {}
 
     def write_artifacts(self, run_dir: Path) -> dict[str, Path]:

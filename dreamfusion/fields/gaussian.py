@@ -9,14 +9,9 @@ Rendering goes through ``render.gaussians.rasterize_gaussians`` (``render`` has 
 Shading: Gaussians have no surface normal, so the 'lambertian' and 'textureless' modes of the
 DreamFusion schedule render albedo (use render.albedo_prob=1 with Gaussians; DreamGaussian does).
 
-Adaptive density control (3DGS §5.2), every ``field.gaussian.densify_every`` steps from ``densify_start``
-to ``densify_stop``: Gaussians whose mean view-space (NDC) gradient exceeds the threshold are
-cloned when small (largest scale <= dense_scale) or split in two when large (children sampled
-from the parent, scales / 1.6); then those with opacity < prune_opacity or largest scale >
-prune_scale are pruned. The parameters are replaced by resized ones, in the optimizer passed
-to ``after_step`` too (its param_groups and Adam moments are updated in place; new rows start with zero
-moments). The running statistics are buffers, so they are checkpointed, and ``load_state_dict`` accepts
-a checkpoint with any Gaussian count (it resizes in place, keeping the optimizer's references valid).
+Adaptive density control (clone / split / prune, 3DGS §5.2) and the means' learning-rate schedule are
+dreamfusion/densify.py's ``DensifyStrategy``: it replaces these parameters by resized ones. ``load_state_dict``
+accepts a checkpoint with any Gaussian count (it resizes in place, keeping the optimizer's references valid).
 
 As a volume (mesh export): density(x) = sum_i o_i exp(-d_i^T Sigma_i^-1 d_i / 2) (cut at 3 sigma), and
 albedo(x) = the density-weighted mean colour; only Gaussians near a point are evaluated (a uniform grid of
@@ -26,7 +21,6 @@ cells over the query points).
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import torch
@@ -42,21 +36,11 @@ from ..errors import ConfigError
 from .background import solid_background
 from .base import Field
 
-__all__ = ["GaussianField", "position_lr"]
+__all__ = ["GaussianField"]
 
 _PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
-_BUFFERS = ("grad_accum", "grad_count")
 _CUTOFF = 3.0  # density: Mahalanobis radius beyond which a Gaussian contributes nothing
 _PAIR_BUDGET = 1 << 22  # density: point x Gaussian pairs evaluated per batch
-
-
-def position_lr(step: int, lr_init: float, lr_final: float, decay_steps: int) -> float:
-    """Learning rate of the means: log-linear from lr_init at step 0 to lr_final at decay_steps, then constant
-    (3DGS's exponential schedule without its delay)."""
-    if decay_steps <= 0:
-        return lr_final
-    t = min(max(step / decay_steps, 0.0), 1.0)
-    return lr_init * (lr_final / lr_init) ** t
 
 
 def _ball(n: int, radius: float, device) -> Tensor:
@@ -96,15 +80,10 @@ class GaussianField(Field):
         if cfg.gaussian.sh_degree not in (0, 1, 2, 3):
             raise ConfigError(f"field.gaussian.sh_degree must be 0, 1, 2 or 3, got {cfg.gaussian.sh_degree}")
         check_choice(cfg.gaussian, "rasterizer", "field.gaussian.rasterizer")
-        if cfg.gaussian.max_count <= 0 and cfg.gaussian.densify_every > 0:
-            print(f"warning: field.gaussian.max_count={cfg.gaussian.max_count} puts no cap on densification (SDS "
-                  f"gradients once grew 5,000 Gaussians to 2.8 M in 500 steps): set e.g. "
-                  f"field.gaussian.max_count=100000", file=sys.stderr)
         self.cfg = cfg
         self.bound = float(cfg.bound)
         self.sh_degree = int(cfg.gaussian.sh_degree)
         self.rasterizer = cfg.gaussian.rasterizer
-        self._position_schedule: tuple[float, float, int] | None = None
         self.volume_dilation = 0.02 * self.bound  # density(): Gaussians widened by this (grid sampling)
         n = cfg.gaussian.count
         means = _ball(n, cfg.gaussian.init_radius, device)
@@ -119,16 +98,11 @@ class GaussianField(Field):
         self.sh_dc = nn.Parameter((torch.rand(n, 3, device=device) - 0.5) / SH_C0)
         k = (self.sh_degree + 1) ** 2 - 1
         self.sh_rest = nn.Parameter(torch.zeros(n, k, 3, device=device)) if k else None
-        self.register_buffer("grad_accum", torch.zeros(n, device=device))  # sum of |d loss / d means2d| (NDC)
-        self.register_buffer("grad_count", torch.zeros(n, device=device))  # views that saw each Gaussian
 
     # -- activated values ---------------------------------------------------------------------------
     @property
     def count(self) -> int:
         return self.means.shape[0]
-
-    def log_terms(self) -> dict[str, float]:
-        return {"gaussians": self.count}
 
     @property
     def scales(self) -> Tensor:  # [N, 3]
@@ -185,105 +159,15 @@ class GaussianField(Field):
     # -- optimisation -------------------------------------------------------------------------------
     def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
         """One Adam group per parameter, each with its learning rate (3DGS / DreamGaussian)."""
-        o = optim_cfg
-        self._position_schedule = (o.gaussian.position_lr, o.gaussian.position_lr_final, o.gaussian.position_lr_steps)
-        lrs = {"means": position_lr(0, *self._position_schedule), "log_scales": o.gaussian.scale_lr,
+        o = optim_cfg  # the means' initial rate: the trainer sets each step's (DensifyStrategy.learning_rates)
+        lrs = {"means": o.gaussian.position_lr, "log_scales": o.gaussian.scale_lr,
                "quats": o.gaussian.rotation_lr, "opacity_logits": o.gaussian.opacity_lr,
                "sh_dc": o.gaussian.color_lr, "sh_rest": o.gaussian.color_lr / 20.0}
         return [{"name": f"gaussian_{name}", "params": [p], "lr": lrs[name]} for name, p in self._params()]
 
-    def _densifying(self, step: int) -> bool:
-        c = self.cfg
-        return c.gaussian.densify_every > 0 and c.gaussian.densify_start <= step <= c.gaussian.densify_stop
-
-    @torch.no_grad()
-    def after_backward(self, out: dict, step: int) -> None:
-        """Accumulate |d loss / d means2d| in NDC units (pixels * (W/2, H/2), 3DGS's threshold units) over the
-        views in which each Gaussian was visible."""
-        grad = out.get("means2d")
-        grad = grad.grad if grad is not None else None
-        if grad is None or not self._densifying(step + 1) or grad.shape[1] != self.count:
-            return
-        H, W = out["rgb"].shape[1:3]
-        norm = (grad * grad.new_tensor([0.5 * W, 0.5 * H])).norm(dim=-1)  # [B, N]
-        seen = out["radii"] > 0
-        self.grad_accum += torch.where(seen, norm, torch.zeros_like(norm)).sum(0)
-        self.grad_count += seen.sum(0).to(self.grad_count.dtype)
-
-    def after_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Decay the means' learning rate; densify and prune every field.gaussian.densify_every steps."""
-        done = step + 1
-        if optimizer is not None and self._position_schedule is not None:
-            for group in optimizer.param_groups:
-                if group.get("name") == "gaussian_means":
-                    group["lr"] = position_lr(done, *self._position_schedule)
-        if self._densifying(done) and done % self.cfg.gaussian.densify_every == 0:
-            self.densify_and_prune(optimizer)
-
-    @torch.no_grad()
-    def densify_and_prune(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-        """Clone / split / prune (module docstring) and reset the statistics; returns the counts."""
-        c = self.cfg
-        n = self.count
-        grads = self.grad_accum / self.grad_count.clamp_min(1.0)
-        hot = (grads >= c.gaussian.densify_grad_threshold) & (self.grad_count > 0)
-        if c.gaussian.max_count > 0:  # keep the largest gradients within the cap (each adds one Gaussian)
-            budget = max(c.gaussian.max_count - n, 0)
-            if int(hot.sum()) > budget:
-                top = torch.topk(torch.where(hot, grads, torch.full_like(grads, -1.0)), budget).indices
-                hot = torch.zeros_like(hot)
-                hot[top] = True
-        small = self.scales.max(-1).values <= c.gaussian.dense_scale
-        clone, split = hot & small, hot & ~small
-        keep = torch.nonzero(~split).squeeze(1)
-        clone_idx, split_idx = torch.nonzero(clone).squeeze(1), torch.nonzero(split).squeeze(1)
-        # split children: two samples from the parent Gaussian, scales / (0.8 * 2) (3DGS)
-        s = self.scales[split_idx].repeat(2, 1)
-        rot = quat_to_rotmat(nn.functional.normalize(self.quats[split_idx], dim=-1)).repeat(2, 1, 1)
-        offsets = (rot @ (torch.randn_like(s) * s)[..., None])[..., 0]
-        extra = {"means": self.means[split_idx].repeat(2, 1) + offsets,
-                 "log_scales": (s / 1.6).log()}
-        new_values = {}
-        for name, p in self._params():
-            born = extra.get(name, p[split_idx].repeat(2, *([1] * (p.dim() - 1))))
-            new_values[name] = torch.cat([p[keep], p[clone_idx], born])
-        opacity = torch.sigmoid(new_values["opacity_logits"])
-        big = new_values["log_scales"].exp().max(-1).values
-        prune = opacity < c.gaussian.prune_opacity
-        if c.gaussian.prune_scale > 0:
-            prune |= big > c.gaussian.prune_scale
-        final = torch.nonzero(~prune).squeeze(1)
-        n_new = len(clone_idx) + 2 * len(split_idx)
-        for name, p in self._params():
-            self._resize(name, new_values[name][final], optimizer, keep, n_new, final)
-        self._reset_stats()
-        return {"cloned": len(clone_idx), "split": len(split_idx), "pruned": int(prune.sum()), "count": self.count}
-
-    def _resize(self, name: str, value: Tensor, optimizer, keep: Tensor, n_new: int, final: Tensor) -> None:
-        """Replace parameter ``name`` by a new one holding ``value``, in the optimizer too: its Adam moments
-        follow the rows (kept rows keep theirs, new rows start at zero). A new Parameter (not ``p.data = ...``)
-        because autograd caches a leaf's shape while an old graph is alive."""
-        old = getattr(self, name)
-        new = nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
-        if optimizer is not None:
-            for group in optimizer.param_groups:
-                group["params"] = [new if q is old else q for q in group["params"]]
-            state = optimizer.state.pop(old, None)
-            if state:
-                for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                    if key in state:
-                        m = state[key]
-                        state[key] = torch.cat([m[keep], m.new_zeros((n_new, *m.shape[1:]))])[final].contiguous()
-                optimizer.state[new] = state
-        setattr(self, name, new)
-
-    def _reset_stats(self) -> None:
-        self.grad_accum = torch.zeros(self.count, device=self.means.device)
-        self.grad_count = torch.zeros(self.count, device=self.means.device)
-
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Resize the parameters and buffers to the checkpoint's Gaussian count first (densification changes it)."""
-        for name in (*_PARAMS, *_BUFFERS):
+        """Resize the parameters to the checkpoint's Gaussian count first (densification changes it)."""
+        for name in _PARAMS:
             value = state_dict.get(name)
             current = getattr(self, name)
             if value is None or current is None or tuple(value.shape) == tuple(current.shape):
