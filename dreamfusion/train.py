@@ -121,7 +121,7 @@ class Trainer:
         if guidance is not None:
             groups += guidance.param_groups()  # trainable guidance state (e.g. a VSD LoRA)
         self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-        self.renderer = Renderer(cfg.render, self.field, device)  # after the optimizer, as the estimator always was
+        self.renderer = Renderer(cfg.render, self.field, device)  # render config + sampler state (nerfacc on CUDA)
         self.step = 0
         self.skipped, self._nonfinite_run, self._saved_step = 0, 0, None  # non-finite steps: in all, in a row
         self._eval_view: tuple[int, object] | None = None

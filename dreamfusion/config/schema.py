@@ -4,6 +4,8 @@ The string literal under each field is its documentation and the text ``--help``
 ``configs/`` and ``key=value`` overrides only set these fields (``loader.py`` checks them). Keys that only
 one field or guidance type reads are grouped under it: ``field.hashgrid.*``, ``field.triplane.*``,
 ``field.gaussian.*``, ``optim.gaussian.*``, ``guidance.prior.*``, ``guidance.clip.*``, ``guidance.deepfloyd.*``.
+The ``field`` section (and its groups) is declared next to the fields (fields/config.py), ``render`` next to the
+renderer (renderer/config.py); this module imports and assembles them.
 
 Every numeric key is declared with ``ranged(default, "[lo, hi]")`` (``ranges.py``): its allowed values in
 interval notation, each entry's for a list; ``--help`` prints the range after the docstring.
