@@ -29,9 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dreamfusion.exporting import PhaseTimer, eval_view, export_run  # noqa: E402
+from dreamfusion.exporting import PhaseTimer, export_run  # noqa: E402
 from dreamfusion.metrics import prior_scores  # noqa: E402
-from dreamfusion.renderer import render_views_chunked  # noqa: E402
+from dreamfusion.renderer import eval_view, render_views_chunked, skip_grid  # noqa: E402
 from dreamfusion.run import load_run  # noqa: E402
 from render.cameras import orbit_cameras  # noqa: E402
 
@@ -58,9 +58,9 @@ def frames_psnr(loaded, grid: int, frames: int, side: int) -> float | None:
     cams = orbit_cameras(frames, cfg.camera.eval_elevation, cfg.camera.eval_distance, cfg.camera.eval_fovy,
                          device=loaded.device)
     kw = dict(n_samples=cfg.render.n_samples, background_kind="white")
-    want = render_views_chunked(field, loaded.background, cams, side, side, occupancy=field.skip_grid(kw["n_samples"]), **kw)
+    want = render_views_chunked(field, loaded.background, cams, side, side, occupancy=skip_grid(field, kw["n_samples"]), **kw)
     view = eval_view(field, grid)
-    got = render_views_chunked(view, loaded.background, cams, side, side, occupancy=view.skip_grid(kw["n_samples"]), **kw)
+    got = render_views_chunked(view, loaded.background, cams, side, side, occupancy=skip_grid(view, kw["n_samples"]), **kw)
     mse = float(((got["rgb"].clamp(0, 1) - want["rgb"].clamp(0, 1)) ** 2).mean())
     return 10 * np.log10(1.0 / max(mse, 1e-12))
 

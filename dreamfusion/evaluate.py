@@ -82,8 +82,7 @@ def _check_run_dir(run_dir: Path) -> None:
 @torch.no_grad()
 def render_run(run_dir: Path, views: int, resolution: int, device: torch.device) -> tuple[str, Tensor]:
     """(prompt, images [V, R, R, 3]) of a run: its last checkpoint on the evaluation orbit, white background."""
-    from .latent import rgb_view
-    from .renderer import render_views_chunked
+    from .renderer import render_views_chunked, rgb_view
     from .run import load_run
 
     _check_run_dir(Path(run_dir))

@@ -16,13 +16,11 @@ from render.cameras import orbit_cameras
 from .config import Config
 from .errors import UserError
 from .export import (bake_albedo, colorize_depth, decimate, extract_mesh, normals_to_rgb, stack_panels, unwrap,
-                     vertex_colors, write_glb, write_obj, write_video)
-from .fields.baked import BakedField
+                     vertex_colors, write_field_files, write_glb, write_obj, write_video)
 from .fields.base import field_device
-from .latent import rgb_view
-from .renderer import render_views_chunked
+from .renderer import BakedField, eval_view, render_views_chunked, rgb_view, skip_grid
 
-__all__ = ["export_mesh", "export_video", "export_run", "eval_view", "PhaseTimer"]
+__all__ = ["export_mesh", "export_video", "export_run", "PhaseTimer"]
 
 
 class PhaseTimer:
@@ -41,13 +39,6 @@ class PhaseTimer:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
-
-
-def eval_view(field, grid: int):
-    """The field as previews and the orbit video see it: in RGB (a latent field through latent_to_rgb) and, with
-    render.eval_grid = grid > 0, sampled once on a grid^3 grid (fields/baked.py; splats stay themselves)."""
-    view = rgb_view(field)
-    return view.baked(grid) if grid else view
 
 
 def surface_optical_depth(field, configured: float | None) -> float:
@@ -94,7 +85,7 @@ def export_video(field, background, cfg: Config, run_dir: Path, device, timer: P
         side = e.video_resolution
         out = render_views_chunked(field, background, cams, side, side, n_samples=cfg.render.n_samples,
                                    background_kind="white", need_normals="normal" in e.video_panels,
-                                   occupancy=field.skip_grid(cfg.render.n_samples),
+                                   occupancy=skip_grid(field, cfg.render.n_samples),
                                    progress=None if timer.quiet else "video frames")
         panels = []
         for name in e.video_panels:
@@ -114,7 +105,7 @@ def export_video(field, background, cfg: Config, run_dir: Path, device, timer: P
 def export_run(field, background, cfg: Config, run_dir: Path, device, timer: PhaseTimer | None = None,
                video_view=None) -> tuple[dict[str, Path], list[str]]:
     """Every artifact that can be made; the errors of those that could not, one line each. ``video_view``:
-    ``eval_view(field, cfg.render.eval_grid)`` when the caller has it already (the trainer's last preview).
+    ``renderer.eval_view(field, cfg.render.eval_grid)`` when the caller has it already (the trainer's last preview).
 
     A failure of one artifact (an empty field has no mesh) does not lose the others. Any other exception
     propagates carrying the artifacts written so far as its ``written`` attribute.
@@ -124,7 +115,7 @@ def export_run(field, background, cfg: Config, run_dir: Path, device, timer: Pha
     written: dict[str, Path] = {}
     errors: list[str] = []
     with timer.phase("export.field", "the field's own files"):
-        written.update(field.write_artifacts(Path(run_dir)))  # triplane.npz, splats.ply
+        written.update(write_field_files(field, Path(run_dir)))  # triplane.npz, splats.ply
     view = rgb_view(field)  # a latent field (guidance.latent_render) is exported through latent_to_rgb
     video_field, e, grid = video_view, cfg.export, cfg.render.eval_grid
     if video_field is None and grid:

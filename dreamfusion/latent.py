@@ -2,9 +2,9 @@
 latent channels directly at the latent resolution, so SDS needs neither the resize to 512 x 512 nor the
 VAE encode and its backward.
 
-Colours for people (mesh texture, orbit video, previews) and solid backgrounds for the renderer go
-through a fixed linear map between the (scaled) SD 1.x latent space and RGB, fitted by keturn on SD 1.4
-decodes (Hugging Face forum, "Decoding latents to RGB without upscaling"):
+Colours for people (mesh texture, orbit video, previews: the renderer's ``rgb_view``, renderer/views.py) and
+solid backgrounds for the renderer go through a fixed linear map between the (scaled) SD 1.x latent space and
+RGB, fitted by keturn on SD 1.4 decodes (Hugging Face forum, "Decoding latents to RGB without upscaling"):
 
     rgb = (z @ LATENT_TO_RGB + 1) / 2          z [..., 4] as the UNet sees it (VAE mean x 0.18215)
     z   = (2 rgb - 1) @ pinv(LATENT_TO_RGB)    the least-squares inverse, so latent_to_rgb(rgb_to_latent(c)) = c
@@ -15,11 +15,9 @@ The map is an approximation of the VAE decoder: exported colours of a latent run
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .fields.base import Field
-
-__all__ = ["LATENT_CHANNELS", "LATENT_TO_RGB", "latent_to_rgb", "rgb_to_latent", "LatentAsRGB", "rgb_view"]
+__all__ = ["LATENT_CHANNELS", "LATENT_TO_RGB", "latent_to_rgb", "rgb_to_latent"]
 
 LATENT_CHANNELS = 4
 LATENT_TO_RGB = torch.tensor([[0.298, 0.207, 0.208],
@@ -37,30 +35,3 @@ def latent_to_rgb(z: Tensor) -> Tensor:
 def rgb_to_latent(rgb: Tensor) -> Tensor:
     """[..., 3] RGB in [0, 1] -> [..., 4] latents that latent_to_rgb maps back to the same RGB."""
     return (rgb * 2.0 - 1.0) @ _RGB_TO_LATENT.to(rgb)
-
-
-class LatentAsRGB(Field):
-    """A latent field seen in RGB: same density, albedo = latent_to_rgb(latent albedo). For export, video and
-    previews, which expect albedo [M, 3] in [0, 1]."""
-
-    def __init__(self, field: nn.Module):
-        super().__init__()
-        self.field = field
-        self.bound = field.bound
-        self.albedo_channels = 3
-
-    def forward(self, points: Tensor) -> dict[str, Tensor]:
-        out = dict(self.field(points))
-        out["albedo"] = latent_to_rgb(out["albedo"])
-        return out
-
-    def density(self, points: Tensor) -> Tensor:
-        return self.field.density(points)
-
-    def param_groups(self, optim_cfg) -> list[dict]:
-        return self.field.param_groups(optim_cfg)
-
-
-def rgb_view(field: nn.Module) -> nn.Module:
-    """The field itself when it renders RGB; wrapped in LatentAsRGB when it renders latents."""
-    return LatentAsRGB(field) if getattr(field, "albedo_channels", 3) == LATENT_CHANNELS else field

@@ -19,19 +19,16 @@ from tqdm import tqdm
 
 from render.cameras import Cameras, orbit_cameras, sample_cameras
 from render.shading import random_light_dirs
-from render.volume_nerfacc import make_estimator, nerfacc_available, update_estimator
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .densify import DensifyStrategy, legacy_statistics
 from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
-from .fields.background import build_background
 from .guidance.clip import transmittance_loss
 from .io import atomic_write, atomic_write_text, write_error
-from .exporting import eval_view
 from .latent import LATENT_CHANNELS
-from .renderer import render_views, render_views_chunked
+from .renderer import Renderer, build_background
 
 __all__ = ["Trainer", "Interrupted", "Diverged", "pick_shading", "regularizers", "render_size", "warmup_factor",
            "weighted_loss", "metrics_step"]
@@ -125,23 +122,12 @@ class Trainer:
         if guidance is not None:
             groups += guidance.param_groups()  # trainable guidance state (e.g. a VSD LoRA)
         self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-        self.estimator = self._make_estimator()
+        self.renderer = Renderer(cfg.render, self.field, device)  # render config + sampler state (nerfacc on CUDA)
         self.strategy = (DensifyStrategy(cfg.field.gaussian, cfg.optim.gaussian, self.field)
                          if cfg.field.type == "gaussian" else None)  # densification, the means' lr schedule
         self.step = 0
         self.skipped, self._nonfinite_run, self._saved_step = 0, 0, None  # non-finite steps: in all, in a row
         self._eval_view: tuple[int, object] | None = None
-
-    def _make_estimator(self):
-        """nerfacc occupancy grid: render.sampler=nerfacc, or auto on CUDA when nerfacc imports."""
-        r = self.cfg.render
-        if self.cfg.field.type == "gaussian" or r.sampler == "torch":
-            return None
-        if r.sampler == "nerfacc" and self.device.type != "cuda":
-            raise ConfigError("render.sampler=nerfacc needs a CUDA device: use render.sampler=torch on CPU")
-        if r.sampler == "nerfacc" or (self.device.type == "cuda" and nerfacc_available()):
-            return make_estimator(self.field.bound, device=self.device)
-        return None
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -150,7 +136,7 @@ class Trainer:
                 "background": self.background.state_dict() if self.background is not None else {},
                 "guidance": self.guidance.state_dict() if self.guidance is not None else {},
                 "rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "skipped_steps": self.skipped,
-                "estimator": self.estimator.state_dict() if self.estimator is not None else {},
+                "estimator": self.renderer.state_dict(),
                 "strategy": self.strategy.state_dict() if self.strategy is not None else {}}
 
     def load(self, state: dict, with_optimizer: bool = True) -> None:
@@ -170,8 +156,7 @@ class Trainer:
                 self.guidance.load_state_dict(state.get("guidance", {}))
             if with_optimizer:
                 self.optimizer.load_state_dict(state["optimizer"])
-            if self.estimator is not None and state.get("estimator"):
-                self.estimator.load_state_dict(state["estimator"])
+            self.renderer.load_state_dict(state.get("estimator", {}))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
         self.step, self.skipped = int(state["step"]), int(state.get("skipped_steps", 0))
@@ -198,15 +183,13 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
     def render_batch(self, cams: Cameras, shading: str, perturb: bool = True) -> dict:
-        c, r = self.cfg, self.cfg.render
         light_dirs = None
         if shading != "albedo":
             light_dirs = random_light_dirs(cams.c2w[:, :3, 3], self.generator)
-        height, width = render_size(self.step, r)
-        return render_views(self.field, self.background, cams, height, width, n_samples=r.n_samples,
-                            perturb=perturb and r.perturb, shading=shading, light_dirs=light_dirs,
-                            ambient=r.ambient, background_kind=r.background, generator=self.generator,
-                            need_normals=c.loss.orientation > 0, estimator=self.estimator)
+        height, width = render_size(self.step, self.cfg.render)
+        return self.renderer.render(cams, height, width, background=self.background, shading=shading,
+                                    light_dirs=light_dirs, perturb=perturb, generator=self.generator,
+                                    need_normals=self.cfg.loss.orientation > 0)
 
     def train_step(self) -> dict[str, float]:
         """One optimization step; returns the loss, every term and ``skipped_steps`` as floats. A step whose loss
@@ -216,9 +199,7 @@ class Trainer:
         cams = sample_cameras(c.camera.batch_size, c.camera.elevation_range, c.camera.azimuth_range,
                               c.camera.distance_range, c.camera.fovy_range, generator=self.generator)
         cams = Cameras(*(x.to(self.device) for x in cams))
-        if self.estimator is not None:
-            update_estimator(self.estimator, self.field.density, self.step,
-                             render_step_size=2 * self.field.bound / c.render.n_samples)
+        self.renderer.update(self.step)  # the occupancy grid of nerfacc's sampler, when it has one
         shading = "albedo" if c.guidance.latent_render else pick_shading(self.step, c.render, self.generator)
         out = self.render_batch(cams, shading)
         if self.strategy is not None:
@@ -319,9 +300,9 @@ class Trainer:
         return row
 
     def eval_view(self):
-        """``exporting.eval_view`` of the field at this step (previews, then the video), made once per step."""
+        """``Renderer.eval_view`` of the field at this step (previews, then the video), made once per step."""
         if self._eval_view is None or self._eval_view[0] != self.step:
-            self._eval_view = (self.step, eval_view(self.field, self.cfg.render.eval_grid))
+            self._eval_view = (self.step, self.renderer.eval_view())
         return self._eval_view[1]
 
     def cached_eval_view(self):
@@ -337,10 +318,7 @@ class Trainer:
                              device=self.device)
         cams = Cameras(*(torch.roll(x, -2, 0) for x in cams))  # orbit starts at -180: roll to front first
         side = c.preview_resolution
-        view = self.eval_view()
-        out = render_views_chunked(view, self.background, cams, side, side, n_samples=c.render.n_samples,
-                                   views_per_chunk=1, background_kind="white",
-                                   occupancy=view.skip_grid(c.render.n_samples))
+        out = self.renderer.render_eval(self.eval_view(), self.background, cams, side, views_per_chunk=1)
         row = torch.cat(list(out["rgb"].clamp(0, 1)), dim=1)  # [H, 4W, 3]
         path = self.run_dir / "previews" / f"step_{self.step:06d}.png"
         buffer = io.BytesIO()

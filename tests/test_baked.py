@@ -9,8 +9,7 @@ from dreamfusion.config import FieldConfig, HashGridConfig, load_config
 from dreamfusion.export import extract_mesh
 from dreamfusion.fields import GaussianField, NeRFField
 from dreamfusion.fields.base import Field
-from dreamfusion.fields.baked import BakedField
-from dreamfusion.renderer import render_views_chunked
+from dreamfusion.renderer import BakedField, eval_view, render_views_chunked, skip_grid
 from render.cameras import orbit_cameras
 
 BOUND = 1.0
@@ -83,12 +82,12 @@ def test_baked_video_frames_converge_to_the_field_render():
                 p.normal_(0.0, 1.0)
     cams = orbit_cameras(3, 20.0, 2.4, 45.0)
     kw = dict(n_samples=64, background_kind="white")
-    want = render_views_chunked(field, None, cams, 48, 48, occupancy=field.skip_grid(64), **kw)["rgb"]
+    want = render_views_chunked(field, None, cams, 48, 48, occupancy=skip_grid(field, 64), **kw)["rgb"]
     assert (want < 0.9).float().mean() > 0.1 and want.std() > 0.1  # the object fills part of the frame
 
     def psnr(r: int) -> float:
         baked = BakedField.bake(field, r)
-        got = render_views_chunked(baked, None, cams, 48, 48, occupancy=baked.skip_grid(64), **kw)["rgb"]
+        got = render_views_chunked(baked, None, cams, 48, 48, occupancy=skip_grid(baked, 64), **kw)["rgb"]
         return 10 * np.log10(1.0 / ((got - want) ** 2).mean().item())
 
     coarse, fine = psnr(24), psnr(96)
@@ -99,9 +98,9 @@ def test_skip_grid_of_a_baked_field_is_made_once_and_is_the_occupancy_grid():
     from dreamfusion.renderer import occupancy_grid
 
     baked = BakedField.bake(small_nerf(), 16)
-    first = baked.skip_grid(64)
+    first = skip_grid(baked, 64)
     want = occupancy_grid(baked, 64)
-    assert baked.skip_grid(64) is first
+    assert skip_grid(baked, 64) is first
     assert (first is None) == (want.float().mean() > 0.5)
     assert first is None or torch.equal(first, want)
 
@@ -109,7 +108,7 @@ def test_skip_grid_of_a_baked_field_is_made_once_and_is_the_occupancy_grid():
 def test_splats_are_not_baked_and_a_baked_field_is_not_trained():
     cfg = load_config("demo", ["field.type=gaussian", "field.gaussian.count=50"]).field
     splats = GaussianField(cfg, "cpu")
-    assert splats.baked(32) is splats
+    assert eval_view(splats, 32) is splats and skip_grid(splats, 64) is None
     with pytest.raises(TypeError, match="optimise the field itself"):
         BakedField.bake(Multilinear(), 3).param_groups(None)
     with pytest.raises(ValueError, match="resolution >= 2"):

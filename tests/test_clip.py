@@ -28,12 +28,13 @@ from dreamfusion.cli import main
 from dreamfusion.config import ClipConfig, GuidanceConfig, load_config, to_yaml
 from dreamfusion.errors import ModelNotFoundError, UserError
 from dreamfusion.evaluate import clip_scores, eval_cameras, r_precision, render_run
-from dreamfusion.fields import build_background, build_field, solid_background
+from dreamfusion.fields import build_field
 from dreamfusion.guidance import build_guidance
-from dreamfusion.guidance.augment import _blur, _checkerboard, _fourier, crop, random_backgrounds, random_crop_boxes
+from dreamfusion.guidance.augment import crop, random_crop_boxes
 from dreamfusion.guidance.clip import (CLIP_MEAN, CLIP_STD, CLIPGuidance, FrozenCLIP, transmittance_loss,
                                        transmittance_target)
-from dreamfusion.renderer import render_views
+from dreamfusion.renderer import build_background, render_views, solid_background
+from dreamfusion.renderer.backgrounds import _blur, _checkerboard, _fourier, random_backgrounds
 from dreamfusion.train import Trainer
 from render.cameras import orbit_cameras
 

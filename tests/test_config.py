@@ -406,7 +406,7 @@ def test_a_run_folder_written_with_old_key_names_loads_with_a_note(tmp_path, cap
 def test_builders_accept_exactly_the_allowed_values():
     """CHOICES is the one list: the literal builder maps carry the same names."""
     from dreamfusion.fields import build_field
-    from dreamfusion.fields.background import SOLID_KINDS
+    from dreamfusion.renderer.backgrounds import SOLID_KINDS
     from dreamfusion.fields.decoder import _ACTIVATIONS
     from dreamfusion.guidance import load_guidance_model
 

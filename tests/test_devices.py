@@ -154,6 +154,7 @@ ALLOWED_LITERALS = {
     ("dreamfusion/fields/base.py", 'torch.device("cpu")'),  # field_device of a module without tensors
     ("dreamfusion/guidance/sds.py", 'torch.device("cpu")'),  # draws without a generator, as torch.rand's
     ("dreamfusion/guidance/augment.py", 'torch.device("cpu")'),  # likewise
+    ("dreamfusion/renderer/backgrounds.py", 'torch.device("cpu")'),  # likewise (the random textures' draws)
 }
 LITERAL = re.compile(r'torch\.device\("cpu"\)|torch\.Generator\("cpu"\)')
 

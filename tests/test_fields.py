@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from dreamfusion.config import FieldConfig, GaussianConfig, HashGridConfig, OptimConfig, TriplaneConfig
 from dreamfusion.errors import ConfigError
-from dreamfusion.fields import (HashGrid, LearnedBackground, NeRFField, build_background, build_field,
-                                make_hashgrid, solid_background)
+from dreamfusion.fields import HashGrid, NeRFField, build_field, make_hashgrid
+from dreamfusion.renderer import LearnedBackground, build_background, solid_background
 from dreamfusion.fields import hashgrid
 from dreamfusion.fields.hashgrid import _import_tcnn
 from dreamfusion.fields.decoder import trunc_exp

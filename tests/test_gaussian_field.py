@@ -16,6 +16,7 @@ from dreamfusion.config import FieldConfig, GaussianConfig, GaussianOptimConfig,
 from dreamfusion.fields import build_field
 from dreamfusion.densify import DensifyStrategy, position_lr
 from dreamfusion.fields.gaussian import GaussianField
+from dreamfusion.renderer import render_views
 
 
 # -- the field ------------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ def test_field_init_and_render_contract():
     assert float(field.means.detach().norm(dim=-1).max()) <= 0.5 + 1e-6
     torch.testing.assert_close(field.opacities, torch.full((300,), 0.1))
     cams = orbit_cameras(2, 15.0, 2.0, 50.0)
-    out = field.render(cams, 16, 12, background_kind="white")
+    out = render_views(field, None, cams, 16, 12, background_kind="white")
     assert out["rgb"].shape == (2, 16, 12, 3) and out["opacity"].shape == (2, 16, 12, 1)
     assert out["depth"].shape == (2, 16, 12, 1) and out["albedo"].shape == (2, 16, 12, 3)
     assert out["dirs"].shape == (2, 16, 12, 3) and out["normal"] is None
@@ -113,7 +114,7 @@ def test_statistics_accumulate_the_ndc_gradient():
     field = _field(count=50, init_opacity=0.5)
     strategy = _strategy(field)
     cams = orbit_cameras(2, 15.0, 2.0, 50.0)
-    out = field.render(cams, 16, 16)
+    out = render_views(field, None, cams, 16, 16)
     strategy.step_pre_backward(out)
     out["rgb"].sum().backward()
     strategy.step_post_optimizer(field, None, out, 0)
@@ -133,7 +134,8 @@ def test_checkpoint_with_a_different_count_loads_and_renders_identically():
     assert fresh.count == 5
     cams = orbit_cameras(1, 10.0, 2.0, 50.0)
     with torch.no_grad():
-        torch.testing.assert_close(fresh.render(cams, 12, 12)["rgb"], field.render(cams, 12, 12)["rgb"])
+        torch.testing.assert_close(render_views(fresh, None, cams, 12, 12)["rgb"],
+                                   render_views(field, None, cams, 12, 12)["rgb"])
     assert optimizer.param_groups[0]["params"][0] is fresh.means  # the optimizer still holds the parameters
 
 
@@ -162,7 +164,8 @@ def test_trainer_checkpoint_round_trip_after_densification(tmp_path):
         for a, b in zip(p_old["params"], p_new["params"]):
             torch.testing.assert_close(trainer.optimizer.state[a]["exp_avg"], fresh.optimizer.state[b]["exp_avg"])
     with torch.no_grad():
-        torch.testing.assert_close(fresh.field.render(cams, 16, 16)["rgb"], trainer.field.render(cams, 16, 16)["rgb"])
+        torch.testing.assert_close(render_views(fresh.field, None, cams, 16, 16)["rgb"],
+                                   render_views(trainer.field, None, cams, 16, 16)["rgb"])
     fresh.render_batch(cams, "albedo")["rgb"].mean().backward()
     fresh.optimizer.step()
 

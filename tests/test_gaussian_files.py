@@ -12,6 +12,7 @@ from render.cameras import orbit_cameras
 from dreamfusion.config import FieldConfig, GaussianConfig
 from dreamfusion.fields import build_field
 from dreamfusion.fields.gaussian import GaussianField
+from dreamfusion.renderer import render_views
 
 
 def _field(count: int = 200, **kw) -> GaussianField:
@@ -53,7 +54,8 @@ def test_ply_round_trip_header_and_order(tmp_path, sh_degree):
     fresh.load_state_dict(back)
     cams = orbit_cameras(1, 10.0, 2.0, 50.0)
     with torch.no_grad():
-        torch.testing.assert_close(fresh.render(cams, 8, 8)["rgb"], field.render(cams, 8, 8)["rgb"])
+        torch.testing.assert_close(render_views(fresh, None, cams, 8, 8)["rgb"],
+                                   render_views(field, None, cams, 8, 8)["rgb"])
 
 
 def test_splat_file_layout(tmp_path):

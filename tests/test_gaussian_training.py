@@ -154,7 +154,7 @@ def test_progressive_resolution_config_errors(override, fragment):
 
 
 def test_white_or_black_background_is_one_of_the_two_per_view():
-    from dreamfusion.fields.background import solid_background
+    from dreamfusion.renderer import solid_background
 
     g = torch.Generator().manual_seed(3)
     bg = solid_background("white_or_black", (64, 5, 4), g, device="cpu")

@@ -20,8 +20,8 @@ from dreamfusion.config import FieldConfig, GuidanceConfig, HashGridConfig, Trip
 from dreamfusion.errors import ConfigError
 from dreamfusion.fields import build_field
 from dreamfusion.guidance import SDSGuidance, StableDiffusion
-from dreamfusion.latent import LATENT_TO_RGB, LatentAsRGB, latent_to_rgb, rgb_to_latent, rgb_view
-from dreamfusion.renderer import render_views
+from dreamfusion.latent import LATENT_TO_RGB, latent_to_rgb, rgb_to_latent
+from dreamfusion.renderer import LatentAsRGB, render_views, rgb_view
 from render.cameras import orbit_cameras
 from render.rays import generate_rays
 from render.volume import render_rays
@@ -124,7 +124,7 @@ def test_cli_latent_run_exports_rgb(tiny_sd_dir, tmp_path):
     import numpy as np
     with np.load(run / "triplane.npz") as data:
         assert json.loads(str(data["meta"]))["albedo_channels"] == 4
-    from dreamfusion.fields.triplane import load_planes
+    from dreamfusion.export.planes import load_planes
     field = load_planes(run / "triplane.npz")
     assert field.albedo_channels == 4
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -311,7 +311,7 @@ def test_video_reuses_the_last_previews_grid(tmp_path, preview_every):
 
 
 def test_trainer_eval_view_is_sampled_once_per_step(tmp_path):
-    from dreamfusion.fields.baked import BakedField
+    from dreamfusion.renderer import BakedField
     from dreamfusion.train import Trainer
 
     r = 12

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from dreamfusion.config import FieldConfig, OptimConfig, TriplaneConfig, load_config
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.fields import TriplaneField, build_field, decoder
-from dreamfusion.fields.triplane import PLANE_AXES, load_planes, save_planes
+from dreamfusion.export.planes import load_planes, save_planes
+from dreamfusion.fields.triplane import PLANE_AXES
 from dreamfusion.renderer import render_views
 from render.cameras import orbit_cameras
 

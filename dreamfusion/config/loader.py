@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
 from ..settings import check_sections, freeze, range_doc
-from .schema import LATENT_NEEDS_VOLUME, RENAMED, Config
+from .schema import RENAMED, Config
 
 __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "validate", "to_yaml", "all_keys",
            "field_docs", "available_configs", "resolve_config_path"]
@@ -225,17 +225,6 @@ def validate(cfg: Config) -> None:
     """Choice keys hold an allowed value, numeric keys lie in their declared ranges, and the keys that depend on
     each other agree: each section's own check (settings.check_sections), then the rules not yet moved into one."""
     check_sections(cfg)
-    sizes, milestones = list(cfg.render.progressive_sizes), list(cfg.render.progressive_milestones)
-    if sizes or milestones:
-        if len(milestones) != len(sizes) - 1:
-            raise ConfigError(f"render.progressive_milestones needs one entry fewer than render.progressive_sizes "
-                              f"(got {len(milestones)} and {len(sizes)}), e.g. sizes [128, 256] milestones [300]")
-        if any(b <= a for a, b in zip([0] + milestones, milestones)):
-            raise ConfigError(f"render.progressive_milestones must be positive and increasing, got {milestones}")
-    if cfg.render.eval_grid == 1:
-        raise ConfigError("render.eval_grid must be 0 (render the field itself) or a grid side >= 2, got 1")
-    if cfg.render.albedo_prob + cfg.render.textureless_prob > 1.0:
-        raise ConfigError("render.albedo_prob + render.textureless_prob must be <= 1")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(cfg.optim.betas)}")
     g = cfg.guidance
@@ -244,8 +233,6 @@ def validate(cfg: Config) -> None:
     if g.latent_render and g.type != "sds":
         raise ConfigError(f"guidance.latent_render needs guidance.type=sds (Stable Diffusion latents), got "
                           f"guidance.type={g.type}: set guidance.latent_render=false")
-    if g.latent_render and cfg.field.type == "gaussian":
-        raise ConfigError(LATENT_NEEDS_VOLUME)
     p = g.perp_neg
     for key in ("f_fs", "f_sf", "f_sb", "f_fsb"):
         if len(getattr(p, key)) != 3:

@@ -4,6 +4,8 @@ The string literal under each field is its documentation and the text ``--help``
 ``configs/`` and ``key=value`` overrides only set these fields (``loader.py`` checks them). Keys that only
 one field or guidance type reads are grouped under it: ``field.hashgrid.*``, ``field.triplane.*``,
 ``field.gaussian.*``, ``optim.gaussian.*``, ``guidance.prior.*``, ``guidance.clip.*``, ``guidance.deepfloyd.*``.
+The ``field`` section (and its groups) is declared next to the fields (fields/config.py), ``render`` next to the
+renderer (renderer/config.py); this module imports and assembles them.
 
 Every numeric key is declared with ``ranged(default, "[lo, hi]")`` (``ranges.py``): its allowed values in
 interval notation, each entry's for a list; ``--help`` prints the range after the docstring.
@@ -15,6 +17,8 @@ from dataclasses import field as dc_field
 from typing import List, Optional
 
 from ..export.config import ExportConfig
+from ..fields.config import LATENT_NEEDS_VOLUME, FieldConfig, GaussianConfig, HashGridConfig, TriplaneConfig
+from ..renderer.config import RenderConfig
 from ..settings import choice, choices_of, ranged, section
 from ..train_config import CameraConfig, LossConfig
 
@@ -23,123 +27,6 @@ __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "Gaussia
            "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "LATENT_NEEDS_VOLUME",
            "DeepFloydConfig"]
 
-
-
-@section
-class HashGridConfig:
-    """field.hashgrid: the multiresolution hash encoding of the NeRF field (Instant-NGP)."""
-
-    backend: str = choice("auto", ("auto", "torch", "tcnn"))
-    """Implementation: auto (tinycudann on CUDA when installed), torch, or tcnn."""
-    n_levels: int = ranged(16, "[1, inf)")
-    """Number of resolution levels."""
-    n_features_per_level: int = ranged(2, "[1, inf)")
-    """Features stored per level."""
-    log2_hashmap_size: int = ranged(19, "[1, inf)")
-    """Log2 of the table size per level."""
-    base_resolution: int = ranged(16, "[1, inf)")
-    """Resolution of the coarsest level."""
-    per_level_scale: float = ranged(1.447, "[1, inf)")
-    """Growth factor of the resolution from one level to the next."""
-
-
-@section
-class TriplaneConfig:
-    """field.triplane: the three feature planes of the tri-plane field (EG3D)."""
-
-    resolution: int = ranged(128, "[2, inf)")
-    """Side N of each N x N feature plane."""
-    channels: int = ranged(16, "[1, inf)")
-    """Feature channels per plane."""
-    aggregation: str = choice("sum", ("sum", "product", "concat"))
-    """How the three plane features combine: sum (EG3D), product or concat."""
-
-
-@section
-class GaussianConfig:
-    """field.gaussian: 3D Gaussian splats and their adaptive density control (3DGS, DreamGaussian)."""
-
-    count: int = ranged(3000, "[1, inf)")
-    """Number of Gaussians at init (DreamGaussian: 5000)."""
-    init_radius: float = ranged(0.8, "(0, inf)")
-    """Radius of the ball the means are drawn in."""
-    init_opacity: float = ranged(0.1, "(0, 1)")
-    """Opacity at init."""
-    sh_degree: int = ranged(0, "[0, 3]")
-    """Spherical-harmonics degree of the colour (0 = view independent)."""
-    init_scale: float = ranged(0.0, "[0, inf)")
-    """Initial scale (standard deviation); 0 = mean distance to the 3 nearest neighbours."""
-    rasterizer: str = choice("auto", ("auto", "torch", "gsplat"))
-    """Rasterizer: auto (gsplat on CUDA when installed), torch, or gsplat."""
-    densify_every: int = ranged(50, "[0, inf)")
-    """Clone / split / prune every N steps (0 disables)."""
-    densify_start: int = ranged(0, "[0, inf)")
-    """First step at which densification may run."""
-    densify_stop: int = ranged(3000, "[0, inf)")
-    """Last step at which densification may run."""
-    densify_grad_threshold: float = ranged(0.01, "[0, inf)")
-    """Mean view-space (NDC) gradient norm of a mean above which it is cloned or split."""
-    dense_scale: float = ranged(0.005, "[0, inf)")
-    """Largest scale up to which a Gaussian is cloned; larger ones are split in two."""
-    prune_opacity: float = ranged(0.05, "[0, 1]")
-    """Prune Gaussians whose opacity is below this."""
-    prune_scale: float = ranged(0.1, "[0, inf)")
-    """Prune Gaussians whose largest scale exceeds this (0 disables)."""
-    max_count: int = ranged(8000, "[0, inf)")
-    """Cap on the number of Gaussians densification may reach (0 = no cap, warned about: SDS grows it without bound)."""
-
-
-@section
-class FieldConfig:
-    """field: the 3D representation; hidden_dim .. blob_radius are the MLP decoder shared by nerf and triplane."""
-
-    type: str = choice("nerf", ("nerf", "triplane", "gaussian"))
-    """The 3D representation: nerf (hash-grid NeRF), triplane, or gaussian."""
-    bound: float = ranged(1.0, "(0, inf)")
-    """Half side of the scene cube [-bound, bound]^3 that holds the object."""
-    hidden_dim: int = ranged(64, "[1, inf)")
-    """Width of the MLP that decodes features to density and albedo."""
-    n_hidden_layers: int = ranged(1, "[0, inf)")
-    """Hidden layers of that MLP."""
-    density_activation: str = choice("softplus", ("softplus", "exp"))
-    """Density activation: softplus or exp (truncated exponential)."""
-    blob_density: float = ranged(10.0, "[0, inf)")
-    """Peak of the density bias added at init (0 disables it)."""
-    blob_radius: float = ranged(0.5, "(0, inf)")
-    """Radius of the density blob: Magic3D blob_density * (1 - |x| / blob_radius)."""
-    hashgrid: HashGridConfig = dc_field(default_factory=HashGridConfig)
-    triplane: TriplaneConfig = dc_field(default_factory=TriplaneConfig)
-    gaussian: GaussianConfig = dc_field(default_factory=GaussianConfig)
-
-
-@section
-class RenderConfig:
-    width: int = ranged(64, "[1, inf)")
-    """Training render width in pixels."""
-    height: int = ranged(64, "[1, inf)")
-    """Training render height in pixels."""
-    progressive_sizes: List[int] = ranged([], "[1, inf)")
-    """Progressive resolution: square render sides used in turn, e.g. [128, 256, 512] (DreamGaussian); empty keeps width x height."""
-    progressive_milestones: List[int] = ranged([], "[1, inf)")
-    """Steps at which training moves on to the next of progressive_sizes (one fewer entry than it, increasing)."""
-    n_samples: int = ranged(128, "[1, inf)")
-    """Stratified samples per ray inside the scene cube."""
-    eval_grid: int = ranged(0, "[0, inf)")
-    """Previews and the orbit video render the field sampled once on this many grid vertices per side (fast on a CPU); 0 renders the field itself."""
-    perturb: bool = True
-    """Jitter sample positions during training."""
-    sampler: str = choice("auto", ("auto", "torch", "nerfacc"))
-    """Ray sampler: auto (nerfacc occupancy grid on CUDA when installed), torch, or nerfacc."""
-    background: str = choice("learned", ("learned", "random", "white", "black", "gray", "white_or_black", "augment"))
-    """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, white_or_black (either, per view), or augment (Dream Fields random textures)."""
-    albedo_warmup_steps: int = ranged(1000, "[0, inf)")
-    """Steps that render albedo only before random shading starts (DreamFusion)."""
-    albedo_prob: float = ranged(0.2, "[0, 1]")
-    """After warm-up: probability of albedo shading."""
-    textureless_prob: float = ranged(0.3, "[0, 1]")
-    """After warm-up: probability of textureless (white albedo) Lambertian shading; the rest is Lambertian."""
-    ambient: float = ranged(0.1, "[0, 1]")
-    """Ambient light fraction in Lambertian shading."""
 
 
 @section
@@ -349,6 +236,3 @@ def _renamed() -> dict[str, str]:
 
 RENAMED: dict[str, str] = _renamed()
 """Keys of earlier versions -> their name now (the loader answers an old key with a one-line 'renamed to')."""
-
-LATENT_NEEDS_VOLUME = ("guidance.latent_render needs field.type=nerf or triplane (Gaussians carry RGB colours): "
-                       "set guidance.latent_render=false")

@@ -7,7 +7,11 @@ callables get their points on the device the caller names (`dev = field_device(f
     v, f, uv, tex = bake_texture(v, f, lambda p: field(p)["albedo"], size=cfg.export.texture_size, device=dev)
     write_obj(run / "mesh/model.obj", v, f, uv, tex); write_glb(run / "mesh/model.glb", v, f, uv, tex)
     write_video(run / "orbit.mp4", stack_panels([rgb, normals_to_rgb(n), colorize_depth(d, a)]), fps)
+
+A field's own files (triplane.npz, splats.ply) are ``write_field_files(field, run_dir)`` (field_files.py), the
+one function here that knows the field classes.
 """
+from dreamfusion.export.field_files import write_field_files
 from dreamfusion.export.mesh import decimate, density_grid, extract_mesh, optical_depth
 from dreamfusion.export.texture import bake_albedo, bake_texture, unwrap, vertex_colors
 from dreamfusion.export.video import colorize_depth, normals_to_rgb, stack_panels, write_video
@@ -18,4 +22,5 @@ __all__ = [
     "vertex_colors", "unwrap", "bake_albedo", "bake_texture",
     "write_obj", "write_glb",
     "write_video", "stack_panels", "colorize_depth", "normals_to_rgb",
+    "write_field_files",
 ]

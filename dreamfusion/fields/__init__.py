@@ -1,26 +1,26 @@
 """3D representations optimised by the guidance: ``build_field(cfg.field, device)`` is the one entry point.
 
 Every field is a :class:`Field` (fields/base.py): ``forward(points [M, 3]) -> dict(density [M], albedo [M, C])``,
-``density``, ``param_groups``, ``render``, ``regularizers``, the step hooks and ``write_artifacts``
-(docs/DESIGN.md, "Fields", says where a new one plugs in).
+``density``, ``param_groups``, ``regularizers`` and the step hooks (docs/DESIGN.md, "Fields", says where a new one
+plugs in). A field renders nothing and writes no files: the renderer (dreamfusion/renderer/) and the exporters
+(dreamfusion/export/) take it as an argument. Its config section is fields/config.py.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..config import LATENT_NEEDS_VOLUME, FieldConfig
-from ..settings import check_choice
 from ..errors import ConfigError
-from .background import LearnedBackground, build_background, solid_background
+from ..settings import check_choice
 from .base import Field
+from .config import LATENT_NEEDS_VOLUME, FieldConfig
 from .gaussian import GaussianField
 from .hashgrid import HashGrid, make_hashgrid
 from .nerf import NeRFField
 from .triplane import TriplaneField
 
-__all__ = ["build_field", "Field", "NeRFField", "TriplaneField", "GaussianField", "HashGrid", "make_hashgrid",
-           "LearnedBackground", "build_background", "solid_background"]
+__all__ = ["build_field", "Field", "FieldConfig", "NeRFField", "TriplaneField", "GaussianField", "HashGrid",
+           "make_hashgrid"]
 
 
 def build_field(cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3) -> Field:

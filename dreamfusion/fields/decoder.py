@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import FieldConfig
+from .config import FieldConfig
 from ..settings import check_choice
 from ..errors import ConfigError
 from .base import Field

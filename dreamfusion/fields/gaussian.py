@@ -5,9 +5,8 @@ Parameters (stored before activation, the .ply convention):
     opacity_logits [N] (opacity = sigmoid), sh_dc [N,3] (colour = 0.5 + 0.28209479 sh_dc),
     sh_rest [N,K-1,3] only when field.gaussian.sh_degree > 0.
 
-Rendering goes through ``render.gaussians.rasterize_gaussians`` (``render`` has the renderer.py contract).
-Shading: Gaussians have no surface normal, so the 'lambertian' and 'textureless' modes of the
-DreamFusion schedule render albedo (use render.albedo_prob=1 with Gaussians; DreamGaussian does).
+The renderer rasterizes them (dreamfusion/renderer/splats.py, ``render.gaussians.rasterize_gaussians``);
+export writes them as splats.ply (dreamfusion/export/ply.py).
 
 Adaptive density control (clone / split / prune, 3DGS §5.2) and the means' learning-rate schedule are
 dreamfusion/densify.py's ``DensifyStrategy``: it replaces these parameters by resized ones. ``load_state_dict``
@@ -21,26 +20,34 @@ cells over the query points).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from render.cameras import Cameras
-from render.gaussians import ALPHA_MAX, SH_C0, quat_to_rotmat, rasterize_gaussians
-from render.rays import generate_rays
-
-from ..config import FieldConfig, OptimConfig
-from ..settings import check_choice
 from ..errors import ConfigError
-from .background import solid_background
+from ..settings import check_choice
 from .base import Field
+from .config import FieldConfig
 
-__all__ = ["GaussianField"]
+__all__ = ["GaussianField", "SH_C0", "ALPHA_MAX", "quat_to_rotmat"]
+
+# The representation's conventions, shared with the rasterizer (render/gaussians.py holds the same; fields import no
+# rendering code, and tests/test_gaussian_field.py checks that the two agree).
+SH_C0 = 0.28209479177387814  # Y_0^0: colour = 0.5 + SH_C0 * sh_dc
+ALPHA_MAX = 0.99  # the largest alpha of a splat (3DGS's clamp)
 
 _PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 _CUTOFF = 3.0  # density: Mahalanobis radius beyond which a Gaussian contributes nothing
 _PAIR_BUDGET = 1 << 22  # density: point x Gaussian pairs evaluated per batch
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Unit quaternions (w, x, y, z) [N, 4] -> rotation matrices [N, 3, 3]."""
+    w, x, y, z = quats.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def _ball(n: int, radius: float, device) -> Tensor:
@@ -63,7 +70,7 @@ def _neighbour_distance(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor
 
 
 class GaussianField(Field):
-    """N anisotropic 3D Gaussians; see the module docstring for parameters, rendering and densification."""
+    """N anisotropic 3D Gaussians; see the module docstring for parameters and densification."""
 
     # Mesh level (export.auto_optical_depth: null): splats' summed density rises more gently at the surface
     # than a NeRF's, and 0.3 put the mesh inside the object. Embedded-prior grid, demo config: orange cube IoU
@@ -119,45 +126,8 @@ class GaussianField(Field):
     def _params(self) -> list[tuple[str, nn.Parameter]]:
         return [(name, getattr(self, name)) for name in _PARAMS if getattr(self, name) is not None]
 
-    # -- rendering ----------------------------------------------------------------------------------
-    def render(self, cameras: Cameras, height: int, width: int, *, background=None, background_kind: str = "white",
-               shading: str = "albedo", light_dirs: Tensor | None = None, ambient: float = 0.1,
-               generator: torch.Generator | None = None, **volume_options) -> dict[str, Tensor]:
-        """renderer.render_views' contract: rgb, opacity, depth, albedo (premultiplied), normal (None), dirs;
-        plus means2d [B,N,2] (gradient retained for densification) and radii [B,N]. The volume renderer's
-        options (n_samples, perturb, need_normals, estimator, occupancy) do not apply to splats."""
-        if self.sh_degree == 0:
-            colors = (0.5 + SH_C0 * self.sh_dc).clamp_min(0.0)
-        else:
-            colors = torch.cat([self.sh_dc[:, None], self.sh_rest], 1)
-        out = rasterize_gaussians(self.means, self.quats, self.scales, self.opacities, colors, cameras.c2w,
-                                  cameras.fovy, height, width, None, backend=self.rasterizer)
-        if out["means2d"].requires_grad:
-            out["means2d"].retain_grad()
-        _, dirs = generate_rays(cameras.c2w.to(self.means), cameras.fovy.to(self.means), height, width)
-        B = cameras.c2w.shape[0]
-        bg = background(dirs) if background is not None else solid_background(
-            background_kind, (B, height, width), generator, device=self.means.device)
-        albedo, opacity = out["rgb"], out["alpha"]
-        return {"rgb": albedo + (1.0 - opacity) * bg, "opacity": opacity, "depth": out["depth"], "albedo": albedo,
-                "normal": None, "dirs": dirs, "means2d": out["means2d"], "radii": out["radii"]}
-
-    def skip_grid(self, n_samples: int) -> None:
-        """Splats are rasterized: there is no empty space to skip."""
-        return None
-
-    def baked(self, resolution: int) -> "GaussianField":
-        """Splats rasterize faster than a grid renders: the video uses the splats themselves."""
-        return self
-
-    def write_artifacts(self, run_dir: Path) -> dict[str, Path]:
-        """splats.ply: the standard 3DGS layout (SuperSplat, `python -m dreamfusion view`)."""
-        from ..export.ply import write_ply
-
-        return {"splats": write_ply(Path(run_dir) / "splats.ply", self)}
-
     # -- optimisation -------------------------------------------------------------------------------
-    def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
+    def param_groups(self, optim_cfg) -> list[dict]:
         """One Adam group per parameter, each with its learning rate (3DGS / DreamGaussian)."""
         o = optim_cfg  # the means' initial rate: the trainer sets each step's (DensifyStrategy.learning_rates)
         lrs = {"means": o.gaussian.position_lr, "log_scales": o.gaussian.scale_lr,

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..config import FieldConfig
+from .config import FieldConfig
 from ..settings import check_choice
 from ..errors import ConfigError
 

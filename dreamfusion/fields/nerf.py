@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import FieldConfig, OptimConfig
+from .config import FieldConfig
 from .decoder import DecodedField
 from .hashgrid import make_hashgrid
 
@@ -28,7 +28,7 @@ class NeRFField(DecodedField):
     def features(self, points: Tensor) -> Tensor:  # [M, 3] -> [M, L * F]
         return self.encoding(points)
 
-    def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
+    def param_groups(self, optim_cfg) -> list[dict]:
         """Adam groups: the hash table at ``encoding_lr``, the MLP at ``network_lr``."""
         return [{"name": "encoding", "params": list(self.encoding.parameters()), "lr": optim_cfg.encoding_lr},
                 {"name": "network", "params": list(self.mlp.parameters()), "lr": optim_cfg.network_lr}]

@@ -1,12 +1,10 @@
-"""Render a field from cameras: rays -> volume compositing -> deferred shading -> background."""
+"""Volume rendering of a field from cameras: rays -> compositing (torch, or nerfacc's occupancy grid) -> deferred
+shading -> background. The renderer's path for every field that is not splats (renderer/core.py chooses)."""
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from render.cameras import Cameras
 from render.rays import generate_rays
@@ -14,34 +12,10 @@ from render.shading import shade
 from render.volume import render_rays
 from render.volume_nerfacc import render_rays_nerfacc
 
-from .fields.background import solid_background
-from .fields.base import field_device
-from .latent import LATENT_CHANNELS, rgb_to_latent
+from ..latent import LATENT_CHANNELS, rgb_to_latent
+from .backgrounds import solid_background
 
-__all__ = ["render_views", "render_volume", "render_views_chunked", "occupancy_grid"]
-
-
-@torch.no_grad()
-def occupancy_grid(field, n_samples: int, resolution: int = 64, min_alpha: float = 1e-4) -> Tensor:
-    """Cells [R, R, R] bool where the field could add more than min_alpha to a ray sample.
-
-    Density is probed at 2^3 points per cell and the mask is dilated by one cell, so thin features that
-    fall between probes are kept; a sample of spacing 2 bound / n_samples in a skipped cell would have
-    had alpha < min_alpha.
-    """
-    bound, fine, device = field.bound, 2 * resolution, field_device(field)
-    c = (torch.arange(fine, dtype=torch.float32, device=device) + 0.5) / fine * 2 * bound - bound
-    pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
-    density = torch.cat([field.density(p) for p in pts.split(1 << 18)]).reshape(fine, fine, fine)
-    cell = torch.nn.functional.max_pool3d(density[None, None], 2)  # [1,1,R,R,R]
-    cell = torch.nn.functional.max_pool3d(cell, 3, stride=1, padding=1)[0, 0]
-    return cell * (2 * bound / n_samples) > min_alpha
-
-
-def render_views(field, background, cameras: Cameras, height: int, width: int, **options) -> dict[str, Tensor]:
-    """Render B views of any field: ``field.render`` (volume rendering below, or a field's own rasterizer).
-    Returns rgb [B,H,W,C], opacity [B,H,W,1], depth [B,H,W,1], albedo, normal | None, dirs (see render_volume)."""
-    return field.render(cameras, height, width, background=background, **options)
+__all__ = ["render_volume"]
 
 
 def render_volume(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
@@ -96,25 +70,3 @@ def render_volume(field, background, cameras: Cameras, height: int, width: int, 
     rgb = fg + (1.0 - opacity) * bg
     return {"rgb": rgb, "opacity": opacity, "depth": out["depth"].reshape(B, height, width, 1),
             "albedo": albedo, "normal": normal, "dirs": dirs}
-
-
-def render_views_chunked(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
-                         views_per_chunk: int = 1, need_normals: bool = False, progress: str | None = None,
-                         **kwargs) -> dict[str, Tensor]:
-    """render_views without keeping a graph, a few views at a time (orbit videos, previews, evaluation).
-    Pass occupancy=field.skip_grid(n_samples) to skip empty space; ``progress`` names a progress bar on stderr.
-
-    Normals come from autograd of the density, so grad mode stays on only while they are needed.
-    """
-    need = need_normals or kwargs.get("shading", "albedo") != "albedo"
-    parts = []
-    starts = range(0, cameras.c2w.shape[0], views_per_chunk)
-    if progress:
-        starts = tqdm(starts, desc=progress, file=sys.stderr, dynamic_ncols=True, leave=False)
-    for start in starts:
-        sub = Cameras(*(x[start:start + views_per_chunk] for x in cameras))
-        with torch.set_grad_enabled(need):
-            out = render_views(field, background, sub, height, width, n_samples=n_samples,
-                               need_normals=need, **kwargs)
-        parts.append({k: (v.detach() if v is not None else None) for k, v in out.items()})
-    return {k: (torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None) for k in parts[0]}

@@ -6,7 +6,7 @@
 interpolation of density and albedo. At a grid vertex the baked field returns the field's own value, so a
 mesh extracted from it at resolution R is the mesh of the field itself; between vertices it is the
 trilinear blend. One pass of R^3 points through the field then replaces the many samples per pixel
-of previews and orbit videos (``render.eval_grid``).
+of previews and orbit videos (``render.eval_grid``; ``eval_view`` in views.py makes it).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Field, field_device
-from .decoder import check_points
+from ..fields.base import Field, field_device
+from ..fields.decoder import check_points
 
 __all__ = ["BakedField"]
 
@@ -38,7 +38,9 @@ class BakedField(Field):
         self.bound = float(bound)
         self.albedo_channels = int(albedo.shape[0])
         self.surface_optical_depth = float(surface_optical_depth)
-        self._skip_grids: dict[int, Tensor | None] = {}
+        # renderer.skip_grid's grids by n_samples, made once: the field is frozen, and the last preview and the
+        # video render the same baked field
+        self.skip_grids: dict[int, Tensor | None] = {}
 
     @classmethod
     @torch.no_grad()
@@ -78,13 +80,6 @@ class BakedField(Field):
         inside = (points.abs() <= self.bound).all(dim=-1)
         density = torch.where(inside, values[:, 0].clamp_min(0.0), torch.zeros_like(values[:, 0]))
         return {"density": density, "albedo": values[:, 1:]}
-
-    def skip_grid(self, n_samples: int) -> Tensor | None:
-        """Field.skip_grid, made once per n_samples: the grid is frozen, and the last preview and the video
-        render the same baked field."""
-        if n_samples not in self._skip_grids:
-            self._skip_grids[n_samples] = super().skip_grid(n_samples)
-        return self._skip_grids[n_samples]
 
     def param_groups(self, optim_cfg) -> list[dict]:
         raise TypeError("a BakedField is a frozen sample of a field for rendering; optimise the field itself")

@@ -1,0 +1,105 @@
+"""Render a field from cameras: the renderer chooses volume rendering (volume.py) or splats (splats.py) by the
+field's class, and :class:`Renderer` holds what rendering one run's field needs (the render config and the
+sampler state: nerfacc's occupancy-grid estimator)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from render.cameras import Cameras
+
+from ..fields.gaussian import GaussianField
+from .config import RenderConfig
+from .occupancy import make_sampler, skip_grid, update_sampler
+from .splats import render_splats
+from .views import eval_view
+from .volume import render_volume
+
+__all__ = ["Renderer", "render_views", "render_views_chunked"]
+
+# field class -> how it is rendered; every other field is a volume (render_volume).
+_RENDERERS = {GaussianField: render_splats}
+
+
+def render_views(field, background, cameras: Cameras, height: int, width: int, **options) -> dict[str, Tensor]:
+    """Render B views of any field: splats for a GaussianField (splats.render_splats), volume rendering for every
+    other field (volume.render_volume). Returns rgb [B,H,W,C], opacity [B,H,W,1], depth [B,H,W,1], albedo,
+    normal | None, dirs (see render_volume); splats add means2d and radii."""
+    render = next((fn for kind, fn in _RENDERERS.items() if isinstance(field, kind)), render_volume)
+    return render(field, background, cameras, height, width, **options)
+
+
+def render_views_chunked(field, background, cameras: Cameras, height: int, width: int, *, n_samples: int,
+                         views_per_chunk: int = 1, need_normals: bool = False, progress: str | None = None,
+                         **kwargs) -> dict[str, Tensor]:
+    """render_views without keeping a graph, a few views at a time (orbit videos, previews, evaluation).
+    Pass occupancy=skip_grid(field, n_samples) to skip empty space; ``progress`` names a progress bar on stderr.
+
+    Normals come from autograd of the density, so grad mode stays on only while they are needed.
+    """
+    need = need_normals or kwargs.get("shading", "albedo") != "albedo"
+    parts = []
+    starts = range(0, cameras.c2w.shape[0], views_per_chunk)
+    if progress:
+        starts = tqdm(starts, desc=progress, file=sys.stderr, dynamic_ncols=True, leave=False)
+    for start in starts:
+        sub = Cameras(*(x[start:start + views_per_chunk] for x in cameras))
+        with torch.set_grad_enabled(need):
+            out = render_views(field, background, sub, height, width, n_samples=n_samples,
+                               need_normals=need, **kwargs)
+        parts.append({k: (v.detach() if v is not None else None) for k, v in out.items()})
+    return {k: (torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None) for k in parts[0]}
+
+
+class Renderer:
+    """Renders one run's field with the ``render`` config section and holds the sampler state of training:
+    nerfacc's occupancy-grid estimator (render.sampler nerfacc, or auto on CUDA; None with the torch sampler and
+    for splats). The trainer checkpoints :meth:`state_dict` under the key "estimator".
+
+        renderer = Renderer(cfg.render, field, device)
+        renderer.update(step)                               # before each training render
+        out = renderer.render(cams, H, W, background=bg, shading="albedo", generator=g)
+        view = renderer.eval_view()                         # previews and the video: RGB, on render.eval_grid
+        out = renderer.render_eval(view, bg, cams, side)    # no graph, empty space skipped, white background
+    """
+
+    def __init__(self, cfg: RenderConfig, field, device: torch.device | str):
+        self.cfg, self.field = cfg, field
+        self.estimator = make_sampler(cfg.sampler, field, torch.device(device))
+
+    def update(self, step: int) -> None:
+        """Refresh the occupancy grid from the field's density (nerfacc's schedule); nothing without one."""
+        update_sampler(self.estimator, self.field, step, self.cfg.n_samples)
+
+    def render(self, cameras: Cameras, height: int, width: int, *, background, shading: str = "albedo",
+               light_dirs: Tensor | None = None, perturb: bool = True, need_normals: bool = False,
+               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """A training render (with a graph) of the field: render_views with the config's samples, jitter
+        (``perturb`` and render.perturb), ambient light and background kind, through the occupancy grid if any."""
+        r = self.cfg
+        return render_views(self.field, background, cameras, height, width, n_samples=r.n_samples,
+                            perturb=perturb and r.perturb, shading=shading, light_dirs=light_dirs,
+                            ambient=r.ambient, background_kind=r.background, generator=generator,
+                            need_normals=need_normals, estimator=self.estimator)
+
+    def eval_view(self):
+        """The field as previews and the orbit video see it (views.eval_view with render.eval_grid)."""
+        return eval_view(self.field, self.cfg.eval_grid)
+
+    def render_eval(self, view, background, cameras: Cameras, side: int, **options) -> dict[str, Tensor]:
+        """Views of ``view`` (an eval_view) without a graph, side x side, over white, empty space skipped."""
+        return render_views_chunked(view, background, cameras, side, side, n_samples=self.cfg.n_samples,
+                                    background_kind="white", occupancy=skip_grid(view, self.cfg.n_samples),
+                                    **options)
+
+    def state_dict(self) -> dict:
+        return self.estimator.state_dict() if self.estimator is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The estimator's state from a checkpoint ({} from a run without one: the grid is rebuilt by update)."""
+        if self.estimator is not None and state:
+            self.estimator.load_state_dict(state)
