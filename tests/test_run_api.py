@@ -27,6 +27,7 @@ from dreamfusion.config import load_config
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import FunctionGuidance, load_guidance_model
 from dreamfusion.metrics import prior_scores
+from dreamfusion.settings import replace_key
 from dreamfusion.run import load_run, read_run_json, resume, resume_config, run
 from dreamfusion.train import weighted_loss
 
@@ -214,11 +215,11 @@ def test_a_full_disk_fails_the_run_with_one_line_and_keeps_the_old_file(tmp_path
 def test_a_loss_term_without_a_weight_is_an_error_not_dropped():
     cfg = load_config("demo")
     terms = {"loss_sds": torch.tensor(2.0), "loss_sparsity": torch.tensor(3.0), "grad_norm": 1.0}
-    cfg.loss.sparsity = 0.5
+    cfg = replace_key(cfg, "loss.sparsity", 0.5)
     assert weighted_loss(terms, cfg.loss).item() == pytest.approx(2.0 + 1.5)
     with pytest.raises(ConfigError, match="'loss_novel' but the config has no weight 'loss.novel'"):
         weighted_loss({**terms, "loss_novel": torch.tensor(1.0)}, cfg.loss)
-    cfg.loss.sds = cfg.loss.sparsity = 0.0
+    cfg = replace_key(replace_key(cfg, "loss.sds", 0.0), "loss.sparsity", 0.0)
     with pytest.raises(ConfigError, match="every computed loss term has weight 0"):
         weighted_loss(terms, cfg.loss)
 
