@@ -3,93 +3,143 @@
     model = load_guidance_model(cfg, device)          # the frozen model: slow, once per process
     guidance = build_guidance(cfg, device, model)      # bound to cfg.prompt: fast, once per prompt
 
+Two keys choose it (guidance/config.py): ``guidance.type`` the rule (``RULES``: sds, perp_neg, vsd, clip) and
+``guidance.model_type`` the noise predictor (``MODELS``: stable_diffusion, deepfloyd, prior; clip loads CLIP).
 ``build_guidance(cfg, device)`` alone loads the model too. ``guidance_model_key(cfg)`` says which configs can
-share one loaded model (a batch worker keeps it across prompts).
+share one loaded model (a batch worker keeps it across prompts): the values of the keys its loader reads
+(``model_settings``), the only ones that loader is handed.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from ..config import Config
-from ..settings import check_choice
 from ..errors import UserError
+from ..settings import check_choice, check_sections
 from .base import FrozenGuidance, FunctionGuidance, Guidance
-from .prompts import slugify, view_label, view_prompts
-from .sds import NoisePredictor, SDSGuidance
-from .stable_diffusion import StableDiffusion
+from .config import MODEL_KEYS
 from .deepfloyd import DeepFloydIF
+from .perp_neg import PerpNegGuidance
+from .prompts import slugify, view_label, view_prompts
+from .sds import NoisePredictor, SDSGuidance, UNetNoisePredictor
+from .stable_diffusion import StableDiffusion
 
-__all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "Guidance", "FrozenGuidance", "FunctionGuidance",
-           "SDSGuidance", "NoisePredictor", "StableDiffusion", "DeepFloydIF", "view_label", "view_prompts", "slugify"]
+__all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "model_settings", "RULES", "MODELS",
+           "Guidance", "FrozenGuidance", "FunctionGuidance", "SDSGuidance", "PerpNegGuidance", "NoisePredictor",
+           "UNetNoisePredictor", "StableDiffusion", "DeepFloydIF", "view_label", "view_prompts", "slugify"]
 
 
-def _load_sd(cfg: Config, device: torch.device) -> StableDiffusion:
-    g = cfg.guidance
-    return StableDiffusion.load(g.model, revision=g.revision, device=device, half_precision=g.half_precision,
-                                vae_resolution=g.vae_resolution, fast_paths=g)
+class _Settings:
+    """The keys one loader reads, by their dotted names (``s["guidance.model"]``); reading any other key fails."""
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = values
+
+    def __getitem__(self, dotted: str) -> Any:
+        if dotted not in self._values:
+            raise KeyError(f"{dotted} is not among the keys this loader declares (guidance/config.py MODEL_KEYS)")
+        return self._values[dotted]
+
+    def key(self) -> tuple:
+        """The values as a hashable tuple (lists as tuples, a section as its keys' values)."""
+        return tuple((k, _hashable(v)) for k, v in self._values.items())
 
 
-def _load_prior(cfg: Config, device: torch.device):
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return (type(value).__name__,) + tuple((k, _hashable(getattr(value, k))) for k in value.__dataclass_fields__)
+    return value
+
+
+def _get(root: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def model_settings(cfg: Any) -> _Settings:
+    """The keys (guidance/config.py ``MODEL_KEYS``) the loader of ``cfg``'s model reads, with their values."""
+    kind = cfg.guidance.model_kind
+    return _Settings({key: _get(cfg, key) for key in MODEL_KEYS[kind]})
+
+
+def _load_sd(s: _Settings, device: torch.device) -> StableDiffusion:
+    fast = SimpleNamespace(dtype=s["guidance.dtype"], channels_last=s["guidance.channels_last"],  # fastpaths.py
+                           attention=s["guidance.attention"], compile=s["guidance.compile"])
+    return StableDiffusion.load(s["guidance.model"], revision=s["guidance.revision"], device=device,
+                                half_precision=s["guidance.half_precision"], vae_resolution=s["guidance.vae_resolution"],
+                                fast_paths=fast)
+
+
+def _load_deepfloyd(s: _Settings, device: torch.device) -> DeepFloydIF:
+    fast = SimpleNamespace(dtype=s["guidance.dtype"], channels_last=s["guidance.channels_last"],
+                           compile=s["guidance.compile"])
+    deepfloyd = s["guidance.deepfloyd"]
+    return DeepFloydIF.load(s["guidance.model"], revision=s["guidance.revision"], device=device,
+                            half_precision=s["guidance.half_precision"], max_length=deepfloyd.max_length,
+                            variant=deepfloyd.variant, fast_paths=fast)
+
+
+def _load_prior(s: _Settings, device: torch.device):
     from .prior import EmbeddedPrior
 
-    return EmbeddedPrior(cfg.camera, cfg.guidance.prior, cfg.render.background, device)
+    camera = SimpleNamespace(**{k: s[f"camera.{k}"] for k in  # the ranges of its image set: the training cameras'
+                                ("elevation_range", "azimuth_range", "distance_range", "fovy_range")})
+    return EmbeddedPrior(camera, s["guidance.prior"], s["render.background"], device)
 
 
-def _load_clip(cfg: Config, device: torch.device):
+def _load_clip(s: _Settings, device: torch.device):
     from .clip import FrozenCLIP
 
-    g = cfg.guidance
-    return FrozenCLIP.load(g.model, revision=g.revision, device=device, half_precision=g.half_precision)
+    return FrozenCLIP.load(s["guidance.model"], revision=s["guidance.revision"], device=device,
+                           half_precision=s["guidance.half_precision"])
 
 
-def _load_deepfloyd(cfg: Config, device: torch.device):
-    g = cfg.guidance
-    return DeepFloydIF.load(g.model, revision=g.revision, device=device, half_precision=g.half_precision,
-                            max_length=g.deepfloyd.max_length, variant=g.deepfloyd.variant, fast_paths=g)
+MODELS = {"stable_diffusion": _load_sd, "deepfloyd": _load_deepfloyd, "prior": _load_prior, "clip": _load_clip}
+"""guidance.model_type (and clip) -> its loader, handed only the keys MODEL_KEYS lists for it."""
 
 
-def guidance_model_key(cfg: Config) -> tuple:
-    """Configs with equal keys load the same frozen model (the settings each loader reads)."""
-    g = cfg.guidance
-    if g.type == "sds":
-        return ("sds", g.model, g.revision, g.half_precision, g.dtype, g.channels_last, g.attention, g.compile,
-                g.vae_resolution)
-    if g.type == "deepfloyd":
-        return ("deepfloyd", g.model, g.revision, g.half_precision, g.dtype, g.channels_last, g.compile,
-                g.deepfloyd.max_length, g.deepfloyd.variant)
-    if g.type == "prior":
-        c = cfg.camera
-        return ("prior", tuple(c.elevation_range), tuple(c.azimuth_range), tuple(c.distance_range),
-                tuple(c.fovy_range), g.prior.resolution, g.prior.views, g.prior.view_window, cfg.render.background)
-    return ("clip", g.model, g.revision, g.half_precision)
+def _vsd():
+    from .vsd import VSDGuidance  # peft is imported when a VSD guidance is built
+
+    return VSDGuidance
 
 
-def load_guidance_model(cfg: Config, device: str | torch.device) -> Any:
-    """The frozen model that ``cfg.guidance.type`` needs (Stable Diffusion, the embedded prior's image set, CLIP
-    or DeepFloyd IF), loaded on ``device``; it knows no prompt."""
-    loaders = {"sds": _load_sd, "prior": _load_prior, "clip": _load_clip, "deepfloyd": _load_deepfloyd}
-    return loaders[check_choice(cfg.guidance, "type", "guidance.type")](cfg, torch.device(device))
+def _clip():
+    from .clip import CLIPGuidance
+
+    return lambda model, g, prompt, negative_prompt: CLIPGuidance(model, prompt, g)
 
 
-def build_guidance(cfg: Config, device: str | torch.device, model: Any = None) -> Guidance:
-    """The guidance named by ``cfg.guidance.type`` for ``cfg.prompt``, around ``model`` (a
-    ``load_guidance_model`` result for an equal ``guidance_model_key``), or a freshly loaded one."""
+RULES = {"sds": lambda: SDSGuidance, "perp_neg": lambda: PerpNegGuidance, "vsd": _vsd, "clip": _clip}
+"""guidance.type -> the rule's class, built as ``rule(model, cfg.guidance, prompt, negative_prompt)``."""
+
+
+def guidance_model_key(cfg: Any) -> tuple:
+    """Configs with equal keys load the same frozen model: the model kind and the values of the keys its loader reads."""
+    return (cfg.guidance.model_kind,) + model_settings(cfg).key()
+
+
+def load_guidance_model(cfg: Any, device: str | torch.device) -> Any:
+    """The frozen model ``cfg.guidance`` needs (guidance.model_type: Stable Diffusion, DeepFloyd IF or the embedded
+    prior's image set; CLIP for guidance.type=clip), loaded on ``device``; it knows no prompt."""
+    check_choice(cfg.guidance, "type", "guidance.type")
+    check_choice(cfg.guidance, "model_type", "guidance.model_type")
+    return MODELS[cfg.guidance.model_kind](model_settings(cfg), torch.device(device))
+
+
+def build_guidance(cfg: Any, device: str | torch.device, model: Any = None) -> Guidance:
+    """The rule named by ``cfg.guidance.type`` for ``cfg.prompt``, around ``model`` (a ``load_guidance_model``
+    result for an equal ``guidance_model_key``), or a freshly loaded one. The guidance section's own checks run
+    first (a config made in code meets the rules a loaded one does)."""
     if not cfg.prompt or not cfg.prompt.strip():  # before the slow model load
         raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
+    check_sections(cfg.guidance, cfg, "guidance.")
     model = load_guidance_model(cfg, device) if model is None else model
-    if cfg.guidance.type == "clip":
-        from .clip import CLIPGuidance
-
-        return CLIPGuidance(model, cfg.prompt, cfg.guidance)
-    if cfg.guidance.vsd.enabled:
-        from .vsd import VSDGuidance
-
-        return VSDGuidance(model, cfg.guidance, cfg.prompt, cfg.negative_prompt)
-    if cfg.guidance.perp_neg.enabled:
-        from .perp_neg import PerpNegGuidance
-
-        return PerpNegGuidance(model, cfg.guidance, cfg.prompt, cfg.negative_prompt)
-    return SDSGuidance(model, cfg.guidance, cfg.prompt, cfg.negative_prompt)
+    rule = RULES[cfg.guidance.type]()
+    return rule(model, cfg.guidance, cfg.prompt, cfg.negative_prompt)
