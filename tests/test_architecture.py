@@ -48,12 +48,6 @@ KNOWN_UPWARD: set[tuple[str, str]] = {
     ("dreamfusion.fields.hashgrid", "dreamfusion.config"),
     ("dreamfusion.fields.nerf", "dreamfusion.config"),
     ("dreamfusion.fields.triplane", "dreamfusion.config"),
-    ("dreamfusion.guidance", "dreamfusion.config"),
-    ("dreamfusion.guidance.clip", "dreamfusion.config"),
-    ("dreamfusion.guidance.deepfloyd", "dreamfusion.config"),
-    ("dreamfusion.guidance.fastpaths", "dreamfusion.config"),
-    ("dreamfusion.guidance.sds", "dreamfusion.config"),
-    ("dreamfusion.guidance.stable_diffusion", "dreamfusion.config"),
     ("dreamfusion.preview", "dreamfusion.cli"),
     ("dreamfusion.train", "dreamfusion.exporting"),
 }

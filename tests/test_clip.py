@@ -31,8 +31,8 @@ from dreamfusion.evaluate import clip_scores, eval_cameras, r_precision, render_
 from dreamfusion.fields import build_background, build_field, solid_background
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.augment import _blur, _checkerboard, _fourier, crop, random_backgrounds, random_crop_boxes
-from dreamfusion.guidance.clip import (CLIP_MEAN, CLIP_STD, CLIPGuidance, FrozenCLIP, transmittance_loss,
-                                       transmittance_target)
+from dreamfusion.guidance.clip import CLIP_MEAN, CLIP_STD, CLIPGuidance, FrozenCLIP
+from dreamfusion.train import transmittance_loss, transmittance_target
 from dreamfusion.renderer import render_views
 from dreamfusion.train import Trainer
 from render.cameras import orbit_cameras

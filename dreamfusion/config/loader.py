@@ -235,8 +235,8 @@ def _get(cfg: Config, dotted: str):
 def validate(cfg: Config) -> None:
     """Choice keys hold an allowed value, numeric keys lie in their declared ranges (ranges.py), and the keys
     that depend on each other agree."""
+    check_ranges(cfg)  # first (settings.py): a section's check(root) may compare keys already in range
     check_sections(cfg)
-    check_ranges(cfg)
     for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fovy_range"):
         value = _get(cfg, key)
         if len(value) != 2 or value[0] > value[1]:

@@ -182,7 +182,7 @@ class DeepFloydIF(TextUNetPredictor):
             raise ModelNotFoundError(
                 f"guidance model '{model}' is not a DeepFloyd IF stage I model: its unet/ maps "
                 f"{unet.config.in_channels} to {unet.config.out_channels} channels (stage I: 3 RGB in, 6 out): "
-                f"use {DEFAULT_MODEL} (or IF-I-L-v1.0 / IF-I-M-v1.0), or guidance.type=sds for Stable Diffusion")
+                f"use {DEFAULT_MODEL} (or IF-I-L-v1.0 / IF-I-M-v1.0), or guidance.model_type=stable_diffusion for Stable Diffusion")
 
         def load_t5():
             return _load_t5(source, kwargs, model=model, local=local, how=how, dtype=dtype, device=device,

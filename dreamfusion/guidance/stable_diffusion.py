@@ -10,7 +10,6 @@ UNet forward on the batch [uncond x B, cond x B].
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import torch
 import torch.nn.functional as F
