@@ -11,7 +11,7 @@ Each rule owns its section and its checks (``check(self, root)``, called by the 
 weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd alike. Each model's loader owns the
 keys it reads (``MODEL_KEYS``); its sub-section (``guidance.deepfloyd.*``, ``guidance.prior.*``) plus the shared
 hub keys (model, revision, precision ...) it reads, and nothing else, make the key of a loaded model
-(``guidance.guidance_model_key``).
+(``guidance.build.guidance_model_key``).
 
 Earlier versions chose the rule with flags and mixed the model into ``guidance.type``: ``REPLACED`` names the new
 setting for each old key and value, ``migrate_guidance`` reads a run folder's config.yaml written that way.
@@ -43,7 +43,7 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "clip": ("guidance.model", "guidance.revision", "guidance.half_precision"),
 }
 """The keys each model's loader reads, a section name standing for all its keys; the loader is handed these and
-nothing else (guidance/__init__.py ``model_settings``), and the loaded model's key is their values."""
+nothing else (guidance/build.py ``model_settings``), and the loaded model's key is their values."""
 
 LATENT_NEEDS_SD = "guidance.latent_render renders Stable Diffusion's latents: needs guidance.model_type=stable_diffusion"
 
