@@ -114,7 +114,8 @@ def _clip():
 
 
 RULES = {"sds": lambda: SDSGuidance, "perp_neg": lambda: PerpNegGuidance, "vsd": _vsd, "clip": _clip}
-"""guidance.type -> the rule's class, built as ``rule(model, cfg.guidance, prompt, negative_prompt)``."""
+"""guidance.type -> its rule's constructor ``rule(model, cfg.guidance, prompt, negative_prompt)``, imported when asked
+for (vsd.py needs peft, clip.py transformers' CLIP)."""
 
 
 def guidance_model_key(cfg: Any) -> tuple:
