@@ -58,7 +58,7 @@ BED_PROMPTS = ["a white cube with a red front", "a yellow cube with a blue front
                "a purple cylinder behind a white sphere"]
 METHODS = {"plain SDS": ["guidance.view_dependent=false"],
            "view-dependent SDS": ["guidance.view_dependent=true"],
-           "Perp-Neg": ["guidance.view_dependent=true", "guidance.perp_neg.enabled=true"]}
+           "Perp-Neg": ["guidance.view_dependent=true", "guidance.type=perp_neg"]}
 BED_OVERRIDES = ["preview_every=0", "checkpoint_every=100000", "log_every=100000"]
 BED_SIZE = ["render.n_samples=32"]  # with BED_STEPS: about 20 s a run on one busy core (docs/BENCHMARKS.md)
 BED_STEPS = 100

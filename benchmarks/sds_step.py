@@ -140,8 +140,8 @@ def step_config(args, device: torch.device, overrides: list[str] = ()):
                               f"guidance.latent_render={args.latent_render}", "preview_every=0",
                               f"checkpoint_every={10 ** 9}", f"render.albedo_warmup_steps={0 if lit else 10 ** 9}",
                               "render.albedo_prob=0", f"render.textureless_prob={1 if args.shading == 'textureless' else 0}",
-                              f"guidance.perp_neg.enabled={args.guidance == 'perp_neg'}",
-                              f"guidance.vsd.enabled={args.guidance == 'vsd'}", *overrides])
+                              f"guidance.type={args.guidance}",
+                              f"guidance.model_type={'deepfloyd' if args.deepfloyd else 'stable_diffusion'}", *overrides])
 
 
 class Step:

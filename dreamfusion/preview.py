@@ -92,7 +92,7 @@ def sample_preview(cfg, steps: int = 50, model=None) -> Tensor:
 
     if cfg.guidance.type == "clip":
         raise UserError("preview samples a diffusion model; CLIP (guidance.type=clip) cannot draw images: "
-                        "use guidance.type=sds, prior or deepfloyd")
+                        "use guidance.type=sds with guidance.model_type=stable_diffusion, deepfloyd or prior")
     if not cfg.prompt.strip():
         raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
     model = load_guidance_model(cfg, resolve_device(cfg.device)) if model is None else model

@@ -87,7 +87,7 @@ class RunRecord:
         self.data = {"format": RUN_FORMAT, "status": "running", "prompt": cfg.prompt,
                      "negative_prompt": cfg.negative_prompt, "config": previous.get("config", config_name),
                      "overrides": previous.get("overrides", list(overrides)), "field": cfg.field.type,
-                     "guidance": cfg.guidance.type, "step": previous.get("step", 0), "steps": cfg.steps,
+                     "guidance": cfg.guidance.label, "step": previous.get("step", 0), "steps": cfg.steps,
                      "device": cfg.device, "started": previous.get("started", _now()), "finished": None,
                      "seconds": previous.get("seconds", {}), "artifacts": previous.get("artifacts", {}),
                      "metrics": previous.get("metrics", {}), "error": None}
@@ -111,7 +111,7 @@ class RunRecord:
 def _final_metrics(cfg: Config, row: dict, written: dict[str, Path]) -> dict[str, float]:
     """The last step's logged terms, and under the embedded prior the exported mesh against the known object."""
     metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
-    if cfg.guidance.type == "prior" and "glb" in written:
+    if cfg.guidance.model_kind == "prior" and "glb" in written:
         from .metrics import prior_scores
 
         metrics.update(prior_scores(written["glb"], cfg.prompt))
@@ -306,7 +306,7 @@ def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     if errors:
         raise UserError("; ".join(errors) + f" (the checkpoint in {run_dir} is intact: retry with "
                         f"python -m dreamfusion export {run_dir} key=value)")
-    if cfg.guidance.type == "prior" and "glb" in written:
+    if cfg.guidance.model_kind == "prior" and "glb" in written:
         record.update(metrics=_final_metrics(cfg, {}, written))
     _report(record, timer, quiet)
     return _result(record)

@@ -137,12 +137,14 @@ def range_doc(interval: Interval, kind: str) -> str:
     return f"{subject} be {_allowed(interval, kind)}."
 
 
-def check_ranges(cfg) -> None:
-    """A one-line ConfigError, starting with the key, for the first numeric value outside its interval."""
-    for key, (interval, kind) in numeric_ranges(type(cfg)).items():
+def check_ranges(cfg, prefix: str = "") -> None:
+    """A one-line ConfigError, starting with the key (``prefix`` + its dotted name in ``cfg``), for the first
+    numeric value outside its interval."""
+    for name, (interval, kind) in numeric_ranges(type(cfg)).items():
         value = cfg
-        for part in key.split("."):
+        for part in name.split("."):
             value = getattr(value, part)
+        key = prefix + name
         if value is None and kind.startswith("Optional"):
             continue
         is_list = kind.startswith("List")
@@ -167,12 +169,14 @@ def freeze(cfg):
     return replace(cfg, **changes)
 
 
-def check_sections(cfg) -> None:
-    """The whole config, in this order: every declared choice, every range (:func:`check_ranges`), then each
-    section's own ``check(root)`` (rules between keys), depth first. The first problem is a one-line ConfigError."""
-    _check_choices(cfg)
-    check_ranges(cfg)
-    _check_rules(cfg, cfg)
+def check_sections(cfg, root=None, prefix: str = "") -> None:
+    """A config, or one section of it (``root``: the whole config its rules may read; ``prefix``: the section's
+    dotted name and a dot, for the messages), in this order: every declared choice, every range
+    (:func:`check_ranges`), then each section's own ``check(root)`` (rules between keys), depth first. The first
+    problem is a one-line ConfigError."""
+    _check_choices(cfg, prefix)
+    check_ranges(cfg, prefix)
+    _check_rules(cfg, cfg if root is None else root)
 
 
 def _check_choices(cfg, prefix: str = "") -> None:

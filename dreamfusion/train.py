@@ -25,13 +25,12 @@ from .config import Config
 from .densify import DensifyStrategy, legacy_statistics
 from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
-from .guidance.clip import transmittance_loss
 from .io import atomic_write, atomic_write_text, write_error
 from .latent import LATENT_CHANNELS
 from .renderer import Renderer, build_background
 
 __all__ = ["Trainer", "Interrupted", "Diverged", "pick_shading", "regularizers", "render_size", "warmup_factor",
-           "weighted_loss", "metrics_step"]
+           "weighted_loss", "metrics_step", "transmittance_target", "transmittance_loss"]
 
 
 class Interrupted(UserError):
@@ -69,8 +68,28 @@ def warmup_factor(step: int, cfg) -> float:
     return cfg.lr_warmup_start + (1.0 - cfg.lr_warmup_start) * step / cfg.lr_warmup_steps
 
 
-def regularizers(out: dict, dirs: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Opacity regularisers (always) and the orientation loss (when normals were rendered).
+def transmittance_target(step: int, start: float = 0.4, end: float = 0.88, steps: int = 500) -> float:
+    """tau(step): linear from ``start`` at step 0 to ``end`` at ``steps``, then constant (Dream Fields §4.3)."""
+    if steps <= 0:
+        return end
+    frac = min(max(step / steps, 0.0), 1.0)
+    return start + (end - start) * frac
+
+
+def transmittance_loss(opacity: torch.Tensor, step: int) -> torch.Tensor:
+    """L_T = -min(tau(step), mean transmittance) per view, averaged over views; opacity [B, H, W, 1] (Dream Fields
+    eq. 3). Transmittance of a pixel is 1 - opacity (the light that passes the whole ray). Once a view is at
+    least tau transparent on average the term is flat, so it only removes fog down to the target.
+    """
+    if opacity.ndim != 4 or opacity.shape[-1] != 1:
+        raise ValueError(f"transmittance_loss: opacity must be [B, H, W, 1], got {tuple(opacity.shape)}")
+    mean_transmittance = (1.0 - opacity).flatten(1).mean(1)  # [B]
+    return -mean_transmittance.clamp(max=transmittance_target(step)).mean()
+
+
+def regularizers(out: dict, dirs: torch.Tensor | None, step: int = 0, loss_cfg=None) -> dict[str, torch.Tensor]:
+    """Opacity regularisers (always), the orientation loss (when normals were rendered) and Dream Fields'
+    transmittance loss (when ``loss_cfg.transmittance`` weighs it: its target tau depends on ``step``).
 
     Orientation (DreamFusion eq. 9, at pixel level): opacity * max(0, n . d)^2 penalises normals that face
     away from the camera (d is the ray direction, pointing away from the camera).
@@ -84,6 +103,8 @@ def regularizers(out: dict, dirs: torch.Tensor | None) -> dict[str, torch.Tensor
         n = torch.nn.functional.normalize(out["normal"], dim=-1, eps=1e-6)
         facing_away = (n * dirs).sum(-1, keepdim=True).clamp(min=0)
         terms["loss_orientation"] = (out["opacity"] * facing_away ** 2).mean()
+    if loss_cfg is not None and loss_cfg.transmittance:
+        terms["loss_transmittance"] = transmittance_loss(out["opacity"], step)
     return terms
 
 
@@ -205,10 +226,8 @@ class Trainer:
         if self.strategy is not None:
             self.strategy.step_pre_backward(out)  # keep the splats' 2D-mean gradients
         terms = self.guidance(out["rgb"], cams, self.step, c.steps, generator=self.generator)
-        terms.update(regularizers(out, out.get("dirs")))
+        terms.update(regularizers(out, out.get("dirs"), self.step, c.loss))
         terms.update(self.field.regularizers())
-        if c.loss.transmittance:  # Dream Fields L_T; its target tau depends on the step
-            terms["loss_transmittance"] = transmittance_loss(out["opacity"], self.step)
         loss = weighted_loss(terms, c.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

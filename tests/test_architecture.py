@@ -32,19 +32,6 @@ LAYERS = [
 # Beyond the layers: a field is a representation (issue 21): it renders nothing and knows no camera.
 FORBIDDEN = {"dreamfusion.fields": ("render",)}
 
-# Imports that break the rules today, each to be removed as the code moves (issue 21); the test fails when the
-# code and this list disagree, in either direction.
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    ("dreamfusion.guidance", "dreamfusion.config"),
-    ("dreamfusion.guidance.clip", "dreamfusion.config"),
-    ("dreamfusion.guidance.deepfloyd", "dreamfusion.config"),
-    ("dreamfusion.guidance.fastpaths", "dreamfusion.config"),
-    ("dreamfusion.guidance.sds", "dreamfusion.config"),
-    ("dreamfusion.guidance.stable_diffusion", "dreamfusion.config"),
-}
-KNOWN_CIRCLES: list[list[str]] = [
-]
-
 
 def modules(root: Path = ROOT) -> dict[str, Path]:
     out = {}
@@ -149,12 +136,11 @@ def test_every_module_has_a_layer():
 
 def test_no_upward_or_sideways_imports():
     found = violations(import_graph())
-    assert found - KNOWN_UPWARD == set(), f"imports against the layers: {sorted(found - KNOWN_UPWARD)}"
-    assert KNOWN_UPWARD - found == set(), f"fixed, remove from KNOWN_UPWARD: {sorted(KNOWN_UPWARD - found)}"
+    assert found == set(), f"imports against the layers: {sorted(found)}"
 
 
 def test_no_import_circles():
-    assert circles(import_graph()) == KNOWN_CIRCLES
+    assert circles(import_graph()) == []
 
 
 def test_an_upward_import_is_caught():

@@ -322,7 +322,7 @@ ERROR_CASES = {
     "zero-steps": (["steps=0"], ["steps must be >= 1, got 0"]),
     "negative-steps": (["steps=-5"], ["steps must be >= 1, got -5"]),
     "nan-value": (["guidance.guidance_scale=nan"], ["guidance.guidance_scale must be a finite number, got nan"]),
-    "bad-choice": (["guidance.type=foo"], ["bad value 'foo' for 'guidance.type'", "sds, prior, clip"]),
+    "bad-choice": (["guidance.type=foo"], ["bad value 'foo' for 'guidance.type'", "sds, perp_neg, vsd, clip"]),
     "not-key-value": (["peacock"], ["cannot read argument 'peacock'", "overrides are key=value"]),
     "unknown-option": (["--fast"], ["unknown option '--fast'", "options are --config NAME"]),
     "unknown-config": (["--config", "nope"], ["config 'nope' not found", "demo", "dreamfusion"]),

@@ -31,10 +31,11 @@ from dreamfusion.evaluate import clip_scores, eval_cameras, r_precision, render_
 from dreamfusion.fields import build_field
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.augment import crop, random_crop_boxes
-from dreamfusion.guidance.clip import (CLIP_MEAN, CLIP_STD, CLIPGuidance, FrozenCLIP, transmittance_loss,
-                                       transmittance_target)
+from dreamfusion.guidance.clip import CLIP_MEAN, CLIP_STD, CLIPGuidance, FrozenCLIP
 from dreamfusion.renderer import build_background, render_views, solid_background
 from dreamfusion.renderer.backgrounds import _blur, _checkerboard, _fourier, random_backgrounds
+from dreamfusion.settings import replace_key
+from dreamfusion.train import transmittance_loss, transmittance_target
 from dreamfusion.train import Trainer
 from render.cameras import orbit_cameras
 
@@ -230,8 +231,7 @@ def test_build_guidance_and_missing_model_errors(tiny_clip_dir, tmp_path):
         message = str(info.value)
         assert "\n" not in message and needle in message and model in message
         assert "hf download" in message and "guidance.model=" in message and "--config demo" in message
-    cfg = load_config("dreamfields", ["prompt=x", f"guidance.model={tiny_clip_dir}"])
-    cfg.prompt = "  "
+    cfg = replace_key(load_config("dreamfields", ["prompt=x", f"guidance.model={tiny_clip_dir}"]), "prompt", "  ")
     with pytest.raises(UserError, match="prompt is empty"):
         build_guidance(cfg, "cpu")
 

@@ -412,8 +412,13 @@ def test_builders_accept_exactly_the_allowed_values():
 
     assert tuple(_ACTIVATIONS) == CHOICES["field.density_activation"]
     assert ("learned",) + SOLID_KINDS == CHOICES["render.background"]
+    from dreamfusion.guidance import MODELS, RULES
+
+    assert tuple(RULES) == CHOICES["guidance.type"]
+    assert tuple(MODELS) == CHOICES["guidance.model_type"] + ("clip",)
     for builder, key in ((lambda c: build_field(c.field), "field.type"), (lambda c: load_guidance_model(c, "cpu"),
-                                                                         "guidance.type")):
+                                                                         "guidance.type"),
+                         (lambda c: load_guidance_model(c, "cpu"), "guidance.model_type")):
         cfg = replace_key(Config(), key, "nope")
         with pytest.raises(ConfigError, match=f"bad value 'nope' for '{key}': choose one of "
                                               f"{', '.join(CHOICES[key])}"):

@@ -133,7 +133,7 @@ def test_a_stable_diffusion_folder_is_refused(tiny_sd_dir):
     with pytest.raises(ModelNotFoundError, match="is not a DeepFloyd IF stage I model: its unet/ maps 4 to 4 "
                                                  "channels") as info:
         DeepFloydIF.load(str(tiny_sd_dir))
-    assert "guidance.type=sds" in str(info.value) and "\n" not in str(info.value)
+    assert "guidance.model_type=stable_diffusion" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_sentencepiece_tokenizer_without_the_package_says_what_to_install(tiny_if_dir, tmp_path, monkeypatch):
@@ -149,9 +149,10 @@ def test_sentencepiece_tokenizer_without_the_package_says_what_to_install(tiny_i
 
 def test_config_choice_key_and_latent_render_refused(tiny_if_dir):
     cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube"])
-    assert (cfg.guidance.type, cfg.guidance.model, cfg.guidance.guidance_scale) == ("deepfloyd", str(tiny_if_dir), 21.0)
+    assert (cfg.guidance.type, cfg.guidance.model_type, cfg.guidance.model, cfg.guidance.guidance_scale) == \
+        ("sds", "deepfloyd", str(tiny_if_dir), 21.0)
     assert (cfg.render.width, cfg.render.height, cfg.guidance.deepfloyd.max_length) == (64, 64, 77)
-    assert guidance_model_key(cfg)[:2] == ("deepfloyd", str(tiny_if_dir))
+    assert guidance_model_key(cfg)[:2] == ("deepfloyd", ("guidance.model", str(tiny_if_dir)))
     other = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a blue ball", "seed=3"])
     assert guidance_model_key(other) == guidance_model_key(cfg)  # a batch worker may share the loaded model
     longer = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "guidance.deepfloyd.max_length=128"])
@@ -159,8 +160,9 @@ def test_config_choice_key_and_latent_render_refused(tiny_if_dir):
     assert isinstance(load_guidance_model(cfg, "cpu"), DeepFloydIF)
     with pytest.raises(ConfigError) as info:
         load_config("deepfloyd", ["guidance.latent_render=true"])
-    assert str(info.value) == ("guidance.latent_render needs guidance.type=sds (Stable Diffusion latents), got "
-                               "guidance.type=deepfloyd: set guidance.latent_render=false")
+    assert str(info.value) == ("guidance.latent_render renders Stable Diffusion's latents: needs "
+                               "guidance.model_type=stable_diffusion, got guidance.model_type=deepfloyd: "
+                               "set guidance.latent_render=false")
 
 
 # --- text ------------------------------------------------------------------------------------------
@@ -315,7 +317,7 @@ def test_perp_neg_on_if_matches_the_rule_on_direct_unet_calls(tiny_if_dir):
     from dreamfusion.guidance.perp_neg import PerpNegGuidance, perp_neg_noise, perp_neg_prompts
 
     cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube", "negative_prompt=blurry",
-                                    "guidance.perp_neg.enabled=true"])
+                                    "guidance.type=perp_neg"])
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, PerpNegGuidance)
     model, views = guidance.predictor, Views(torch.tensor([0.0, 10.0]), torch.tensor([30.0, 150.0]))
@@ -391,7 +393,7 @@ def test_cli_run_with_the_deepfloyd_config(tiny_if_dir, tmp_path, t5_cache):
     assert rc == 0, err.getvalue()
     run_dir = Path(out.getvalue().strip().splitlines()[-1])
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "done" and record["guidance"] == "deepfloyd" and record["step"] == 3
+    assert record["status"] == "done" and record["guidance"] == "sds/deepfloyd" and record["step"] == 3
     assert "type: deepfloyd" in (run_dir / "config.yaml").read_text()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss_sds" in m] == [1, 2, 3]

@@ -53,7 +53,7 @@ CASES = {
     "gaussian": ("gaussian", SD, "tiny_sd_dir"),
     "dreamfields": ("dreamfields", ["guidance.clip.crops=1"], "tiny_clip_dir"),
     "prolificdreamer": ("prolificdreamer", SD, "tiny_sd_dir"),
-    "perp_neg": (None, [*SD, "guidance.perp_neg.enabled=true"], "tiny_sd_dir"),
+    "perp_neg": (None, [*SD, "guidance.type=perp_neg"], "tiny_sd_dir"),
     "latent": (None, [*SD, "guidance.latent_render=true", "export.texture=vertex"], "tiny_sd_dir"),
     "deepfloyd": ("deepfloyd", [], "tiny_if_dir"),
     "demo": ("demo", PRIOR, None),

@@ -80,10 +80,9 @@ def test_fp16_on_cpu_and_unknown_values_are_one_line_config_errors(tiny_sd_dir):
 def test_build_guidance_passes_the_switches(tiny_sd_dir):
     from diffusers.models.attention_processor import AttnProcessor
 
-    cfg = Config(prompt="a red cube")
-    g = cfg.guidance
-    g.model, g.vae_resolution, g.view_dependent = str(tiny_sd_dir), 16, False
-    g.attention, g.channels_last = "classic", True
+    cfg = Config(prompt="a red cube", guidance=GuidanceConfig(model=str(tiny_sd_dir), vae_resolution=16,
+                                                              view_dependent=False, attention="classic",
+                                                              channels_last=True))
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, SDSGuidance)
     sd = guidance.predictor

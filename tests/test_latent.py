@@ -100,7 +100,8 @@ def test_sds_on_rendered_latents_skips_the_vae_and_matches_replay(tiny_sd_dir, m
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    (["guidance.type=prior"], "needs guidance.type=sds"),
+    (["guidance.model_type=prior"], "needs guidance.model_type=stable_diffusion, got guidance.model_type=prior"),
+    (["guidance.type=clip"], "needs guidance.model_type=stable_diffusion, got guidance.type=clip"),
     (["field.type=gaussian"], "needs field.type=nerf or triplane"),
 ])
 def test_latent_render_config_errors(overrides, fragment):

@@ -86,7 +86,7 @@ def test_guided_noise_equals_the_closed_form_on_a_hand_built_predictor():
     as_emb = lambda v: torch.tensor(v, dtype=torch.float32).view(1, 1, 4)  # noqa: E731
     cond = TextConditioning(uncond=as_emb(vec["uncond"]), cond={k: as_emb(vec[k]) for k in
                                                                 ("front", "side", "back", "overhead")})
-    cfg = GuidanceConfig(guidance_scale=7.5, perp_neg=PerpNegConfig(enabled=True))
+    cfg = GuidanceConfig(type="perp_neg", guidance_scale=7.5)
     guidance = PerpNegGuidance(EmbeddingIsNoise(cond), cfg, "a hamburger")
     cams = cameras([10.0, 20.0], [30.0, -150.0])
     got = guidance.guided_noise(torch.zeros(2, 4, 1, 1), torch.tensor([500, 500]), cams)[:, :, 0, 0].numpy()
@@ -108,14 +108,11 @@ def test_guided_noise_equals_the_closed_form_on_a_hand_built_predictor():
 
 
 def test_config_and_builder(tiny_sd_dir):
-    with pytest.raises(ConfigError, match="needs a text-conditioned diffusion model"):
-        load_config("dreamfields", ["guidance.perp_neg.enabled=true"])  # CLIP (the embedded prior has predict_eps)
     with pytest.raises(ConfigError, match="view_dependent=true"):
-        load_config(None, ["guidance.perp_neg.enabled=true", "guidance.view_dependent=false"])
+        load_config(None, ["guidance.type=perp_neg", "guidance.view_dependent=false"])
     with pytest.raises(ConfigError, match="three numbers"):
         load_config(None, ["guidance.perp_neg.f_fs=[1,2]"])
-    cfg = Config(prompt="a corgi")
-    cfg.guidance.model, cfg.guidance.vae_resolution, cfg.guidance.perp_neg.enabled = str(tiny_sd_dir), 16, True
+    cfg = Config(prompt="a corgi", guidance=GuidanceConfig(type="perp_neg", model=str(tiny_sd_dir), vae_resolution=16))
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, PerpNegGuidance)
     images = torch.rand(2, 8, 8, 3, requires_grad=True)
@@ -128,10 +125,10 @@ def test_config_and_builder(tiny_sd_dir):
 def test_perp_neg_on_sd_matches_the_rule_on_direct_unet_calls(kind, request):
     """guided_noise's one UNet forward at batch 4B against the rule on four separate direct UNet calls (uncond,
     positive, each negative), a v output converted in closed form: eps = sqrt(abar) v + sqrt(1 - abar) x_t."""
-    cfg = Config(prompt="a red cube", negative_prompt="blurry")
+    model = request.getfixturevalue("tiny_sd_dir" if kind == "epsilon" else "tiny_sd_v_dir")
+    cfg = Config(prompt="a red cube", negative_prompt="blurry",
+                 guidance=GuidanceConfig(type="perp_neg", model=str(model), vae_resolution=16))
     g = cfg.guidance
-    g.model = str(request.getfixturevalue("tiny_sd_dir" if kind == "epsilon" else "tiny_sd_v_dir"))
-    g.vae_resolution, g.perp_neg.enabled = 16, True
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, PerpNegGuidance)
     unet, views = guidance.predictor.unet, cameras([0.0, 10.0, 70.0], [30.0, 150.0, 0.0])  # front-side, back, top

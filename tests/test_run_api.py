@@ -57,7 +57,7 @@ def test_run_returns_its_result_and_writes_run_json(finished):
     record = read_run_json(result.run_dir)
     assert result.status == record["status"] == "done" and record["error"] is None
     assert (record["prompt"], record["config"], record["field"], record["guidance"], record["step"]) == \
-        ("a red cube", "demo", "nerf", "prior", 8)
+        ("a red cube", "demo", "nerf", "sds/prior", 8)
     assert {k: result.run_dir / v for k, v in record["artifacts"].items()} == result.artifacts
     assert all(path.is_file() for path in result.artifacts.values())
     assert set(result.seconds) >= {"load_guidance", "train", "export.mesh", "export.video"}

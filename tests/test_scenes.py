@@ -146,7 +146,7 @@ def test_perp_neg_runs_on_the_prior_and_without_negatives_is_view_dependent_cfg(
     _, model = prior
     zero = "[0.0, 0.5, 0.0]"
     over = ["prompt=a white cube with a red front", "guidance.prior.views=24", "guidance.prior.resolution=8",
-            "guidance.perp_neg.enabled=true",
+            "guidance.type=perp_neg",
             *[f"guidance.perp_neg.{k}={zero}" for k in ("f_fs", "f_sf", "f_sb", "f_fsb")]]
     cfg = load_config("demo", over)
     pn = build_guidance(cfg, "cpu", model)

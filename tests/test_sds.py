@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from dreamfusion.config import Config, GuidanceConfig
 from dreamfusion.errors import ConfigError, ModelNotFoundError, UserError
+from dreamfusion.settings import replace_key
 from dreamfusion.guidance import SDSGuidance, StableDiffusion, build_guidance, slugify, view_label, view_prompts
 from dreamfusion.guidance.prediction import eps_from_prediction, prediction_target
 from dreamfusion.guidance.sds import classifier_free_guidance, sample_timesteps, sds_weight, t_range
@@ -408,13 +409,13 @@ def test_unknown_prediction_type_is_one_line(tiny_sd_dir, tmp_path):
 
 
 def test_build_guidance_from_config(tiny_sd_dir):
-    cfg = Config(prompt="a red cube")
-    cfg.guidance.model, cfg.guidance.vae_resolution, cfg.guidance.view_dependent = str(tiny_sd_dir), 16, False
+    cfg = Config(prompt="a red cube", guidance=GuidanceConfig(model=str(tiny_sd_dir), vae_resolution=16,
+                                                              view_dependent=False))
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, SDSGuidance) and set(guidance.cond.cond) == {"all"}
     out = guidance(torch.rand(1, 8, 8, 3, requires_grad=True), None, 0, 100, torch.Generator().manual_seed(0))
     assert set(out) == {"loss_sds", "grad_norm", "t"} and out["loss_sds"].requires_grad
-    cfg.guidance.type = "nope"
+    cfg = replace_key(cfg, "guidance.type", "nope")
     with pytest.raises(ConfigError, match="nope"):
         build_guidance(cfg, "cpu")
 

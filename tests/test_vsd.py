@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from dreamfusion.config import Config, load_config
+from dreamfusion.config import Config, GuidanceConfig, VSDConfig, load_config
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.sds import sample_timesteps
@@ -21,13 +21,9 @@ from render.cameras import orbit_cameras
 
 
 def vsd_config(tiny_sd_dir, **vsd) -> Config:
-    cfg = Config(prompt="a red cube")
-    g = cfg.guidance
-    g.model, g.vae_resolution, g.view_dependent, g.guidance_scale = str(tiny_sd_dir), 16, False, 7.5
-    g.vsd.enabled = True
-    for k, v in vsd.items():
-        setattr(g.vsd, k, v)
-    return cfg
+    return Config(prompt="a red cube", guidance=GuidanceConfig(
+        type="vsd", model=str(tiny_sd_dir), vae_resolution=16, view_dependent=False, guidance_scale=7.5,
+        vsd=VSDConfig(**vsd)))
 
 
 @pytest.fixture()
@@ -172,7 +168,7 @@ def test_the_lora_learns_the_renders(vsd):
 SMALL = ["device=cpu", "render.width=8", "render.height=8", "render.n_samples=12", "field.hashgrid.n_levels=2",
          "field.hashgrid.log2_hashmap_size=8", "field.hashgrid.base_resolution=4", "field.hidden_dim=8",
          "preview_every=0", "log_every=1", "checkpoint_every=3", "guidance.vae_resolution=16",
-         "guidance.view_dependent=false", "guidance.t_anneal=none", "guidance.vsd.enabled=true",
+         "guidance.view_dependent=false", "guidance.t_anneal=none", "guidance.type=vsd",
          "guidance.guidance_scale=7.5", "render.background=white"]
 
 
@@ -202,10 +198,8 @@ def test_lora_state_is_optimized_checkpointed_and_resumed(tiny_sd_dir, tmp_path)
 
 
 def test_config_errors_and_a_missing_peft(tiny_sd_dir, monkeypatch):
-    with pytest.raises(ConfigError, match="needs guidance.type=sds"):
-        load_config("demo", ["guidance.vsd.enabled=true"])
-    with pytest.raises(ConfigError, match="do not combine"):
-        load_config(None, ["guidance.vsd.enabled=true", "guidance.perp_neg.enabled=true"])
+    with pytest.raises(ConfigError, match="needs guidance.model_type=stable_diffusion"):
+        load_config("demo", ["guidance.type=vsd"])
     with pytest.raises(ConfigError, match="guidance.vsd.lora_rank must be >= 1"):
         load_config(None, ["guidance.vsd.lora_rank=0"])
     monkeypatch.setitem(sys.modules, "peft", None)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
+from ..guidance.config import migrate_guidance, replaced_message
 from ..settings import check_sections, freeze, range_doc
 from .schema import RENAMED, Config
 
@@ -126,16 +127,26 @@ def _check_renamed(other, origin: str) -> None:
         if key in RENAMED:
             raise ConfigError(f"config key '{key}' was renamed to '{RENAMED[key]}' (in {origin}): "
                               f"use {RENAMED[key]}")
+        replaced = replaced_message(key, OmegaConf.select(other, key))  # an old guidance key or value
+        if replaced is not None:
+            raise ConfigError(f"{replaced} (in {origin})")
 
 
 def _migrate_renamed(other: DictConfig, origin: str) -> DictConfig:
-    """A run folder's config.yaml written before keys were grouped: each old key moved to its new name."""
+    """A run folder's config.yaml written before keys were grouped, or before the guidance rule and model were two
+    keys: each old key moved to its new name (guidance.config.migrate_guidance for the guidance flags)."""
     flat = {key: OmegaConf.select(other, key) for key in _flat_keys(other)}
     moved = [key for key in flat if key in RENAMED]
+    guidance = migrate_guidance(flat)  # the perp_neg / vsd flags and guidance.type=prior|deepfloyd
+    if guidance != flat:
+        moved += [key for key in flat if key not in guidance or guidance[key] != flat[key]]
+        flat = guidance
     if not moved:
         return other
-    print(f"note: {origin} uses {len(moved)} old key name(s) (e.g. {moved[0]} -> {RENAMED[moved[0]]}); "
-          f"read with their new names", file=sys.stderr)
+    example = f"{moved[0]} -> {RENAMED[moved[0]]}" if moved[0] in RENAMED else \
+        f"{moved[0]} -> guidance.type={flat.get('guidance.type', 'sds')}, guidance.model_type={flat.get('guidance.model_type', 'stable_diffusion')}"
+    print(f"note: {origin} uses {len(moved)} old key name(s) (e.g. {example}); read with their new names",
+          file=sys.stderr)
     migrated = OmegaConf.create({})
     for key, value in flat.items():
         OmegaConf.update(migrated, RENAMED.get(key, key), value, force_add=True)
@@ -227,28 +238,6 @@ def validate(cfg: Config) -> None:
     check_sections(cfg)
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(cfg.optim.betas)}")
-    g = cfg.guidance
-    if g.t_min > g.t_max:
-        raise ConfigError(f"need 0 < guidance.t_min <= guidance.t_max < 1, got {g.t_min} and {g.t_max}")
-    if g.latent_render and g.type != "sds":
-        raise ConfigError(f"guidance.latent_render needs guidance.type=sds (Stable Diffusion latents), got "
-                          f"guidance.type={g.type}: set guidance.latent_render=false")
-    p = g.perp_neg
-    for key in ("f_fs", "f_sf", "f_sb", "f_fsb"):
-        if len(getattr(p, key)) != 3:
-            raise ConfigError(f"guidance.perp_neg.{key} must be three numbers (a, b, c) of a exp(-b r) + c, "
-                              f"got {list(getattr(p, key))}")
-    if p.enabled and g.type not in ("sds", "deepfloyd", "prior"):
-        raise ConfigError(f"guidance.perp_neg.enabled needs a text-conditioned diffusion model (guidance.type=sds, "
-                          f"deepfloyd or prior), got guidance.type={g.type}: set guidance.perp_neg.enabled=false")
-    if p.enabled and not g.view_dependent:
-        raise ConfigError("guidance.perp_neg.enabled needs guidance.view_dependent=true (its prompts are per view)")
-    vsd = g.vsd
-    if vsd.enabled and g.type != "sds":
-        raise ConfigError(f"guidance.vsd.enabled trains a LoRA of Stable Diffusion's UNet: needs guidance.type=sds, "
-                          f"got {g.type}")
-    if vsd.enabled and p.enabled:
-        raise ConfigError("guidance.vsd.enabled and guidance.perp_neg.enabled do not combine: choose one")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -18,126 +18,17 @@ from typing import List, Optional
 
 from ..export.config import ExportConfig
 from ..fields.config import LATENT_NEEDS_VOLUME, FieldConfig, GaussianConfig, HashGridConfig, TriplaneConfig
+from ..guidance.config import (REPLACED, ClipConfig, DeepFloydConfig, GuidanceConfig, PerpNegConfig, PriorConfig,
+                               VSDConfig)
 from ..renderer.config import RenderConfig
 from ..settings import choice, choices_of, ranged, section
 from ..train_config import CameraConfig, LossConfig
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
-           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "LATENT_NEEDS_VOLUME",
+           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "REPLACED", "LATENT_NEEDS_VOLUME",
            "DeepFloydConfig"]
 
-
-
-@section
-class PriorConfig:
-    """guidance.prior: the embedded offline prior (guidance.type=prior)."""
-
-    resolution: int = ranged(32, "[1, inf)")
-    """Image resolution of its dataset and of the denoiser."""
-    views: int = ranged(256, "[1, inf)")
-    """Rendered views per prompt in its image set."""
-    view_window: float = ranged(20.0, "(0, 180]")
-    """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent)."""
-
-
-@section
-class ClipConfig:
-    """guidance.clip: Dream Fields' CLIP guidance (guidance.type=clip)."""
-
-    crops: int = ranged(4, "[1, inf)")
-    """Augmented crops per step."""
-    crop_fraction: float = ranged(0.8, "(0, 1]")
-    """Fraction of the render side each random crop covers."""
-
-
-@section
-class PerpNegConfig:
-    """guidance.perp_neg: Perp-Neg view-dependent negative prompts (guidance/perp_neg.py; sds or deepfloyd)."""
-
-    enabled: bool = False
-    """Replace classifier-free guidance by Perp-Neg (Armandpour et al. 2023) against multi-faced (Janus) objects."""
-    f_fs: List[float] = ranged([4.0, 0.5, -2.426], "(-inf, inf)")
-    """(a, b, c) of the weight a exp(-b r) + c of the front negative between front and side (r = 1 front)."""
-    f_sf: List[float] = ranged([4.0, 0.5, -2.426], "(-inf, inf)")
-    """(a, b, c) of the weight of the side negative between front and side (at 1 - r)."""
-    f_sb: List[float] = ranged([1.0, 0.5, -0.606], "(-inf, inf)")
-    """(a, b, c) of the weight of the side negative between side and back (r = 1 side)."""
-    f_fsb: List[float] = ranged([1.0, 0.5, 0.967], "(-inf, inf)")
-    """(a, b, c) of the weight of the front negative between side and back."""
-
-
-@section
-class VSDConfig:
-    """guidance.vsd: variational score distillation (ProlificDreamer; guidance/vsd.py; guidance.type=sds)."""
-
-    enabled: bool = False
-    """Compare the guided noise with a camera-conditioned LoRA of the UNet trained on the renders instead of the injected noise."""
-    lora_rank: int = ranged(4, "[1, inf)")
-    """Rank of the LoRA on the UNet's attention projections (to_q, to_k, to_v, to_out)."""
-    lr: float = ranged(0.001, "(0, inf)")
-    """Adam learning rate of the LoRA and its camera embedding."""
-    camera_dropout: float = ranged(0.1, "[0, 1]")
-    """Probability of a zero camera condition in the LoRA's training loss (classifier-free training)."""
-
-
-@section
-class DeepFloydConfig:
-    """guidance.deepfloyd: DeepFloyd IF stage I, a pixel-space prior read by T5 (guidance.type=deepfloyd)."""
-
-    max_length: int = ranged(77, "[1, inf)")
-    """T5 tokens per text, padded or truncated; IF was trained with 77 (diffusers' IFPipeline)."""
-    variant: Optional[str] = None
-    """Weight files to load: null = the full-precision ones; fp16 = IF's *.fp16.safetensors (half the download)."""
-
-
-@section
-class GuidanceConfig:
-    """guidance: the 2D prior that grades the renders, and the SDS rule's settings."""
-
-    type: str = choice("sds", ("sds", "prior", "clip", "deepfloyd"))
-    """Guidance: sds (Stable Diffusion), prior (embedded offline prior), clip (Dream Fields) or deepfloyd (SDS on DeepFloyd IF stage I, pixel space)."""
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    """Hub id or local folder of the guidance model."""
-    revision: Optional[str] = None
-    """Hub revision (branch, tag or commit) of the model."""
-    guidance_scale: float = ranged(100.0, "[0, inf)")
-    """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u)."""
-    preview_scale: float = ranged(7.5, "[0, inf)")
-    """Guidance scale of the 2D preview's DDIM sampling (not the SDS scale; 7.5 is Stable Diffusion's default)."""
-    t_min: float = ranged(0.02, "(0, 1)")
-    """Smallest diffusion time, as a fraction of the 1000 training steps."""
-    t_max: float = ranged(0.98, "(0, 1)")
-    """Largest diffusion time at the start of training."""
-    t_anneal: str = choice("none", ("none", "linear", "sqrt"))
-    """How t_max moves toward t_max_end: none, linear or sqrt."""
-    t_max_end: float = ranged(0.5, "(0, 1)")
-    """T_max at the end of training when t_anneal is not none."""
-    weighting: str = choice("sds", ("sds", "uniform", "fantasia3d"))
-    """W(t): sds (1 - abar_t), uniform, or fantasia3d (sqrt(abar_t) (1 - abar_t))."""
-    grad_clip: float = ranged(0.0, "[0, inf)")
-    """Clamp each element of the SDS gradient to [-grad_clip, grad_clip]; 0 disables."""
-    view_dependent: bool = True
-    """Append front/side/back/overhead view to the prompt by camera."""
-    half_precision: bool = True
-    """Run the frozen model in fp16 on CUDA (always fp32 on CPU); read when guidance.dtype is auto."""
-    dtype: str = choice("auto", ("auto", "fp32", "fp16", "bf16"))
-    """Precision of the frozen UNet and VAE: auto (see half_precision), fp32, fp16 (CUDA only) or bf16."""
-    channels_last: bool = False
-    """Store the UNet and VAE convolution weights channels-last (NHWC), the layout tensor cores prefer."""
-    attention: str = choice("sdpa", ("sdpa", "classic"))
-    """Attention kernel of the UNet and VAE: sdpa (fused torch scaled_dot_product_attention) or classic."""
-    compile: bool = False
-    """Torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
-    vae_resolution: int = ranged(512, "[1, inf)")
-    """Renders are resized to this before the VAE encodes them."""
-    latent_render: bool = False
-    """Latent-NeRF: the field renders SD's 4 latent channels (albedo only, no lighting) at render.width x height (64 for SD) and SDS skips the VAE; nerf / triplane with guidance.type=sds."""
-    prior: PriorConfig = dc_field(default_factory=PriorConfig)
-    clip: ClipConfig = dc_field(default_factory=ClipConfig)
-    perp_neg: PerpNegConfig = dc_field(default_factory=PerpNegConfig)
-    vsd: VSDConfig = dc_field(default_factory=VSDConfig)
-    deepfloyd: DeepFloydConfig = dc_field(default_factory=DeepFloydConfig)
 
 
 @section

@@ -2,7 +2,9 @@
 
     crops_k = crop_k(render composited over a random background)        k = 1 .. clip.crops per view
     loss_clip = - mean_k cos(E_img(normalize(resize(crops_k))), E_txt(prompt))      (Dream Fields eq. 1)
-    loss_transmittance = - min(tau(step), mean transmittance)                     (Dream Fields eq. 3)
+
+Dream Fields' other term, the transmittance loss (eq. 3), grades the render's opacity, not the image: it is one of
+the render regularisers (``dreamfusion.train.transmittance_loss``, weighted by loss.transmittance).
 
 ``FrozenCLIP`` wraps a transformers ``CLIPModel`` + ``CLIPTokenizer`` loaded from a hub id or a local
 folder (same code path); it is shared with ``dreamfusion.evaluate``. The text embedding is computed
@@ -20,39 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import GuidanceConfig
+from .config import GuidanceConfig
 from ..errors import ModelNotFoundError, UserError
 from .augment import crop, random_crop_boxes
 from .base import FrozenGuidance
 from .prompts import labels_for, prompt_texts
 from .hub import hub_kwargs, load_parts, looks_like_path
 
-__all__ = ["FrozenCLIP", "CLIPGuidance", "transmittance_target", "transmittance_loss", "DEFAULT_CLIP"]
+__all__ = ["FrozenCLIP", "CLIPGuidance", "DEFAULT_CLIP"]
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"  # ViT-B/16, the Dream Fields paper's guidance model
 # OpenAI CLIP's normalisation, used when the model has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def transmittance_target(step: int, start: float = 0.4, end: float = 0.88, steps: int = 500) -> float:
-    """tau(step): linear from ``start`` at step 0 to ``end`` at ``steps``, then constant (Dream Fields §4.3)."""
-    if steps <= 0:
-        return end
-    frac = min(max(step / steps, 0.0), 1.0)
-    return start + (end - start) * frac
-
-
-def transmittance_loss(opacity: Tensor, step: int) -> Tensor:
-    """L_T = -min(tau(step), mean transmittance) per view, averaged over views; opacity [B, H, W, 1].
-
-    Transmittance of a pixel is 1 - opacity (the light that passes the whole ray). Once a view is at
-    least tau transparent on average the term is flat, so it only removes fog down to the target.
-    """
-    if opacity.ndim != 4 or opacity.shape[-1] != 1:
-        raise ValueError(f"transmittance_loss: opacity must be [B, H, W, 1], got {tuple(opacity.shape)}")
-    mean_transmittance = (1.0 - opacity).flatten(1).mean(1)  # [B]
-    return -mean_transmittance.clamp(max=transmittance_target(step)).mean()
 
 
 # role -> (what the model is called in errors, how to point at a folder, hub id to suggest, mention the demo)

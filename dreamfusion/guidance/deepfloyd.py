@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import GuidanceConfig
+from .config import GuidanceConfig
 from ..errors import ConfigError, ModelNotFoundError, UserError
 from ..io import atomic_write
 from .fastpaths import resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
-from .prediction import eps_from_prediction, prediction_type
+from .prediction import TextUNetPredictor, prediction_type
 from .prompts import TextConditioning, prompt_texts, slugify
 
 __all__ = ["DeepFloydIF", "DEFAULT_MODEL", "t5_cache_dir"]
@@ -136,8 +136,9 @@ class _T5Embeddings:
         return [(hidden[i], counts[i]) for i in range(len(texts))]
 
 
-class DeepFloydIF:
-    """Frozen IF stage I: ``encode`` renders to x0 in [-1, 1], ``predict_noise`` with classifier-free branches."""
+class DeepFloydIF(TextUNetPredictor):
+    """Frozen IF stage I: ``encode`` renders to x0 in [-1, 1], ``predict_noise`` with classifier-free branches
+    (``predict_eps`` / ``predict_noise``: prediction.TextUNetPredictor, shared with Stable Diffusion)."""
 
     def __init__(self, unet, scheduler, text: _T5Embeddings, *, device: torch.device, dtype: torch.dtype):
         self.unet, self.scheduler, self.text = unet, scheduler, text
@@ -149,6 +150,7 @@ class DeepFloydIF:
         self.alphas_cumprod: Tensor = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # [T]
         self.prediction_type = prediction_type(scheduler)  # epsilon for IF stage I
         self.channels = int(unet.config.in_channels)  # 3; the UNet's further output channels are the variance
+        self.eps_channels = self.channels
         self.sample_size = int(unet.config.sample_size)  # 64 for IF stage I
 
     @classmethod
@@ -180,7 +182,7 @@ class DeepFloydIF:
             raise ModelNotFoundError(
                 f"guidance model '{model}' is not a DeepFloyd IF stage I model: its unet/ maps "
                 f"{unet.config.in_channels} to {unet.config.out_channels} channels (stage I: 3 RGB in, 6 out): "
-                f"use {DEFAULT_MODEL} (or IF-I-L-v1.0 / IF-I-M-v1.0), or guidance.type=sds for Stable Diffusion")
+                f"use {DEFAULT_MODEL} (or IF-I-L-v1.0 / IF-I-M-v1.0), or guidance.model_type=stable_diffusion for Stable Diffusion")
 
         def load_t5():
             return _load_t5(source, kwargs, model=model, local=local, how=how, dtype=dtype, device=device,
@@ -237,26 +239,6 @@ class DeepFloydIF:
     def decode(self, x: Tensor) -> Tensor:
         """x [B, 3, S, S] in [-1, 1] -> images [B, S, S, 3] in [0, 1] (previews); undoes ``encode`` at size S."""
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
-
-    @torch.no_grad()
-    def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **unet_kwargs) -> Tensor:
-        """x_t [B, 3, S, S], t [B] long, embeddings [K, B, L, D] -> eps [K, B, 3, S, S]: each of the B images under
-        each of its K text conditions, in one UNet forward at batch K B (the variance channels dropped; a v- or
-        x0-predicting UNet's output converted to eps, guidance/prediction.py)."""
-        k, batch = embeddings.shape[:2]
-        x_in = x_t.to(device=self.device, dtype=self.dtype).repeat(k, 1, 1, 1)
-        t_in = t.to(self.device).repeat(k)
-        hidden = embeddings.reshape(k * batch, *embeddings.shape[2:]).to(device=self.device, dtype=self.dtype)
-        out = self.unet(x_in, t_in, encoder_hidden_states=hidden, **unet_kwargs).sample  # [K B, 6, S, S]
-        eps = eps_from_prediction(out[:, :self.channels], x_in, self.alphas_cumprod[t_in], self.prediction_type)
-        return eps.reshape(k, batch, *eps.shape[1:])
-
-    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: TextConditioning) -> tuple[Tensor, Tensor]:
-        """x_t [B, 3, S, S], t [B] long, the prompt's embeddings -> (eps_uncond, eps_cond) [B, 3, S, S] from one
-        UNet forward at batch 2B (conditional embedding per camera's view label)."""
-        uncond, conds = cond.for_cameras(cameras, x_t.shape[0])  # [B, L, D] each
-        eps = self.predict_eps(x_t, t, torch.stack([uncond, conds]))
-        return eps[0], eps[1]
 
 
 def _load_t5(source: str, kwargs: dict, *, model: str, local: bool, how: str, dtype: torch.dtype,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import GuidanceConfig
+from .config import GuidanceConfig
 from ..errors import ConfigError
 
 __all__ = ["DTYPES", "resolve_dtype", "set_attention", "apply_fast_paths"]

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from .prompts import TextConditioning
 from .sds import SDSGuidance
 
@@ -83,15 +82,9 @@ def perp_neg_prompts(cond: TextConditioning, cameras: Any, cfg) -> tuple[Tensor,
 
 
 class PerpNegGuidance(SDSGuidance):
-    """SDS whose guided noise is Perp-Neg's (guidance.perp_neg.enabled=true); the rest of the rule is SDS's."""
-
-    def __init__(self, predictor, cfg, prompt: str, negative_prompt: str = ""):
-        if not cfg.view_dependent:
-            raise ConfigError("guidance.perp_neg.enabled needs guidance.view_dependent=true (its prompts are per view)")
-        if not hasattr(predictor, "predict_eps"):
-            raise ConfigError("guidance.perp_neg.enabled needs a text-conditioned diffusion model: "
-                              "guidance.type=sds or deepfloyd")
-        super().__init__(predictor, cfg, prompt, negative_prompt)
+    """SDS whose guided noise is Perp-Neg's (guidance.type=perp_neg, on any NoisePredictor: its ``predict_eps``
+    reads the four conditions per view); the rest of the rule is SDS's. Its section is guidance.perp_neg
+    (guidance/config.py PerpNegConfig, whose ``check`` holds its rules)."""
 
     def guided_noise(self, x_t: Tensor, t: Tensor, cameras: Any) -> Tensor:
         batch = x_t.shape[0]

@@ -16,11 +16,14 @@ sqrt(abar) v + sqrt(1 - abar) x_t = abar eps + (1 - abar) eps, so
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import Tensor
 
 from ..errors import ModelNotFoundError
 
-__all__ = ["PREDICTION_TYPES", "prediction_type", "eps_from_prediction", "prediction_target"]
+__all__ = ["PREDICTION_TYPES", "prediction_type", "eps_from_prediction", "prediction_target", "TextUNetPredictor"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -68,3 +71,40 @@ def prediction_target(x0: Tensor, eps: Tensor, abar: Tensor, kind: str) -> Tenso
     if kind == "sample":
         return x0
     raise ValueError(f"prediction_target: unknown prediction type '{kind}': choose {PREDICTION_TYPES}")
+
+
+class TextUNetPredictor:
+    """The noise prediction of a text-conditioned diffusers UNet, shared by Stable Diffusion and DeepFloyd IF.
+
+    A subclass sets ``unet``, ``device``, ``dtype``, ``alphas_cumprod`` [T], ``prediction_type`` and
+    ``eps_channels`` (the channels of eps: the UNet's further output channels, IF's learned variance, are dropped).
+    """
+
+    unet: Any
+    device: torch.device
+    dtype: torch.dtype
+    alphas_cumprod: Tensor
+    prediction_type: str
+    eps_channels: int
+
+    @torch.no_grad()
+    def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **unet_kwargs) -> Tensor:
+        """x_t [B, C, h, w], t [B] long, embeddings [K, B, L, D] -> eps [K, B, C, h, w]: each of the B samples under
+        each of its K text conditions, in one UNet forward at batch K B; a v- or x0-predicting UNet's output is
+        converted to eps (module docstring). ``unet_kwargs`` go to the UNet (VSD's camera ``class_labels``)."""
+        k, batch = embeddings.shape[:2]
+        x_in = x_t.to(device=self.device, dtype=self.dtype).repeat(k, 1, 1, 1)
+        t_in = t.to(self.device).repeat(k)
+        hidden = embeddings.reshape(k * batch, *embeddings.shape[2:]).to(device=self.device, dtype=self.dtype)
+        out = self.unet(x_in, t_in, encoder_hidden_states=hidden, **unet_kwargs).sample  # [K B, C (+ variance), h, w]
+        if out.shape[1] != self.eps_channels:
+            out = out[:, :self.eps_channels]
+        eps = eps_from_prediction(out, x_in, self.alphas_cumprod[t_in], self.prediction_type)
+        return eps.reshape(k, batch, *eps.shape[1:])
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: Any) -> tuple[Tensor, Tensor]:
+        """x_t [B, C, h, w], t [B] long, the prompt's TextConditioning -> (eps_uncond, eps_cond) [B, C, h, w] from one
+        UNet forward at batch 2B (conditional embedding per camera's view label)."""
+        uncond, conds = cond.for_cameras(cameras, x_t.shape[0])  # [B, L, D] each
+        eps = self.predict_eps(x_t, t, torch.stack([uncond, conds]))
+        return eps[0], eps[1]

@@ -23,12 +23,12 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from ..config import GuidanceConfig
+from .config import GuidanceConfig
 from .base import FrozenGuidance
 
 
 class NoisePredictor(Protocol):
-    """What the SDS rule needs from a diffusion model."""
+    """What the SDS rule and Perp-Neg need from a diffusion model (Stable Diffusion, DeepFloyd IF, the embedded prior)."""
 
     alphas_cumprod: Tensor
     """abar_t for t = 0 .. T-1, shape [T] (T = 1000 for Stable Diffusion)."""
@@ -44,6 +44,26 @@ class NoisePredictor(Protocol):
     def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: Any) -> tuple[Tensor, Tensor]:
         """x_t [B, C, h, w], t [B] long, cameras, encode_prompt's result -> (eps_uncond, eps_cond), each
         [B, C, h, w]; no gradient."""
+        ...
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
+        """x_t [B, C, h, w], t [B] long, K conditions per sample [K, B, ...] (rows of encode_prompt's result,
+        e.g. Perp-Neg's interpolated and negative prompts) -> eps [K, B, C, h, w] in one call; no gradient."""
+        ...
+
+
+class UNetNoisePredictor(NoisePredictor, Protocol):
+    """A noise predictor that is a diffusers UNet (Stable Diffusion): what VSD needs to train a LoRA of it."""
+
+    unet: Any
+    """The frozen UNet2DConditionModel (peft adapters are added to it)."""
+    device: torch.device
+    dtype: torch.dtype
+    prediction_type: str
+    """What the UNet outputs: epsilon, v_prediction or sample (guidance/prediction.py)."""
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **unet_kwargs) -> Tensor:
+        """As NoisePredictor.predict_eps, with extra UNet inputs (VSD's camera ``class_labels``)."""
         ...
 
 

@@ -10,17 +10,16 @@ UNet forward on the batch [uncond x B, cond x B].
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import GuidanceConfig
+from .config import GuidanceConfig
 from ..errors import ModelNotFoundError
 from .fastpaths import apply_fast_paths, resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
-from .prediction import eps_from_prediction, prediction_type
+from .prediction import TextUNetPredictor, prediction_type
 from .prompts import TextConditioning, prompt_texts
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -55,8 +54,9 @@ def _text_window(tokenizer, text_encoder, unet) -> int:
     return min(limits)
 
 
-class StableDiffusion:
-    """Frozen Stable Diffusion: ``encode`` images to latents, ``predict_noise`` with classifier-free branches."""
+class StableDiffusion(TextUNetPredictor):
+    """Frozen Stable Diffusion: ``encode`` images to latents, ``predict_noise`` with classifier-free branches
+    (``predict_eps`` / ``predict_noise``: prediction.TextUNetPredictor, shared with DeepFloyd IF)."""
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, *, device: torch.device,
                  dtype: torch.dtype, vae_resolution: int = 512):
@@ -71,6 +71,7 @@ class StableDiffusion:
             module.eval().requires_grad_(False)
         self.alphas_cumprod: Tensor = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)  # [T]
         self.prediction_type = prediction_type(scheduler)  # epsilon, v_prediction (SD 2.x 768 px) or sample
+        self.eps_channels = int(unet.config.out_channels)  # the latent channels, 4
         self.scaling_factor = float(vae.config.scaling_factor)
         self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD; 2 for the test's tiny VAE
         self.latent_size = vae_resolution // self.latent_factor
@@ -174,23 +175,3 @@ class StableDiffusion:
         """latents [B, 4, h, w] -> images [B, H, W, 3] in [0, 1] (debugging / previews)."""
         x = self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
-
-    @torch.no_grad()
-    def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **unet_kwargs) -> Tensor:
-        """x_t [B, 4, h, w], t [B] long, embeddings [K, B, L, D] -> eps [K, B, 4, h, w]: each of the B latents under
-        each of its K text conditions, in one UNet forward at batch K B; a v- or x0-predicting UNet's output is
-        converted to eps (guidance/prediction.py)."""
-        k, batch = embeddings.shape[:2]
-        x_in = x_t.to(device=self.device, dtype=self.dtype).repeat(k, 1, 1, 1)
-        t_in = t.to(self.device).repeat(k)
-        hidden = embeddings.reshape(k * batch, *embeddings.shape[2:]).to(device=self.device, dtype=self.dtype)
-        out = self.unet(x_in, t_in, encoder_hidden_states=hidden, **unet_kwargs).sample
-        eps = eps_from_prediction(out, x_in, self.alphas_cumprod[t_in], self.prediction_type)
-        return eps.reshape(k, batch, *eps.shape[1:])
-
-    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: TextConditioning) -> tuple[Tensor, Tensor]:
-        """x_t [B, 4, h, w], t [B] long, the prompt's embeddings -> (eps_uncond, eps_cond) [B, 4, h, w] from one
-        UNet forward at batch 2B (conditional embedding per camera's view label)."""
-        uncond, conds = cond.for_cameras(cameras, x_t.shape[0])  # [B, L, D] each
-        eps = self.predict_eps(x_t, t, torch.stack([uncond, conds]))
-        return eps[0], eps[1]

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, UserError
+from ..errors import UserError
 from .prediction import prediction_target
-from .sds import SDSGuidance, sample_timesteps
+from .sds import SDSGuidance, UNetNoisePredictor, sample_timesteps
 
 __all__ = ["VSDGuidance", "camera_features", "camera_keep_mask"]
 
@@ -51,17 +51,16 @@ def _import_peft():
     try:
         from peft import LoraConfig
     except ImportError:
-        raise UserError('guidance.vsd needs peft for the LoRA: pip install "dreamfusion[vsd]"') from None
+        raise UserError('guidance.type=vsd needs peft for the LoRA: pip install "dreamfusion[vsd]"') from None
     return LoraConfig
 
 
 class VSDGuidance(SDSGuidance):
-    """SDS with a learned reference noise (module docstring); needs Stable Diffusion (guidance.type=sds)."""
+    """SDS with a learned reference noise (module docstring) on a UNetNoisePredictor (guidance.type=vsd, Stable
+    Diffusion: guidance/config.py VSDConfig.check). Its section is guidance.vsd."""
 
-    def __init__(self, predictor, cfg, prompt: str, negative_prompt: str = ""):
-        unet = getattr(predictor, "unet", None)
-        if unet is None or not hasattr(unet, "add_adapter"):
-            raise ConfigError("guidance.vsd.enabled needs a diffusers UNet to train a LoRA of: guidance.type=sds")
+    def __init__(self, predictor: UNetNoisePredictor, cfg, prompt: str, negative_prompt: str = ""):
+        unet = predictor.unet
         super().__init__(predictor, cfg, prompt, negative_prompt)
         v = cfg.vsd
         LoraConfig = _import_peft()

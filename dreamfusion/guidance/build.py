@@ -1,0 +1,143 @@
+"""Building a guidance from the config: the rule (``RULES``) around the loaded noise model (``MODELS``).
+
+    model = load_guidance_model(cfg, device)          # the frozen model: slow, once per process
+    guidance = build_guidance(cfg, device, model)      # bound to cfg.prompt: fast, once per prompt
+
+Two keys choose it (guidance/config.py): ``guidance.type`` the rule (sds, perp_neg, vsd, clip) and
+``guidance.model_type`` the noise predictor (stable_diffusion, deepfloyd, prior; clip loads CLIP).
+``build_guidance(cfg, device)`` alone loads the model too. ``guidance_model_key(cfg)`` says which configs can
+share one loaded model (a batch worker keeps it across prompts): the values of the keys its loader reads
+(``model_settings``: config.MODEL_KEYS), the only ones that loader is handed.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from ..settings import check_choice, check_sections
+from .base import Guidance
+from .config import MODEL_KEYS
+from .deepfloyd import DeepFloydIF
+from .perp_neg import PerpNegGuidance
+from .sds import SDSGuidance
+from .stable_diffusion import StableDiffusion
+
+__all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "model_settings", "RULES", "MODELS"]
+
+
+class _Settings:
+    """The keys one loader reads, by their dotted names (``s["guidance.model"]``); reading any other key fails."""
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = values
+
+    def __getitem__(self, dotted: str) -> Any:
+        if dotted not in self._values:
+            raise KeyError(f"{dotted} is not among the keys this loader declares (guidance/config.py MODEL_KEYS)")
+        return self._values[dotted]
+
+    def key(self) -> tuple:
+        """The values as a hashable tuple (lists as tuples, a section as its keys' values)."""
+        return tuple((k, _hashable(v)) for k, v in self._values.items())
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return (type(value).__name__,) + tuple((k, _hashable(getattr(value, k))) for k in value.__dataclass_fields__)
+    return value
+
+
+def _get(root: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def model_settings(cfg: Any) -> _Settings:
+    """The keys (guidance/config.py ``MODEL_KEYS``) the loader of ``cfg``'s model reads, with their values."""
+    kind = cfg.guidance.model_kind
+    return _Settings({key: _get(cfg, key) for key in MODEL_KEYS[kind]})
+
+
+def _load_sd(s: _Settings, device: torch.device) -> StableDiffusion:
+    fast = SimpleNamespace(dtype=s["guidance.dtype"], channels_last=s["guidance.channels_last"],  # fastpaths.py
+                           attention=s["guidance.attention"], compile=s["guidance.compile"])
+    return StableDiffusion.load(s["guidance.model"], revision=s["guidance.revision"], device=device,
+                                half_precision=s["guidance.half_precision"], vae_resolution=s["guidance.vae_resolution"],
+                                fast_paths=fast)
+
+
+def _load_deepfloyd(s: _Settings, device: torch.device) -> DeepFloydIF:
+    fast = SimpleNamespace(dtype=s["guidance.dtype"], channels_last=s["guidance.channels_last"],
+                           compile=s["guidance.compile"])
+    deepfloyd = s["guidance.deepfloyd"]
+    return DeepFloydIF.load(s["guidance.model"], revision=s["guidance.revision"], device=device,
+                            half_precision=s["guidance.half_precision"], max_length=deepfloyd.max_length,
+                            variant=deepfloyd.variant, fast_paths=fast)
+
+
+def _load_prior(s: _Settings, device: torch.device):
+    from .prior import EmbeddedPrior
+
+    camera = SimpleNamespace(**{k: s[f"camera.{k}"] for k in  # the ranges of its image set: the training cameras'
+                                ("elevation_range", "azimuth_range", "distance_range", "fovy_range")})
+    return EmbeddedPrior(camera, s["guidance.prior"], s["render.background"], device)
+
+
+def _load_clip(s: _Settings, device: torch.device):
+    from .clip import FrozenCLIP
+
+    return FrozenCLIP.load(s["guidance.model"], revision=s["guidance.revision"], device=device,
+                           half_precision=s["guidance.half_precision"])
+
+
+MODELS = {"stable_diffusion": _load_sd, "deepfloyd": _load_deepfloyd, "prior": _load_prior, "clip": _load_clip}
+"""guidance.model_type (and clip) -> its loader, handed only the keys MODEL_KEYS lists for it."""
+
+
+def _vsd():
+    from .vsd import VSDGuidance  # peft is imported when a VSD guidance is built
+
+    return VSDGuidance
+
+
+def _clip():
+    from .clip import CLIPGuidance
+
+    return lambda model, g, prompt, negative_prompt: CLIPGuidance(model, prompt, g)
+
+
+RULES = {"sds": lambda: SDSGuidance, "perp_neg": lambda: PerpNegGuidance, "vsd": _vsd, "clip": _clip}
+"""guidance.type -> its rule's constructor ``rule(model, cfg.guidance, prompt, negative_prompt)``, imported when asked
+for (vsd.py needs peft, clip.py transformers' CLIP)."""
+
+
+def guidance_model_key(cfg: Any) -> tuple:
+    """Configs with equal keys load the same frozen model: the model kind and the values of the keys its loader reads."""
+    return (cfg.guidance.model_kind,) + model_settings(cfg).key()
+
+
+def load_guidance_model(cfg: Any, device: str | torch.device) -> Any:
+    """The frozen model ``cfg.guidance`` needs (guidance.model_type: Stable Diffusion, DeepFloyd IF or the embedded
+    prior's image set; CLIP for guidance.type=clip), loaded on ``device``; it knows no prompt."""
+    check_choice(cfg.guidance, "type", "guidance.type")
+    check_choice(cfg.guidance, "model_type", "guidance.model_type")
+    return MODELS[cfg.guidance.model_kind](model_settings(cfg), torch.device(device))
+
+
+def build_guidance(cfg: Any, device: str | torch.device, model: Any = None) -> Guidance:
+    """The rule named by ``cfg.guidance.type`` for ``cfg.prompt``, around ``model`` (a ``load_guidance_model``
+    result for an equal ``guidance_model_key``), or a freshly loaded one. The guidance section's own checks run
+    first (a config made in code meets the rules a loaded one does)."""
+    if not cfg.prompt or not cfg.prompt.strip():  # before the slow model load
+        raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
+    check_sections(cfg.guidance, cfg, "guidance.")
+    model = load_guidance_model(cfg, device) if model is None else model
+    rule = RULES[cfg.guidance.type]()
+    return rule(model, cfg.guidance, cfg.prompt, cfg.negative_prompt)

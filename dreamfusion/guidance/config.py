@@ -1,0 +1,230 @@
+"""The guidance config section: which rule grades the renders, which model predicts the noise, and each one's keys.
+
+Two keys choose the guidance, apart from each other:
+
+    guidance.type         the rule: sds | perp_neg | vsd | clip                     (sds.py, perp_neg.py, vsd.py, clip.py)
+    guidance.model_type   the noise predictor: stable_diffusion | deepfloyd | prior    (stable_diffusion.py, deepfloyd.py,
+                          prior.py); clip brings its own model (CLIP) and reads no model_type
+
+Each rule owns its section and its checks (``check(self, root)``, called by the loader): Perp-Neg
+``guidance.perp_neg.*``, VSD ``guidance.vsd.*``, CLIP ``guidance.clip.*``; the SDS keys (guidance_scale, t_*,
+weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd alike. Each model's loader owns the
+keys it reads (``MODEL_KEYS``); its sub-section (``guidance.deepfloyd.*``, ``guidance.prior.*``) plus the shared
+hub keys (model, revision, precision ...) it reads, and nothing else, make the key of a loaded model
+(``guidance.build.guidance_model_key``).
+
+Earlier versions chose the rule with flags and mixed the model into ``guidance.type``: ``REPLACED`` names the new
+setting for each old key and value, ``migrate_guidance`` reads a run folder's config.yaml written that way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field as dc_field
+from typing import Any, List, Optional
+
+from ..errors import ConfigError
+from ..settings import choice, ranged, section
+
+__all__ = ["GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "DeepFloydConfig",
+           "RULES", "MODEL_TYPES", "MODEL_KEYS", "LATENT_NEEDS_SD", "REPLACED", "replaced_message", "migrate_guidance"]
+
+RULES = ("sds", "perp_neg", "vsd", "clip")
+"""guidance.type: the rule that turns renders into a loss."""
+MODEL_TYPES = ("stable_diffusion", "deepfloyd", "prior")
+"""guidance.model_type: the diffusion model that predicts the noise for sds, perp_neg and vsd."""
+
+MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "stable_diffusion": ("guidance.model", "guidance.revision", "guidance.half_precision", "guidance.dtype",
+                         "guidance.channels_last", "guidance.attention", "guidance.compile", "guidance.vae_resolution"),
+    "deepfloyd": ("guidance.model", "guidance.revision", "guidance.half_precision", "guidance.dtype",
+                  "guidance.channels_last", "guidance.compile", "guidance.deepfloyd"),
+    "prior": ("guidance.prior", "camera.elevation_range", "camera.azimuth_range", "camera.distance_range",
+              "camera.fovy_range", "render.background"),
+    "clip": ("guidance.model", "guidance.revision", "guidance.half_precision"),
+}
+"""The keys each model's loader reads, a section name standing for all its keys; the loader is handed these and
+nothing else (guidance/build.py ``model_settings``), and the loaded model's key is their values."""
+
+LATENT_NEEDS_SD = "guidance.latent_render renders Stable Diffusion's latents: needs guidance.model_type=stable_diffusion"
+
+
+def _rule_of(root) -> str:
+    return root.guidance.type
+
+
+@section
+class PriorConfig:
+    """guidance.prior: the embedded offline prior (guidance.model_type=prior)."""
+
+    resolution: int = ranged(32, "[1, inf)")
+    """Image resolution of its dataset and of the denoiser."""
+    views: int = ranged(256, "[1, inf)")
+    """Rendered views per prompt in its image set."""
+    view_window: float = ranged(20.0, "(0, 180]")
+    """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent)."""
+
+
+@section
+class ClipConfig:
+    """guidance.clip: Dream Fields' CLIP guidance (guidance.type=clip)."""
+
+    crops: int = ranged(4, "[1, inf)")
+    """Augmented crops per step."""
+    crop_fraction: float = ranged(0.8, "(0, 1]")
+    """Fraction of the render side each random crop covers."""
+
+
+@section
+class PerpNegConfig:
+    """guidance.perp_neg: Perp-Neg view-dependent negative prompts (guidance.type=perp_neg; guidance/perp_neg.py)."""
+
+    f_fs: List[float] = ranged([4.0, 0.5, -2.426], "(-inf, inf)")
+    """(a, b, c) of the weight a exp(-b r) + c of the front negative between front and side (r = 1 front)."""
+    f_sf: List[float] = ranged([4.0, 0.5, -2.426], "(-inf, inf)")
+    """(a, b, c) of the weight of the side negative between front and side (at 1 - r)."""
+    f_sb: List[float] = ranged([1.0, 0.5, -0.606], "(-inf, inf)")
+    """(a, b, c) of the weight of the side negative between side and back (r = 1 side)."""
+    f_fsb: List[float] = ranged([1.0, 0.5, 0.967], "(-inf, inf)")
+    """(a, b, c) of the weight of the front negative between side and back."""
+
+    def check(self, root) -> None:
+        for key in ("f_fs", "f_sf", "f_sb", "f_fsb"):
+            if len(getattr(self, key)) != 3:
+                raise ConfigError(f"guidance.perp_neg.{key} must be three numbers (a, b, c) of a exp(-b r) + c, "
+                                  f"got {list(getattr(self, key))}")
+        if _rule_of(root) == "perp_neg" and not root.guidance.view_dependent:
+            raise ConfigError("guidance.type=perp_neg needs guidance.view_dependent=true (its prompts are per view)")
+
+
+@section
+class VSDConfig:
+    """guidance.vsd: variational score distillation (guidance.type=vsd; ProlificDreamer; guidance/vsd.py)."""
+
+    lora_rank: int = ranged(4, "[1, inf)")
+    """Rank of the LoRA on the UNet's attention projections (to_q, to_k, to_v, to_out)."""
+    lr: float = ranged(0.001, "(0, inf)")
+    """Adam learning rate of the LoRA and its camera embedding."""
+    camera_dropout: float = ranged(0.1, "[0, 1]")
+    """Probability of a zero camera condition in the LoRA's training loss (classifier-free training)."""
+
+    def check(self, root) -> None:
+        g = root.guidance
+        if _rule_of(root) == "vsd" and g.model_type != "stable_diffusion":
+            raise ConfigError(f"guidance.type=vsd trains a LoRA of Stable Diffusion's UNet: needs "
+                              f"guidance.model_type=stable_diffusion, got guidance.model_type={g.model_type} "
+                              f"(or use guidance.type=sds or perp_neg with {g.model_type})")
+
+
+@section
+class DeepFloydConfig:
+    """guidance.deepfloyd: DeepFloyd IF stage I, a pixel-space prior read by T5 (guidance.model_type=deepfloyd)."""
+
+    max_length: int = ranged(77, "[1, inf)")
+    """T5 tokens per text, padded or truncated; IF was trained with 77 (diffusers' IFPipeline)."""
+    variant: Optional[str] = None
+    """Weight files to load: null = the full-precision ones; fp16 = IF's *.fp16.safetensors (half the download)."""
+
+
+@section
+class GuidanceConfig:
+    """guidance: the rule that grades the renders (type), the model that predicts the noise (model_type), the SDS settings."""
+
+    type: str = choice("sds", RULES)
+    """The rule: sds (score distillation), perp_neg (SDS with Perp-Neg view negatives), vsd (ProlificDreamer's variational score distillation, Stable Diffusion only) or clip (Dream Fields' CLIP similarity, its own model)."""
+    model_type: str = choice("stable_diffusion", MODEL_TYPES)
+    """The noise predictor of sds, perp_neg and vsd: stable_diffusion, deepfloyd (DeepFloyd IF stage I, pixel space) or prior (the embedded offline prior); clip does not read it."""
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    """Hub id or local folder of the guidance model."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of the model."""
+    guidance_scale: float = ranged(100.0, "[0, inf)")
+    """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u)."""
+    preview_scale: float = ranged(7.5, "[0, inf)")
+    """Guidance scale of the 2D preview's DDIM sampling (not the SDS scale; 7.5 is Stable Diffusion's default)."""
+    t_min: float = ranged(0.02, "(0, 1)")
+    """Smallest diffusion time, as a fraction of the 1000 training steps."""
+    t_max: float = ranged(0.98, "(0, 1)")
+    """Largest diffusion time at the start of training."""
+    t_anneal: str = choice("none", ("none", "linear", "sqrt"))
+    """How t_max moves toward t_max_end: none, linear or sqrt."""
+    t_max_end: float = ranged(0.5, "(0, 1)")
+    """T_max at the end of training when t_anneal is not none."""
+    weighting: str = choice("sds", ("sds", "uniform", "fantasia3d"))
+    """W(t): sds (1 - abar_t), uniform, or fantasia3d (sqrt(abar_t) (1 - abar_t))."""
+    grad_clip: float = ranged(0.0, "[0, inf)")
+    """Clamp each element of the SDS gradient to [-grad_clip, grad_clip]; 0 disables."""
+    view_dependent: bool = True
+    """Append front/side/back/overhead view to the prompt by camera."""
+    half_precision: bool = True
+    """Run the frozen model in fp16 on CUDA (always fp32 on CPU); read when guidance.dtype is auto."""
+    dtype: str = choice("auto", ("auto", "fp32", "fp16", "bf16"))
+    """Precision of the frozen UNet and VAE: auto (see half_precision), fp32, fp16 (CUDA only) or bf16."""
+    channels_last: bool = False
+    """Store the UNet and VAE convolution weights channels-last (NHWC), the layout tensor cores prefer."""
+    attention: str = choice("sdpa", ("sdpa", "classic"))
+    """Attention kernel of the UNet and VAE: sdpa (fused torch scaled_dot_product_attention) or classic."""
+    compile: bool = False
+    """Torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
+    vae_resolution: int = ranged(512, "[1, inf)")
+    """Renders are resized to this before the VAE encodes them."""
+    latent_render: bool = False
+    """Latent-NeRF: the field renders SD's 4 latent channels (albedo only, no lighting) at render.width x height (64 for SD) and SDS skips the VAE; nerf / triplane with guidance.model_type=stable_diffusion."""
+    prior: PriorConfig = dc_field(default_factory=PriorConfig)
+    clip: ClipConfig = dc_field(default_factory=ClipConfig)
+    perp_neg: PerpNegConfig = dc_field(default_factory=PerpNegConfig)
+    vsd: VSDConfig = dc_field(default_factory=VSDConfig)
+    deepfloyd: DeepFloydConfig = dc_field(default_factory=DeepFloydConfig)
+
+    @property
+    def model_kind(self) -> str:
+        """The model this guidance loads: ``model_type``, or clip for the CLIP rule (its own model)."""
+        return "clip" if self.type == "clip" else self.model_type
+
+    @property
+    def label(self) -> str:
+        """The rule on its model as run.json and the report show it: sds/prior, perp_neg/deepfloyd, clip, ..."""
+        return "clip" if self.type == "clip" else f"{self.type}/{self.model_type}"
+
+    def check(self, root) -> None:
+        if self.t_min > self.t_max:
+            raise ConfigError(f"need 0 < guidance.t_min <= guidance.t_max < 1, got {self.t_min} and {self.t_max}")
+        if self.latent_render and self.model_kind != "stable_diffusion":
+            got = "guidance.type=clip" if self.type == "clip" else f"guidance.model_type={self.model_type}"
+            raise ConfigError(f"{LATENT_NEEDS_SD}, got {got}: set guidance.latent_render=false")
+
+
+REPLACED: dict[str, str] = {
+    "guidance.perp_neg.enabled": "guidance.type=perp_neg",
+    "guidance.vsd.enabled": "guidance.type=vsd",
+    "guidance.type=prior": "guidance.model_type=prior (with guidance.type=sds)",
+    "guidance.type=deepfloyd": "guidance.model_type=deepfloyd (with guidance.type=sds)",
+}
+"""Old guidance keys (and key=value settings) of earlier versions -> the setting that replaces them."""
+
+
+def replaced_message(key: str, value: Any) -> str | None:
+    """The one-line answer to an old guidance key or value (None when ``key=value`` is current)."""
+    if key in REPLACED:
+        return (f"config key '{key}' is gone: the rule is guidance.type now, set {REPLACED[key]} "
+                f"(or guidance.type=sds for plain SDS)")
+    setting = f"{key}={value}"
+    if setting in REPLACED:
+        return f"{setting} is now {REPLACED[setting]}"
+    return None
+
+
+def migrate_guidance(flat: dict[str, Any]) -> dict[str, Any]:
+    """A run folder's config.yaml keys written before the rule and the model were apart ({dotted key: value}) ->
+    the same settings now: type=prior|deepfloyd -> model_type, the perp_neg / vsd flags -> type."""
+    flat = dict(flat)
+    old_type = flat.get("guidance.type")
+    perp_neg, vsd = flat.pop("guidance.perp_neg.enabled", False), flat.pop("guidance.vsd.enabled", False)
+    if old_type in ("prior", "deepfloyd"):
+        flat["guidance.model_type"] = old_type
+        flat["guidance.type"] = "sds"
+    if flat.get("guidance.type", "sds") == "sds":
+        if vsd:
+            flat["guidance.type"] = "vsd"
+        elif perp_neg:
+            flat["guidance.type"] = "perp_neg"
+    return flat
