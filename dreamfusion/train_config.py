@@ -1,13 +1,15 @@
-"""The trainer's config sections: camera sampling (camera.*) and the loss weights (loss.*); ``train.py`` reads them."""
+"""The trainer's config sections: camera sampling (camera.*), Adam and the learning rate of every parameter group
+(optim.*; a field's ``param_groups`` reads its own rates from it) and the loss weights (loss.*)."""
 
 from __future__ import annotations
 
+from dataclasses import field as dc_field
 from typing import List
 
 from .errors import ConfigError
 from .settings import ranged, section
 
-__all__ = ["CameraConfig", "LossConfig"]
+__all__ = ["CameraConfig", "OptimConfig", "GaussianOptimConfig", "LossConfig"]
 
 
 @section
@@ -36,6 +38,53 @@ class CameraConfig:
             value = getattr(self, key)
             if len(value) != 2 or value[0] > value[1]:
                 raise ConfigError(f"camera.{key} must be [min, max] with min <= max, got {list(value)}")
+
+
+@section
+class GaussianOptimConfig:
+    """optim.gaussian: per-parameter learning rates of the Gaussian field (3DGS / DreamGaussian)."""
+
+    position_lr: float = ranged(0.005, "(0, inf)")
+    """Adam learning rate of the means at step 0."""
+    position_lr_final: float = ranged(0.0002, "[0, inf)")
+    """Learning rate of the means after position_lr_steps (log-linear decay)."""
+    position_lr_steps: int = ranged(600, "[0, inf)")
+    """Steps over which the means' learning rate decays."""
+    color_lr: float = ranged(0.01, "[0, inf)")
+    """Learning rate of the SH colour coefficients (higher degrees at 1/20 of it)."""
+    opacity_lr: float = ranged(0.05, "[0, inf)")
+    """Learning rate of the opacity logits."""
+    scale_lr: float = ranged(0.005, "[0, inf)")
+    """Learning rate of the log-scales."""
+    rotation_lr: float = ranged(0.005, "[0, inf)")
+    """Learning rate of the quaternions."""
+
+
+@section
+class OptimConfig:
+    """optim: Adam and the learning rates of every parameter group."""
+
+    encoding_lr: float = ranged(0.01, "[0, inf)")
+    """Adam learning rate of the grid / plane / Gaussian parameters."""
+    network_lr: float = ranged(0.001, "[0, inf)")
+    """Adam learning rate of the MLPs."""
+    triplane_lr: float = ranged(0.02, "[0, inf)")
+    """Adam learning rate of the tri-plane feature planes."""
+    background_lr: float = ranged(0.001, "[0, inf)")
+    """Adam learning rate of the learned background."""
+    lr_warmup_steps: int = ranged(0, "[0, inf)")
+    """Linear learning-rate warm-up over this many steps, on top of every other schedule; 0 disables (Dream Fields: 1500)."""
+    lr_warmup_start: float = ranged(0.1, "(0, 1]")
+    """Fraction of each learning rate at step 0 of the warm-up (Dream Fields: 1e-5 -> 1e-4 is 0.1)."""
+    betas: List[float] = ranged([0.9, 0.99], "[0, 1)")
+    """Adam betas."""
+    eps: float = ranged(1e-15, "[0, inf)")
+    """Adam epsilon."""
+    gaussian: GaussianOptimConfig = dc_field(default_factory=GaussianOptimConfig)
+
+    def check(self, root) -> None:
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(self.betas)}")
 
 
 @section

@@ -14,7 +14,7 @@ interval notation, each entry's for a list; ``--help`` prints the range after th
 from __future__ import annotations
 
 from dataclasses import field as dc_field
-from typing import List, Optional
+from typing import Optional
 
 from ..export.config import ExportConfig
 from ..fields.config import LATENT_NEEDS_VOLUME, FieldConfig, GaussianConfig, HashGridConfig, TriplaneConfig
@@ -22,56 +22,13 @@ from ..guidance.config import (REPLACED, ClipConfig, DeepFloydConfig, GuidanceCo
                                VSDConfig)
 from ..renderer.config import RenderConfig
 from ..settings import choice, choices_of, ranged, section
-from ..train_config import CameraConfig, LossConfig
+from ..train_config import CameraConfig, GaussianOptimConfig, LossConfig, OptimConfig
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
            "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "REPLACED", "LATENT_NEEDS_VOLUME",
            "DeepFloydConfig"]
 
-
-
-@section
-class GaussianOptimConfig:
-    """optim.gaussian: per-parameter learning rates of the Gaussian field (3DGS / DreamGaussian)."""
-
-    position_lr: float = ranged(0.005, "(0, inf)")
-    """Adam learning rate of the means at step 0."""
-    position_lr_final: float = ranged(0.0002, "[0, inf)")
-    """Learning rate of the means after position_lr_steps (log-linear decay)."""
-    position_lr_steps: int = ranged(600, "[0, inf)")
-    """Steps over which the means' learning rate decays."""
-    color_lr: float = ranged(0.01, "[0, inf)")
-    """Learning rate of the SH colour coefficients (higher degrees at 1/20 of it)."""
-    opacity_lr: float = ranged(0.05, "[0, inf)")
-    """Learning rate of the opacity logits."""
-    scale_lr: float = ranged(0.005, "[0, inf)")
-    """Learning rate of the log-scales."""
-    rotation_lr: float = ranged(0.005, "[0, inf)")
-    """Learning rate of the quaternions."""
-
-
-@section
-class OptimConfig:
-    """optim: Adam and the learning rates of every parameter group."""
-
-    encoding_lr: float = ranged(0.01, "[0, inf)")
-    """Adam learning rate of the grid / plane / Gaussian parameters."""
-    network_lr: float = ranged(0.001, "[0, inf)")
-    """Adam learning rate of the MLPs."""
-    triplane_lr: float = ranged(0.02, "[0, inf)")
-    """Adam learning rate of the tri-plane feature planes."""
-    background_lr: float = ranged(0.001, "[0, inf)")
-    """Adam learning rate of the learned background."""
-    lr_warmup_steps: int = ranged(0, "[0, inf)")
-    """Linear learning-rate warm-up over this many steps, on top of every other schedule; 0 disables (Dream Fields: 1500)."""
-    lr_warmup_start: float = ranged(0.1, "(0, 1]")
-    """Fraction of each learning rate at step 0 of the warm-up (Dream Fields: 1e-5 -> 1e-4 is 0.1)."""
-    betas: List[float] = ranged([0.9, 0.99], "[0, 1)")
-    """Adam betas."""
-    eps: float = ranged(1e-15, "[0, inf)")
-    """Adam epsilon."""
-    gaussian: GaussianOptimConfig = dc_field(default_factory=GaussianOptimConfig)
 
 
 @section
