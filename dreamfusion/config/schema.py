@@ -1,14 +1,11 @@
-"""The config schema: one dataclass per component, the allowed values of every choice key, renamed keys.
+"""The config schema: the components' sections assembled into ``Config``, the run's own keys, and the keys of
+earlier versions.
 
-The string literal under each field is its documentation and the text ``--help`` prints. YAML files in
-``configs/`` and ``key=value`` overrides only set these fields (``loader.py`` checks them). Keys that only
-one field or guidance type reads are grouped under it: ``field.hashgrid.*``, ``field.triplane.*``,
-``field.gaussian.*``, ``optim.gaussian.*``, ``guidance.prior.*``, ``guidance.clip.*``, ``guidance.deepfloyd.*``.
-The ``field`` section (and its groups) is declared next to the fields (fields/config.py), ``render`` next to the
-renderer (renderer/config.py); this module imports and assembles them.
-
-Every numeric key is declared with ``ranged(default, "[lo, hi]")`` (``ranges.py``): its allowed values in
-interval notation, each entry's for a list; ``--help`` prints the range after the docstring.
+Each section is declared next to its component (``dreamfusion/settings.py``: ``@section``, ``ranged``, ``choice``
+and an optional ``check(root)``): ``field.*`` in fields/config.py, ``render.*`` in renderer/config.py,
+``guidance.*`` in guidance/config.py, ``export.*`` in export/config.py, ``camera.*``, ``optim.*`` and ``loss.*``
+in train_config.py. This module only assembles them; ``loader.py`` merges YAML files and key=value overrides into
+them and checks them. The string literal under each key is its documentation and the text ``--help`` prints.
 """
 
 from __future__ import annotations

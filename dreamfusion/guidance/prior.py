@@ -177,7 +177,7 @@ class EmbeddedPrior:
 
     def __init__(self, camera_cfg, prior_cfg, background: str, device):
         if background not in BACKGROUNDS:
-            raise ConfigError(f"guidance.type=prior needs a solid render.background ({', '.join(BACKGROUNDS)}), "
+            raise ConfigError(f"guidance.model_type=prior needs a solid render.background ({', '.join(BACKGROUNDS)}), "
                               f"got '{background}': the prior's images are drawn on that colour")
         self.device = torch.device(device)
         self.resolution = prior_cfg.resolution
