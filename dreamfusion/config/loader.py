@@ -144,7 +144,7 @@ def _migrate_renamed(other: DictConfig, origin: str) -> DictConfig:
     if not moved:
         return other
     example = f"{moved[0]} -> {RENAMED[moved[0]]}" if moved[0] in RENAMED else \
-        f"{moved[0]} -> guidance.type={flat.get('guidance.type', 'sds')}, guidance.model_type={flat.get('guidance.model_type', 'stable_diffusion')}"
+        f"{moved[0]} -> guidance.type={flat.get('guidance.type', 'sds')}, guidance.model_type={flat.get('guidance.model_type', 'stable_diffusion')}, model keys in its section"
     print(f"note: {origin} uses {len(moved)} old key name(s) (e.g. {example}); read with their new names",
           file=sys.stderr)
     migrated = OmegaConf.create({})

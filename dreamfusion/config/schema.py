@@ -16,7 +16,7 @@ from typing import Optional
 from ..export.config import ExportConfig
 from ..fields.config import LATENT_NEEDS_VOLUME, FieldConfig, GaussianConfig, HashGridConfig, TriplaneConfig
 from ..guidance.config import (REPLACED, ClipConfig, DeepFloydConfig, GuidanceConfig, PerpNegConfig, PriorConfig,
-                               VSDConfig)
+                               StableDiffusionConfig, VSDConfig)
 from ..renderer.config import RenderConfig
 from ..settings import choice, choices_of, ranged, section
 from ..train_config import CameraConfig, GaussianOptimConfig, LossConfig, OptimConfig
@@ -24,7 +24,7 @@ from ..train_config import CameraConfig, GaussianOptimConfig, LossConfig, OptimC
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
            "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "REPLACED", "LATENT_NEEDS_VOLUME",
-           "DeepFloydConfig"]
+           "DeepFloydConfig", "StableDiffusionConfig"]
 
 
 
@@ -75,7 +75,7 @@ def _renamed() -> dict[str, str]:
     old_to_new.update({f"field.gaussian_{k}": f"field.gaussian.{k}" for k in GaussianConfig.__dataclass_fields__})
     old_to_new.update({f"optim.gaussian_{k}": f"optim.gaussian.{k}" for k in GaussianOptimConfig.__dataclass_fields__})
     old_to_new.update({f"guidance.prior_{k}": f"guidance.prior.{k}" for k in PriorConfig.__dataclass_fields__})
-    old_to_new.update({f"guidance.clip_{k}": f"guidance.clip.{k}" for k in ClipConfig.__dataclass_fields__})
+    old_to_new.update({f"guidance.clip_{k}": f"guidance.clip.{k}" for k in ("crops", "crop_fraction")})
     return old_to_new
 
 

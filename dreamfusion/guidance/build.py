@@ -30,7 +30,7 @@ __all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "model
 
 
 class _Settings:
-    """The keys one loader reads, by their dotted names (``s["guidance.model"]``); reading any other key fails."""
+    """The keys one loader reads, by their dotted names (``s["guidance.clip.model"]``); reading any other key fails."""
 
     def __init__(self, values: dict[str, Any]):
         self._values = values
@@ -66,20 +66,16 @@ def model_settings(cfg: Any) -> _Settings:
 
 
 def _load_sd(s: _Settings, device: torch.device) -> StableDiffusion:
-    fast = SimpleNamespace(dtype=s["guidance.dtype"], channels_last=s["guidance.channels_last"],  # fastpaths.py
-                           attention=s["guidance.attention"], compile=s["guidance.compile"])
-    return StableDiffusion.load(s["guidance.model"], revision=s["guidance.revision"], device=device,
-                                half_precision=s["guidance.half_precision"], vae_resolution=s["guidance.vae_resolution"],
-                                fast_paths=fast)
+    sd = s["guidance.stable_diffusion"]  # its dtype, channels_last, attention, compile: fastpaths.py
+    return StableDiffusion.load(sd.model, revision=sd.revision, device=device, half_precision=sd.half_precision,
+                                vae_resolution=sd.vae_resolution, fast_paths=sd)
 
 
 def _load_deepfloyd(s: _Settings, device: torch.device) -> DeepFloydIF:
-    fast = SimpleNamespace(dtype=s["guidance.dtype"], channels_last=s["guidance.channels_last"],
-                           compile=s["guidance.compile"])
-    deepfloyd = s["guidance.deepfloyd"]
-    return DeepFloydIF.load(s["guidance.model"], revision=s["guidance.revision"], device=device,
-                            half_precision=s["guidance.half_precision"], max_length=deepfloyd.max_length,
-                            variant=deepfloyd.variant, fast_paths=fast)
+    deepfloyd = s["guidance.deepfloyd"]  # its dtype, channels_last, compile: fastpaths.py
+    return DeepFloydIF.load(deepfloyd.model, revision=deepfloyd.revision, device=device,
+                            half_precision=deepfloyd.half_precision, max_length=deepfloyd.max_length,
+                            variant=deepfloyd.variant, fast_paths=deepfloyd)
 
 
 def _load_prior(s: _Settings, device: torch.device):
@@ -93,8 +89,8 @@ def _load_prior(s: _Settings, device: torch.device):
 def _load_clip(s: _Settings, device: torch.device):
     from .clip import FrozenCLIP
 
-    return FrozenCLIP.load(s["guidance.model"], revision=s["guidance.revision"], device=device,
-                           half_precision=s["guidance.half_precision"])
+    return FrozenCLIP.load(s["guidance.clip.model"], revision=s["guidance.clip.revision"], device=device,
+                           half_precision=s["guidance.clip.half_precision"])
 
 
 MODELS = {"stable_diffusion": _load_sd, "deepfloyd": _load_deepfloyd, "prior": _load_prior, "clip": _load_clip}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import GuidanceConfig
+from .config import ClipConfig, GuidanceConfig
 from ..errors import ModelNotFoundError, UserError
 from .augment import crop, random_crop_boxes
 from .base import FrozenGuidance
@@ -31,7 +31,7 @@ from .hub import hub_kwargs, load_parts, looks_like_path
 
 __all__ = ["FrozenCLIP", "CLIPGuidance", "DEFAULT_CLIP"]
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch16"  # ViT-B/16, the Dream Fields paper's guidance model
+DEFAULT_CLIP = ClipConfig.model  # ViT-B/16, the Dream Fields paper's guidance model
 # OpenAI CLIP's normalisation, used when the model has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -39,7 +39,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # role -> (what the model is called in errors, how to point at a folder, hub id to suggest, mention the demo)
 _ROLES = {
-    "guidance": ("guidance model", "set guidance.model=", DEFAULT_CLIP, True),
+    "guidance": ("guidance model", "set guidance.clip.model=", DEFAULT_CLIP, True),
     "evaluation": ("evaluation CLIP", "pass --clip-model ", "openai/clip-vit-base-patch32", False),
 }
 

@@ -8,13 +8,15 @@ Two keys choose the guidance, apart from each other:
 
 Each rule owns its section and its checks (``check(self, root)``, called by the loader): Perp-Neg
 ``guidance.perp_neg.*``, VSD ``guidance.vsd.*``, CLIP ``guidance.clip.*``; the SDS keys (guidance_scale, t_*,
-weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd alike. Each model's loader owns the
-keys it reads (``MODEL_KEYS``); its sub-section (``guidance.deepfloyd.*``, ``guidance.prior.*``) plus the shared
-hub keys (model, revision, precision ...) it reads, and nothing else, make the key of a loaded model
-(``guidance.build.guidance_model_key``).
+weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd alike. Each model's loader owns its section
+(``MODEL_KEYS``): ``guidance.stable_diffusion.*``, ``guidance.deepfloyd.*``, ``guidance.prior.*`` (with the camera
+ranges and background its image set is rendered with), and CLIP's model keys in ``guidance.clip.*``; those keys'
+values, and nothing else, make the key of a loaded model (``guidance.build.guidance_model_key``).
 
 Earlier versions chose the rule with flags and mixed the model into ``guidance.type``: ``REPLACED`` names the new
-setting for each old key and value, ``migrate_guidance`` reads a run folder's config.yaml written that way.
+setting for each old key and value, ``migrate_guidance`` reads a run folder's config.yaml written that way; the
+model keys once shared on ``guidance`` (``guidance.model``, ``guidance.dtype`` ...) moved into each model's section
+(``MOVED_INTO_MODEL``).
 """
 
 from __future__ import annotations
@@ -26,21 +28,20 @@ from ..errors import ConfigError
 from ..settings import choice, ranged, section
 
 __all__ = ["GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "DeepFloydConfig",
-           "RULES", "MODEL_TYPES", "MODEL_KEYS", "LATENT_NEEDS_SD", "REPLACED", "replaced_message", "migrate_guidance"]
+           "StableDiffusionConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "MOVED_INTO_MODEL", "LATENT_NEEDS_SD", "REPLACED", "replaced_message", "migrate_guidance"]
 
 RULES = ("sds", "perp_neg", "vsd", "clip")
 """guidance.type: the rule that turns renders into a loss."""
 MODEL_TYPES = ("stable_diffusion", "deepfloyd", "prior")
+DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 """guidance.model_type: the diffusion model that predicts the noise for sds, perp_neg and vsd."""
 
 MODEL_KEYS: dict[str, tuple[str, ...]] = {
-    "stable_diffusion": ("guidance.model", "guidance.revision", "guidance.half_precision", "guidance.dtype",
-                         "guidance.channels_last", "guidance.attention", "guidance.compile", "guidance.vae_resolution"),
-    "deepfloyd": ("guidance.model", "guidance.revision", "guidance.half_precision", "guidance.dtype",
-                  "guidance.channels_last", "guidance.compile", "guidance.deepfloyd"),
+    "stable_diffusion": ("guidance.stable_diffusion",),
+    "deepfloyd": ("guidance.deepfloyd",),
     "prior": ("guidance.prior", "camera.elevation_range", "camera.azimuth_range", "camera.distance_range",
               "camera.fovy_range", "render.background"),
-    "clip": ("guidance.model", "guidance.revision", "guidance.half_precision"),
+    "clip": ("guidance.clip.model", "guidance.clip.revision", "guidance.clip.half_precision"),
 }
 """The keys each model's loader reads, a section name standing for all its keys; the loader is handed these and
 nothing else (guidance/build.py ``model_settings``), and the loaded model's key is their values."""
@@ -66,8 +67,14 @@ class PriorConfig:
 
 @section
 class ClipConfig:
-    """guidance.clip: Dream Fields' CLIP guidance (guidance.type=clip)."""
+    """guidance.clip: Dream Fields' CLIP guidance (guidance.type=clip) and the CLIP model it loads."""
 
+    model: str = "openai/clip-vit-base-patch16"
+    """Hub id or local folder of the CLIP model (ViT-B/16, the Dream Fields paper's guidance model)."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of the CLIP model."""
+    half_precision: bool = True
+    """Run CLIP in fp16 on CUDA (always fp32 on CPU)."""
     crops: int = ranged(4, "[1, inf)")
     """Augmented crops per step."""
     crop_fraction: float = ranged(0.8, "(0, 1]")
@@ -119,10 +126,44 @@ class VSDConfig:
 class DeepFloydConfig:
     """guidance.deepfloyd: DeepFloyd IF stage I, a pixel-space prior read by T5 (guidance.model_type=deepfloyd)."""
 
+    model: str = "DeepFloyd/IF-I-XL-v1.0"
+    """Hub id or local folder of IF stage I (the 4.3B-parameter XL UNet; IF-I-L-v1.0 / IF-I-M-v1.0 are smaller)."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of the model."""
+    half_precision: bool = True
+    """Run the frozen UNet in fp16 on CUDA (always fp32 on CPU); read when guidance.deepfloyd.dtype is auto."""
+    dtype: str = choice("auto", DTYPE_CHOICES)
+    """Precision of the frozen UNet: auto (see half_precision), fp32, fp16 (CUDA only) or bf16."""
+    channels_last: bool = False
+    """Store the UNet's convolution weights channels-last (NHWC), the layout tensor cores prefer."""
+    compile: bool = False
+    """Torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
     max_length: int = ranged(77, "[1, inf)")
     """T5 tokens per text, padded or truncated; IF was trained with 77 (diffusers' IFPipeline)."""
     variant: Optional[str] = None
     """Weight files to load: null = the full-precision ones; fp16 = IF's *.fp16.safetensors (half the download)."""
+
+
+@section
+class StableDiffusionConfig:
+    """guidance.stable_diffusion: the Stable Diffusion checkpoint and its speed switches (guidance.model_type=stable_diffusion)."""
+
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    """Hub id or local folder of the Stable Diffusion model."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of the model."""
+    half_precision: bool = True
+    """Run the frozen model in fp16 on CUDA (always fp32 on CPU); read when guidance.stable_diffusion.dtype is auto."""
+    dtype: str = choice("auto", DTYPE_CHOICES)
+    """Precision of the frozen UNet and VAE: auto (see half_precision), fp32, fp16 (CUDA only) or bf16."""
+    channels_last: bool = False
+    """Store the UNet and VAE convolution weights channels-last (NHWC), the layout tensor cores prefer."""
+    attention: str = choice("sdpa", ("sdpa", "classic"))
+    """Attention kernel of the UNet and VAE: sdpa (fused torch scaled_dot_product_attention) or classic."""
+    compile: bool = False
+    """Torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
+    vae_resolution: int = ranged(512, "[1, inf)")
+    """Renders are resized to this before the VAE encodes them."""
 
 
 @section
@@ -133,10 +174,6 @@ class GuidanceConfig:
     """The rule: sds (score distillation), perp_neg (SDS with Perp-Neg view negatives), vsd (ProlificDreamer's variational score distillation, Stable Diffusion only) or clip (Dream Fields' CLIP similarity, its own model)."""
     model_type: str = choice("stable_diffusion", MODEL_TYPES)
     """The noise predictor of sds, perp_neg and vsd: stable_diffusion, deepfloyd (DeepFloyd IF stage I, pixel space) or prior (the embedded offline prior); clip does not read it."""
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    """Hub id or local folder of the guidance model."""
-    revision: Optional[str] = None
-    """Hub revision (branch, tag or commit) of the model."""
     guidance_scale: float = ranged(100.0, "[0, inf)")
     """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u)."""
     preview_scale: float = ranged(7.5, "[0, inf)")
@@ -155,18 +192,6 @@ class GuidanceConfig:
     """Clamp each element of the SDS gradient to [-grad_clip, grad_clip]; 0 disables."""
     view_dependent: bool = True
     """Append front/side/back/overhead view to the prompt by camera."""
-    half_precision: bool = True
-    """Run the frozen model in fp16 on CUDA (always fp32 on CPU); read when guidance.dtype is auto."""
-    dtype: str = choice("auto", ("auto", "fp32", "fp16", "bf16"))
-    """Precision of the frozen UNet and VAE: auto (see half_precision), fp32, fp16 (CUDA only) or bf16."""
-    channels_last: bool = False
-    """Store the UNet and VAE convolution weights channels-last (NHWC), the layout tensor cores prefer."""
-    attention: str = choice("sdpa", ("sdpa", "classic"))
-    """Attention kernel of the UNet and VAE: sdpa (fused torch scaled_dot_product_attention) or classic."""
-    compile: bool = False
-    """Torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
-    vae_resolution: int = ranged(512, "[1, inf)")
-    """Renders are resized to this before the VAE encodes them."""
     latent_render: bool = False
     """Latent-NeRF: the field renders SD's 4 latent channels (albedo only, no lighting) at render.width x height (64 for SD) and SDS skips the VAE; nerf / triplane with guidance.model_type=stable_diffusion."""
     prior: PriorConfig = dc_field(default_factory=PriorConfig)
@@ -174,6 +199,7 @@ class GuidanceConfig:
     perp_neg: PerpNegConfig = dc_field(default_factory=PerpNegConfig)
     vsd: VSDConfig = dc_field(default_factory=VSDConfig)
     deepfloyd: DeepFloydConfig = dc_field(default_factory=DeepFloydConfig)
+    stable_diffusion: StableDiffusionConfig = dc_field(default_factory=StableDiffusionConfig)
 
     @property
     def model_kind(self) -> str:
@@ -193,17 +219,34 @@ class GuidanceConfig:
             raise ConfigError(f"{LATENT_NEEDS_SD}, got {got}: set guidance.latent_render=false")
 
 
+MOVED_INTO_MODEL: dict[str, tuple[str, ...]] = {
+    "model": ("stable_diffusion", "deepfloyd", "clip"), "revision": ("stable_diffusion", "deepfloyd", "clip"),
+    "half_precision": ("stable_diffusion", "deepfloyd", "clip"), "dtype": ("stable_diffusion", "deepfloyd"),
+    "channels_last": ("stable_diffusion", "deepfloyd"), "attention": ("stable_diffusion",),
+    "compile": ("stable_diffusion", "deepfloyd"), "vae_resolution": ("stable_diffusion",),
+}
+"""Keys that sat on ``guidance`` before issue 21 -> the model sections that hold them now (guidance.<model>.<key>)."""
+
+
+def _moved_to(leaf: str) -> str:
+    names = [f"guidance.{kind}.{leaf}" for kind in MOVED_INTO_MODEL[leaf]]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 REPLACED: dict[str, str] = {
     "guidance.perp_neg.enabled": "guidance.type=perp_neg",
     "guidance.vsd.enabled": "guidance.type=vsd",
     "guidance.type=prior": "guidance.model_type=prior (with guidance.type=sds)",
     "guidance.type=deepfloyd": "guidance.model_type=deepfloyd (with guidance.type=sds)",
+    **{f"guidance.{leaf}": _moved_to(leaf) for leaf in MOVED_INTO_MODEL},
 }
 """Old guidance keys (and key=value settings) of earlier versions -> the setting that replaces them."""
 
 
 def replaced_message(key: str, value: Any) -> str | None:
     """The one-line answer to an old guidance key or value (None when ``key=value`` is current)."""
+    if key.startswith("guidance.") and key[len("guidance."):] in MOVED_INTO_MODEL:
+        return f"config key '{key}' moved into its model's section: {REPLACED[key]}"
     if key in REPLACED:
         return (f"config key '{key}' is gone: the rule is guidance.type now, set {REPLACED[key]} "
                 f"(or guidance.type=sds for plain SDS)")
@@ -215,7 +258,9 @@ def replaced_message(key: str, value: Any) -> str | None:
 
 def migrate_guidance(flat: dict[str, Any]) -> dict[str, Any]:
     """A run folder's config.yaml keys written before the rule and the model were apart ({dotted key: value}) ->
-    the same settings now: type=prior|deepfloyd -> model_type, the perp_neg / vsd flags -> type."""
+    the same settings now: type=prior|deepfloyd -> model_type, the perp_neg / vsd flags -> type, and the model keys
+    once shared on ``guidance`` (model, revision, dtype ...) -> the section of that run's model (dropped where
+    its loader never read them, e.g. for the prior)."""
     flat = dict(flat)
     old_type = flat.get("guidance.type")
     perp_neg, vsd = flat.pop("guidance.perp_neg.enabled", False), flat.pop("guidance.vsd.enabled", False)
@@ -227,4 +272,10 @@ def migrate_guidance(flat: dict[str, Any]) -> dict[str, Any]:
             flat["guidance.type"] = "vsd"
         elif perp_neg:
             flat["guidance.type"] = "perp_neg"
+    kind = "clip" if flat.get("guidance.type") == "clip" else flat.get("guidance.model_type", "stable_diffusion")
+    for leaf, kinds in MOVED_INTO_MODEL.items():
+        if f"guidance.{leaf}" in flat:
+            value = flat.pop(f"guidance.{leaf}")
+            if kind in kinds:
+                flat[f"guidance.{kind}.{leaf}"] = value
     return flat

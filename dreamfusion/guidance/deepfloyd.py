@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import GuidanceConfig
+from .config import DeepFloydConfig
 from ..errors import ConfigError, ModelNotFoundError, UserError
 from ..io import atomic_write
 from .fastpaths import resolve_dtype
@@ -41,7 +41,7 @@ from .prompts import TextConditioning, prompt_texts, slugify
 
 __all__ = ["DeepFloydIF", "DEFAULT_MODEL", "t5_cache_dir"]
 
-DEFAULT_MODEL = "DeepFloyd/IF-I-XL-v1.0"
+DEFAULT_MODEL = DeepFloydConfig.model
 MAX_LENGTH = 77  # IFPipeline.encode_prompt: "the text encoder was trained with a max length of 77 for IF"
 CACHE_VERSION = 1
 SUBFOLDERS = ("unet", "scheduler", "text_encoder", "tokenizer")
@@ -58,7 +58,7 @@ def t5_cache_dir() -> Path:
 def _how_to_get(model: str) -> str:
     hub_id = model if not looks_like_path(model) else DEFAULT_MODEL
     return (f"accept the DeepFloyd IF license on huggingface.co/{hub_id}, log in (`hf auth login`), download it "
-            f"with `hf download {hub_id} --local-dir <folder>` and set guidance.model=/path/to/folder "
+            f"with `hf download {hub_id} --local-dir <folder>` and set guidance.deepfloyd.model=/path/to/folder "
             f"(a folder holding {' '.join(s + '/' for s in SUBFOLDERS)})")
 
 
@@ -156,15 +156,16 @@ class DeepFloydIF(TextUNetPredictor):
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, revision: str | None = None, device: str | torch.device = "cpu",
              half_precision: bool = True, max_length: int = MAX_LENGTH, variant: str | None = None,
-             fast_paths: GuidanceConfig | None = None, cache: bool = True) -> "DeepFloydIF":
+             fast_paths: DeepFloydConfig | None = None, cache: bool = True) -> "DeepFloydIF":
         """Load the UNet and scheduler from a hub id or a local folder; fp16 on CUDA when half_precision.
 
         The tokenizer and T5 are loaded later, only for texts not in the T5 cache (``cache=False``: always).
-        ``fast_paths`` (the run's GuidanceConfig) sets dtype, channels_last and compile of the UNet; IF's UNet
-        keeps diffusers' own attention (added-KV, SDPA), so guidance.attention does not apply.
+        ``fast_paths`` (the run's guidance.deepfloyd section) sets dtype, channels_last and compile of the UNet;
+        IF's UNet keeps diffusers' own attention (added-KV, SDPA): guidance.stable_diffusion.attention has no twin.
         """
-        fast = fast_paths if fast_paths is not None else GuidanceConfig()
-        dtype = resolve_dtype(fast.dtype, half_precision, device)  # before any file or hub access
+        fast = fast_paths if fast_paths is not None else DeepFloydConfig()
+        # before any file or hub access
+        dtype = resolve_dtype(fast.dtype, half_precision, device, "guidance.deepfloyd.dtype")
         if max_length <= 0:
             raise ConfigError(f"guidance.deepfloyd.max_length must be positive, got {max_length}")
         how = _how_to_get(model)

@@ -1,9 +1,11 @@
 """Speed switches of the frozen Stable Diffusion, each with a plain twin that tests compare it against.
 
-    guidance.dtype          auto | fp32 | fp16 | bf16   weights and activations of the UNet and VAE
-    guidance.channels_last  bool                        NHWC weights (tensor-core convolutions prefer it)
-    guidance.attention      sdpa | classic              fused torch SDPA vs explicit softmax(QK^T / sqrt(d)) V
-    guidance.compile        bool                        torch.compile of the UNet
+    guidance.stable_diffusion.dtype          auto | fp32 | fp16 | bf16   weights and activations of the UNet and VAE
+    guidance.stable_diffusion.channels_last  bool                        NHWC weights (tensor-core convolutions prefer it)
+    guidance.stable_diffusion.attention      sdpa | classic              fused torch SDPA vs softmax(QK^T / sqrt(d)) V
+    guidance.stable_diffusion.compile        bool                        torch.compile of the UNet
+
+(DeepFloyd IF reads the same dtype, channels_last and compile from guidance.deepfloyd.*.)
 
 Precision is whole-model (weights cast once at load, as threestudio and stable-dreamfusion run SD),
 not ``torch.autocast``: autocast would re-cast the 860M UNet weights on every forward. The SDS rule
@@ -24,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import GuidanceConfig
+from .config import StableDiffusionConfig
 from ..errors import ConfigError
 
 __all__ = ["DTYPES", "resolve_dtype", "set_attention", "apply_fast_paths"]
@@ -32,8 +34,9 @@ __all__ = ["DTYPES", "resolve_dtype", "set_attention", "apply_fast_paths"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def resolve_dtype(dtype: str, half_precision: bool, device: str | torch.device) -> torch.dtype:
-    """The torch dtype of the UNet and VAE for ``guidance.dtype`` on ``device``.
+def resolve_dtype(dtype: str, half_precision: bool, device: str | torch.device,
+                  key: str = "guidance.stable_diffusion.dtype") -> torch.dtype:
+    """The torch dtype of the UNet and VAE for ``dtype`` (the config key ``key``) on ``device``.
 
     auto: fp16 on CUDA when ``half_precision`` (the long-standing default), fp32 otherwise.
     fp32 / fp16 / bf16: that dtype; fp16 raises ConfigError off CUDA.
@@ -42,9 +45,9 @@ def resolve_dtype(dtype: str, half_precision: bool, device: str | torch.device) 
     if dtype == "auto":
         return torch.float16 if (half_precision and device.type == "cuda") else torch.float32
     if dtype not in DTYPES:
-        raise ConfigError(f"bad value '{dtype}' for 'guidance.dtype': choose one of auto, {', '.join(DTYPES)}")
+        raise ConfigError(f"bad value '{dtype}' for '{key}': choose one of auto, {', '.join(DTYPES)}")
     if dtype == "fp16" and device.type != "cuda":
-        raise ConfigError(f"guidance.dtype=fp16 needs a CUDA device, got {device}: use guidance.dtype=fp32 "
+        raise ConfigError(f"{key}=fp16 needs a CUDA device, got {device}: use {key}=fp32 "
                           f"(or bf16 on a CPU with native bf16)")
     return DTYPES[dtype]
 
@@ -60,12 +63,12 @@ def set_attention(module: nn.Module, kind: str) -> None:
 
     processors = {"sdpa": AttnProcessor2_0, "classic": AttnProcessor}
     if kind not in processors:
-        raise ConfigError(f"bad value '{kind}' for 'guidance.attention': choose one of {', '.join(processors)}")
+        raise ConfigError(f"bad value '{kind}' for 'guidance.stable_diffusion.attention': choose one of {', '.join(processors)}")
     if module.attn_processors:  # a model without attention layers has nothing to set
         module.set_attn_processor(processors[kind]())
 
 
-def apply_fast_paths(unet: nn.Module, vae: nn.Module, cfg: GuidanceConfig, device: str | torch.device) -> None:
+def apply_fast_paths(unet: nn.Module, vae: nn.Module, cfg: StableDiffusionConfig, device: str | torch.device) -> None:
     """Apply ``cfg``'s attention, memory-format and compile switches to a loaded UNet and VAE, in place.
 
     The modules must already be on ``device`` in their final dtype (``resolve_dtype`` picks it at load);

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import GuidanceConfig
+from .config import StableDiffusionConfig
 from ..errors import ModelNotFoundError
 from .fastpaths import apply_fast_paths, resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
@@ -23,12 +23,12 @@ from .prediction import TextUNetPredictor, prediction_type
 from .prompts import TextConditioning, prompt_texts
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-DEFAULT_MODEL = GuidanceConfig.model
+DEFAULT_MODEL = StableDiffusionConfig.model
 
 
 def _how_to_get(model: str) -> str:
     hub_id = model if not looks_like_path(model) else DEFAULT_MODEL
-    return (f"download it with `hf download {hub_id} --local-dir <folder>` and set guidance.model=/path/to/folder "
+    return (f"download it with `hf download {hub_id} --local-dir <folder>` and set guidance.stable_diffusion.model=/path/to/folder "
             f"(a folder holding {' '.join(s + '/' for s in SUBFOLDERS)}), "
             f"or run the offline demo: python -m dreamfusion --config demo prompt=\"a red cube\"")
 
@@ -80,13 +80,13 @@ class StableDiffusion(TextUNetPredictor):
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, revision: str | None = None, device: str | torch.device = "cpu",
              half_precision: bool = True, vae_resolution: int = 512,
-             fast_paths: GuidanceConfig | None = None) -> "StableDiffusion":
+             fast_paths: StableDiffusionConfig | None = None) -> "StableDiffusion":
         """Load from a hub id or a local folder; fp16 on CUDA when half_precision, fp32 otherwise.
 
-        ``fast_paths`` (the run's GuidanceConfig) sets dtype, channels_last, attention and compile
+        ``fast_paths`` (the run's guidance.stable_diffusion section) sets dtype, channels_last, attention and compile
         (guidance/fastpaths.py); None keeps the defaults (dtype auto, sdpa attention).
         """
-        fast = fast_paths if fast_paths is not None else GuidanceConfig()
+        fast = fast_paths if fast_paths is not None else StableDiffusionConfig()
         dtype = resolve_dtype(fast.dtype, half_precision, device)  # before any file or hub access
         how = _how_to_get(model)
         source, local = resolve_model(model, SUBFOLDERS, "guidance model", how)
