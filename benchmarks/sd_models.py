@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from dreamfusion.config import GuidanceConfig
+from dreamfusion.config import StableDiffusionConfig
 from dreamfusion.guidance import StableDiffusion
 from dreamfusion.guidance.fastpaths import apply_fast_paths, resolve_dtype
 
@@ -81,7 +81,7 @@ def _tiny_components():
     return unet, vae, text_encoder
 
 
-def build_stable_diffusion(kind: str, device: torch.device, fast: GuidanceConfig, vae_resolution: int = 512,
+def build_stable_diffusion(kind: str, device: torch.device, fast: StableDiffusionConfig, vae_resolution: int = 512,
                            seed: int = 0) -> StableDiffusion:
     """A random-weight ``StableDiffusion`` (``kind`` full | tiny) on ``device`` with ``fast``'s switches applied
     exactly as ``StableDiffusion.load`` applies them."""

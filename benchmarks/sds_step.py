@@ -45,7 +45,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repo, when i
 
 import torch  # noqa: E402
 
-from dreamfusion.config import GuidanceConfig, load_config  # noqa: E402
+from dreamfusion.config import StableDiffusionConfig, load_config  # noqa: E402
 from dreamfusion.guidance import SDSGuidance  # noqa: E402
 from dreamfusion.guidance.perp_neg import PerpNegGuidance  # noqa: E402
 from dreamfusion.guidance.vsd import VSDGuidance  # noqa: E402
@@ -116,7 +116,7 @@ class TimedPredictor:
         return self._timed("unet", self.sd.predict_eps, x_t, t, embeddings, **kwargs)
 
 
-def build_prior(args, device: torch.device, fast: GuidanceConfig, vae_resolution: int | None):
+def build_prior(args, device: torch.device, fast: StableDiffusionConfig, vae_resolution: int | None):
     """The noise predictor under test: random-weight Stable Diffusion (``--model``) or DeepFloyd IF (``--deepfloyd``)."""
     if not args.deepfloyd:
         return build_stable_diffusion(args.model, device, fast, vae_resolution=vae_resolution)
@@ -148,7 +148,7 @@ class Step:
     """``Trainer.train_step`` on the default NeRF + SDS config; its renderer, guidance and optimizer step are
     wrapped so a timed step records when each part ends."""
 
-    def __init__(self, args, device: torch.device, fast: GuidanceConfig, run_dir: Path):
+    def __init__(self, args, device: torch.device, fast: StableDiffusionConfig, run_dir: Path):
         self.clock = Clock(device)
         cfg = step_config(args, device)
         self.sd = build_prior(args, device, fast, args.vae_resolution)
@@ -235,13 +235,14 @@ def time_floor(floor_call: "Floor", args, clock: Clock, device: torch.device) ->
     return ms_stats(floor, floor_cpu if device.type == "cpu" else None)
 
 
-def run_fit(args, device: torch.device, fast: GuidanceConfig, clock: Clock) -> dict:
+def run_fit(args, device: torch.device, fast: StableDiffusionConfig, clock: Clock) -> dict:
     """Seconds for ``--fit-steps`` steps of ``Trainer.fit`` on configs/``--config`` with the random SD model."""
     cfg = load_config(args.config, [f"steps={args.fit_steps}", f"device={device.type}", "preview_every=0",
-                                    f"checkpoint_every={10 ** 9}", f"guidance.dtype={args.dtype}"]
-                      + ([f"guidance.vae_resolution={args.vae_resolution}"] if args.vae_resolution else []))
+                                    f"checkpoint_every={10 ** 9}", f"guidance.stable_diffusion.dtype={args.dtype}",
+                                    f"guidance.deepfloyd.dtype={args.dtype}"]
+                      + ([f"guidance.stable_diffusion.vae_resolution={args.vae_resolution}"] if args.vae_resolution else []))
     t0 = time.perf_counter()
-    sd = build_prior(args, device, fast, cfg.guidance.vae_resolution)
+    sd = build_prior(args, device, fast, cfg.guidance.stable_diffusion.vae_resolution)
     floor_call = Floor(sd)
     build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as run_dir:
@@ -266,7 +267,7 @@ def run_fit(args, device: torch.device, fast: GuidanceConfig, clock: Clock) -> d
 
 def run(args) -> dict:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    fast = GuidanceConfig(dtype=args.dtype, channels_last=args.channels_last, attention=args.attention,
+    fast = StableDiffusionConfig(dtype=args.dtype, channels_last=args.channels_last, attention=args.attention,
                           compile=args.compile, half_precision=True)
     clock = Clock(device)
     if args.config:
@@ -351,10 +352,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="resize before the VAE (default 512 full -> 64x64 latents; 128 tiny -> 64x64 latents)")
     p.add_argument("--shading", choices=("albedo", "lambertian", "textureless"), default="albedo",
                    help="albedo (warm-up) or a lit shading, which adds the normals' double backward")
-    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto", help="guidance.dtype")
-    p.add_argument("--channels-last", action="store_true", help="guidance.channels_last")
-    p.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa", help="guidance.attention")
-    p.add_argument("--compile", action="store_true", help="guidance.compile (warm-up absorbs compilation)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto", help="guidance.stable_diffusion.dtype (guidance.dtype before issue 21)")
+    p.add_argument("--channels-last", action="store_true", help="guidance.stable_diffusion.channels_last")
+    p.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa", help="guidance.stable_diffusion.attention")
+    p.add_argument("--compile", action="store_true", help="guidance.stable_diffusion.compile (warm-up absorbs compilation)")
     p.add_argument("--latent-render", action="store_true",
                    help="guidance.latent_render: the field renders 4 latent channels at --height x --width and the "
                         "'encode' part is only a reshape (no VAE)")

@@ -44,7 +44,7 @@ PROMPT = "a peacock on a surfboard"
 # the resumed run can be compared with the straight one (t_anneal=none: the schedule must not depend
 # on the total step count, which differs between the 6-step run and its resumption).
 FIELD = ["field.hashgrid.n_levels=4", "field.hashgrid.log2_hashmap_size=12", "field.hashgrid.base_resolution=8", "field.hidden_dim=16"]
-TRAIN = ["device=cpu", "render.width=32", "render.height=32", "render.n_samples=32", "guidance.vae_resolution=32",
+TRAIN = ["device=cpu", "render.width=32", "render.height=32", "render.n_samples=32", "guidance.stable_diffusion.vae_resolution=32",
          "guidance.t_anneal=none", "log_every=1", *FIELD]
 EXPORT = ["export.resolution=32", "render.eval_grid=32", "export.texture_size=128", "export.video_frames=30", "export.video_resolution=32"]
 CHEAP_EXPORT = ["export.resolution=24", "export.texture=vertex", "export.video_frames=2", "export.video_resolution=16"]
@@ -98,7 +98,7 @@ def validate_glb(path: Path) -> dict:
 def finished(tmp_path_factory, tiny_sd_dir):
     """One 10-step run with the tiny Stable Diffusion: (output_dir, run_dir, stdout, stderr)."""
     out_dir = tmp_path_factory.mktemp("runs")
-    rc, out, err = run_cli([f"prompt={PROMPT}", f"guidance.model={tiny_sd_dir}", f"output_dir={out_dir}", "steps=10",
+    rc, out, err = run_cli([f"prompt={PROMPT}", f"guidance.stable_diffusion.model={tiny_sd_dir}", f"output_dir={out_dir}", "steps=10",
                             "checkpoint_every=5", "preview_every=5", "preview_resolution=48", *TRAIN, *EXPORT])
     assert rc == 0, err
     return out_dir, Path(last_line(out)), out, err
@@ -115,7 +115,7 @@ def test_run_folder_holds_every_artifact_and_is_the_last_stdout_line(finished, t
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.rglob("*.tmp*"))
     # config.yaml is the resolved config: it loads back to what the command line asked for.
-    asked = load_config(None, [f"prompt={PROMPT}", f"guidance.model={tiny_sd_dir}", f"output_dir={out_dir}",
+    asked = load_config(None, [f"prompt={PROMPT}", f"guidance.stable_diffusion.model={tiny_sd_dir}", f"output_dir={out_dir}",
                                "steps=10", "checkpoint_every=5", "preview_every=5", "preview_resolution=48",
                                *TRAIN, *EXPORT])
     assert load_run_config(run_dir / "config.yaml") == asked
@@ -220,7 +220,7 @@ def test_export_rebuilds_mesh_and_video_without_loading_the_model(finished, tmp_
 
 def test_resume_continues_the_step_counter_and_matches_a_straight_run(finished, tiny_sd_dir, tmp_path):
     out_dir = tmp_path / "runs"
-    rc, out, err = run_cli([f"prompt={PROMPT}", f"guidance.model={tiny_sd_dir}", f"output_dir={out_dir}", "steps=6",
+    rc, out, err = run_cli([f"prompt={PROMPT}", f"guidance.stable_diffusion.model={tiny_sd_dir}", f"output_dir={out_dir}", "steps=6",
                             "checkpoint_every=3", "preview_every=0", *TRAIN, *CHEAP_EXPORT])
     assert rc == 0, err
     run_dir = Path(last_line(out))
@@ -326,8 +326,8 @@ ERROR_CASES = {
     "not-key-value": (["peacock"], ["cannot read argument 'peacock'", "overrides are key=value"]),
     "unknown-option": (["--fast"], ["unknown option '--fast'", "options are --config NAME"]),
     "unknown-config": (["--config", "nope"], ["config 'nope' not found", "demo", "dreamfusion"]),
-    "missing-model": (["guidance.model={tmp}/no-such-model"], ["is not a folder", "hf download", "--config demo"]),
-    "model-folder-incomplete": (["guidance.model={tmp}"], ["has no unet/ subfolder", "--config demo"]),
+    "missing-model": (["guidance.stable_diffusion.model={tmp}/no-such-model"], ["is not a folder", "hf download", "--config demo"]),
+    "model-folder-incomplete": (["guidance.stable_diffusion.model={tmp}"], ["has no unet/ subfolder", "--config demo"]),
     "output-dir-under-a-file": (["output_dir={tmp}/a-file/sub"], ["cannot write to output_dir", "is a file, not a folder"]),
     "resume-missing-folder": (["resume={tmp}/never-ran"], ["cannot resume", "has no config.yaml"]),
     "resume-no-checkpoint": (["resume={no-checkpoint}", "steps=12"], ["no checkpoint in", "expected checkpoints/last.pt"]),
@@ -353,7 +353,7 @@ def test_user_errors_are_one_line_exit_2_and_lose_nothing(case, finished, broken
         argv = extra
     else:
         prompt = [] if case == "no-prompt" else ["prompt=a red cube"]
-        argv = [*prompt, f"guidance.model={tiny_sd_dir}", f"output_dir={out_dir}", "device=cpu", *extra]
+        argv = [*prompt, f"guidance.stable_diffusion.model={tiny_sd_dir}", f"output_dir={out_dir}", "device=cpu", *extra]
     before = {p: snapshot(p) for p in (out_dir, *broken_runs.values())}
     files_before = sorted(p.name for p in tmp_path.iterdir())
 
@@ -376,9 +376,9 @@ def test_prompt_longer_than_the_text_encoder_warns_and_runs(tiny_sd_dir, tmp_pat
     tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer")
     longest = len(tokenizer(f"{prompt}, overhead view").input_ids)
     assert longest > tokenizer.model_max_length == 77
-    rc, out, err = run_cli([f"prompt={prompt}", f"guidance.model={tiny_sd_dir}", f"output_dir={tmp_path}",
+    rc, out, err = run_cli([f"prompt={prompt}", f"guidance.stable_diffusion.model={tiny_sd_dir}", f"output_dir={tmp_path}",
                             "steps=1", "preview_every=0", "device=cpu", "render.width=16", "render.height=16",
-                            "render.n_samples=16", "guidance.vae_resolution=32", *FIELD, *CHEAP_EXPORT])
+                            "render.n_samples=16", "guidance.stable_diffusion.vae_resolution=32", *FIELD, *CHEAP_EXPORT])
     assert rc == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: prompt truncated: it is {longest} tokens (with the ', overhead view' suffix), "

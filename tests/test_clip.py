@@ -221,17 +221,17 @@ def test_augment_background_composites_behind_the_render():
 
 
 def test_build_guidance_and_missing_model_errors(tiny_clip_dir, tmp_path):
-    cfg = load_config("dreamfields", ["prompt=a red cube", f"guidance.model={tiny_clip_dir}"])
+    cfg = load_config("dreamfields", ["prompt=a red cube", f"guidance.clip.model={tiny_clip_dir}"])
     assert isinstance(build_guidance(cfg, "cpu"), CLIPGuidance)
     for model, needle in ((str(tmp_path / "nope"), "is not a folder"), (str(tmp_path), "has no config.json"),
                           ("openai/clip-vit-base-patch16", "not in the local cache")):  # HF_HUB_OFFLINE=1
-        cfg = load_config("dreamfields", ["prompt=a red cube", f"guidance.model={model}"])
+        cfg = load_config("dreamfields", ["prompt=a red cube", f"guidance.clip.model={model}"])
         with pytest.raises(ModelNotFoundError) as info:
             build_guidance(cfg, "cpu")
         message = str(info.value)
         assert "\n" not in message and needle in message and model in message
-        assert "hf download" in message and "guidance.model=" in message and "--config demo" in message
-    cfg = replace_key(load_config("dreamfields", ["prompt=x", f"guidance.model={tiny_clip_dir}"]), "prompt", "  ")
+        assert "hf download" in message and "guidance.clip.model=" in message and "--config demo" in message
+    cfg = replace_key(load_config("dreamfields", ["prompt=x", f"guidance.clip.model={tiny_clip_dir}"]), "prompt", "  ")
     with pytest.raises(UserError, match="prompt is empty"):
         build_guidance(cfg, "cpu")
 
@@ -278,12 +278,12 @@ def two_runs(tiny_clip_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dreamfields-runs")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "dreamfusion", "--config", "dreamfields",
-                           "prompt=a bouquet of flowers", f"guidance.model={tiny_clip_dir}", "steps=10",
+                           "prompt=a bouquet of flowers", f"guidance.clip.model={tiny_clip_dir}", "steps=10",
                            f"output_dir={out}", *SMALL_RUN], capture_output=True, text=True, cwd=ROOT, env=env,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_a = Path(proc.stdout.strip().splitlines()[-1])
-    cfg_b = load_config("dreamfields", ["prompt=a red cube", f"guidance.model={tiny_clip_dir}", *SMALL_RUN])
+    cfg_b = load_config("dreamfields", ["prompt=a red cube", f"guidance.clip.model={tiny_clip_dir}", *SMALL_RUN])
     run_b = out / "run-b"
     run_b.mkdir()
     atomic_write_text(run_b / "config.yaml", to_yaml(cfg_b))

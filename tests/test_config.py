@@ -104,7 +104,7 @@ def test_every_shipped_config_loads_with_exactly_its_values(path):
 
 @pytest.mark.parametrize("prompt", ["un cube rouge: très rouge # 1", "yes", "007", "[a cat]", 'say "hi"'])
 def test_yaml_round_trip_through_a_run_folder(tmp_path, prompt):
-    cfg = load_config("demo", ["export.threshold=2.5", "seed=7", "guidance.revision=main",
+    cfg = load_config("demo", ["export.threshold=2.5", "seed=7", "guidance.stable_diffusion.revision=main",
                                "export.video_panels=[rgb,normal,depth]"])
     cfg = replace_key(cfg, "prompt", prompt)  # YAML-looking text must come back as the same string
     (tmp_path / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
@@ -329,7 +329,7 @@ def test_video_panels_are_checked():
 @pytest.mark.parametrize("override", [
     "field.bound=0", "optim.betas=[0.9]", "optim.betas=[0.9,1.5]", "preview_every=-1", "render.albedo_prob=2",
     "export.texture_size=0", "export.video_resolution=0", "camera.distance_range=[-1,0]",
-    "camera.fovy_range=[0,200]", "guidance.vae_resolution=0", "render.eval_grid=1", "render.eval_grid=-4",
+    "camera.fovy_range=[0,200]", "guidance.stable_diffusion.vae_resolution=0", "render.eval_grid=1", "render.eval_grid=-4",
     "export.decimate_faces=-1", "export.uv_max_faces=-1",
 ])
 def test_out_of_range_values_are_config_errors(override):

@@ -100,7 +100,7 @@ def test_missing_folder_is_one_line_model_not_found(tmp_path):
         DeepFloydIF.load(missing)
     msg = str(info.value)
     assert "\n" not in msg and f"'{missing}' is not a folder" in msg
-    assert "hf download DeepFloyd/IF-I-XL-v1.0 --local-dir" in msg and "guidance.model=" in msg and "license" in msg
+    assert "hf download DeepFloyd/IF-I-XL-v1.0 --local-dir" in msg and "guidance.deepfloyd.model=" in msg and "license" in msg
 
 
 @pytest.mark.parametrize("part", ["unet", "scheduler", "text_encoder", "tokenizer"])
@@ -148,14 +148,15 @@ def test_sentencepiece_tokenizer_without_the_package_says_what_to_install(tiny_i
 
 
 def test_config_choice_key_and_latent_render_refused(tiny_if_dir):
-    cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube"])
-    assert (cfg.guidance.type, cfg.guidance.model_type, cfg.guidance.model, cfg.guidance.guidance_scale) == \
+    cfg = load_config("deepfloyd", [f"guidance.deepfloyd.model={tiny_if_dir}", "prompt=a red cube"])
+    assert (cfg.guidance.type, cfg.guidance.model_type, cfg.guidance.deepfloyd.model, cfg.guidance.guidance_scale) == \
         ("sds", "deepfloyd", str(tiny_if_dir), 21.0)
     assert (cfg.render.width, cfg.render.height, cfg.guidance.deepfloyd.max_length) == (64, 64, 77)
-    assert guidance_model_key(cfg)[:2] == ("deepfloyd", ("guidance.model", str(tiny_if_dir)))
-    other = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a blue ball", "seed=3"])
+    kind, (section, values) = guidance_model_key(cfg)  # the loader's own section and nothing else
+    assert (kind, section) == ("deepfloyd", "guidance.deepfloyd") and ("model", str(tiny_if_dir)) in values
+    other = load_config("deepfloyd", [f"guidance.deepfloyd.model={tiny_if_dir}", "prompt=a blue ball", "seed=3"])
     assert guidance_model_key(other) == guidance_model_key(cfg)  # a batch worker may share the loaded model
-    longer = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "guidance.deepfloyd.max_length=128"])
+    longer = load_config("deepfloyd", [f"guidance.deepfloyd.model={tiny_if_dir}", "guidance.deepfloyd.max_length=128"])
     assert guidance_model_key(longer) != guidance_model_key(cfg)
     assert isinstance(load_guidance_model(cfg, "cpu"), DeepFloydIF)
     with pytest.raises(ConfigError) as info:
@@ -316,7 +317,7 @@ def test_sds_gradient_on_tiny_if_matches_independent_computation(tiny_if):
 def test_perp_neg_on_if_matches_the_rule_on_direct_unet_calls(tiny_if_dir):
     from dreamfusion.guidance.perp_neg import PerpNegGuidance, perp_neg_noise, perp_neg_prompts
 
-    cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube", "negative_prompt=blurry",
+    cfg = load_config("deepfloyd", [f"guidance.deepfloyd.model={tiny_if_dir}", "prompt=a red cube", "negative_prompt=blurry",
                                     "guidance.type=perp_neg"])
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, PerpNegGuidance)
@@ -361,7 +362,7 @@ def test_decode_undoes_encode_and_the_2d_preview_is_ddim_on_direct_unet_calls(ti
     images = torch.rand(2, 16, 16, 3)
     assert model.sample_shape == (3, 16, 16) and model.clip_denoised
     assert torch.allclose(model.decode(model.encode(images)), images, atol=1e-6)
-    cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube", "device=cpu",
+    cfg = load_config("deepfloyd", [f"guidance.deepfloyd.model={tiny_if_dir}", "prompt=a red cube", "device=cpu",
                                     "guidance.preview_scale=4"])
     reference = _if_preview_reference(model, tiny_if_dir, cfg, steps=4)
     assert (preview.sample_preview(cfg, 4, model=model).double() - reference).abs().max().item() < 1e-4
@@ -373,7 +374,7 @@ def test_decode_undoes_encode_and_the_2d_preview_is_ddim_on_direct_unet_calls(ti
 # --- end to end ------------------------------------------------------------------------------------
 
 def test_build_guidance_binds_the_prompt(tiny_if_dir):
-    cfg = load_config("deepfloyd", [f"guidance.model={tiny_if_dir}", "prompt=a red cube",
+    cfg = load_config("deepfloyd", [f"guidance.deepfloyd.model={tiny_if_dir}", "prompt=a red cube",
                                     "guidance.view_dependent=false"])
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, SDSGuidance) and isinstance(guidance.predictor, DeepFloydIF)
@@ -385,7 +386,7 @@ def test_cli_run_with_the_deepfloyd_config(tiny_if_dir, tmp_path, t5_cache):
     from dreamfusion.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    argv = ["--config", "deepfloyd", "prompt=a red cube", f"guidance.model={tiny_if_dir}", "steps=3", "device=cpu",
+    argv = ["--config", "deepfloyd", "prompt=a red cube", f"guidance.deepfloyd.model={tiny_if_dir}", "steps=3", "device=cpu",
             f"output_dir={tmp_path / 'runs'}", "render.width=16", "render.height=16", "render.n_samples=16",
             "preview_every=0", "log_every=1", *FIELD, *CHEAP_EXPORT]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

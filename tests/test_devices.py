@@ -43,7 +43,7 @@ SMALL = ["steps=3", "checkpoint_every=2", "preview_every=3", "preview_resolution
          "field.hidden_dim=16", "field.triplane.resolution=16", "field.triplane.channels=4",
          "field.gaussian.count=300", "field.gaussian.densify_every=2", "camera.batch_size=1",
          "export.resolution=24", "export.texture_size=64", "export.video_frames=2", "export.video_resolution=16"]
-SD = ["guidance.vae_resolution=32", "guidance.dtype=fp32"]
+SD = ["guidance.stable_diffusion.vae_resolution=32", "guidance.stable_diffusion.dtype=fp32"]
 PRIOR = ["guidance.prior.resolution=16", "guidance.prior.views=16"]
 
 # name -> (config, overrides, the tiny model's fixture or None): every path of issue 20.
@@ -62,7 +62,8 @@ CASES = {
 
 def command(case: str, request, out_dir: Path, device: str) -> list[str]:
     config, extra, fixture = CASES[case]
-    model = [f"guidance.model={request.getfixturevalue(fixture)}"] if fixture else []
+    section = {"tiny_sd_dir": "stable_diffusion", "tiny_if_dir": "deepfloyd", "tiny_clip_dir": "clip"}.get(fixture)
+    model = [f"guidance.{section}.model={request.getfixturevalue(fixture)}"] if fixture else []
     return [*(["--config", config] if config else []), "prompt=a red cube", f"output_dir={out_dir}",
             f"device={device}", *SMALL, *extra, *model]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamfusion.config import Config, GuidanceConfig, load_config
+from dreamfusion.config import Config, GuidanceConfig, StableDiffusionConfig, load_config
 from dreamfusion.errors import ConfigError
 from dreamfusion.guidance import SDSGuidance, StableDiffusion, build_guidance
 from dreamfusion.guidance.fastpaths import resolve_dtype
@@ -19,7 +19,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def load(tiny_sd_dir, device="cpu", **switches) -> StableDiffusion:
-    cfg = GuidanceConfig(**switches)
+    cfg = StableDiffusionConfig(**switches)
     return StableDiffusion.load(str(tiny_sd_dir), device=device, vae_resolution=32, fast_paths=cfg)
 
 
@@ -67,22 +67,24 @@ def test_resolve_dtype_table(dtype, half, device, expected):
 
 
 def test_fp16_on_cpu_and_unknown_values_are_one_line_config_errors(tiny_sd_dir):
-    with pytest.raises(ConfigError, match="guidance.dtype=fp16 needs a CUDA device"):
+    with pytest.raises(ConfigError, match="guidance.stable_diffusion.dtype=fp16 needs a CUDA device"):
         load(tiny_sd_dir, dtype="fp16")
-    with pytest.raises(ConfigError, match="'guidance.dtype'"):
-        load_config(None, ["guidance.dtype=fp8"])
-    with pytest.raises(ConfigError, match="'guidance.attention'"):
-        load_config(None, ["guidance.attention=flash"])
-    cfg = load_config(None, ["guidance.dtype=bf16", "guidance.channels_last=true", "guidance.compile=true"])
-    assert (cfg.guidance.dtype, cfg.guidance.channels_last, cfg.guidance.compile) == ("bf16", True, True)
+    with pytest.raises(ConfigError, match="'guidance.stable_diffusion.dtype'"):
+        load_config(None, ["guidance.stable_diffusion.dtype=fp8"])
+    with pytest.raises(ConfigError, match="'guidance.deepfloyd.dtype'"):
+        load_config(None, ["guidance.deepfloyd.dtype=fp8"])
+    with pytest.raises(ConfigError, match="'guidance.stable_diffusion.attention'"):
+        load_config(None, ["guidance.stable_diffusion.attention=flash"])
+    sd = load_config(None, ["guidance.stable_diffusion.dtype=bf16", "guidance.stable_diffusion.channels_last=true",
+                            "guidance.stable_diffusion.compile=true"]).guidance.stable_diffusion
+    assert (sd.dtype, sd.channels_last, sd.compile) == ("bf16", True, True)
 
 
 def test_build_guidance_passes_the_switches(tiny_sd_dir):
     from diffusers.models.attention_processor import AttnProcessor
 
-    cfg = Config(prompt="a red cube", guidance=GuidanceConfig(model=str(tiny_sd_dir), vae_resolution=16,
-                                                              view_dependent=False, attention="classic",
-                                                              channels_last=True))
+    sd_cfg = StableDiffusionConfig(model=str(tiny_sd_dir), vae_resolution=16, attention="classic", channels_last=True)
+    cfg = Config(prompt="a red cube", guidance=GuidanceConfig(view_dependent=False, stable_diffusion=sd_cfg))
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, SDSGuidance)
     sd = guidance.predictor

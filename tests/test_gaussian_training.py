@@ -196,7 +196,7 @@ def test_cli_gaussian_config_with_tiny_sd_writes_ply_glb_and_video(tiny_sd_dir, 
 
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "dreamfusion", "--config", "gaussian", "prompt=a red cube",
-           f"guidance.model={tiny_sd_dir}", "guidance.vae_resolution=32", "steps=10", "device=cpu",
+           f"guidance.stable_diffusion.model={tiny_sd_dir}", "guidance.stable_diffusion.vae_resolution=32", "steps=10", "device=cpu",
            "field.gaussian.count=500", "render.progressive_sizes=[16,24,32]", "render.progressive_milestones=[4,8]",
            "field.gaussian.densify_every=5", f"output_dir={tmp_path}", "export.resolution=32",
            "export.texture=vertex", "export.video_frames=4", "export.video_resolution=32"]

@@ -33,9 +33,9 @@ ALLOWED = [("sds", m) for m in FIXTURE] + [("perp_neg", m) for m in FIXTURE] + [
 
 def config_for(rule: str, model_type: str, request, extra=()) -> Config:
     fixture = FIXTURE[model_type]
-    model = [f"guidance.model={request.getfixturevalue(fixture)}"] if fixture else []
+    model = [f"guidance.{model_type}.model={request.getfixturevalue(fixture)}"] if fixture else []
     return load_config("demo", ["prompt=a red cube", f"guidance.type={rule}", f"guidance.model_type={model_type}",
-                                "guidance.vae_resolution=16", *PRIOR_SMALL, *model, *extra])
+                                "guidance.stable_diffusion.vae_resolution=16", *PRIOR_SMALL, *model, *extra])
 
 
 def one_line(fn) -> str:
@@ -68,7 +68,7 @@ def test_each_rule_builds_on_each_allowed_model(rule, model_type, request):
 def test_clip_builds_on_its_own_model(tiny_clip_dir):
     from dreamfusion.guidance.clip import CLIPGuidance, FrozenCLIP
 
-    cfg = load_config("dreamfields", ["prompt=a red cube", f"guidance.model={tiny_clip_dir}"])
+    cfg = load_config("dreamfields", ["prompt=a red cube", f"guidance.clip.model={tiny_clip_dir}"])
     guidance = build_guidance(cfg, "cpu")
     assert type(guidance) is CLIPGuidance and type(guidance.clip) is FrozenCLIP
 
@@ -91,6 +91,18 @@ def test_vsd_on_another_model_is_one_line_naming_the_fix(model_type):
     ("guidance.perp_neg.enabled=true", "set guidance.type=perp_neg"),
     ("guidance.type=prior", "guidance.type=prior is now guidance.model_type=prior (with guidance.type=sds)"),
     ("guidance.type=deepfloyd", "guidance.type=deepfloyd is now guidance.model_type=deepfloyd (with guidance.type=sds)"),
+    ("guidance.model=x", "config key 'guidance.model' moved into its model's section: guidance.stable_diffusion.model, "
+                         "guidance.deepfloyd.model or guidance.clip.model"),
+    ("guidance.revision=main", "moved into its model's section: guidance.stable_diffusion.revision, "
+                               "guidance.deepfloyd.revision or guidance.clip.revision"),
+    ("guidance.half_precision=false", "guidance.deepfloyd.half_precision or guidance.clip.half_precision"),
+    ("guidance.dtype=fp32", "moved into its model's section: guidance.stable_diffusion.dtype or guidance.deepfloyd.dtype"),
+    ("guidance.channels_last=true", "guidance.stable_diffusion.channels_last or guidance.deepfloyd.channels_last"),
+    ("guidance.attention=classic", "config key 'guidance.attention' moved into its model's section: "
+                                   "guidance.stable_diffusion.attention"),
+    ("guidance.compile=true", "guidance.stable_diffusion.compile or guidance.deepfloyd.compile"),
+    ("guidance.vae_resolution=256", "config key 'guidance.vae_resolution' moved into its model's section: "
+                                    "guidance.stable_diffusion.vae_resolution"),
 ])
 def test_old_guidance_keys_and_values_name_the_new_setting(old, new, tmp_path):
     assert new in one_line(lambda: load_config(None, [old])) and "(in command line)" in one_line(lambda: load_config(None, [old]))
@@ -144,17 +156,43 @@ def test_old_flags_and_types_migrate(old, rule, model_type, tmp_path):
     assert (cfg.guidance.type, cfg.guidance.model_type) == (rule, model_type)
 
 
+MOVED_VALUES = {"model": "my/model", "revision": "v2", "half_precision": False, "dtype": "bf16", "channels_last": True,
+                "attention": "classic", "compile": True, "vae_resolution": 256}
+
+
+@pytest.mark.parametrize("old_type, kind", [("sds", "stable_diffusion"), ("deepfloyd", "deepfloyd"), ("clip", "clip"),
+                                            ("prior", "prior")])
+def test_old_shared_model_keys_move_into_the_runs_model_section(old_type, kind, tmp_path, capsys):
+    """A config.yaml written before issue 21 holds the model keys on guidance: they land in the section of that
+    run's model (what its loader read then), and the prior, which never read them, drops them."""
+    tree = yaml.safe_load(OLD_CONFIG.read_text())
+    tree["guidance"].update(type=old_type, **MOVED_VALUES)
+    tree["guidance"]["perp_neg"]["enabled"] = False
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree))
+    cfg = load_run_config(tmp_path / "config.yaml")
+    assert "old key name(s)" in capsys.readouterr().err
+    assert cfg.guidance.model_kind == kind
+    defaults = Config().guidance
+    for section in ("stable_diffusion", "deepfloyd", "clip"):
+        now, default = getattr(cfg.guidance, section), getattr(defaults, section)
+        for leaf, value in MOVED_VALUES.items():
+            if hasattr(default, leaf):
+                expected = value if section == kind else getattr(default, leaf)
+                assert getattr(now, leaf) == expected, (section, leaf)
+    assert cfg.guidance.prior == defaults.prior and cfg.guidance.clip.crops == tree["guidance"]["clip"]["crops"]
+
+
 # -- the model cache key: exactly the keys each loader reads ---------------------------------------------
 
-READS = {  # what each loader read before the split (the hand-written guidance_model_key it replaces)
-    "stable_diffusion": {"guidance.model", "guidance.revision", "guidance.half_precision", "guidance.dtype",
-                         "guidance.channels_last", "guidance.attention", "guidance.compile", "guidance.vae_resolution"},
-    "deepfloyd": {"guidance.model", "guidance.revision", "guidance.half_precision", "guidance.dtype",
-                  "guidance.channels_last", "guidance.compile", "guidance.deepfloyd.max_length",
-                  "guidance.deepfloyd.variant"},
+READS = {  # what each loader reads: its own section (the same settings it read from guidance.* before issue 21)
+    "stable_diffusion": {f"guidance.stable_diffusion.{k}" for k in ("model", "revision", "half_precision", "dtype",
+                                                                    "channels_last", "attention", "compile",
+                                                                    "vae_resolution")},
+    "deepfloyd": {f"guidance.deepfloyd.{k}" for k in ("model", "revision", "half_precision", "dtype",
+                                                      "channels_last", "compile", "max_length", "variant")},
     "prior": {"camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fovy_range",
               "guidance.prior.resolution", "guidance.prior.views", "guidance.prior.view_window", "render.background"},
-    "clip": {"guidance.model", "guidance.revision", "guidance.half_precision"},
+    "clip": {"guidance.clip.model", "guidance.clip.revision", "guidance.clip.half_precision"},
 }
 
 

@@ -113,7 +113,7 @@ def test_cli_latent_run_exports_rgb(tiny_sd_dir, tmp_path):
     """--config triplane with latent rendering on the tiny SD: trains, writes a latent triplane.npz, and a
     mesh + video coloured through latent_to_rgb."""
     cmd = [sys.executable, "-m", "dreamfusion", "--config", "triplane", "prompt=a red cube",
-           f"guidance.model={tiny_sd_dir}", "guidance.latent_render=true", "guidance.vae_resolution=16",
+           f"guidance.stable_diffusion.model={tiny_sd_dir}", "guidance.latent_render=true", "guidance.stable_diffusion.vae_resolution=16",
            "render.width=8", "render.height=8", "render.n_samples=16", "field.triplane.resolution=16",
            "steps=3", "device=cpu", f"output_dir={tmp_path}", "export.resolution=32", "export.texture=vertex",
            "export.video_frames=4", "export.video_resolution=32"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamfusion.config import Config, GuidanceConfig, PerpNegConfig, load_config
+from dreamfusion.config import Config, GuidanceConfig, PerpNegConfig, StableDiffusionConfig, load_config
 from dreamfusion.errors import ConfigError
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.perp_neg import (PerpNegGuidance, perp_neg_noise, perp_neg_prompts,
@@ -112,7 +112,7 @@ def test_config_and_builder(tiny_sd_dir):
         load_config(None, ["guidance.type=perp_neg", "guidance.view_dependent=false"])
     with pytest.raises(ConfigError, match="three numbers"):
         load_config(None, ["guidance.perp_neg.f_fs=[1,2]"])
-    cfg = Config(prompt="a corgi", guidance=GuidanceConfig(type="perp_neg", model=str(tiny_sd_dir), vae_resolution=16))
+    cfg = Config(prompt="a corgi", guidance=GuidanceConfig(type="perp_neg", stable_diffusion=StableDiffusionConfig(model=str(tiny_sd_dir), vae_resolution=16)))
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, PerpNegGuidance)
     images = torch.rand(2, 8, 8, 3, requires_grad=True)
@@ -127,7 +127,7 @@ def test_perp_neg_on_sd_matches_the_rule_on_direct_unet_calls(kind, request):
     positive, each negative), a v output converted in closed form: eps = sqrt(abar) v + sqrt(1 - abar) x_t."""
     model = request.getfixturevalue("tiny_sd_dir" if kind == "epsilon" else "tiny_sd_v_dir")
     cfg = Config(prompt="a red cube", negative_prompt="blurry",
-                 guidance=GuidanceConfig(type="perp_neg", model=str(model), vae_resolution=16))
+                 guidance=GuidanceConfig(type="perp_neg", stable_diffusion=StableDiffusionConfig(model=str(model), vae_resolution=16)))
     g = cfg.guidance
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, PerpNegGuidance)

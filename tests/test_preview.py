@@ -220,7 +220,7 @@ def test_stable_diffusion_preview_is_ddim_on_direct_unet_calls(tiny_sd_dir, monk
     from dreamfusion.guidance import StableDiffusion
 
     sd = StableDiffusion.load(str(tiny_sd_dir), vae_resolution=16)
-    cfg = load_config("dreamfusion", [f"guidance.model={tiny_sd_dir}", "prompt=a red cube", "device=cpu",
+    cfg = load_config("dreamfusion", [f"guidance.stable_diffusion.model={tiny_sd_dir}", "prompt=a red cube", "device=cpu",
                                       "guidance.preview_scale=4"])
     abar = DDPMScheduler.from_pretrained(tiny_sd_dir, subfolder="scheduler").alphas_cumprod.double()
     cond = sd.encode_prompt(cfg.prompt, "", True)

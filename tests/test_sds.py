@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dreamfusion.config import Config, GuidanceConfig
+from dreamfusion.config import Config, GuidanceConfig, StableDiffusionConfig
 from dreamfusion.errors import ConfigError, ModelNotFoundError, UserError
 from dreamfusion.settings import replace_key
 from dreamfusion.guidance import SDSGuidance, StableDiffusion, build_guidance, slugify, view_label, view_prompts
@@ -207,7 +207,7 @@ def test_missing_folder_is_one_line_model_not_found(tmp_path):
         StableDiffusion.load(missing)
     msg = str(info.value)
     assert "\n" not in msg and missing in msg
-    assert "hf download" in msg and "guidance.model=" in msg and "--config demo" in msg
+    assert "hf download" in msg and "guidance.stable_diffusion.model=" in msg and "--config demo" in msg
 
 
 def test_unreachable_hub_id_is_one_line_model_not_found():
@@ -409,7 +409,7 @@ def test_unknown_prediction_type_is_one_line(tiny_sd_dir, tmp_path):
 
 
 def test_build_guidance_from_config(tiny_sd_dir):
-    cfg = Config(prompt="a red cube", guidance=GuidanceConfig(model=str(tiny_sd_dir), vae_resolution=16,
+    cfg = Config(prompt="a red cube", guidance=GuidanceConfig(stable_diffusion=StableDiffusionConfig(model=str(tiny_sd_dir), vae_resolution=16),
                                                               view_dependent=False))
     guidance = build_guidance(cfg, "cpu")
     assert isinstance(guidance, SDSGuidance) and set(guidance.cond.cond) == {"all"}

@@ -203,8 +203,8 @@ def test_triplane_config_runs_sds_and_exports(tiny_sd_dir, tmp_path, monkeypatch
     from dreamfusion.cli import main
 
     monkeypatch.chdir(tmp_path)
-    rc = main(["--config", "triplane", "prompt=a hamburger", f"guidance.model={tiny_sd_dir}", "steps=3",
-               "render.width=16", "render.height=16", "render.n_samples=16", "guidance.vae_resolution=32",
+    rc = main(["--config", "triplane", "prompt=a hamburger", f"guidance.stable_diffusion.model={tiny_sd_dir}", "steps=3",
+               "render.width=16", "render.height=16", "render.n_samples=16", "guidance.stable_diffusion.vae_resolution=32",
                "export.resolution=16", "export.video_frames=4", "export.video_resolution=16",
                "export.texture=vertex", f"output_dir={tmp_path}", "checkpoint_every=3", "preview_every=0",
                "field.triplane.resolution=16", "field.triplane.channels=4", "device=cpu"])

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from dreamfusion.config import Config, GuidanceConfig, VSDConfig, load_config
+from dreamfusion.config import Config, GuidanceConfig, StableDiffusionConfig, VSDConfig, load_config
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.sds import sample_timesteps
@@ -22,7 +22,8 @@ from render.cameras import orbit_cameras
 
 def vsd_config(tiny_sd_dir, **vsd) -> Config:
     return Config(prompt="a red cube", guidance=GuidanceConfig(
-        type="vsd", model=str(tiny_sd_dir), vae_resolution=16, view_dependent=False, guidance_scale=7.5,
+        type="vsd", stable_diffusion=StableDiffusionConfig(model=str(tiny_sd_dir), vae_resolution=16),
+        view_dependent=False, guidance_scale=7.5,
         vsd=VSDConfig(**vsd)))
 
 
@@ -167,13 +168,13 @@ def test_the_lora_learns_the_renders(vsd):
 
 SMALL = ["device=cpu", "render.width=8", "render.height=8", "render.n_samples=12", "field.hashgrid.n_levels=2",
          "field.hashgrid.log2_hashmap_size=8", "field.hashgrid.base_resolution=4", "field.hidden_dim=8",
-         "preview_every=0", "log_every=1", "checkpoint_every=3", "guidance.vae_resolution=16",
+         "preview_every=0", "log_every=1", "checkpoint_every=3", "guidance.stable_diffusion.vae_resolution=16",
          "guidance.view_dependent=false", "guidance.t_anneal=none", "guidance.type=vsd",
          "guidance.guidance_scale=7.5", "render.background=white"]
 
 
 def _fit(tiny_sd_dir, run_dir, steps, resume=False):
-    cfg = load_config(None, [*SMALL, f"steps={steps}", f"guidance.model={tiny_sd_dir}", "prompt=a red cube"])
+    cfg = load_config(None, [*SMALL, f"steps={steps}", f"guidance.stable_diffusion.model={tiny_sd_dir}", "prompt=a red cube"])
     run_dir.mkdir(exist_ok=True)
     trainer = Trainer(cfg, run_dir, torch.device("cpu"), build_guidance(cfg, "cpu"))
     if resume:
