@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from dreamfusion.config import (CHOICES, CONFIG_DIR, RENAMED, Config, all_keys, available_configs, load_config,
                                 load_run_config, to_yaml)
 from dreamfusion.errors import ConfigError, UserError
+from dreamfusion.guidance.config import MOVED_INTO_MODEL
 from dreamfusion.settings import replace_key
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -124,7 +125,7 @@ def test_string_overrides_are_taken_verbatim(prompt):
 @pytest.mark.parametrize("override, named, close", [
     ("feild.type=nerf", "feild", "field"),
     ("stepz=3", "stepz", "steps"),
-    ("guidance.modle=x", "guidance.modle", "guidance.model"),
+    ("guidance.stable_diffusion.modle=x", "guidance.stable_diffusion.modle", "guidance.stable_diffusion.model"),
     ("render.with=32", "render.with", "render.width"),
     ("camera.elevation=10", "camera.elevation", "camera.elevation_range"),
 ])
@@ -142,9 +143,10 @@ def test_unknown_key_without_a_close_match_points_to_help():
 
 def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
     path = tmp_path / "typo.yaml"
-    path.write_text("steps: 5\nguidance:\n  modle: x\n")
+    path.write_text("steps: 5\nguidance:\n  stable_diffusion:\n    modle: x\n")
     message = error(str(path))
-    assert "unknown config key 'guidance.modle'" in message and "guidance.model" in message
+    assert "unknown config key 'guidance.stable_diffusion.modle'" in message
+    assert "guidance.stable_diffusion.model" in message
     assert f"(in {path})" in message
 
 
@@ -389,6 +391,11 @@ def test_a_run_folder_written_with_old_key_names_loads_with_a_note(tmp_path, cap
             old[section] = {}
             for key, value in group.items():
                 if isinstance(value, dict):
+                    if section == "guidance" and key in ("stable_diffusion", "deepfloyd", "clip"):
+                        # before issue 21 the model keys sat on guidance itself, holding the run's model's values
+                        if key == cfg.guidance.model_kind:
+                            old[section].update({k: v for k, v in value.items() if k in MOVED_INTO_MODEL})
+                        value = {k: v for k, v in value.items() if k not in MOVED_INTO_MODEL}
                     renamed = {o.split(".")[1]: v for o, n in RENAMED.items() for leaf, v in value.items()
                                if n == f"{section}.{key}.{leaf}"}
                     if not renamed:  # a group added after the renames (guidance.deepfloyd): old runs lack it
