@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
-from ..guidance.config import migrate_guidance, replaced_message
+from ..guidance.config import MOVED_INTO_MODEL, migrate_guidance, replaced_message
 from ..settings import check_sections, freeze, range_doc
 from .schema import RENAMED, Config
 
@@ -132,6 +132,17 @@ def _check_renamed(other, origin: str) -> None:
             raise ConfigError(f"{replaced} (in {origin})")
 
 
+def _guidance_example(old: str, flat: dict) -> str:
+    """How ``migrate_guidance`` read the old guidance key ``old`` (for the note)."""
+    leaf = old.removeprefix("guidance.")
+    if leaf in MOVED_INTO_MODEL:  # a model key once on guidance: into the run's model section, or dropped
+        moved = [key for key in flat if key.startswith("guidance.") and key.endswith(f".{leaf}")
+                 and key.split(".")[1] in MOVED_INTO_MODEL[leaf]]
+        return f"{old} -> {moved[0]}" if moved else f"{old} dropped (the run's model never read it)"
+    return (f"{old} -> guidance.type={flat.get('guidance.type', 'sds')}, "
+            f"guidance.model_type={flat.get('guidance.model_type', 'stable_diffusion')}")
+
+
 def _migrate_renamed(other: DictConfig, origin: str) -> DictConfig:
     """A run folder's config.yaml written before keys were grouped, or before the guidance rule and model were two
     keys: each old key moved to its new name (guidance.config.migrate_guidance for the guidance flags)."""
@@ -143,8 +154,7 @@ def _migrate_renamed(other: DictConfig, origin: str) -> DictConfig:
         flat = guidance
     if not moved:
         return other
-    example = f"{moved[0]} -> {RENAMED[moved[0]]}" if moved[0] in RENAMED else \
-        f"{moved[0]} -> guidance.type={flat.get('guidance.type', 'sds')}, guidance.model_type={flat.get('guidance.model_type', 'stable_diffusion')}, model keys in its section"
+    example = f"{moved[0]} -> {RENAMED[moved[0]]}" if moved[0] in RENAMED else _guidance_example(moved[0], flat)
     print(f"note: {origin} uses {len(moved)} old key name(s) (e.g. {example}); read with their new names",
           file=sys.stderr)
     migrated = OmegaConf.create({})
