@@ -240,7 +240,8 @@ def run_fit(args, device: torch.device, fast: StableDiffusionConfig, clock: Cloc
     cfg = load_config(args.config, [f"steps={args.fit_steps}", f"device={device.type}", "preview_every=0",
                                     f"checkpoint_every={10 ** 9}", f"guidance.stable_diffusion.dtype={args.dtype}",
                                     f"guidance.deepfloyd.dtype={args.dtype}"]
-                      + ([f"guidance.stable_diffusion.vae_resolution={args.vae_resolution}"] if args.vae_resolution else []))
+                      + ([f"guidance.stable_diffusion.vae_resolution={args.vae_resolution}"]
+                         if args.vae_resolution else []))
     t0 = time.perf_counter()
     sd = build_prior(args, device, fast, cfg.guidance.stable_diffusion.vae_resolution)
     floor_call = Floor(sd)
@@ -352,10 +353,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="resize before the VAE (default 512 full -> 64x64 latents; 128 tiny -> 64x64 latents)")
     p.add_argument("--shading", choices=("albedo", "lambertian", "textureless"), default="albedo",
                    help="albedo (warm-up) or a lit shading, which adds the normals' double backward")
-    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto", help="guidance.stable_diffusion.dtype (guidance.dtype before issue 21)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="guidance.stable_diffusion.dtype (guidance.dtype before issue 21)")
     p.add_argument("--channels-last", action="store_true", help="guidance.stable_diffusion.channels_last")
-    p.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa", help="guidance.stable_diffusion.attention")
-    p.add_argument("--compile", action="store_true", help="guidance.stable_diffusion.compile (warm-up absorbs compilation)")
+    p.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa",
+                   help="guidance.stable_diffusion.attention")
+    p.add_argument("--compile", action="store_true",
+                   help="guidance.stable_diffusion.compile (warm-up absorbs compilation)")
     p.add_argument("--latent-render", action="store_true",
                    help="guidance.latent_render: the field renders 4 latent channels at --height x --width and the "
                         "'encode' part is only a reshape (no VAE)")

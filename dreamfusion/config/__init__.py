@@ -9,7 +9,7 @@ from .schema import (CHOICES, LATENT_NEEDS_VOLUME, RENAMED, REPLACED, CameraConf
                      VSDConfig)
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
-           "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "StableDiffusionConfig", "OptimConfig", "GaussianOptimConfig",
+           "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
            "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "REPLACED", "LATENT_NEEDS_VOLUME", "CONFIG_DIR",
            "DEFAULT_CONFIG", "load_config", "load_run_config", "validate", "to_yaml", "all_keys", "field_docs",
-           "available_configs", "resolve_config_path"]
+           "available_configs", "resolve_config_path", "StableDiffusionConfig"]

@@ -8,10 +8,10 @@ Two keys choose the guidance, apart from each other:
 
 Each rule owns its section and its checks (``check(self, root)``, called by the loader): Perp-Neg
 ``guidance.perp_neg.*``, VSD ``guidance.vsd.*``, CLIP ``guidance.clip.*``; the SDS keys (guidance_scale, t_*,
-weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd alike. Each model's loader owns its section
-(``MODEL_KEYS``): ``guidance.stable_diffusion.*``, ``guidance.deepfloyd.*``, ``guidance.prior.*`` (with the camera
-ranges and background its image set is rendered with), and CLIP's model keys in ``guidance.clip.*``; those keys'
-values, and nothing else, make the key of a loaded model (``guidance.build.guidance_model_key``).
+weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd alike. Each model's loader owns its
+section (``MODEL_KEYS``): ``guidance.stable_diffusion.*``, ``guidance.deepfloyd.*``, ``guidance.prior.*`` (with
+the camera ranges and background its image set is rendered with), and CLIP's model keys in ``guidance.clip.*``;
+those keys' values, and nothing else, make the key of a loaded model (``guidance.build.guidance_model_key``).
 
 Earlier versions chose the rule with flags and mixed the model into ``guidance.type``: ``REPLACED`` names the new
 setting for each old key and value, ``migrate_guidance`` reads a run folder's config.yaml written that way; the
@@ -28,7 +28,8 @@ from ..errors import ConfigError
 from ..settings import choice, ranged, section
 
 __all__ = ["GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "DeepFloydConfig",
-           "StableDiffusionConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "MOVED_INTO_MODEL", "LATENT_NEEDS_SD", "REPLACED", "replaced_message", "migrate_guidance"]
+           "StableDiffusionConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "MOVED_INTO_MODEL", "LATENT_NEEDS_SD",
+           "REPLACED", "replaced_message", "migrate_guidance"]
 
 RULES = ("sds", "perp_neg", "vsd", "clip")
 """guidance.type: the rule that turns renders into a loss."""
@@ -146,7 +147,7 @@ class DeepFloydConfig:
 
 @section
 class StableDiffusionConfig:
-    """guidance.stable_diffusion: the Stable Diffusion checkpoint and its speed switches (guidance.model_type=stable_diffusion)."""
+    """guidance.stable_diffusion: the Stable Diffusion model and its speed switches (model_type=stable_diffusion)."""
 
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     """Hub id or local folder of the Stable Diffusion model."""

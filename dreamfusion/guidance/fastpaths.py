@@ -1,8 +1,8 @@
 """Speed switches of the frozen Stable Diffusion, each with a plain twin that tests compare it against.
 
-    guidance.stable_diffusion.dtype          auto | fp32 | fp16 | bf16   weights and activations of the UNet and VAE
-    guidance.stable_diffusion.channels_last  bool                        NHWC weights (tensor-core convolutions prefer it)
-    guidance.stable_diffusion.attention      sdpa | classic              fused torch SDPA vs softmax(QK^T / sqrt(d)) V
+    guidance.stable_diffusion.dtype          auto | fp32 | fp16 | bf16   weights, activations of the UNet and VAE
+    guidance.stable_diffusion.channels_last  bool                        NHWC weights (tensor cores prefer it)
+    guidance.stable_diffusion.attention      sdpa | classic              fused SDPA vs softmax(QK^T / sqrt(d)) V
     guidance.stable_diffusion.compile        bool                        torch.compile of the UNet
 
 (DeepFloyd IF reads the same dtype, channels_last and compile from guidance.deepfloyd.*.)
@@ -63,7 +63,8 @@ def set_attention(module: nn.Module, kind: str) -> None:
 
     processors = {"sdpa": AttnProcessor2_0, "classic": AttnProcessor}
     if kind not in processors:
-        raise ConfigError(f"bad value '{kind}' for 'guidance.stable_diffusion.attention': choose one of {', '.join(processors)}")
+        raise ConfigError(f"bad value '{kind}' for 'guidance.stable_diffusion.attention': "
+                          f"choose one of {', '.join(processors)}")
     if module.attn_processors:  # a model without attention layers has nothing to set
         module.set_attn_processor(processors[kind]())
 

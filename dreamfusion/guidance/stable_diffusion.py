@@ -28,7 +28,8 @@ DEFAULT_MODEL = StableDiffusionConfig.model
 
 def _how_to_get(model: str) -> str:
     hub_id = model if not looks_like_path(model) else DEFAULT_MODEL
-    return (f"download it with `hf download {hub_id} --local-dir <folder>` and set guidance.stable_diffusion.model=/path/to/folder "
+    return (f"download it with `hf download {hub_id} --local-dir <folder>` and set "
+            f"guidance.stable_diffusion.model=/path/to/folder "
             f"(a folder holding {' '.join(s + '/' for s in SUBFOLDERS)}), "
             f"or run the offline demo: python -m dreamfusion --config demo prompt=\"a red cube\"")
 
