@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import Field, dataclass, fields, is_dataclass, replace
 from dataclasses import field as dc_field
 
 from .errors import ConfigError
 
 __all__ = ["Interval", "section", "ranged", "choice", "choices_of", "check_choice", "numeric_ranges", "range_doc",
-           "check_ranges", "check_sections", "replace_key", "freeze"]
+           "check_ranges", "check_sections", "get_key", "replace_key", "freeze"]
 
 
 def section(cls: type) -> type:
@@ -39,17 +39,28 @@ def choice(default: str, allowed: tuple[str, ...]):
     return dc_field(default=default, metadata={"choices": tuple(allowed)})
 
 
-def choices_of(cls: type, prefix: str = "") -> dict[str, tuple[str, ...]]:
-    """{dotted key: allowed values} of every key declared with :func:`choice` in ``cls`` and its sub-sections."""
+def _declared(cls: type, kind: str, prefix: str = "") -> dict[str, Field]:
+    """{dotted key: its dataclass field} of every key of ``cls`` and its sub-sections whose metadata has ``kind``
+    ("choices" from :func:`choice`, "range" from :func:`ranged`), in declaration order, depth first."""
     out = {}
     instance = cls()
     for f in fields(cls):
         value = getattr(instance, f.name)
         if is_dataclass(value):
-            out.update(choices_of(type(value), f"{prefix}{f.name}."))
-        elif "choices" in f.metadata:
-            out[prefix + f.name] = f.metadata["choices"]
+            out.update(_declared(type(value), kind, f"{prefix}{f.name}."))
+        elif kind in f.metadata:
+            out[prefix + f.name] = f
     return out
+
+
+def choices_of(cls: type, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """{dotted key: allowed values} of every key declared with :func:`choice` in ``cls`` and its sub-sections."""
+    return {key: f.metadata["choices"] for key, f in _declared(cls, "choices", prefix).items()}
+
+
+def _require_choice(value, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"bad value '{value}' for '{key}': choose one of {', '.join(allowed)}")
 
 
 def check_choice(section_cfg, name: str, key: str | None = None) -> str:
@@ -57,9 +68,15 @@ def check_choice(section_cfg, name: str, key: str | None = None) -> str:
     (``key``: the dotted name to show, default ``name``). Builders call it for configs made in code."""
     allowed = {f.name: f.metadata.get("choices") for f in fields(section_cfg)}[name]
     value = getattr(section_cfg, name)
-    if value not in allowed:
-        raise ConfigError(f"bad value '{value}' for '{key or name}': choose one of {', '.join(allowed)}")
+    _require_choice(value, allowed, key or name)
     return value
+
+
+def get_key(cfg, dotted: str):
+    """The value of the dotted key in ``cfg`` (``get_key(cfg, "field.hashgrid.n_levels")``); see :func:`replace_key`."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def replace_key(cfg, dotted: str, value):
@@ -116,15 +133,7 @@ def ranged(default, interval: str):
 
 def numeric_ranges(cls: type, prefix: str = "") -> dict[str, tuple[Interval, str]]:
     """{dotted key: (its interval, its type annotation)} for every key declared with :func:`ranged`."""
-    out = {}
-    instance = cls()
-    for f in fields(cls):
-        value = getattr(instance, f.name)
-        if is_dataclass(value):
-            out.update(numeric_ranges(type(value), f"{prefix}{f.name}."))
-        elif "range" in f.metadata:
-            out[prefix + f.name] = (f.metadata["range"], str(f.type))
-    return out
+    return {key: (f.metadata["range"], str(f.type)) for key, f in _declared(cls, "range", prefix).items()}
 
 
 def _allowed(interval: Interval, kind: str) -> str:
@@ -141,10 +150,7 @@ def check_ranges(cfg, prefix: str = "") -> None:
     """A one-line ConfigError, starting with the key (``prefix`` + its dotted name in ``cfg``), for the first
     numeric value outside its interval."""
     for name, (interval, kind) in numeric_ranges(type(cfg)).items():
-        value = cfg
-        for part in name.split("."):
-            value = getattr(value, part)
-        key = prefix + name
+        value, key = get_key(cfg, name), prefix + name
         if value is None and kind.startswith("Optional"):
             continue
         is_list = kind.startswith("List")
@@ -180,13 +186,8 @@ def check_sections(cfg, root=None, prefix: str = "") -> None:
 
 
 def _check_choices(cfg, prefix: str = "") -> None:
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if is_dataclass(value):
-            _check_choices(value, f"{prefix}{f.name}.")
-        elif "choices" in f.metadata and value not in f.metadata["choices"]:
-            raise ConfigError(f"bad value '{value}' for '{prefix}{f.name}': choose one of "
-                              f"{', '.join(f.metadata['choices'])}")
+    for name, allowed in choices_of(type(cfg)).items():
+        _require_choice(get_key(cfg, name), allowed, prefix + name)
 
 
 def _check_rules(cfg, root) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..settings import check_choice, check_sections
+from ..settings import check_choice, check_sections, get_key
 from .base import Guidance
 from .config import MODEL_KEYS
 from .deepfloyd import DeepFloydIF
@@ -53,16 +53,10 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _get(root: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        root = getattr(root, part)
-    return root
-
-
 def model_settings(cfg: Any) -> _Settings:
     """The keys (guidance/config.py ``MODEL_KEYS``) the loader of ``cfg``'s model reads, with their values."""
     kind = cfg.guidance.model_kind
-    return _Settings({key: _get(cfg, key) for key in MODEL_KEYS[kind]})
+    return _Settings({key: get_key(cfg, key) for key in MODEL_KEYS[kind]})
 
 
 def _load_sd(s: _Settings, device: torch.device) -> StableDiffusion:

@@ -26,16 +26,14 @@ def render_splats(field: GaussianField, background, cameras: Cameras, height: in
                   ambient: float = 0.1, generator: torch.Generator | None = None,
                   **volume_options) -> dict[str, Tensor]:
     """render_views' contract: rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1], albedo (premultiplied), normal
-    (None), dirs [B,H,W,3]; plus means2d [B,N,2] (gradient retained for densification) and radii [B,N]. The volume
-    renderer's options (n_samples, perturb, need_normals, estimator, occupancy) do not apply to splats."""
+    (None), dirs [B,H,W,3]; plus means2d [B,N,2] (the densification strategy retains its gradient) and radii [B,N].
+    The volume renderer's options (n_samples, perturb, need_normals, estimator, occupancy) do not apply to splats."""
     if field.sh_degree == 0:
         colors = (0.5 + SH_C0 * field.sh_dc).clamp_min(0.0)
     else:
         colors = torch.cat([field.sh_dc[:, None], field.sh_rest], 1)
     out = rasterize_gaussians(field.means, field.quats, field.scales, field.opacities, colors, cameras.c2w,
                               cameras.fovy, height, width, None, backend=field.rasterizer)
-    if out["means2d"].requires_grad:
-        out["means2d"].retain_grad()
     _, dirs = generate_rays(cameras.c2w.to(field.means), cameras.fovy.to(field.means), height, width)
     B = cameras.c2w.shape[0]
     bg = background(dirs) if background is not None else solid_background(
