@@ -18,7 +18,7 @@ from .errors import UserError
 from .export import (bake_albedo, colorize_depth, decimate, extract_mesh, normals_to_rgb, stack_panels, unwrap,
                      vertex_colors, write_field_files, write_glb, write_obj, write_video)
 from .fields.base import field_device
-from .renderer import BakedField, eval_view, render_views_chunked, rgb_view, skip_grid
+from .renderer import BakedField, eval_view, render_eval, rgb_view
 
 __all__ = ["export_mesh", "export_video", "export_run", "PhaseTimer"]
 
@@ -83,10 +83,8 @@ def export_video(field, background, cfg: Config, run_dir: Path, device, timer: P
     with timer.phase("export.video", f"{e.video_frames} frames at {e.video_resolution} px"):
         cams = orbit_cameras(e.video_frames, c.eval_elevation, c.eval_distance, c.eval_fovy, device=device)
         side = e.video_resolution
-        out = render_views_chunked(field, background, cams, side, side, n_samples=cfg.render.n_samples,
-                                   background_kind="white", need_normals="normal" in e.video_panels,
-                                   occupancy=skip_grid(field, cfg.render.n_samples),
-                                   progress=None if timer.quiet else "video frames")
+        out = render_eval(field, background, cams, side, n_samples=cfg.render.n_samples,
+                          need_normals="normal" in e.video_panels, progress=None if timer.quiet else "video frames")
         panels = []
         for name in e.video_panels:
             if name == "rgb":

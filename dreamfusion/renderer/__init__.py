@@ -11,12 +11,12 @@ field sampled once on a grid). Its config section is config.py (``render``).
 from .backgrounds import LearnedBackground, build_background, random_backgrounds, solid_background
 from .baked import BakedField
 from .config import RenderConfig
-from .core import Renderer, render_views, render_views_chunked
+from .core import Renderer, render_eval, render_views, render_views_chunked
 from .occupancy import occupancy_grid, skip_grid
 from .splats import render_splats
 from .views import LatentAsRGB, eval_view, rgb_view
 from .volume import render_volume
 
-__all__ = ["Renderer", "RenderConfig", "render_views", "render_views_chunked", "render_volume", "render_splats",
-           "occupancy_grid", "skip_grid", "eval_view", "rgb_view", "LatentAsRGB", "BakedField", "LearnedBackground",
+__all__ = ["Renderer", "RenderConfig", "render_eval", "render_views", "render_views_chunked", "render_volume",
+           "render_splats", "occupancy_grid", "skip_grid", "eval_view", "rgb_view", "LatentAsRGB", "BakedField", "LearnedBackground",
            "build_background", "solid_background", "random_backgrounds"]

@@ -19,7 +19,7 @@ from .splats import render_splats
 from .views import eval_view
 from .volume import render_volume
 
-__all__ = ["Renderer", "render_views", "render_views_chunked"]
+__all__ = ["Renderer", "render_views", "render_views_chunked", "render_eval"]
 
 # field class -> how it is rendered; every other field is a volume (render_volume).
 _RENDERERS = {GaussianField: render_splats}
@@ -53,6 +53,13 @@ def render_views_chunked(field, background, cameras: Cameras, height: int, width
                                need_normals=need, **kwargs)
         parts.append({k: (v.detach() if v is not None else None) for k, v in out.items()})
     return {k: (torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None) for k in parts[0]}
+
+
+def render_eval(view, background, cameras: Cameras, side: int, *, n_samples: int, **options) -> dict[str, Tensor]:
+    """Views of ``view`` (an eval_view) as previews and the orbit video show them: without a graph, side x side,
+    over white, empty space skipped; ``options`` go to render_views_chunked (need_normals, progress, ...)."""
+    return render_views_chunked(view, background, cameras, side, side, n_samples=n_samples, background_kind="white",
+                                occupancy=skip_grid(view, n_samples), **options)
 
 
 class Renderer:
@@ -91,10 +98,8 @@ class Renderer:
         return eval_view(self.field, self.cfg.eval_grid)
 
     def render_eval(self, view, background, cameras: Cameras, side: int, **options) -> dict[str, Tensor]:
-        """Views of ``view`` (an eval_view) without a graph, side x side, over white, empty space skipped."""
-        return render_views_chunked(view, background, cameras, side, side, n_samples=self.cfg.n_samples,
-                                    background_kind="white", occupancy=skip_grid(view, self.cfg.n_samples),
-                                    **options)
+        """:func:`render_eval` with the config's samples per ray."""
+        return render_eval(view, background, cameras, side, n_samples=self.cfg.n_samples, **options)
 
     def state_dict(self) -> dict:
         return self.estimator.state_dict() if self.estimator is not None else {}
