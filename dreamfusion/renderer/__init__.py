@@ -18,5 +18,5 @@ from .views import LatentAsRGB, eval_view, rgb_view
 from .volume import render_volume
 
 __all__ = ["Renderer", "RenderConfig", "render_eval", "render_views", "render_views_chunked", "render_volume",
-           "render_splats", "occupancy_grid", "skip_grid", "eval_view", "rgb_view", "LatentAsRGB", "BakedField", "LearnedBackground",
-           "build_background", "solid_background", "random_backgrounds"]
+           "render_splats", "occupancy_grid", "skip_grid", "eval_view", "rgb_view", "LatentAsRGB", "BakedField",
+           "LearnedBackground", "build_background", "solid_background", "random_backgrounds"]
