@@ -16,16 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # Low to high. A name is a module or a package (then every module under it).
 LAYERS = [
     ["render", "dreamfusion.errors"],  # render/: pure functions of tensors
-    ["dreamfusion.io", "dreamfusion.settings", "dreamfusion.latent"],  # latent.py: the latent <-> RGB colour map
+    ["dreamfusion.io", "dreamfusion.settings"],
     ["dreamfusion.checkpoint", "dreamfusion.fields", "dreamfusion.guidance", "dreamfusion.report.plot"],
     ["dreamfusion.export", "dreamfusion.renderer"],  # they take a field: export writes it, the renderer renders it
     ["dreamfusion.train_config"],  # the trainer's sections (camera, loss): above what the loss terms come from
     ["dreamfusion.config"],  # assembles the components' sections
     ["dreamfusion.densify"],  # the training layer's Gaussian densification strategy (train.py imports it)
     ["dreamfusion.metrics", "dreamfusion.extensions", "dreamfusion.report", "dreamfusion.train"],
-    ["dreamfusion.exporting"],
+    ["dreamfusion.artifacts"],  # a run's artifacts from its config (calls export/, times the phases)
     ["dreamfusion.run"],
-    ["dreamfusion.evaluate", "dreamfusion.preview", "dreamfusion.viewer", "dreamfusion.batch"],
+    ["dreamfusion.clip_eval", "dreamfusion.preview", "dreamfusion.viewer", "dreamfusion.batch"],
     ["dreamfusion.cli"],
     ["dreamfusion.__main__", "dreamfusion"],
 ]
