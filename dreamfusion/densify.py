@@ -31,7 +31,7 @@ import sys
 import torch
 from torch import Tensor, nn
 
-from render.gaussians import quat_to_rotmat
+from render.splat_math import quat_to_rotmat
 
 __all__ = ["DensifyStrategy", "densify_active", "densify_due", "legacy_statistics", "position_lr"]
 

@@ -27,7 +27,7 @@ import torch
 from .checkpoint import CHECKPOINT, check_output_dir, load_checkpoint, make_run_dir
 from .config import Config, load_run_config, to_yaml
 from .errors import CheckpointError, UserError
-from .exporting import PhaseTimer, export_run
+from .artifacts import PhaseTimer, export_run
 from .extensions import prepare_kernels
 from .io import atomic_write_text
 

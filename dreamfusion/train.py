@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from render.cameras import Cameras, orbit_cameras, sample_cameras
+from render.latent import LATENT_CHANNELS
 from render.shading import random_light_dirs
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -26,7 +27,6 @@ from .densify import DensifyStrategy, legacy_statistics
 from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
 from .io import atomic_write, atomic_write_text, write_error
-from .latent import LATENT_CHANNELS
 from .renderer import Renderer, build_background
 
 __all__ = ["Trainer", "Interrupted", "Diverged", "pick_shading", "regularizers", "render_size", "warmup_factor",

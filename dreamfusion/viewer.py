@@ -39,7 +39,7 @@ def load_splats(run_dir: Path) -> dict | None:
         if not isinstance(field, GaussianField):
             return None
         t = {k: getattr(field, k).detach().float() for k in ("means", "log_scales", "quats", "opacity_logits", "sh_dc")}
-    from render.gaussians import SH_C0, quat_to_rotmat
+    from render.splat_math import SH_C0, quat_to_rotmat
 
     rot = quat_to_rotmat(torch.nn.functional.normalize(t["quats"], dim=-1))
     m = rot * t["log_scales"].exp()[:, None, :]

@@ -1,6 +1,10 @@
-"""Pure tensor functions: cameras, rays, volume rendering, shading, Gaussian rasterization.
+"""render: the project's pure functions of tensors, a top-level package of its published layout (``import render``).
 
-The nerfacc fast path lives in ``render.volume_nerfacc`` (imports nerfacc lazily, CUDA only).
+No training state, no config objects, no file I/O: tensors in, tensors out. The modules: cameras (``Cameras``,
+orbits, sampling), rays, volume (compositing; the nerfacc fast path is ``render.volume_nerfacc``, which imports
+nerfacc lazily, CUDA only), shading, gaussians (rasterization, gsplat or plain PyTorch), and two helpers that know
+no camera and render nothing, which fields may import too: splat_math (the Gaussian splat's conventions) and latent
+(the Stable Diffusion latent <-> RGB map). ``dreamfusion/`` builds on it, never the reverse.
 """
 
 from .cameras import Cameras, camera_position, look_at, orbit_cameras, sample_cameras

@@ -34,15 +34,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["rasterize_gaussians", "eval_sh", "quat_to_rotmat", "SH_C0"]
+from .splat_math import ALPHA_MAX, SH_C0, quat_to_rotmat
 
-SH_C0 = 0.28209479177387814  # Y_0^0: colour = 0.5 + SH_C0 * f_dc
+__all__ = ["rasterize_gaussians", "eval_sh"]
+
 _SH_C1 = 0.4886025119029199
 _SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
 _SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
           -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 ALPHA_MIN = 1.0 / 255.0  # splats fainter than this at a pixel are skipped (3DGS)
-ALPHA_MAX = 0.99  # alpha clamp (3DGS)
 _CHUNK_ELEMENTS = 1 << 21  # pixel x splat pairs per batch of tiles (~8 MB per float tensor)
 
 
@@ -69,15 +69,6 @@ def eval_sh(sh: Tensor, dirs: Tensor) -> Tensor:
                        + _SH_C3[4] * x * (4 * zz - xx - yy) * sh[..., 13, :]
                        + _SH_C3[5] * z * (xx - yy) * sh[..., 14, :] + _SH_C3[6] * x * (xx - 3 * yy) * sh[..., 15, :])
     return (out + 0.5).clamp_min(0.0)
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Unit quaternions (w, x, y, z) [N, 4] -> rotation matrices [N, 3, 3]."""
-    w, x, y, z = quats.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def _covariance(quats: Tensor, scales: Tensor) -> Tensor:

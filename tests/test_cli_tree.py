@@ -102,7 +102,7 @@ class _Calls:
 
     def __init__(self, monkeypatch, tmp_path):
         import dreamfusion.batch as batch
-        import dreamfusion.evaluate as evaluate
+        import dreamfusion.clip_eval as clip_eval
         import dreamfusion.preview as preview
         import dreamfusion.report as report
         import dreamfusion.run as run
@@ -112,7 +112,7 @@ class _Calls:
         result = argparse.Namespace(run_dir=tmp_path / "made", artifacts={})
         for module, name, value in ((run, "run", result), (run, "resume", result), (run, "export", result),
                                     (preview, "write_preview", tmp_path / "preview.png"), (viewer, "view_run", 0),
-                                    (evaluate, "evaluate_runs", 0), (report, "rebuild_report", tmp_path / "r.html"),
+                                    (clip_eval, "evaluate_runs", 0), (report, "rebuild_report", tmp_path / "r.html"),
                                     (batch, "run_batch", (tmp_path / "batch", {"counts": {"done": 0, "failed": 0},
                                                                                "runs": []}))):
             monkeypatch.setattr(module, name, self._stub(name, value))

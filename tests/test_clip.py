@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 
 from dreamfusion.io import atomic_write_text
 from dreamfusion.cli import main
+from dreamfusion.clip_eval import clip_scores, eval_cameras, r_precision, render_run
 from dreamfusion.config import ClipConfig, GuidanceConfig, load_config, to_yaml
 from dreamfusion.errors import ModelNotFoundError, UserError
-from dreamfusion.evaluate import clip_scores, eval_cameras, r_precision, render_run
 from dreamfusion.fields import build_field
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.augment import crop, random_crop_boxes

@@ -453,7 +453,7 @@ def test_uv_export_decimates_before_the_unwrap_and_keeps_shape_and_colour(tmp_pa
     """export.uv_max_faces: the UV path simplifies first (a phase of its own); 0 unwraps every face."""
     import_oracle("fast_simplification", "pip install fast-simplification (the dev extra)")
     from dreamfusion.config import load_config
-    from dreamfusion.exporting import PhaseTimer, export_mesh
+    from dreamfusion.artifacts import PhaseTimer, export_mesh
 
     t = 1.0
     cfg = load_config(None, ["export.resolution=40", "export.texture_size=256", f"export.threshold={t}",

@@ -191,7 +191,7 @@ def test_density_matches_brute_force_and_albedo_is_weighted_colour():
         field.log_scales.add_(torch.randn_like(field.log_scales) * 0.3)
         field.quats.copy_(torch.randn_like(field.quats))
     points = (torch.rand(3000, 3, generator=torch.Generator().manual_seed(3)) - 0.5) * 1.4
-    from render.gaussians import quat_to_rotmat
+    from render.splat_math import quat_to_rotmat
 
     # oracle: every point x every Gaussian; covariance widened by the volume dilation d (Sigma + d^2 I), peak
     # extinction -ln(1 - opacity) / (sqrt(2 pi) thinnest scale), cut at 3 sigma

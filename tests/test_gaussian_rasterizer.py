@@ -11,6 +11,7 @@ import torch
 from conftest import import_oracle
 from render.cameras import look_at
 from render.gaussians import eval_sh, rasterize_gaussians
+from render.splat_math import SH_C0, quat_to_rotmat
 
 
 
@@ -141,6 +142,21 @@ def test_sh_degree0_equals_rgb_and_eval_sh_degree1():
     d = torch.tensor([[0.6, 0.0, 0.8]])
     torch.testing.assert_close(eval_sh(coeffs, d), torch.full((1, 3), 0.5 - 0.4886025119029199 * 0.6))
 
+
+
+def test_splat_conventions_closed_forms():
+    """render/splat_math.py, the one definition the field and the rasterizer share: SH_C0 = Y_0^0 = 1 / (2 sqrt(pi)),
+    and the quaternion (cos(a/2), sin(a/2) n) turns by a about n (Rodrigues: R = I + sin a K + (1 - cos a) K^2)."""
+    assert SH_C0 == 0.5 / math.sqrt(math.pi)  # exact in float64
+    g = torch.Generator().manual_seed(0)
+    axes = torch.nn.functional.normalize(torch.randn(8, 3, generator=g, dtype=torch.float64), dim=-1)
+    angles = torch.rand(8, generator=g, dtype=torch.float64) * 2 * math.pi
+    quats = torch.cat([torch.cos(angles / 2)[:, None], torch.sin(angles / 2)[:, None] * axes], -1)
+    K = torch.zeros(8, 3, 3, dtype=torch.float64)  # K = [n]_x, the cross product with n
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -axes[:, 2], axes[:, 1], -axes[:, 0]
+    K = K - K.transpose(1, 2)
+    sin, cos = torch.sin(angles)[:, None, None], torch.cos(angles)[:, None, None]
+    torch.testing.assert_close(quat_to_rotmat(quats), torch.eye(3, dtype=torch.float64) + sin * K + (1 - cos) * K @ K)
 
 def test_rasterizer_rejects_bad_shapes():
     means, quats, scales, opacities, colors, c2w, fovy = _scene(torch.float32)

@@ -77,7 +77,7 @@ def _small_gaussian_iou(tmp_path, prompt: str = "an orange cube", broken: str | 
     return its volumetric IoU with the prompt's shape. `broken`: a deliberately wrong variant (the controls)."""
     from dreamfusion.config import load_config
     from dreamfusion.export import extract_mesh
-    from dreamfusion.exporting import surface_optical_depth
+    from dreamfusion.artifacts import surface_optical_depth
     from dreamfusion.guidance import FunctionGuidance, build_guidance
     from dreamfusion.guidance.primitives import inside, parse_prompt
     from dreamfusion.metrics import volumetric_iou
@@ -171,7 +171,7 @@ def test_mesh_level_is_the_fields_own_unless_configured():
     """export.auto_optical_depth: null -> 0.15 for splats, 0.3 for volumetric fields; a value overrides both."""
     from dreamfusion.config import FieldConfig, load_config
     from dreamfusion.errors import ConfigError
-    from dreamfusion.exporting import surface_optical_depth
+    from dreamfusion.artifacts import surface_optical_depth
     from dreamfusion.fields import build_field
 
     splats = _field(count=10)

@@ -20,9 +20,9 @@ from dreamfusion.config import FieldConfig, GuidanceConfig, HashGridConfig, Trip
 from dreamfusion.errors import ConfigError
 from dreamfusion.fields import build_field
 from dreamfusion.guidance import SDSGuidance, StableDiffusion
-from dreamfusion.latent import LATENT_TO_RGB, latent_to_rgb, rgb_to_latent
 from dreamfusion.renderer import LatentAsRGB, render_views, rgb_view
 from render.cameras import orbit_cameras
+from render.latent import LATENT_TO_RGB, latent_to_rgb, rgb_to_latent
 from render.rays import generate_rays
 from render.volume import render_rays
 

@@ -1,6 +1,6 @@
 """The renderer owns rendering (issue 21): it chooses volume or splat rendering by the field's class, holds the
 sampler state a run checkpoints, and export writes a field's own files. Oracles: the renderer's own functions
-called directly (bit for bit), round trips (state dict, files -> tensors), and the rasterizer's conventions.
+called directly (bit for bit), and round trips (state dict, files -> tensors).
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import render.gaussians
 from conftest import NERFACC_INSTALL, import_oracle
 from render.cameras import orbit_cameras
 
@@ -18,7 +17,6 @@ from dreamfusion.export import write_field_files
 from dreamfusion.export.planes import load_planes
 from dreamfusion.export.ply import read_ply
 from dreamfusion.fields import GaussianField, NeRFField, TriplaneField
-from dreamfusion.fields import gaussian as gaussian_field
 from dreamfusion.fields.base import Field
 from dreamfusion.renderer import Renderer, render_splats, render_views, render_volume
 from dreamfusion.renderer.config import RenderConfig
@@ -105,10 +103,3 @@ def test_export_writes_each_fields_own_files_and_they_read_back(tmp_path):
     assert torch.equal(read_ply(written["splats"])["means"], splats.means.detach())
     assert write_field_files(Slab(), tmp_path / "none") == {}
 
-
-def test_gaussian_field_and_rasterizer_share_their_conventions():
-    """fields/gaussian.py keeps its own copy of the rasterizer's constants (fields import no rendering code)."""
-    assert gaussian_field.SH_C0 == render.gaussians.SH_C0
-    assert gaussian_field.ALPHA_MAX == render.gaussians.ALPHA_MAX
-    q = torch.nn.functional.normalize(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
-    assert torch.equal(gaussian_field.quat_to_rotmat(q), render.gaussians.quat_to_rotmat(q))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import dreamfusion.exporting
+import dreamfusion.artifacts
 from dreamfusion import train as train_module
 from test_devices import command, run_cli  # the tiny Stable Diffusion command line of the device tests
 
@@ -54,7 +54,7 @@ def test_a_crash_in_training_is_recorded(request, tmp_path, monkeypatch):
 
 
 def test_a_crash_in_export_keeps_the_mesh_listed(request, tmp_path, monkeypatch):
-    monkeypatch.setattr(dreamfusion.exporting, "render_eval", crash)  # the video, after the mesh
+    monkeypatch.setattr(dreamfusion.artifacts, "render_eval", crash)  # the video, after the mesh
     rc, out, err = run_cli(command("default", request, tmp_path, "cpu"))
     run_dir = assert_true_record(rc, out, err, {"checkpoint", "obj", "glb", "report"})
     assert "video" not in json.loads((run_dir / "run.json").read_text())["artifacts"]
@@ -64,7 +64,7 @@ def test_a_crash_in_export_run_dir_is_recorded(request, tmp_path, monkeypatch):
     rc, out, err = run_cli(command("default", request, tmp_path, "cpu"))
     assert rc == 0, err
     run_dir = Path(out.splitlines()[-1])
-    monkeypatch.setattr(dreamfusion.exporting, "render_eval", crash)
+    monkeypatch.setattr(dreamfusion.artifacts, "render_eval", crash)
     rc, out, err = run_cli(["export", run_dir])
     assert assert_true_record(rc, out, err, {"checkpoint", "obj", "glb"}) == run_dir
 

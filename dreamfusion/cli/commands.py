@@ -39,7 +39,7 @@ def cmd_export(args: Namespace) -> Path:
 
 
 def cmd_eval(args: Namespace) -> int:
-    from ..evaluate import evaluate_runs
+    from ..clip_eval import evaluate_runs
 
     json_path = Path(args.json) if args.json is not None else None
     return evaluate_runs([Path(r) for r in args.runs], args.clip_model, views=args.views, resolution=args.resolution,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from render.gaussians import SH_C0
+from render.splat_math import SH_C0
 
 from ..errors import UserError
 from ..io import atomic_write

@@ -2,7 +2,7 @@
 
 Parameters (stored before activation, the .ply convention):
     means [N,3], log_scales [N,3] (scale = exp), quats [N,4] (w first, normalised at use),
-    opacity_logits [N] (opacity = sigmoid), sh_dc [N,3] (colour = 0.5 + 0.28209479 sh_dc),
+    opacity_logits [N] (opacity = sigmoid), sh_dc [N,3] (colour = 0.5 + SH_C0 sh_dc, render/splat_math.py),
     sh_rest [N,K-1,3] only when field.gaussian.sh_degree > 0.
 
 The renderer rasterizes them (dreamfusion/renderer/splats.py, ``render.gaussians.rasterize_gaussians``);
@@ -24,30 +24,18 @@ import math
 import torch
 from torch import Tensor, nn
 
+from render.splat_math import ALPHA_MAX, SH_C0, quat_to_rotmat
+
 from ..errors import ConfigError
 from ..settings import check_choice
 from .base import Field
 from .config import FieldConfig
 
-__all__ = ["GaussianField", "SH_C0", "ALPHA_MAX", "quat_to_rotmat"]
-
-# The representation's conventions, shared with the rasterizer (render/gaussians.py holds the same; fields import no
-# rendering code, and tests/test_gaussian_field.py checks that the two agree).
-SH_C0 = 0.28209479177387814  # Y_0^0: colour = 0.5 + SH_C0 * sh_dc
-ALPHA_MAX = 0.99  # the largest alpha of a splat (3DGS's clamp)
+__all__ = ["GaussianField"]
 
 _PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 _CUTOFF = 3.0  # density: Mahalanobis radius beyond which a Gaussian contributes nothing
 _PAIR_BUDGET = 1 << 22  # density: point x Gaussian pairs evaluated per batch
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Unit quaternions (w, x, y, z) [N, 4] -> rotation matrices [N, 3, 3]."""
-    w, x, y, z = quats.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def _ball(n: int, radius: float, device) -> Tensor:

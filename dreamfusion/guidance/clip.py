@@ -7,7 +7,7 @@ Dream Fields' other term, the transmittance loss (eq. 3), grades the render's op
 the render regularisers (``dreamfusion.train.transmittance_loss``, weighted by loss.transmittance).
 
 ``FrozenCLIP`` wraps a transformers ``CLIPModel`` + ``CLIPTokenizer`` loaded from a hub id or a local
-folder (same code path); it is shared with ``dreamfusion.evaluate``. The text embedding is computed
+folder (same code path); it is shared with ``dreamfusion.clip_eval``. The text embedding is computed
 once at construction; each step embeds ``clip.crops`` crops per view (with gradient).
 """
 

@@ -17,7 +17,7 @@ test CPU it is ~25x slower than fp32 (docs/BENCHMARKS.md).
 Two things that look like fast paths and are not switches here:
 - Text embeddings are computed once per prompt (``StableDiffusion.encode_prompt``): per step there is no
   text encoder call, only a gather of the cached [1, 77, D] rows per camera view label.
-- Rendering latents directly (Latent-NeRF) is ``guidance.latent_render`` (dreamfusion/latent.py): the field
+- Rendering latents directly (Latent-NeRF) is ``guidance.latent_render`` (render/latent.py): the field
   renders SD's 4 latent channels, so the step skips the resize to 512 and the VAE encode and its backward.
 """
 

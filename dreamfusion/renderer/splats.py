@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from render.cameras import Cameras
-from render.gaussians import SH_C0, rasterize_gaussians
+from render.gaussians import rasterize_gaussians
 from render.rays import generate_rays
+from render.splat_math import SH_C0
 
 from ..fields.gaussian import GaussianField
 from .backgrounds import solid_background

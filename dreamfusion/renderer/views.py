@@ -2,7 +2,7 @@
 grid (render.eval_grid) for fast rendering without a graph.
 
 A latent field (guidance.latent_render: albedo is Stable Diffusion's 4 latent channels) is seen through
-``latent_to_rgb`` (dreamfusion/latent.py), a fixed linear map; splats rasterize faster than a grid renders, so
+``latent_to_rgb`` (render/latent.py), a fixed linear map; splats rasterize faster than a grid renders, so
 they are never baked.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from render.latent import LATENT_CHANNELS, latent_to_rgb
+
 from ..fields.base import Field
 from ..fields.gaussian import GaussianField
-from ..latent import LATENT_CHANNELS, latent_to_rgb
 from .baked import BakedField
 
 __all__ = ["LatentAsRGB", "rgb_view", "eval_view"]

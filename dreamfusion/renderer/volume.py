@@ -7,12 +7,12 @@ import torch
 from torch import Tensor
 
 from render.cameras import Cameras
+from render.latent import LATENT_CHANNELS, rgb_to_latent
 from render.rays import generate_rays
 from render.shading import shade
 from render.volume import render_rays
 from render.volume_nerfacc import render_rays_nerfacc
 
-from ..latent import LATENT_CHANNELS, rgb_to_latent
 from .backgrounds import solid_background
 
 __all__ = ["render_volume"]
@@ -29,7 +29,7 @@ def render_volume(field, background, cameras: Cameras, height: int, width: int, 
     opacity), normal [B,H,W,3] (None unless shading needs it or need_normals) and the unit ray
     directions dirs [B,H,W,3]. A field with 4 albedo channels (Stable Diffusion latents,
     guidance.latent_render) gives rgb and albedo [B,H,W,4]: the latent image, over the background's colour
-    mapped to latents (dreamfusion/latent.py); it cannot be lit, so shading must be albedo.
+    mapped to latents (render/latent.py); it cannot be lit, so shading must be albedo.
     With a nerfacc occupancy-grid `estimator` (CUDA), rays are marched through it at the same sample
     spacing (2 bound / n_samples) instead of n_samples equal bins; the outputs are the same.
     Shading is deferred: the composited albedo and normal are shaded per pixel, which equals

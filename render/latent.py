@@ -2,7 +2,7 @@
 latent channels directly at the latent resolution, so SDS needs neither the resize to 512 x 512 nor the
 VAE encode and its backward.
 
-Colours for people (mesh texture, orbit video, previews: the renderer's ``rgb_view``, renderer/views.py) and
+Colours for people (mesh texture, orbit video, previews: the renderer's ``rgb_view``, dreamfusion/renderer/views.py) and
 solid backgrounds for the renderer go through a fixed linear map between the (scaled) SD 1.x latent space and
 RGB, fitted by keturn on SD 1.4 decodes (Hugging Face forum, "Decoding latents to RGB without upscaling"):
 
