@@ -138,6 +138,35 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(out)
 
 
+def unresolved_imports(root: Path = ROOT) -> set[tuple[str, str]]:
+    """(module, imported name) of every import of this project's packages that names no module of the tree at
+    ``root``: ``import a.b`` needs a.b, ``from a.b import c`` needs a.b. An editable install elsewhere would
+    otherwise satisfy a stale import after a move, and the layer check drops names it cannot resolve."""
+    mods = modules(root)
+    out = set()
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                needed = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                    needed = [".".join(base + ([node.module] if node.module else []))]
+                else:
+                    needed = [node.module]
+            else:
+                continue
+            for target in needed:
+                if target.split(".")[0] in ("dreamfusion", "render") and target not in mods:
+                    out.add((name, target))
+    return out
+
+
+def test_every_import_names_a_module_of_the_tree():
+    assert unresolved_imports() == set()
+
+
 def test_every_module_has_a_layer():
     for module in modules():
         _owner(module)
