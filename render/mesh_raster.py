@@ -174,9 +174,9 @@ def texture_lookup(texture: Tensor, uv: Tensor) -> Tensor:
     return out.permute(0, 2, 3, 1)
 
 
-def _crossing(s: Tensor, origin: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+def _crossing(s: Tensor, origin: Tensor, step: Tensor) -> Tensor:
     """Where the segment origin + t * step (t in [0, 1]) crosses each edge of triangles ``s [N, 3, 2]``:
-    t [N, 3] (nan where it does not cross within the edge) for edges (1, 2), (2, 0), (0, 1)."""
+    t [N, 3] (nan where it does not cross within the edge); edge k is the one opposite vertex k."""
     out = []
     for a, b in ((1, 2), (2, 0), (0, 1)):
         pa, pb = s[:, a], s[:, b]
@@ -192,19 +192,76 @@ def _crossing(s: Tensor, origin: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(out, dim=1)
 
 
+def _adjacency(faces: Tensor) -> Tensor:
+    """[F, 3]: the face across edge k (the edge opposite vertex k) of each face, -1 on a boundary."""
+    n_faces = faces.shape[0]
+    edges = torch.stack([faces[:, [1, 2]], faces[:, [2, 0]], faces[:, [0, 1]]], dim=1).reshape(-1, 2)
+    edges = torch.sort(edges, dim=1).values
+    key = edges[:, 0] * (int(faces.max()) + 1) + edges[:, 1]
+    order = torch.argsort(key, stable=True)
+    same = key[order][1:] == key[order][:-1]  # consecutive equal keys: the two sides of one edge
+    adjacent = torch.full((3 * n_faces,), -1, dtype=torch.long, device=faces.device)
+    first, second = order[:-1][same], order[1:][same]
+    adjacent[first], adjacent[second] = second // 3, first // 3
+    return adjacent.view(n_faces, 3)
+
+
+def _facing(s: Tensor) -> Tensor:
+    """Sign of the screen-space area of triangles ``s [N, 3, 2]``: +1 / -1 by winding (front or back facing)."""
+    a, b, c = s[:, 0], s[:, 1], s[:, 2]
+    return torch.sign((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+
+
+_MAX_WALK = 8  # triangles a silhouette search crosses between two pixel centres
+
+
+@torch.no_grad()
+def _silhouette_edges(screen: Tensor, faces: Tensor, adjacent: Tensor, b: Tensor, face: Tensor, origin: Tensor,
+                      step: Tensor) -> tuple[Tensor, Tensor]:
+    """From inside ``face`` (of view ``b``) along the segment origin -> origin + step, walk across the mesh's
+    edges until one is a silhouette (a boundary, or between a front- and a back-facing face). Returns the face
+    [N] owning that edge and the edge's index [N] in it (-1 where the segment reaches the other end first)."""
+    found_face = torch.full_like(face, -1)
+    found_edge = torch.full_like(face, -1)
+    active = torch.arange(len(face), device=face.device)
+    for _ in range(_MAX_WALK):
+        if len(active) == 0:
+            break
+        s = screen[b[active][:, None], faces[face[active]]]  # [N, 3, 2]
+        t = _crossing(s, origin[active], step[active])
+        exits = torch.nan_to_num(t, nan=-1.0)
+        edge = exits.argmax(1)  # the exit: the largest crossing t (the entry edge, if any, is smaller)
+        crosses = exits.max(1).values >= 0
+        across = adjacent[face[active], edge]
+        neighbour_s = screen[b[active][:, None], faces[across.clamp(min=0)]]
+        silhouette = (across < 0) | (_facing(neighbour_s) != _facing(s))
+        hit = crosses & silhouette
+        found_face[active[hit]] = face[active][hit]
+        found_edge[active[hit]] = edge[hit]
+        walk = crosses & ~silhouette
+        face = face.clone()
+        face[active[walk]] = across[walk]
+        active = active[walk]
+    return found_face, found_edge
+
+
 def antialias(color: Tensor, rast: dict[str, Tensor], pos: Tensor, faces: Tensor) -> Tensor:
     """Blend across silhouette edges: ``color [B, H, W, C]`` -> [B, H, W, C], differentiable in ``color`` and in
     ``pos`` (clip space, as rasterized).
 
-    For each pair of 4-neighbour pixels that see different surfaces (another triangle not sharing the edge, or
-    the background), the nearer pixel's triangle has an edge between the two centres, at a fraction d of the
-    way from its own centre. The pixel on the side where the edge lies is partly covered by the other
-    surface and takes a share of its colour: |0.5 - d| of it (nvdiffrast's analytic antialiasing, in spirit).
-    Pixels whose triangles share the crossing edge (the inside of a mesh) are left alone.
+    For each pair of 4-neighbour pixels that see different triangles, a walk from the nearer pixel's triangle
+    along the segment between the two centres finds the first silhouette edge it crosses (a mesh boundary, or
+    an edge between a front- and a back-facing triangle), at a fraction d of the way. The pixel on the side
+    where that edge lies is partly covered by the other side and takes a share of its colour: |0.5 - d| of it
+    (nvdiffrast's analytic antialiasing, in spirit), times the part of the edge's normal along the pair's axis,
+    |n_x| or |n_y| over |n_x| + |n_y|, since a slanted edge is met by horizontal and by vertical pairs alike.
+    Pairs whose segment crosses no silhouette (two triangles of one visible surface) are left alone.
     """
     triangle, depth = rast["triangle"], torch.where(rast["mask"], rast["depth"], math.inf)
     batch, height, width = triangle.shape
     faces = faces.long()
+    adjacent = _adjacency(faces)
+    screen = _screen(pos, height, width)  # [B, V, 2], with the graph
     flat = color.reshape(-1, color.shape[-1])
     delta = torch.zeros_like(flat)
     for di, dj in ((0, 1), (1, 0)):
@@ -216,28 +273,25 @@ def antialias(color: Tensor, rast: dict[str, Tensor], pos: Tensor, faces: Tensor
         p_near = d_p[b, i, j] <= d_q[b, i, j]
         oi, oj = torch.where(p_near, i, i + di), torch.where(p_near, j, j + dj)  # the occluding pixel
         ni, nj = torch.where(p_near, i + di, i), torch.where(p_near, j + dj, j)
-        occluder, other = triangle[b, oi, oj], triangle[b, ni, nj]
-        corners = faces[occluder]  # [N, 3]
-        s = _screen(pos[b[:, None], corners], height, width)  # [N, 3, 2], with the graph
         origin = torch.stack([oj, oi], dim=1).to(pos.dtype) + 0.5
         step = torch.stack([nj - oj, ni - oi], dim=1).to(pos.dtype)
-        t = _crossing(s, origin, step)  # [N, 3]
-        found = ~torch.isnan(t)
-        edge = torch.argmax(found.to(torch.int8), dim=1)  # the first crossing edge
-        has = found.any(1)
-        # an edge shared with the other pixel's triangle is inside the surface, not a silhouette
-        ends = torch.stack([corners.gather(1, ((edge + 1) % 3)[:, None])[:, 0],
-                            corners.gather(1, ((edge + 2) % 3)[:, None])[:, 0]], dim=1)  # [N, 2]
-        other_corners = faces[other.clamp(min=0)]
-        shared = (other >= 0) & (ends[:, :, None] == other_corners[:, None, :]).any(-1).all(-1)
-        keep = has & ~shared
-        d = torch.nan_to_num(t.gather(1, edge[:, None])[:, 0])[keep]
-        b, oi, oj, ni, nj = b[keep], oi[keep], oj[keep], ni[keep], nj[keep]
+        face, edge = _silhouette_edges(screen.detach(), faces, adjacent, b, triangle[b, oi, oj], origin, step)
+        keep = edge >= 0
+        b, oi, oj, ni, nj, face, edge = b[keep], oi[keep], oj[keep], ni[keep], nj[keep], face[keep], edge[keep]
+        origin, step = origin[keep], step[keep]
+        s = screen[b[:, None], faces[face]]  # [N, 3, 2], with the graph
+        d = _crossing(s, origin, step).gather(1, edge[:, None])[:, 0]
+        d = torch.nan_to_num(d, nan=0.5)  # a crossing exactly at an edge's end may round out: no blend
+        # an edge crossing rows and columns is met by horizontal and by vertical pairs: each kind takes the share
+        # |n . step| / (|n_x| + |n_y|) of its normal n, so the coverage moves by the edge's length times its shift
+        ends = s.gather(1, torch.stack([(edge + 1) % 3, (edge + 2) % 3], dim=1)[..., None].expand(-1, -1, 2))
+        along = ends[:, 1] - ends[:, 0]  # the edge's direction; its normal is (-along_y, along_x)
+        share = (along[:, dj].abs() / (along.abs().sum(1) + 1e-12))[:, None]
         o_key, n_key = (b * height + oi) * width + oj, (b * height + ni) * width + nj
         c_o, c_n = flat[o_key], flat[n_key]
         # the edge in the other pixel's half (d > 0.5): that pixel is covered by d - 0.5 of the occluder;
         # in the occluder's own half (d < 0.5): the occluding pixel is uncovered by 0.5 - d
-        into_other = (d - 0.5).clamp(min=0)[:, None]
-        into_own = (0.5 - d).clamp(min=0)[:, None]
+        into_other = share * (d - 0.5).clamp(min=0)[:, None]
+        into_own = share * (0.5 - d).clamp(min=0)[:, None]
         delta = delta.index_add(0, n_key, into_other * (c_o - c_n)).index_add(0, o_key, into_own * (c_n - c_o))
     return (flat + delta).view_as(color)

@@ -31,7 +31,7 @@ LAYERS = [
 ]
 # Beyond the layers: a field is a representation (issue 21): it renders nothing and knows no camera. Of render/ it
 # imports only the tensor helpers that know neither cameras nor rendering, and they import no other render module.
-CAMERA_FREE = ("render.splat_math", "render.latent")  # the Gaussian splat's conventions; the latent <-> RGB map
+CAMERA_FREE = ("render.splat_math", "render.latent", "render.tets")  # splat conventions; latent <-> RGB; tet grids
 
 
 def modules(root: Path = ROOT) -> dict[str, Path]:
