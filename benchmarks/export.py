@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dreamfusion.exporting import PhaseTimer, export_run  # noqa: E402
-from dreamfusion.metrics import prior_scores  # noqa: E402
+from dreamfusion.world.scores import prior_scores  # noqa: E402
 from dreamfusion.renderer import eval_view, render_views_chunked, skip_grid  # noqa: E402
 from dreamfusion.run import load_run  # noqa: E402
 from render.cameras import orbit_cameras  # noqa: E402
