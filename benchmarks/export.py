@@ -6,7 +6,7 @@ against the fast settings (export.uv_max_faces, render.eval_grid), measured back
     python benchmarks/export.py --set steps=2 --set render.eval_grid=16 --resolution 16 --frames 2   # smoke
 
 For each setting: seconds per export phase (mesh, decimate, unwrap, bake, write, grid, video), the mesh's
-IoU and colour error under the embedded prior (metrics.prior_scores), and the PSNR of 12 orbit frames
+IoU and colour error under the embedded prior (world.scores.prior_scores), and the PSNR of 12 orbit frames
 rendered as the video renders them against the same frames rendered from the field itself. Ends with a
 JSON line.
 """

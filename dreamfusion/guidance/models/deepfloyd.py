@@ -235,7 +235,7 @@ class DeepFloydIF(TextUNetPredictor):
         """(C, h, w) of the space the UNet denoises: RGB pixels in [-1, 1] at its sample size (3, 64, 64 for IF)."""
         return (self.channels, self.sample_size, self.sample_size)
 
-    clip_denoised = True  # pixels live in [-1, 1]: DDIM (dreamfusion/preview.py) clips its x0 estimates there
+    clip_denoised = True  # pixels live in [-1, 1]: DDIM (ddim.py) clips its x0 estimates there
 
     def decode(self, x: Tensor) -> Tensor:
         """x [B, 3, S, S] in [-1, 1] -> images [B, S, S, 3] in [0, 1] (previews); undoes ``encode`` at size S."""

@@ -169,7 +169,7 @@ class StableDiffusion(TextUNetPredictor):
         """(C, h, w) of the space the UNet denoises: SD's latents at the VAE resolution."""
         return (int(self.vae.config.latent_channels), self.latent_size, self.latent_size)
 
-    clip_denoised = False  # latents are not bounded: DDIM (dreamfusion/preview.py) leaves its x0 estimates alone
+    clip_denoised = False  # latents are not bounded: DDIM (ddim.py) leaves its x0 estimates alone
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
