@@ -6,7 +6,7 @@ against the fast settings (export.uv_max_faces, render.eval_grid), measured back
     python benchmarks/export.py --set steps=2 --set render.eval_grid=16 --resolution 16 --frames 2   # smoke
 
 For each setting: seconds per export phase (mesh, decimate, unwrap, bake, write, grid, video), the mesh's
-IoU and colour error under the embedded prior (metrics.prior_scores), and the PSNR of 12 orbit frames
+IoU and colour error under the embedded prior (world.scores.prior_scores), and the PSNR of 12 orbit frames
 rendered as the video renders them against the same frames rendered from the field itself. Ends with a
 JSON line.
 """
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dreamfusion.artifacts import PhaseTimer, export_run  # noqa: E402
-from dreamfusion.metrics import prior_scores  # noqa: E402
+from dreamfusion.world.scores import prior_scores  # noqa: E402
 from dreamfusion.renderer import eval_view, render_views_chunked, skip_grid  # noqa: E402
 from dreamfusion.run import load_run  # noqa: E402
 from render.cameras import orbit_cameras  # noqa: E402

@@ -20,7 +20,7 @@ plain SDS (guidance.view_dependent=false), SDS with view-dependent prompts, and 
 
 Bed runs are in-process around one loaded prior (the demo config with BED_OVERRIDES, sized so 90 runs fit in
 about half an hour on 2 cores) and score the mesh the exporter extracts (marching cubes at --export-resolution,
-vertex colours) with dreamfusion/metrics.py: Janus score, per-object IoU, relation, colour error; seconds are
+vertex colours) with dreamfusion/world/scores.py: Janus score, per-object IoU, relation, colour error; seconds are
 training + mesh extraction + scoring of one run.
 """
 
@@ -41,8 +41,8 @@ import trimesh
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dreamfusion.guidance.primitives import COLOURS, inside, parse_prompt  # noqa: E402
-from dreamfusion.metrics import mean_surface_albedo, scene_scores, volumetric_iou  # noqa: E402
+from dreamfusion.world.primitives import COLOURS, inside, parse_prompt  # noqa: E402
+from dreamfusion.world.scores import mean_surface_albedo, scene_scores, volumetric_iou  # noqa: E402
 
 DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "an orange cone", "a green cylinder", "a purple torus",
                    "a white sphere", "a yellow cube", "a black cone"]

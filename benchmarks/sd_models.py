@@ -19,7 +19,7 @@ import torch
 
 from dreamfusion.config import StableDiffusionConfig
 from dreamfusion.guidance import StableDiffusion
-from dreamfusion.guidance.fastpaths import apply_fast_paths, resolve_dtype
+from dreamfusion.guidance.models.fastpaths import apply_fast_paths, resolve_dtype
 
 __all__ = ["build_stable_diffusion", "ByteTokenizer", "CONFIG_DIR"]
 

@@ -47,8 +47,8 @@ import torch  # noqa: E402
 
 from dreamfusion.config import StableDiffusionConfig, load_config  # noqa: E402
 from dreamfusion.guidance import SDSGuidance  # noqa: E402
-from dreamfusion.guidance.perp_neg import PerpNegGuidance  # noqa: E402
-from dreamfusion.guidance.vsd import VSDGuidance  # noqa: E402
+from dreamfusion.guidance.rules.perp_neg import PerpNegGuidance  # noqa: E402
+from dreamfusion.guidance.rules.vsd import VSDGuidance  # noqa: E402
 from dreamfusion.train import Trainer  # noqa: E402
 from render.cameras import sample_cameras  # noqa: E402
 from sd_models import build_stable_diffusion  # noqa: E402

@@ -133,7 +133,7 @@ def evaluate_runs(runs: list[Path], clip_model: str, views: int = 8, resolution:
                   json_path: Path | None = None, device: str = "auto") -> int:
     """The ``eval`` command's work: the table to stderr, the JSON report to ``json_path`` or stdout; returns 0.
     UserErrors propagate to the CLI (one line, exit status 2)."""
-    from .guidance.clip import FrozenCLIP
+    from .guidance.models.clip import FrozenCLIP
     from .run import resolve_device
 
     runs = [Path(r) for r in runs]

@@ -112,7 +112,7 @@ def _final_metrics(cfg: Config, row: dict, written: dict[str, Path]) -> dict[str
     """The last step's logged terms, and under the embedded prior the exported mesh against the known object."""
     metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
     if cfg.guidance.model_kind == "prior" and "glb" in written:
-        from .metrics import prior_scores
+        from .world.scores import prior_scores
 
         metrics.update(prior_scores(written["glb"], cfg.prompt))
     return metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from dreamfusion.preview import ddim_sample, ddim_timesteps
+from dreamfusion.guidance.models.ddim import ddim_sample, ddim_timesteps
 
 
 def _leading(steps, num_train_timesteps=1000):

@@ -17,12 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ["render", "dreamfusion.errors"],  # render/: pure functions of tensors
     ["dreamfusion.io", "dreamfusion.settings"],
+    ["dreamfusion.world"],  # the embedded prior's primitives and scenes: the prior draws them, the scores grade by them
     ["dreamfusion.checkpoint", "dreamfusion.fields", "dreamfusion.guidance", "dreamfusion.report.plot"],
     ["dreamfusion.export", "dreamfusion.renderer"],  # they take a field: export writes it, the renderer renders it
+    ["dreamfusion.world.scores"],  # an asset against its known scene (the true mesh is export's marching cubes)
     ["dreamfusion.train_config"],  # the trainer's sections (camera, loss): above what the loss terms come from
     ["dreamfusion.config"],  # assembles the components' sections
     ["dreamfusion.densify"],  # the training layer's Gaussian densification strategy (train.py imports it)
-    ["dreamfusion.metrics", "dreamfusion.extensions", "dreamfusion.report", "dreamfusion.train"],
+    ["dreamfusion.extensions", "dreamfusion.report", "dreamfusion.train"],
     ["dreamfusion.artifacts"],  # a run's artifacts from its config (calls export/, times the phases)
     ["dreamfusion.run"],
     ["dreamfusion.clip_eval", "dreamfusion.preview", "dreamfusion.viewer", "dreamfusion.batch"],

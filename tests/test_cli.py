@@ -188,7 +188,7 @@ def test_orbit_video_has_the_configured_frames(finished):
 
 
 def test_export_rebuilds_mesh_and_video_without_loading_the_model(finished, tmp_path, monkeypatch):
-    from dreamfusion.guidance.stable_diffusion import StableDiffusion
+    from dreamfusion.guidance.models.stable_diffusion import StableDiffusion
 
     run_dir = tmp_path / finished[1].name
     shutil.copytree(finished[1], run_dir)

@@ -30,8 +30,9 @@ from dreamfusion.config import ClipConfig, GuidanceConfig, load_config, to_yaml
 from dreamfusion.errors import ModelNotFoundError, UserError
 from dreamfusion.fields import build_field
 from dreamfusion.guidance import build_guidance
-from dreamfusion.guidance.augment import crop, random_crop_boxes
-from dreamfusion.guidance.clip import CLIP_MEAN, CLIP_STD, CLIPGuidance, FrozenCLIP
+from dreamfusion.guidance.rules.augment import crop, random_crop_boxes
+from dreamfusion.guidance.models.clip import CLIP_MEAN, CLIP_STD, FrozenCLIP
+from dreamfusion.guidance.rules.clip import CLIPGuidance
 from dreamfusion.renderer import build_background, render_views, solid_background
 from dreamfusion.renderer.backgrounds import _blur, _checkerboard, _fourier, random_backgrounds
 from dreamfusion.settings import replace_key

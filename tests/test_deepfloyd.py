@@ -25,7 +25,7 @@ from dreamfusion.config import GuidanceConfig, load_config
 from dreamfusion.errors import ConfigError, ModelNotFoundError, UserError
 from dreamfusion.guidance import (DeepFloydIF, SDSGuidance, build_guidance, guidance_model_key,
                                   load_guidance_model)
-from dreamfusion.guidance import deepfloyd as deepfloyd_module
+from dreamfusion.guidance.models import deepfloyd as deepfloyd_module
 
 FIELD = ["field.hashgrid.n_levels=4", "field.hashgrid.log2_hashmap_size=12", "field.hashgrid.base_resolution=8",
          "field.hidden_dim=16"]
@@ -315,7 +315,7 @@ def test_sds_gradient_on_tiny_if_matches_independent_computation(tiny_if):
 
 
 def test_perp_neg_on_if_matches_the_rule_on_direct_unet_calls(tiny_if_dir):
-    from dreamfusion.guidance.perp_neg import PerpNegGuidance, perp_neg_noise, perp_neg_prompts
+    from dreamfusion.guidance.rules.perp_neg import PerpNegGuidance, perp_neg_noise, perp_neg_prompts
 
     cfg = load_config("deepfloyd", [f"guidance.deepfloyd.model={tiny_if_dir}", "prompt=a red cube", "negative_prompt=blurry",
                                     "guidance.type=perp_neg"])

@@ -153,8 +153,8 @@ BUILDERS = re.compile(r"__init__$|^build_|^make_|^load")
 ALLOWED_LITERALS = {
     ("dreamfusion/train.py", 'torch.Generator("cpu")'),  # the run's RNG: the same draws on any device
     ("dreamfusion/fields/base.py", 'torch.device("cpu")'),  # field_device of a module without tensors
-    ("dreamfusion/guidance/sds.py", 'torch.device("cpu")'),  # draws without a generator, as torch.rand's
-    ("dreamfusion/guidance/augment.py", 'torch.device("cpu")'),  # likewise
+    ("dreamfusion/guidance/rules/sds.py", 'torch.device("cpu")'),  # draws without a generator, as torch.rand's
+    ("dreamfusion/guidance/rules/augment.py", 'torch.device("cpu")'),  # likewise
     ("dreamfusion/renderer/backgrounds.py", 'torch.device("cpu")'),  # likewise (the random textures' draws)
 }
 LITERAL = re.compile(r'torch\.device\("cpu"\)|torch\.Generator\("cpu"\)')

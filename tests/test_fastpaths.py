@@ -13,7 +13,7 @@ import torch
 from dreamfusion.config import Config, GuidanceConfig, StableDiffusionConfig, load_config
 from dreamfusion.errors import ConfigError
 from dreamfusion.guidance import SDSGuidance, StableDiffusion, build_guidance
-from dreamfusion.guidance.fastpaths import resolve_dtype
+from dreamfusion.guidance.models.fastpaths import resolve_dtype
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -35,8 +35,8 @@ def test_demo_gaussians_converge_to_the_cube(tmp_path):
     import trimesh
 
     from dreamfusion.export.ply import read_ply
-    from dreamfusion.guidance.primitives import inside
-    from dreamfusion.metrics import volumetric_iou
+    from dreamfusion.world.primitives import inside
+    from dreamfusion.world.scores import volumetric_iou
 
     proc = subprocess.run([sys.executable, "-m", "dreamfusion", "--config", "demo", 'prompt=an orange cube',
                            f"output_dir={tmp_path}", *DEMO_GAUSSIAN], capture_output=True, text=True, timeout=600)
@@ -79,8 +79,8 @@ def _small_gaussian_iou(tmp_path, prompt: str = "an orange cube", broken: str | 
     from dreamfusion.export import extract_mesh
     from dreamfusion.artifacts import surface_optical_depth
     from dreamfusion.guidance import FunctionGuidance, build_guidance
-    from dreamfusion.guidance.primitives import inside, parse_prompt
-    from dreamfusion.metrics import volumetric_iou
+    from dreamfusion.world.primitives import inside, parse_prompt
+    from dreamfusion.world.scores import volumetric_iou
     from dreamfusion.train import Trainer
 
     cfg = load_config("demo", [f"prompt={prompt}", *SMALL_GAUSSIAN])

@@ -53,7 +53,7 @@ def test_each_rule_builds_on_each_allowed_model(rule, model_type, request):
     guidance = build_guidance(cfg, "cpu", load_guidance_model(cfg, "cpu"))
     expected_rule = {"sds": SDSGuidance, "perp_neg": PerpNegGuidance}.get(rule)
     if rule == "vsd":
-        from dreamfusion.guidance.vsd import VSDGuidance
+        from dreamfusion.guidance.rules.vsd import VSDGuidance
 
         expected_rule = VSDGuidance
     assert type(guidance) is expected_rule
@@ -66,7 +66,8 @@ def test_each_rule_builds_on_each_allowed_model(rule, model_type, request):
 
 
 def test_clip_builds_on_its_own_model(tiny_clip_dir):
-    from dreamfusion.guidance.clip import CLIPGuidance, FrozenCLIP
+    from dreamfusion.guidance.models.clip import FrozenCLIP
+    from dreamfusion.guidance.rules.clip import CLIPGuidance
 
     cfg = load_config("dreamfields", ["prompt=a red cube", f"guidance.clip.model={tiny_clip_dir}"])
     guidance = build_guidance(cfg, "cpu")

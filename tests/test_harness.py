@@ -51,7 +51,7 @@ def _plant_in_hub_cache(hub: Path, repo_id: str, source: Path) -> None:
 def test_every_cache_points_into_the_session_sandbox():
     import huggingface_hub.constants as hub_constants
 
-    from dreamfusion.guidance.prior import cache_dir
+    from dreamfusion.guidance.models.prior import cache_dir
 
     for var, path in SANDBOX_CACHES.items():
         assert os.environ[var] == str(path), var
@@ -76,7 +76,7 @@ def test_real_caches_are_neither_read_nor_written(tmp_path, tiny_clip_dir):
 
     control = subprocess.run([sys.executable, "-c", (
         "import json, huggingface_hub, huggingface_hub.constants as c\n"
-        "from dreamfusion.guidance.prior import cache_dir\n"
+        "from dreamfusion.guidance.models.prior import cache_dir\n"
         f"print(json.dumps([str(cache_dir()), c.HF_HUB_CACHE, huggingface_hub.try_to_load_from_cache({HUB_ID!r}, "
         "'config.json')]))")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert control.returncode == 0, control.stderr
@@ -96,7 +96,7 @@ def test_real_caches_are_neither_read_nor_written(tmp_path, tiny_clip_dir):
 
 
 def test_silhouettes_land_in_the_sandbox():
-    from dreamfusion.guidance.prior import dataset_cameras, load_silhouettes
+    from dreamfusion.guidance.models.prior import dataset_cameras, load_silhouettes
 
     cams = dataset_cameras(3, [0, 30], [-180, 180], [2.5, 2.5], [40, 40])  # 3 views at 8 px: no other test's file
     load_silhouettes("torus", cams, 8)

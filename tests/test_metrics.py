@@ -1,4 +1,4 @@
-"""The measurement oracles of dreamfusion/metrics.py, against analytic shapes.
+"""The measurement oracles of dreamfusion/world/scores.py, against analytic shapes.
 
 Oracles: boxes whose faces lie on grid-cell boundaries (the cell-centre count is then exact, so the IoU is
 the exact volume ratio), an icosphere against the exact volume of the polyhedron and against a
@@ -16,7 +16,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from dreamfusion.metrics import grid_points, mean_surface_albedo, mesh_occupancy, volumetric_iou
+from dreamfusion.world.scores import grid_points, mean_surface_albedo, mesh_occupancy, volumetric_iou
 
 
 def _box(lo, hi) -> trimesh.Trimesh:

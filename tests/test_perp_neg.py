@@ -1,4 +1,4 @@
-"""Perp-Neg (guidance/perp_neg.py) against closed forms: the perpendicular component, the per-view prompts and
+"""Perp-Neg (guidance/rules/perp_neg.py) against closed forms: the perpendicular component, the per-view prompts and
 weights at hand-picked azimuths, and the guided noise of a hand-built predictor whose noise prediction is its
 text embedding, replayed with numpy from the paper's formula; then through the tiny Stable Diffusion (epsilon and
 v-prediction), whose one batched UNet call is compared with four separate direct UNet calls."""
@@ -14,7 +14,7 @@ import torch
 from dreamfusion.config import Config, GuidanceConfig, PerpNegConfig, StableDiffusionConfig, load_config
 from dreamfusion.errors import ConfigError
 from dreamfusion.guidance import build_guidance
-from dreamfusion.guidance.perp_neg import (PerpNegGuidance, perp_neg_noise, perp_neg_prompts,
+from dreamfusion.guidance.rules.perp_neg import (PerpNegGuidance, perp_neg_noise, perp_neg_prompts,
                                            perpendicular_component, weight_curve)
 from dreamfusion.guidance.prompts import TextConditioning
 from render.cameras import Cameras, camera_position, look_at

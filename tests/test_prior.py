@@ -8,10 +8,11 @@ import torch
 
 from dreamfusion.config import load_config
 from dreamfusion.errors import UserError
-from dreamfusion.guidance.prior import (EmbeddedPrior, closed_form_eps, dataset_cameras, render_silhouettes,
-                                        scaled_linear_alphas_cumprod)
-from dreamfusion.guidance.primitives import COLOURS, SHAPES, inside, parse_prompt, sdf
-from dreamfusion.guidance.sds import SDSGuidance
+from dreamfusion.guidance.models.prior import (EmbeddedPrior, closed_form_eps, dataset_cameras,
+                                               scaled_linear_alphas_cumprod)
+from dreamfusion.guidance.rules.sds import SDSGuidance
+from dreamfusion.world.primitives import COLOURS, SHAPES, inside, parse_prompt, sdf
+from dreamfusion.world.renders import render_silhouettes
 from render.cameras import sample_cameras
 
 
@@ -162,7 +163,7 @@ def test_sds_on_the_prior_recovers_an_orange_cone(tmp_path, monkeypatch):
     from dreamfusion.export import extract_mesh
     from dreamfusion.export.texture import vertex_colors
     from dreamfusion.guidance import build_guidance
-    from dreamfusion.metrics import mean_surface_albedo, volumetric_iou
+    from dreamfusion.world.scores import mean_surface_albedo, volumetric_iou
     from dreamfusion.train import Trainer
 
     monkeypatch.setenv("DREAMFUSION_CACHE", str(tmp_path / "cache"))

@@ -26,7 +26,7 @@ from dreamfusion.checkpoint import load_checkpoint
 from dreamfusion.config import load_config
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import FunctionGuidance, load_guidance_model
-from dreamfusion.metrics import prior_scores
+from dreamfusion.world.scores import prior_scores
 from dreamfusion.settings import replace_key
 from dreamfusion.run import load_run, read_run_json, resume, resume_config, run
 from dreamfusion.train import weighted_loss

@@ -10,10 +10,10 @@ import torch
 
 from dreamfusion.config import load_config
 from dreamfusion.errors import UserError
-from dreamfusion.guidance.primitives import (FRONT_Z, PAIR_OFFSET, PAIR_SCALE, RELATIONS, parse_prompt, parse_scene,
-                                             render_alpha, render_scene)
-from dreamfusion.guidance.prior import EmbeddedPrior, closed_form_eps, mixture_eps, scaled_linear_alphas_cumprod
-from dreamfusion.metrics import scene_scores, truth_mesh
+from dreamfusion.guidance.models.prior import EmbeddedPrior, closed_form_eps, mixture_eps, scaled_linear_alphas_cumprod
+from dreamfusion.world.primitives import (FRONT_Z, PAIR_OFFSET, PAIR_SCALE, RELATIONS, parse_prompt, parse_scene,
+                                          render_alpha, render_scene)
+from dreamfusion.world.scores import scene_scores, truth_mesh
 from render.cameras import Cameras, camera_position, look_at
 from render.rays import generate_rays
 
@@ -141,7 +141,7 @@ def test_perp_neg_runs_on_the_prior_and_without_negatives_is_view_dependent_cfg(
     # Oracle: with every weight curve f = 0 (a = c = 0) and a front camera (r = 1: the positive is the front
     # prompt itself), Perp-Neg's eps_hat is classifier-free guidance with the front prompt.
     from dreamfusion.guidance import build_guidance
-    from dreamfusion.guidance.perp_neg import PerpNegGuidance
+    from dreamfusion.guidance.rules.perp_neg import PerpNegGuidance
 
     _, model = prior
     zero = "[0.0, 0.5, 0.0]"
@@ -224,7 +224,7 @@ def test_a_true_scene_in_one_piece_is_split_by_colour_and_scores_right(prompt):
 def test_a_one_piece_asset_with_the_colours_swapped_or_of_one_colour_scores_wrong():
     prompt = "a red cube on a blue cube"
     scene = parse_scene(prompt)
-    from dreamfusion.guidance.primitives import scene_palette, surface_label
+    from dreamfusion.world.primitives import scene_palette, surface_label
 
     paint = lambda p: _swap([scene_palette(scene)[i] for i in surface_label(scene, p)], "red", "blue")
     swapped = scene_scores(truth_mesh(prompt, 48, paint, bridge=0.06), prompt)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import trimesh
 
-from dreamfusion.guidance.primitives import SHAPES, inside, sdf
-from dreamfusion.metrics import volumetric_iou
+from dreamfusion.world.primitives import SHAPES, inside, sdf
+from dreamfusion.world.scores import volumetric_iou
 from render.tets import marching_tets, tet_grid
 
 

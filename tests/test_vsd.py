@@ -1,4 +1,4 @@
-"""VSD (guidance/vsd.py) on the tiny Stable Diffusion, epsilon and v-prediction: the gradient and the LoRA's loss
+"""VSD (guidance/rules/vsd.py) on the tiny Stable Diffusion, epsilon and v-prediction: the gradient and the LoRA's loss
 against independent replays (the same generator draws, direct UNet calls, v converted in closed form), the LoRA
 learning (its loss falls), and its state in the trainer's optimizer and checkpoint, where a resumed run reproduces
 a straight one."""
@@ -13,9 +13,9 @@ import torch
 from dreamfusion.config import Config, GuidanceConfig, StableDiffusionConfig, VSDConfig, load_config
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import build_guidance
-from dreamfusion.guidance.sds import sample_timesteps
-from dreamfusion.guidance import vsd as vsd_module
-from dreamfusion.guidance.vsd import VSDGuidance, camera_features
+from dreamfusion.guidance.rules.sds import sample_timesteps
+from dreamfusion.guidance.rules import vsd as vsd_module
+from dreamfusion.guidance.rules.vsd import VSDGuidance, camera_features
 from dreamfusion.train import Trainer
 from render.cameras import orbit_cameras
 

@@ -3,10 +3,11 @@
     model = load_guidance_model(cfg, device)          # the frozen model: slow, once per process
     guidance = build_guidance(cfg, device, model)      # bound to cfg.prompt: fast, once per prompt
 
-``guidance.type`` picks the rule (sds.py, perp_neg.py, vsd.py, clip.py) and ``guidance.model_type`` the noise
-model (stable_diffusion.py, deepfloyd.py, prior.py); their config section is config.py, their construction
-build.py. The names below import their module on first use, so reading the config section (``guidance.config``,
-assembled by ``dreamfusion.config``) does not import torch: the CLI's --help and the report start fast.
+``guidance.type`` picks the rule (rules/: sds.py, perp_neg.py, vsd.py, clip.py) and ``guidance.model_type`` the
+noise model (models/: stable_diffusion.py, deepfloyd.py, prior.py; CLIP's clip.py); base.py holds the protocols
+between them, config.py their config section, build.py their construction. The names below import their module
+on first use, so reading the config section (``guidance.config``, assembled by ``dreamfusion.config``) does not
+import torch: the CLI's --help and the report start fast.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ __all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "model
 _HOME = {"build_guidance": "build", "load_guidance_model": "build", "guidance_model_key": "build",
          "model_settings": "build", "RULES": "build", "MODELS": "build",
          "Guidance": "base", "FrozenGuidance": "base", "FunctionGuidance": "base",
-         "SDSGuidance": "sds", "NoisePredictor": "sds", "UNetNoisePredictor": "sds", "PerpNegGuidance": "perp_neg",
-         "StableDiffusion": "stable_diffusion", "DeepFloydIF": "deepfloyd",
+         "NoisePredictor": "base", "UNetNoisePredictor": "base",
+         "SDSGuidance": "rules.sds", "PerpNegGuidance": "rules.perp_neg",
+         "StableDiffusion": "models.stable_diffusion", "DeepFloydIF": "models.deepfloyd",
          "view_label": "prompts", "view_prompts": "prompts", "slugify": "prompts"}
 
 

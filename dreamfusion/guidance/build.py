@@ -21,10 +21,10 @@ from ..errors import UserError
 from ..settings import check_choice, check_sections, get_key
 from .base import Guidance
 from .config import MODEL_KEYS
-from .deepfloyd import DeepFloydIF
-from .perp_neg import PerpNegGuidance
-from .sds import SDSGuidance
-from .stable_diffusion import StableDiffusion
+from .models.deepfloyd import DeepFloydIF
+from .models.stable_diffusion import StableDiffusion
+from .rules.perp_neg import PerpNegGuidance
+from .rules.sds import SDSGuidance
 
 __all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "model_settings", "RULES", "MODELS"]
 
@@ -60,20 +60,20 @@ def model_settings(cfg: Any) -> _Settings:
 
 
 def _load_sd(s: _Settings, device: torch.device) -> StableDiffusion:
-    sd = s["guidance.stable_diffusion"]  # its dtype, channels_last, attention, compile: fastpaths.py
+    sd = s["guidance.stable_diffusion"]  # its dtype, channels_last, attention, compile: models/fastpaths.py
     return StableDiffusion.load(sd.model, revision=sd.revision, device=device, half_precision=sd.half_precision,
                                 vae_resolution=sd.vae_resolution, fast_paths=sd)
 
 
 def _load_deepfloyd(s: _Settings, device: torch.device) -> DeepFloydIF:
-    deepfloyd = s["guidance.deepfloyd"]  # its dtype, channels_last, compile: fastpaths.py
+    deepfloyd = s["guidance.deepfloyd"]  # its dtype, channels_last, compile: models/fastpaths.py
     return DeepFloydIF.load(deepfloyd.model, revision=deepfloyd.revision, device=device,
                             half_precision=deepfloyd.half_precision, max_length=deepfloyd.max_length,
                             variant=deepfloyd.variant, fast_paths=deepfloyd)
 
 
 def _load_prior(s: _Settings, device: torch.device):
-    from .prior import EmbeddedPrior
+    from .models.prior import EmbeddedPrior
 
     camera = SimpleNamespace(**{k: s[f"camera.{k}"] for k in  # the ranges of its image set: the training cameras'
                                 ("elevation_range", "azimuth_range", "distance_range", "fovy_range")})
@@ -81,7 +81,7 @@ def _load_prior(s: _Settings, device: torch.device):
 
 
 def _load_clip(s: _Settings, device: torch.device):
-    from .clip import FrozenCLIP
+    from .models.clip import FrozenCLIP
 
     return FrozenCLIP.load(s["guidance.clip.model"], revision=s["guidance.clip.revision"], device=device,
                            half_precision=s["guidance.clip.half_precision"])
@@ -92,20 +92,20 @@ MODELS = {"stable_diffusion": _load_sd, "deepfloyd": _load_deepfloyd, "prior": _
 
 
 def _vsd():
-    from .vsd import VSDGuidance  # peft is imported when a VSD guidance is built
+    from .rules.vsd import VSDGuidance  # peft is imported when a VSD guidance is built
 
     return VSDGuidance
 
 
 def _clip():
-    from .clip import CLIPGuidance
+    from .rules.clip import CLIPGuidance
 
     return lambda model, g, prompt, negative_prompt: CLIPGuidance(model, prompt, g)
 
 
 RULES = {"sds": lambda: SDSGuidance, "perp_neg": lambda: PerpNegGuidance, "vsd": _vsd, "clip": _clip}
 """guidance.type -> its rule's constructor ``rule(model, cfg.guidance, prompt, negative_prompt)``, imported when asked
-for (vsd.py needs peft, clip.py transformers' CLIP)."""
+for (rules/vsd.py needs peft, rules/clip.py transformers' CLIP)."""
 
 
 def guidance_model_key(cfg: Any) -> tuple:

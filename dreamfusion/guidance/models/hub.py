@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
+from ...errors import ModelNotFoundError
 
 __all__ = ["looks_like_path", "resolve_model", "hub_kwargs", "load_parts", "first_line"]
 

@@ -1,4 +1,4 @@
-"""DeepFloyd IF stage I as a frozen pixel-space noise predictor for SDS (see sds.NoisePredictor).
+"""DeepFloyd IF stage I as a frozen pixel-space noise predictor for SDS (see base.NoisePredictor).
 
 IF (DeepFloyd / Stability AI, 2023) is the open analogue of Imagen, the prior DreamFusion used: pixel-space
 diffusion UNets conditioned on a frozen T5-XXL text encoder. Stage I denoises 64 x 64 RGB images, so SDS
@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import DeepFloydConfig
-from ..errors import ConfigError, ModelNotFoundError, UserError
-from ..io import atomic_write
+from ..config import DeepFloydConfig
+from ...errors import ConfigError, ModelNotFoundError, UserError
+from ...io import atomic_write
 from .fastpaths import resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
 from .prediction import TextUNetPredictor, prediction_type
-from .prompts import TextConditioning, prompt_texts, slugify
+from ..prompts import TextConditioning, prompt_texts, slugify
 
 __all__ = ["DeepFloydIF", "DEFAULT_MODEL", "t5_cache_dir"]
 
@@ -235,7 +235,7 @@ class DeepFloydIF(TextUNetPredictor):
         """(C, h, w) of the space the UNet denoises: RGB pixels in [-1, 1] at its sample size (3, 64, 64 for IF)."""
         return (self.channels, self.sample_size, self.sample_size)
 
-    clip_denoised = True  # pixels live in [-1, 1]: DDIM (dreamfusion/preview.py) clips its x0 estimates there
+    clip_denoised = True  # pixels live in [-1, 1]: DDIM (ddim.py) clips its x0 estimates there
 
     def decode(self, x: Tensor) -> Tensor:
         """x [B, 3, S, S] in [-1, 1] -> images [B, S, S, 3] in [0, 1] (previews); undoes ``encode`` at size S."""

@@ -1,17 +1,18 @@
-"""The embedded prior's vocabulary: analytic primitives, their colours, scenes of them, and their renders.
+"""The world's vocabulary: analytic primitives, their colours, scenes of them, and their renders (the embedded
+prior, dreamfusion/guidance/models/prior.py, draws them; scores.py measures assets against them).
 
 Geometry is in the world (glTF) frame: y up, front toward +z (docs/DESIGN.md). Three prompt forms:
 
 - ``a <colour> <shape>``: one primitive at the origin, full size (the first vocabulary; the demo's prompts).
 - ``a <colour> <shape> with a <colour> front``: one primitive whose front part (object z >= FRONT_Z) has the
   second colour, so the object looks different from the front, the sides and the back (a Janus problem can be
-  seen and counted: dreamfusion/metrics.py).
+  seen and counted: scores.py).
 - ``a <colour> <shape> <relation> a <colour> <shape>``: two primitives at PAIR_SCALE of full size, centres at
   +-PAIR_OFFSET on the relation's axis (RELATIONS): ``on`` puts the first at +y and the second at -y, ``under``
   the reverse; ``next to`` puts the first at -x (left, seen from the front) and the second at +x; ``in front of``
   the first at +z, the second at -z; ``behind`` the reverse. The smallest gap between the two is 0.1 (two spheres
   of radius 0.3 at 0.7 apart), so the true scene is two separate pieces. The two colours of a pair differ (a pair
-  of one colour is refused: the metrics split a fused asset by colour).
+  of one colour is refused: the scores split a fused asset by colour).
 """
 
 from __future__ import annotations

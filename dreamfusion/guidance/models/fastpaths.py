@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import StableDiffusionConfig
-from ..errors import ConfigError
+from ..config import StableDiffusionConfig
+from ...errors import ConfigError
 
 __all__ = ["DTYPES", "resolve_dtype", "set_attention", "apply_fast_paths"]
 

@@ -1,20 +1,13 @@
-"""Dream Fields guidance (Jain et al., arXiv 2112.01455): CLIP similarity of augmented renders to the prompt.
+"""CLIP as a frozen model: ``FrozenCLIP`` wraps a transformers ``CLIPModel`` + ``CLIPTokenizer`` loaded from a hub
+id or a local folder (same code path). Dream Fields' rule (guidance/rules/clip.py) and ``dreamfusion.clip_eval`` use it.
 
-    crops_k = crop_k(render composited over a random background)        k = 1 .. clip.crops per view
-    loss_clip = - mean_k cos(E_img(normalize(resize(crops_k))), E_txt(prompt))      (Dream Fields eq. 1)
-
-Dream Fields' other term, the transmittance loss (eq. 3), grades the render's opacity, not the image: it is one of
-the render regularisers (``dreamfusion.train.transmittance_loss``, weighted by loss.transmittance).
-
-``FrozenCLIP`` wraps a transformers ``CLIPModel`` + ``CLIPTokenizer`` loaded from a hub id or a local
-folder (same code path); it is shared with ``dreamfusion.clip_eval``. The text embedding is computed
-once at construction; each step embeds ``clip.crops`` crops per view (with gradient).
+    embed_text(texts) -> [N, D]                       unit length, no gradient
+    embed_images(x [N, 3, h, w] in [0, 1]) -> [N, D]  unit length, differentiable (resize, CLIP's mean / std)
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ClipConfig, GuidanceConfig
-from ..errors import ModelNotFoundError, UserError
-from .augment import crop, random_crop_boxes
-from .base import FrozenGuidance
-from .prompts import labels_for, prompt_texts
+from ..config import ClipConfig
+from ...errors import ModelNotFoundError
 from .hub import hub_kwargs, load_parts, looks_like_path
 
-__all__ = ["FrozenCLIP", "CLIPGuidance", "DEFAULT_CLIP"]
+__all__ = ["FrozenCLIP", "DEFAULT_CLIP"]
 
 DEFAULT_CLIP = ClipConfig.model  # ViT-B/16, the Dream Fields paper's guidance model
 # OpenAI CLIP's normalisation, used when the model has no preprocessor_config.json.
@@ -149,45 +139,3 @@ class FrozenCLIP:
 def _pooled(out: Any) -> Tensor:
     """get_*_features returns a tensor (transformers 4) or an output whose pooler_output is projected (5)."""
     return out if torch.is_tensor(out) else out.pooler_output
-
-
-class CLIPGuidance(FrozenGuidance):
-    """Dream Fields' CLIP loss: ``guidance(images, cameras, step, total_steps, generator) -> dict``."""
-
-    def __init__(self, clip: FrozenCLIP, prompt: str, cfg: GuidanceConfig):
-        texts = prompt_texts(prompt, "", cfg.view_dependent)
-        del texts["uncond"]  # CLIP similarity has no unconditional branch
-        if cfg.clip.crops <= 0:
-            raise UserError(f"guidance.clip.crops must be positive, got {cfg.clip.crops}")
-        if not 0.0 < cfg.clip.crop_fraction <= 1.0:
-            raise UserError(f"guidance.clip.crop_fraction must be in (0, 1], got {cfg.clip.crop_fraction}")
-        self.clip, self.cfg = clip, cfg
-        longest = max(texts.values(), key=len)
-        count, limit = len(clip.tokenizer(longest, truncation=False, verbose=False).input_ids), clip.context_length
-        if count > limit:  # cut, not an error (as for Stable Diffusion's text encoder)
-            print(f"warning: prompt truncated: it is {count} tokens, CLIP reads {limit}; the last "
-                  f"{count - limit} are ignored", file=sys.stderr)
-        embeddings = clip.embed_text(list(texts.values()))  # [N, D], once
-        self.text_embeddings: dict[str, Tensor] = {k: embeddings[i] for i, k in enumerate(texts)}
-
-    def text_for(self, cameras: Any, batch: int) -> Tensor:
-        """[B, D]: the prompt embedding per view (with the view suffix when view_dependent)."""
-        labels = labels_for(cameras, batch, self.cfg.view_dependent)
-        return torch.stack([self.text_embeddings[label] for label in labels])
-
-    def __call__(self, images: Tensor, cameras: Any, step: int, total_steps: int,
-                 generator: torch.Generator | None = None) -> dict[str, Tensor | float]:
-        """images [B, H, W, 3] in [0, 1] (requires grad; already over random backgrounds).
-
-        Returns loss_clip = -mean over the B * clip.crops crops of cos(image, text) and the plain
-        float clip_similarity (that mean cosine) for logging. Crop boxes come from ``generator``.
-        """
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"CLIPGuidance: images must be [B, H, W, 3], got {tuple(images.shape)}")
-        batch, height, width, _ = images.shape
-        n = self.cfg.clip.crops
-        boxes = random_crop_boxes(batch * n, height, width, self.cfg.clip.crop_fraction, generator)
-        image_emb = self.clip.embed_images(crop(images, boxes, n))  # [B * n, D]; crop i is of view i // n
-        text_emb = self.text_for(cameras, batch).to(image_emb.device).repeat_interleave(n, dim=0)  # [B * n, D]
-        similarity = (image_emb * text_emb).sum(-1)  # cosines: both unit length
-        return {"loss_clip": -similarity.mean(), "clip_similarity": similarity.mean().item()}

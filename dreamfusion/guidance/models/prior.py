@@ -6,7 +6,7 @@ For x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps and a distribution with masses 
 (Tweedie's formula for a mixture of Diracs). It is a pixel-space noise predictor with the same interface
 as the Stable Diffusion wrapper, so the SDS rule, t schedule, weighting and CFG are shared.
 
-Which images a prompt stands for (primitives.py has the prompt forms):
+Which images a prompt stands for (dreamfusion/world/primitives.py has the prompt forms):
 - The first vocabulary ('a red cube', the demo): the prompt's images from the dataset views near the render
   camera (conditional) against every vocabulary prompt's from those views (unconditional). The camera itself
   picks the view, so ``view_dependent`` changes nothing (kept as it was: the demo's results are unchanged).
@@ -35,17 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from render.cameras import Cameras, look_at, camera_position
-from render.rays import generate_rays
 
-from ..errors import ConfigError, UserError
-from ..io import atomic_write
-from .primitives import COLOURS, SHAPES, Scene, parse_scene, render_alpha, render_scene, scene_palette
-from .prompts import TextConditioning, view_label
+from ...errors import ConfigError, UserError
+from ...io import atomic_write
+from ...world.primitives import COLOURS, SHAPES, Scene, parse_scene, scene_palette
+from ...world.renders import render_scene_coverage, render_silhouettes
+from ..prompts import TextConditioning, view_label
 
 __all__ = ["EmbeddedPrior", "PriorCondition", "closed_form_eps", "scaled_linear_alphas_cumprod", "BACKGROUNDS"]
 
 BACKGROUNDS = {"gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
-SUPERSAMPLE = 3  # rays per pixel side when rendering the silhouettes (anti-aliasing)
 MIN_VIEWS = 4  # when no dataset view lies inside the window, use this many nearest ones
 CACHE_VERSION = 1
 SCENE_CACHE_VERSION = 1
@@ -102,18 +101,6 @@ def dataset_cameras(n: int, elevation_range, azimuth_range, distance_range, fovy
     return Cameras(look_at(eye, None), torch.deg2rad(fovy), elevation, azimuth, distance)
 
 
-def render_silhouettes(shape: str, cams: Cameras, resolution: int, views_per_chunk: int = 64) -> Tensor:
-    """Anti-aliased coverage [V, R, R] in [0, 1] of a primitive seen from each camera."""
-    side = resolution * SUPERSAMPLE
-    out = []
-    for v in range(0, cams.c2w.shape[0], views_per_chunk):
-        c2w, fovy = cams.c2w[v:v + views_per_chunk], cams.fovy[v:v + views_per_chunk]
-        origins, dirs = generate_rays(c2w, fovy, side, side)  # [n, side, side, 3]
-        alpha = render_alpha(shape, origins.reshape(-1, 3), dirs.reshape(-1, 3)).reshape(-1, 1, side, side)
-        out.append(F.avg_pool2d(alpha, SUPERSAMPLE)[:, 0])
-    return torch.cat(out)
-
-
 def load_silhouettes(shape: str, cams: Cameras, resolution: int) -> Tensor:
     """Silhouettes from the cache, rendered and stored on first use."""
     key = hashlib.sha1(repr((CACHE_VERSION, shape, resolution, cams.c2w.numpy().round(5).tobytes(),
@@ -140,18 +127,6 @@ def _cached(path: Path, make) -> Tensor:
 def _scene_key(scene: Scene, cams: Cameras, resolution: int) -> str:
     return hashlib.sha1(repr((SCENE_CACHE_VERSION, tuple(scene.parts), resolution, cams.c2w.numpy().round(5).tobytes(),
                               cams.fovy.numpy().round(6).tobytes())).encode()).hexdigest()[:16]
-
-
-def render_scene_coverage(scene: Scene, cams: Cameras, resolution: int, views_per_chunk: int = 64) -> Tensor:
-    """Anti-aliased coverage [V, K, R, R] of each of the scene's K palette colours seen from each camera."""
-    side, k = resolution * SUPERSAMPLE, len(scene_palette(scene))
-    out = []
-    for v in range(0, cams.c2w.shape[0], views_per_chunk):
-        origins, dirs = generate_rays(cams.c2w[v:v + views_per_chunk], cams.fovy[v:v + views_per_chunk], side, side)
-        label = render_scene(scene, origins.reshape(-1, 3), dirs.reshape(-1, 3)).reshape(-1, side, side)
-        onehot = F.one_hot(label + 1, k + 1)[..., 1:].permute(0, 3, 1, 2).float()  # [n, K, side, side]; -1 = none
-        out.append(F.avg_pool2d(onehot, SUPERSAMPLE))
-    return torch.cat(out)
 
 
 def load_scene_coverage(scene: Scene, cams: Cameras, resolution: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Stable Diffusion as a frozen noise predictor for SDS (a latent-diffusion prior; see sds.NoisePredictor).
+"""Stable Diffusion as a frozen noise predictor for SDS (a latent-diffusion prior; see base.NoisePredictor).
 
 Loads the tokenizer, CLIP text encoder, UNet, VAE and DDPM scheduler of a diffusers-format checkpoint
 with ``from_pretrained(model, subfolder=...)``; ``model`` is a hub id or a local folder, same code path.
@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import StableDiffusionConfig
-from ..errors import ModelNotFoundError
+from ..config import StableDiffusionConfig
+from ...errors import ModelNotFoundError
 from .fastpaths import apply_fast_paths, resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
 from .prediction import TextUNetPredictor, prediction_type
-from .prompts import TextConditioning, prompt_texts
+from ..prompts import TextConditioning, prompt_texts
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DEFAULT_MODEL = StableDiffusionConfig.model
@@ -85,7 +85,7 @@ class StableDiffusion(TextUNetPredictor):
         """Load from a hub id or a local folder; fp16 on CUDA when half_precision, fp32 otherwise.
 
         ``fast_paths`` (the run's guidance.stable_diffusion section) sets dtype, channels_last, attention and compile
-        (guidance/fastpaths.py); None keeps the defaults (dtype auto, sdpa attention).
+        (fastpaths.py); None keeps the defaults (dtype auto, sdpa attention).
         """
         fast = fast_paths if fast_paths is not None else StableDiffusionConfig()
         dtype = resolve_dtype(fast.dtype, half_precision, device)  # before any file or hub access
@@ -169,7 +169,7 @@ class StableDiffusion(TextUNetPredictor):
         """(C, h, w) of the space the UNet denoises: SD's latents at the VAE resolution."""
         return (int(self.vae.config.latent_channels), self.latent_size, self.latent_size)
 
-    clip_denoised = False  # latents are not bounded: DDIM (dreamfusion/preview.py) leaves its x0 estimates alone
+    clip_denoised = False  # latents are not bounded: DDIM (ddim.py) leaves its x0 estimates alone
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

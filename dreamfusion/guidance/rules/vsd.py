@@ -12,7 +12,7 @@ eps_hat is classifier-free guided with guidance.guidance_scale (7.5 is ProlificD
 scale 1 (its conditional branch). The LoRA (peft, on the attention projections) and the camera MLP are the
 guidance's trainable state: in the trainer's Adam at guidance.vsd.lr, in the checkpoint, restored on resume. With
 a v- or x0-predicting model the LoRA learns that model's target (v = sqrt(abar) eps - sqrt(1 - abar) x0, or x0) and its
-eps is recovered from it by the model wrapper's predict_eps, as the frozen model's is (guidance/prediction.py).
+eps is recovered from it by the model wrapper's predict_eps, as the frozen model's is (guidance/models/prediction.py).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from .prediction import prediction_target
-from .sds import SDSGuidance, UNetNoisePredictor, sample_timesteps
+from ...errors import UserError
+from ..models.prediction import prediction_target
+from ..base import UNetNoisePredictor
+from .sds import SDSGuidance, sample_timesteps
 
 __all__ = ["VSDGuidance", "camera_features", "camera_keep_mask"]
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .prompts import TextConditioning
+from ..prompts import TextConditioning
 from .sds import SDSGuidance
 
 __all__ = ["PerpNegGuidance", "perpendicular_component", "perp_neg_noise", "perp_neg_prompts", "weight_curve"]

@@ -35,6 +35,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .primitives import (COLOURS, FRONT_Z, RELATIONS, inside, parse_scene, scene_inside, scene_palette, scene_sdf,
+                         surface_label)
+
 __all__ = ["grid_points", "mesh_occupancy", "volumetric_iou", "mean_surface_albedo", "prior_scores", "scene_scores",
            "janus_views", "face_colours", "truth_mesh"]
 
@@ -181,8 +184,6 @@ def scene_scores(mesh, prompt: str, resolution: int = 96) -> dict[str, float]:
     """A trimesh mesh with colours against the scene the prompt asks for (module docstring): ``iou`` (mean over
     objects), ``albedo_err`` (largest), per object ``iou_<k>`` / ``albedo_err_<k>``, ``relation`` for a pair and
     ``janus`` for an object with a front."""
-    from .guidance.primitives import COLOURS, FRONT_Z, RELATIONS, parse_scene, scene_inside
-
     scene = parse_scene(prompt)
     vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
     colours, area = face_colours(mesh), np.asarray(mesh.area_faces)
@@ -266,8 +267,7 @@ def truth_mesh(prompt: str, resolution: int = 96, colour_rule=None, bridge: floa
     joins a pair's objects by a rod of that radius between their centres (one piece, as trained pairs come out)."""
     import trimesh
 
-    from .export import extract_mesh
-    from .guidance.primitives import COLOURS, parse_scene, scene_palette, scene_sdf, surface_label
+    from ..export import extract_mesh
 
     scene = parse_scene(prompt)
 
@@ -292,8 +292,6 @@ def prior_scores(glb_path, prompt: str, resolution: int = 96) -> dict[str, float
     """A mesh made under the embedded prior against the prompt's known scene. A prompt of the first vocabulary
     ('a red cube'): volumetric IoU with the analytic primitive and the largest per-channel error of the mean
     surface albedo against its colour (and that albedo); any other prompt: ``scene_scores``."""
-    from .guidance.primitives import COLOURS, inside, parse_scene
-
     mesh = _load_mesh(glb_path)
     scene = parse_scene(prompt)
     if not scene.legacy:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import ModelNotFoundError
+from ...errors import ModelNotFoundError
 
 __all__ = ["PREDICTION_TYPES", "prediction_type", "eps_from_prediction", "prediction_target", "TextUNetPredictor"]
 

@@ -1,7 +1,7 @@
 """Score distillation sampling: the guidance rule and its schedules (DreamFusion, arXiv 2209.14988).
 
-Nothing here knows which diffusion model is used. A *noise predictor* (Stable Diffusion in
-``stable_diffusion.py``, an embedded pixel-space prior elsewhere) supplies the noise schedule, the
+Nothing here knows which diffusion model is used. A *noise predictor* (guidance/base.py's ``NoisePredictor``:
+Stable Diffusion, DeepFloyd IF or the embedded prior, in guidance/models/) supplies the noise schedule, the
 image -> x0 encoder and the noise prediction; this file holds the rule that turns them into a loss:
 
     x0  = encode(images)                                  (with gradient)
@@ -18,53 +18,13 @@ is the SDS gradient itself.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .config import GuidanceConfig
-from .base import FrozenGuidance
-
-
-class NoisePredictor(Protocol):
-    """What the SDS rule and Perp-Neg need from a diffusion model (Stable Diffusion, DeepFloyd IF, the embedded prior)."""
-
-    alphas_cumprod: Tensor
-    """abar_t for t = 0 .. T-1, shape [T] (T = 1000 for Stable Diffusion)."""
-
-    def encode(self, images: Tensor) -> Tensor:
-        """images [B, H, W, 3] in [0, 1] -> x0 [B, C, h, w], differentiable."""
-        ...
-
-    def encode_prompt(self, prompt: str, negative_prompt: str, view_dependent: bool) -> Any:
-        """The prompt's conditioning (text embeddings, or the prior's image sets), computed once per prompt."""
-        ...
-
-    def predict_noise(self, x_t: Tensor, t: Tensor, cameras: Any, cond: Any) -> tuple[Tensor, Tensor]:
-        """x_t [B, C, h, w], t [B] long, cameras, encode_prompt's result -> (eps_uncond, eps_cond), each
-        [B, C, h, w]; no gradient."""
-        ...
-
-    def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
-        """x_t [B, C, h, w], t [B] long, K conditions per sample [K, B, ...] (rows of encode_prompt's result,
-        e.g. Perp-Neg's interpolated and negative prompts) -> eps [K, B, C, h, w] in one call; no gradient."""
-        ...
-
-
-class UNetNoisePredictor(NoisePredictor, Protocol):
-    """A noise predictor that is a diffusers UNet (Stable Diffusion): what VSD needs to train a LoRA of it."""
-
-    unet: Any
-    """The frozen UNet2DConditionModel (peft adapters are added to it)."""
-    device: torch.device
-    dtype: torch.dtype
-    prediction_type: str
-    """What the UNet outputs: epsilon, v_prediction or sample (guidance/prediction.py)."""
-
-    def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **unet_kwargs) -> Tensor:
-        """As NoisePredictor.predict_eps, with extra UNet inputs (VSD's camera ``class_labels``)."""
-        ...
+from ..config import GuidanceConfig
+from ..base import FrozenGuidance, NoisePredictor
 
 
 def t_range(step: int, total_steps: int, t_min: float, t_max: float, t_anneal: str = "none",
@@ -166,11 +126,11 @@ class SDSGuidance(FrozenGuidance):
 
     def guided_noise(self, x_t: Tensor, t: Tensor, cameras: Any) -> Tensor:
         """eps_hat [B, C, h, w], the prior's guided noise prediction: classifier-free guidance here; Perp-Neg
-        (guidance/perp_neg.py) replaces it."""
+        (guidance/rules/perp_neg.py) replaces it."""
         eps_u, eps_c = self.predictor.predict_noise(x_t, t, cameras, self.cond)
         return classifier_free_guidance(eps_u.float(), eps_c.float(), self.cfg.guidance_scale)
 
     def reference_noise(self, x_t: Tensor, t: Tensor, cameras: Any, eps: Tensor) -> Tensor:
-        """What eps_hat is compared with: the injected noise for SDS; VSD (guidance/vsd.py) uses its LoRA's
+        """What eps_hat is compared with: the injected noise for SDS; VSD (guidance/rules/vsd.py) uses its LoRA's
         prediction of the render's own distribution instead."""
         return eps
