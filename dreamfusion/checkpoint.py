@@ -10,11 +10,11 @@ import torch
 
 from .errors import CheckpointError, UserError
 from .io import atomic_write
+from .migrations import CHECKPOINT_FORMAT, upgrade_checkpoint
 
 __all__ = ["CHECKPOINT", "check_output_dir", "make_run_dir", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
-FORMAT = 1
 
 
 def _unwritable(output_dir: str, why: str) -> UserError:
@@ -63,12 +63,13 @@ def save_checkpoint(run_dir: Path, state: dict) -> Path:
     """Write checkpoints/last.pt atomically (temp file, fsync, rename): a kill never leaves half a file."""
     path = Path(run_dir) / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
+    atomic_write(path, lambda fh: torch.save({"format": CHECKPOINT_FORMAT, **state}, fh))
     return path
 
 
 def load_checkpoint(run_dir: Path, map_location="cpu") -> dict:
-    """The last checkpoint of a run folder, loaded with weights_only=True (no pickled code runs)."""
+    """The last checkpoint of a run folder, loaded with weights_only=True (no pickled code runs), in today's layout
+    whatever its format (migrations.upgrade_checkpoint)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder '{run_dir}' does not exist: pass a folder made by a previous run")
@@ -87,6 +88,7 @@ def load_checkpoint(run_dir: Path, map_location="cpu") -> dict:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({first[:160]}): "
                               f"it is corrupt; start a new run or restore the file") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:
-        raise CheckpointError(f"checkpoint '{path}' is not a dreamfusion checkpoint (format {FORMAT})")
-    return state
+    number = state.get("format") if isinstance(state, dict) else None
+    if type(number) is not int or number < 1 or "step" not in state:
+        raise CheckpointError(f"checkpoint '{path}' is not a dreamfusion checkpoint (format {CHECKPOINT_FORMAT})")
+    return upgrade_checkpoint(state, f"checkpoint '{path}'")

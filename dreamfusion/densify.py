@@ -19,9 +19,8 @@ gradients); then those with opacity < prune_opacity or largest scale > prune_sca
 statistics restart at zero. The parameters are replaced by resized ones, in the optimizer too (its
 param_groups and Adam moments follow the rows: kept rows keep theirs, new rows start at zero).
 
-``state_dict()`` / ``load_state_dict()`` hold the statistics (the trainer checkpoints them as "strategy").
-Checkpoints written before this module kept them as the field's buffers ``grad_accum`` / ``grad_count``:
-``legacy_statistics`` takes them out of such a field state, and they become the strategy's state.
+``state_dict()`` / ``load_state_dict()`` hold the statistics (the trainer checkpoints them as "strategy"; those
+of checkpoints written before this module, the field's buffers, move there on load: migrations.py).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 
 from render.splat_math import quat_to_rotmat
 
-__all__ = ["DensifyStrategy", "densify_active", "densify_due", "legacy_statistics", "position_lr"]
+__all__ = ["DensifyStrategy", "densify_active", "densify_due", "position_lr"]
 
 _STATS = ("grad_accum", "grad_count")
 _MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -57,13 +56,6 @@ def densify_active(done: int, cfg) -> bool:
 def densify_due(done: int, cfg) -> bool:
     """Whether clone / split / prune runs after ``done`` steps."""
     return densify_active(done, cfg) and done % cfg.densify_every == 0
-
-
-def legacy_statistics(field_state: dict) -> tuple[dict, dict]:
-    """(field state without them, strategy state): a checkpoint written before the strategy kept its
-    statistics as the field's buffers; an empty strategy state when the field state has none."""
-    stats = {name: field_state[name] for name in _STATS if name in field_state}
-    return {k: v for k, v in field_state.items() if k not in _STATS}, stats
 
 
 class DensifyStrategy:
@@ -170,7 +162,7 @@ class DensifyStrategy:
         return {"grad_accum": self.grad_accum, "grad_count": self.grad_count}
 
     def load_state_dict(self, state: dict) -> None:
-        """The statistics of ``state_dict()`` (or of ``legacy_statistics``); moved to the current device."""
+        """The statistics of ``state_dict()``; moved to the current device."""
         missing = [name for name in _STATS if name not in state]
         if missing:
             raise KeyError(f"densification state lacks {', '.join(missing)}")

@@ -23,7 +23,7 @@ from render.shading import random_light_dirs
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
-from .densify import DensifyStrategy, legacy_statistics
+from .densify import DensifyStrategy
 from .errors import CheckpointError, ConfigError, UserError
 from .fields import build_field
 from .io import atomic_write, atomic_write_text, write_error
@@ -164,23 +164,20 @@ class Trainer:
         if state.get("field_type", self.cfg.field.type) != self.cfg.field.type:
             raise CheckpointError(f"checkpoint holds a {state['field_type']} field but the config asks for "
                                   f"field.type={self.cfg.field.type}")
-        try:
-            # a checkpoint written before the strategy holds its statistics in the field's buffers: they become
-            # the strategy's state when the checkpoint has none of its own
-            field_state, legacy = legacy_statistics(state["field"])
-            self.field.load_state_dict(field_state)
+        try:  # ``state``: today's layout (checkpoint.load_checkpoint upgrades an older one, migrations.py)
+            self.field.load_state_dict(state["field"])
             if self.strategy is not None:
-                self.strategy.load_state_dict(state.get("strategy") or legacy)
+                self.strategy.load_state_dict(state["strategy"])
             if self.background is not None:
                 self.background.load_state_dict(state["background"])
             if self.guidance is not None:
-                self.guidance.load_state_dict(state.get("guidance", {}))
+                self.guidance.load_state_dict(state["guidance"])
             if with_optimizer:
                 self.optimizer.load_state_dict(state["optimizer"])
-            self.renderer.load_state_dict(state.get("estimator", {}))
+            self.renderer.load_state_dict(state["estimator"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
-        self.step, self.skipped = int(state["step"]), int(state.get("skipped_steps", 0))
+        self.step, self.skipped = int(state["step"]), int(state["skipped_steps"])
         self._saved_step = self.step
         self.generator.set_state(state["rng"].cpu())  # map_location may have moved the states
         torch.set_rng_state(state["torch_rng"].cpu())

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Low to high. A name is a module or a package (then every module under it).
 LAYERS = [
     ["render", "dreamfusion.errors"],  # render/: pure functions of tensors
-    ["dreamfusion.io", "dreamfusion.settings"],
+    ["dreamfusion.io", "dreamfusion.settings",
+     "dreamfusion.migrations"],  # earlier config.yaml and checkpoint formats, as plain data (imports errors only)
     ["dreamfusion.world"],  # the embedded prior's primitives and scenes: the prior draws them, the scores grade by them
     ["dreamfusion.checkpoint", "dreamfusion.fields", "dreamfusion.guidance", "dreamfusion.report.plot"],
     ["dreamfusion.export", "dreamfusion.renderer"],  # they take a field: export writes it, the renderer renders it

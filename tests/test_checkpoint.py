@@ -17,6 +17,7 @@ from dreamfusion.checkpoint import CHECKPOINT, check_output_dir, load_checkpoint
 from dreamfusion.config import load_config
 from dreamfusion.errors import CheckpointError, UserError
 from dreamfusion.io import atomic_write_text
+from dreamfusion.migrations import CHECKPOINT_FORMAT
 from dreamfusion.train import Trainer
 from render.cameras import Cameras, orbit_cameras, sample_cameras
 
@@ -76,7 +77,7 @@ def test_round_trip_gives_identical_tensors(trained, tmp_path):
     path = save_checkpoint(tmp_path / "run", state)
     assert path == tmp_path / "run" / CHECKPOINT
     loaded = load_checkpoint(tmp_path / "run")
-    assert loaded.pop("format") == 1
+    assert loaded.pop("format") == CHECKPOINT_FORMAT
     assert_same(loaded, state)
     assert loaded["step"] == 3 and loaded["optimizer"]["state"]  # Adam moments were saved, not just weights
 

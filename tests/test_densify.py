@@ -1,5 +1,5 @@
 """The densification strategy's contract (dreamfusion/densify.py): its schedules are functions of the step, its
-state round-trips through a checkpoint (old checkpoints with the statistics in the field's buffers too), and
+state round-trips through a checkpoint (format 1 checkpoints with the statistics in the field's buffers too), and
 Adam's state follows the rows it keeps, clones, splits and prunes.
 
 Oracles: closed forms (the densification steps of a schedule; position_lr), the uninterrupted run (a run
@@ -97,8 +97,8 @@ def test_each_adam_step_uses_the_rate_of_its_step_even_after_a_skipped_one(tmp_p
 # -- state ----------------------------------------------------------------------------------------
 def _resumed(tmp_path, state_change=None) -> tuple[dict, dict, int]:
     """(uninterrupted, resumed) tensors after 8 steps, the resumed run checkpointed after 5 (between the
-    densifications after steps 3 and 6, with statistics gathered), ``state_change`` applied to the checkpoint;
-    and the count after 5 steps."""
+    densifications after steps 3 and 6, with statistics gathered), ``state_change`` applied to the checkpoint
+    before it is written; and the count after 5 steps."""
     for name in ("whole", "first"):
         (tmp_path / name).mkdir()
     whole = _trainer(tmp_path / "whole")
@@ -108,12 +108,12 @@ def _resumed(tmp_path, state_change=None) -> tuple[dict, dict, int]:
     for _ in range(5):
         first.train_step()
     assert float(first.strategy.grad_count.sum()) > 0  # the checkpoint holds statistics
-    save_checkpoint(tmp_path / "first", first.state())
-    state = load_checkpoint(tmp_path / "first")
+    state = first.state()
     if state_change is not None:
         state_change(state)
+    save_checkpoint(tmp_path / "first", state)
     second = _trainer(tmp_path / "first")
-    second.load(state)
+    second.load(load_checkpoint(tmp_path / "first"))
     for _ in range(3):
         second.train_step()
     return _tensors(whole), _tensors(second), first.field.count
@@ -126,23 +126,27 @@ def test_a_run_resumed_between_densifications_ends_as_the_uninterrupted_one(tmp_
 
 
 def test_a_checkpoint_with_the_statistics_in_the_field_resumes_alike(tmp_path):
-    """Checkpoints written before the strategy existed hold its statistics as the field's buffers grad_accum /
-    grad_count and have no "strategy" entry: the statistics move to the strategy (the field loads strictly)."""
+    """Checkpoints written before the strategy existed (format 1) hold its statistics as the field's buffers
+    grad_accum / grad_count and have no "strategy" entry: the statistics move to the strategy on load
+    (migrations.py; the field loads strictly)."""
     def as_before(state):
         state["field"].update(state.pop("strategy"))
+        state["format"] = 1
 
     whole, resumed, _ = _resumed(tmp_path, as_before)
     _assert_equal(whole, resumed)
 
 
-def test_a_checkpoint_without_statistics_is_refused(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_checkpoint_without_statistics_is_refused(tmp_path, version):
     from dreamfusion.errors import CheckpointError
 
     trainer = _trainer(tmp_path)
     state = trainer.state()
     state.pop("strategy")
-    with pytest.raises(CheckpointError, match="lacks grad_accum"):
-        _trainer(tmp_path).load(state)
+    save_checkpoint(tmp_path, {**state, "format": version})
+    with pytest.raises(CheckpointError, match="lacks grad_accum" if version == 1 else "'strategy'"):
+        _trainer(tmp_path).load(load_checkpoint(tmp_path))
 
 
 # -- Adam's state follows the rows ----------------------------------------------------------------

@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
-from ..guidance.config import MOVED_INTO_MODEL, migrate_guidance, replaced_message
+from ..migrations import CONFIG_FORMAT, FORMAT_KEY, refusal, upgrade_config
 from ..settings import check_sections, freeze, range_doc
-from .schema import RENAMED, Config
+from .schema import Config
 
 __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "validate", "to_yaml", "all_keys",
            "field_docs", "available_configs", "resolve_config_path"]
@@ -124,43 +124,18 @@ def _flat_keys(node, prefix: str = "") -> list[str]:
 
 def _check_renamed(other, origin: str) -> None:
     for key in _flat_keys(other):
-        if key in RENAMED:
-            raise ConfigError(f"config key '{key}' was renamed to '{RENAMED[key]}' (in {origin}): "
-                              f"use {RENAMED[key]}")
-        replaced = replaced_message(key, OmegaConf.select(other, key))  # an old guidance key or value
-        if replaced is not None:
-            raise ConfigError(f"{replaced} (in {origin})")
+        refused = refusal(key, OmegaConf.select(other, key), origin)  # an old key or guidance value
+        if refused is not None:
+            raise ConfigError(refused)
 
 
-def _guidance_example(old: str, flat: dict) -> str:
-    """How ``migrate_guidance`` read the old guidance key ``old`` (for the note)."""
-    leaf = old.removeprefix("guidance.")
-    if leaf in MOVED_INTO_MODEL:  # a model key once on guidance: into the run's model section, or dropped
-        moved = [key for key in flat if key.startswith("guidance.") and key.endswith(f".{leaf}")
-                 and key.split(".")[1] in MOVED_INTO_MODEL[leaf]]
-        return f"{old} -> {moved[0]}" if moved else f"{old} dropped (the run's model never read it)"
-    return (f"{old} -> guidance.type={flat.get('guidance.type', 'sds')}, "
-            f"guidance.model_type={flat.get('guidance.model_type', 'stable_diffusion')}")
-
-
-def _migrate_renamed(other: DictConfig, origin: str) -> DictConfig:
-    """A run folder's config.yaml written before keys were grouped, or before the guidance rule and model were two
-    keys: each old key moved to its new name (guidance.config.migrate_guidance for the guidance flags)."""
-    flat = {key: OmegaConf.select(other, key) for key in _flat_keys(other)}
-    moved = [key for key in flat if key in RENAMED]
-    guidance = migrate_guidance(flat)  # the perp_neg / vsd flags and guidance.type=prior|deepfloyd
-    if guidance != flat:
-        moved += [key for key in flat if key not in guidance or guidance[key] != flat[key]]
-        flat = guidance
-    if not moved:
-        return other
-    example = f"{moved[0]} -> {RENAMED[moved[0]]}" if moved[0] in RENAMED else _guidance_example(moved[0], flat)
-    print(f"note: {origin} uses {len(moved)} old key name(s) (e.g. {example}); read with their new names",
-          file=sys.stderr)
-    migrated = OmegaConf.create({})
-    for key, value in flat.items():
-        OmegaConf.update(migrated, RENAMED.get(key, key), value, force_add=True)
-    return migrated
+def _upgraded(loaded: DictConfig, origin: str, unnumbered: int) -> DictConfig:
+    """A YAML file's mapping in today's format: without its format number, a run folder's config.yaml of an
+    earlier format read with today's names (migrations.upgrade_config) and a note saying so."""
+    tree, note = upgrade_config(OmegaConf.to_container(loaded), origin, unnumbered)
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
+    return OmegaConf.create(tree)
 
 
 def _merge(base: DictConfig, other, origin: str) -> DictConfig:
@@ -227,7 +202,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
     cfg = _structured() if base is None else base
     if name_or_path is not None or base is None:
         path = resolve_config_path(name_or_path or DEFAULT_CONFIG)
-        cfg = _merge(cfg, _load_yaml(path), str(path))
+        cfg = _merge(cfg, _upgraded(_load_yaml(path), str(path), unnumbered=CONFIG_FORMAT), str(path))
     if overrides:
         cfg = _merge(cfg, _overrides_config(overrides), "command line")
     obj: Config = freeze(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
@@ -243,17 +218,19 @@ def validate(cfg: Config) -> None:
 
 
 def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML; text values are escaped so '${' reads back as typed."""
+    """The resolved config as YAML, headed by its format number (migrations.CONFIG_FORMAT); text values are
+    escaped so '${' reads back as typed."""
     def escaped(node):
         if isinstance(node, dict):
             return {k: escaped(v) for k, v in node.items()}
         if isinstance(node, (list, tuple)):
             return [escaped(v) for v in node]
         return _escape(node) if isinstance(node, str) else node
-    return OmegaConf.to_yaml(OmegaConf.create(escaped(asdict(cfg))))
+    return OmegaConf.to_yaml(OmegaConf.create({FORMAT_KEY: CONFIG_FORMAT, **escaped(asdict(cfg))}))
 
 
 def load_run_config(path: Path, overrides: list[str] | None = None) -> Config:
-    """The resolved config.yaml of a run folder, with optional overrides on top."""
-    cfg = _merge(_structured(), _migrate_renamed(_load_yaml(Path(path)), str(path)), str(path))
+    """The resolved config.yaml of a run folder (of any earlier format: migrations.py), with optional overrides
+    on top."""
+    cfg = _merge(_structured(), _upgraded(_load_yaml(Path(path)), str(path), unnumbered=1), str(path))
     return load_config(None, overrides, base=cfg)

@@ -1,5 +1,5 @@
-"""The config schema: the components' sections assembled into ``Config``, the run's own keys, and the keys of
-earlier versions.
+"""The config schema: the components' sections assembled into ``Config`` and the run's own keys (the keys of earlier
+versions: dreamfusion/migrations.py).
 
 Each section is declared next to its component (``dreamfusion/settings.py``: ``@section``, ``ranged``, ``choice``
 and an optional ``check(root)``): ``field.*`` in fields/config.py, ``render.*`` in renderer/config.py,
@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..export.config import ExportConfig
 from ..fields.config import LATENT_NEEDS_VOLUME, FieldConfig, GaussianConfig, HashGridConfig, TriplaneConfig
-from ..guidance.config import (REPLACED, ClipConfig, DeepFloydConfig, GuidanceConfig, PerpNegConfig, PriorConfig,
+from ..guidance.config import (ClipConfig, DeepFloydConfig, GuidanceConfig, PerpNegConfig, PriorConfig,
                                StableDiffusionConfig, VSDConfig)
 from ..renderer.config import RenderConfig
 from ..settings import choice, choices_of, ranged, section
@@ -23,7 +23,7 @@ from ..train_config import CameraConfig, GaussianOptimConfig, LossConfig, OptimC
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
-           "LossConfig", "ExportConfig", "CHOICES", "RENAMED", "REPLACED", "LATENT_NEEDS_VOLUME",
+           "LossConfig", "ExportConfig", "CHOICES", "LATENT_NEEDS_VOLUME",
            "DeepFloydConfig", "StableDiffusionConfig"]
 
 
@@ -65,19 +65,3 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = choices_of(Config)
 """The allowed values of every choice key, {dotted key: values}, read from each section's choice() declarations."""
-
-
-def _renamed() -> dict[str, str]:
-    old_to_new = {f"field.{k}": f"field.hashgrid.{k}" for k in
-                  ("backend", "n_levels", "n_features_per_level", "log2_hashmap_size", "base_resolution",
-                   "per_level_scale")}
-    old_to_new.update({f"field.triplane_{k}": f"field.triplane.{k}" for k in ("resolution", "channels", "aggregation")})
-    old_to_new.update({f"field.gaussian_{k}": f"field.gaussian.{k}" for k in GaussianConfig.__dataclass_fields__})
-    old_to_new.update({f"optim.gaussian_{k}": f"optim.gaussian.{k}" for k in GaussianOptimConfig.__dataclass_fields__})
-    old_to_new.update({f"guidance.prior_{k}": f"guidance.prior.{k}" for k in PriorConfig.__dataclass_fields__})
-    old_to_new.update({f"guidance.clip_{k}": f"guidance.clip.{k}" for k in ("crops", "crop_fraction")})
-    return old_to_new
-
-
-RENAMED: dict[str, str] = _renamed()
-"""Keys of earlier versions -> their name now (the loader answers an old key with a one-line 'renamed to')."""

@@ -12,24 +12,19 @@ weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd 
 section (``MODEL_KEYS``): ``guidance.stable_diffusion.*``, ``guidance.deepfloyd.*``, ``guidance.prior.*`` (with
 the camera ranges and background its image set is rendered with), and CLIP's model keys in ``guidance.clip.*``;
 those keys' values, and nothing else, make the key of a loaded model (``guidance.build.guidance_model_key``).
-
-Earlier versions chose the rule with flags and mixed the model into ``guidance.type``: ``REPLACED`` names the new
-setting for each old key and value, ``migrate_guidance`` reads a run folder's config.yaml written that way; the
-model keys once shared on ``guidance`` (``guidance.model``, ``guidance.dtype`` ...) moved into each model's section
-(``MOVED_INTO_MODEL``).
+(The guidance keys of earlier versions: dreamfusion/migrations.py.)
 """
 
 from __future__ import annotations
 
 from dataclasses import field as dc_field
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from ..errors import ConfigError
 from ..settings import choice, ranged, section
 
 __all__ = ["GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "DeepFloydConfig",
-           "StableDiffusionConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "MOVED_INTO_MODEL", "LATENT_NEEDS_SD",
-           "REPLACED", "replaced_message", "migrate_guidance"]
+           "StableDiffusionConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "LATENT_NEEDS_SD"]
 
 RULES = ("sds", "perp_neg", "vsd", "clip")
 """guidance.type: the rule that turns renders into a loss."""
@@ -218,65 +213,3 @@ class GuidanceConfig:
         if self.latent_render and self.model_kind != "stable_diffusion":
             got = "guidance.type=clip" if self.type == "clip" else f"guidance.model_type={self.model_type}"
             raise ConfigError(f"{LATENT_NEEDS_SD}, got {got}: set guidance.latent_render=false")
-
-
-MOVED_INTO_MODEL: dict[str, tuple[str, ...]] = {
-    "model": ("stable_diffusion", "deepfloyd", "clip"), "revision": ("stable_diffusion", "deepfloyd", "clip"),
-    "half_precision": ("stable_diffusion", "deepfloyd", "clip"), "dtype": ("stable_diffusion", "deepfloyd"),
-    "channels_last": ("stable_diffusion", "deepfloyd"), "attention": ("stable_diffusion",),
-    "compile": ("stable_diffusion", "deepfloyd"), "vae_resolution": ("stable_diffusion",),
-}
-"""Keys that sat on ``guidance`` before issue 21 -> the model sections that hold them now (guidance.<model>.<key>)."""
-
-
-def _moved_to(leaf: str) -> str:
-    names = [f"guidance.{kind}.{leaf}" for kind in MOVED_INTO_MODEL[leaf]]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-
-
-REPLACED: dict[str, str] = {
-    "guidance.perp_neg.enabled": "guidance.type=perp_neg",
-    "guidance.vsd.enabled": "guidance.type=vsd",
-    "guidance.type=prior": "guidance.model_type=prior (with guidance.type=sds)",
-    "guidance.type=deepfloyd": "guidance.model_type=deepfloyd (with guidance.type=sds)",
-    **{f"guidance.{leaf}": _moved_to(leaf) for leaf in MOVED_INTO_MODEL},
-}
-"""Old guidance keys (and key=value settings) of earlier versions -> the setting that replaces them."""
-
-
-def replaced_message(key: str, value: Any) -> str | None:
-    """The one-line answer to an old guidance key or value (None when ``key=value`` is current)."""
-    if key.startswith("guidance.") and key[len("guidance."):] in MOVED_INTO_MODEL:
-        return f"config key '{key}' moved into its model's section: {REPLACED[key]}"
-    if key in REPLACED:
-        return (f"config key '{key}' is gone: the rule is guidance.type now, set {REPLACED[key]} "
-                f"(or guidance.type=sds for plain SDS)")
-    setting = f"{key}={value}"
-    if setting in REPLACED:
-        return f"{setting} is now {REPLACED[setting]}"
-    return None
-
-
-def migrate_guidance(flat: dict[str, Any]) -> dict[str, Any]:
-    """A run folder's config.yaml keys written before the rule and the model were apart ({dotted key: value}) ->
-    the same settings now: type=prior|deepfloyd -> model_type, the perp_neg / vsd flags -> type, and the model keys
-    once shared on ``guidance`` (model, revision, dtype ...) -> the section of that run's model (dropped where
-    its loader never read them, e.g. for the prior)."""
-    flat = dict(flat)
-    old_type = flat.get("guidance.type")
-    perp_neg, vsd = flat.pop("guidance.perp_neg.enabled", False), flat.pop("guidance.vsd.enabled", False)
-    if old_type in ("prior", "deepfloyd"):
-        flat["guidance.model_type"] = old_type
-        flat["guidance.type"] = "sds"
-    if flat.get("guidance.type", "sds") == "sds":
-        if vsd:
-            flat["guidance.type"] = "vsd"
-        elif perp_neg:
-            flat["guidance.type"] = "perp_neg"
-    kind = "clip" if flat.get("guidance.type") == "clip" else flat.get("guidance.model_type", "stable_diffusion")
-    for leaf, kinds in MOVED_INTO_MODEL.items():
-        if f"guidance.{leaf}" in flat:
-            value = flat.pop(f"guidance.{leaf}")
-            if kind in kinds:
-                flat[f"guidance.{kind}.{leaf}"] = value
-    return flat

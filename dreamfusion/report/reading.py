@@ -10,6 +10,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..migrations import FORMAT_KEY
+
 __all__ = ["MISSING", "POOR_IOU", "RunFolder", "read_run", "config_diff", "flatten", "series", "format_size",
            "files_with_sizes"]
 
@@ -105,6 +107,8 @@ def _read_config(run: RunFolder) -> None:
         return
     try:
         run.config = OmegaConf.to_container(OmegaConf.load(path))
+        if isinstance(run.config, dict):
+            run.config.pop(FORMAT_KEY, None)  # the file's format number, not a setting
     except Exception as exc:  # noqa: BLE001 - any parse error is shown, not raised
         run.notes.append(f"config.yaml could not be read: {str(exc).splitlines()[0]}")
         return
