@@ -15,7 +15,8 @@ from dreamfusion.errors import ConfigError, ModelNotFoundError, UserError
 from dreamfusion.settings import replace_key
 from dreamfusion.guidance import SDSGuidance, StableDiffusion, build_guidance, slugify, view_label, view_prompts
 from dreamfusion.guidance.models.prediction import eps_from_prediction, prediction_target
-from dreamfusion.guidance.rules.sds import classifier_free_guidance, sample_timesteps, sds_weight, t_range
+from dreamfusion.guidance.models.prediction import classifier_free_guidance
+from dreamfusion.guidance.rules.sds import sample_timesteps, sds_weight, t_range
 from model_folders import with_prediction_type
 
 try:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from render.cameras import Cameras
 
-from ..rules.sds import classifier_free_guidance  # the sampler guides as the SDS rule does
+from .prediction import classifier_free_guidance  # the sampler guides as the SDS rule does
 
 __all__ = ["ddim_timesteps", "ddim_sample"]
 

@@ -12,6 +12,9 @@ sqrt(abar) v + sqrt(1 - abar) x_t = abar eps + (1 - abar) eps, so
 
     eps = sqrt(abar) v + sqrt(1 - abar) x_t          (v_prediction)
     eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)      (sample; 1 - abar >= beta_0 > 0 for every t)
+
+Two such predictions, unconditional and conditional, make the guided noise of classifier-free guidance
+(``classifier_free_guidance``), which the SDS rules and the DDIM sampler both use.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from torch import Tensor
 
 from ...errors import ModelNotFoundError
 
-__all__ = ["PREDICTION_TYPES", "prediction_type", "eps_from_prediction", "prediction_target", "TextUNetPredictor"]
+__all__ = ["PREDICTION_TYPES", "prediction_type", "eps_from_prediction", "prediction_target", "TextUNetPredictor",
+           "classifier_free_guidance"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -108,3 +112,8 @@ class TextUNetPredictor:
         uncond, conds = cond.for_cameras(cameras, x_t.shape[0])  # [B, L, D] each
         eps = self.predict_eps(x_t, t, torch.stack([uncond, conds]))
         return eps[0], eps[1]
+
+
+def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
+    """eps_u + s (eps_c - eps_u) (Ho & Salimans 2022). threestudio's eps_c + s (eps_c - eps_u) is our s + 1."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..config import GuidanceConfig
 from ..base import FrozenGuidance, NoisePredictor
+from ..models.prediction import classifier_free_guidance
 
 
 def t_range(step: int, total_steps: int, t_min: float, t_max: float, t_anneal: str = "none",
@@ -69,11 +70,6 @@ def sds_weight(alphas_cumprod_t: Tensor, kind: str = "sds") -> Tensor:
     if kind == "fantasia3d":
         return alphas_cumprod_t.sqrt() * (1.0 - alphas_cumprod_t)
     raise ValueError(f"sds_weight: unknown weighting '{kind}': choose sds, uniform or fantasia3d")
-
-
-def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
-    """eps_u + s (eps_c - eps_u) (Ho & Salimans 2022). threestudio's eps_c + s (eps_c - eps_u) is our s + 1."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
 class SDSGuidance(FrozenGuidance):
