@@ -2,9 +2,9 @@
 
 Two keys choose the guidance, apart from each other:
 
-    guidance.type         the rule: sds | perp_neg | vsd | clip                     (sds.py, perp_neg.py, vsd.py, clip.py)
-    guidance.model_type   the noise predictor: stable_diffusion | deepfloyd | prior    (stable_diffusion.py, deepfloyd.py,
-                          prior.py); clip brings its own model (CLIP) and reads no model_type
+    guidance.type         the rule: sds | perp_neg | vsd | clip                     (rules/: sds, perp_neg, vsd, clip)
+    guidance.model_type   the noise predictor: stable_diffusion | deepfloyd | prior    (models/: stable_diffusion,
+                          deepfloyd, prior); clip brings its own model (CLIP) and reads no model_type
 
 Each rule owns its section and its checks (``check(self, root)``, called by the loader): Perp-Neg
 ``guidance.perp_neg.*``, VSD ``guidance.vsd.*``, CLIP ``guidance.clip.*``; the SDS keys (guidance_scale, t_*,
@@ -79,7 +79,7 @@ class ClipConfig:
 
 @section
 class PerpNegConfig:
-    """guidance.perp_neg: Perp-Neg view-dependent negative prompts (guidance.type=perp_neg; guidance/perp_neg.py)."""
+    """guidance.perp_neg: Perp-Neg view-dependent negative prompts (guidance.type=perp_neg; guidance/rules/perp_neg.py)."""
 
     f_fs: List[float] = ranged([4.0, 0.5, -2.426], "(-inf, inf)")
     """(a, b, c) of the weight a exp(-b r) + c of the front negative between front and side (r = 1 front)."""
@@ -101,7 +101,7 @@ class PerpNegConfig:
 
 @section
 class VSDConfig:
-    """guidance.vsd: variational score distillation (guidance.type=vsd; ProlificDreamer; guidance/vsd.py)."""
+    """guidance.vsd: variational score distillation (guidance.type=vsd; ProlificDreamer; guidance/rules/vsd.py)."""
 
     lora_rank: int = ranged(4, "[1, inf)")
     """Rank of the LoRA on the UNet's attention projections (to_q, to_k, to_v, to_out)."""
