@@ -84,7 +84,7 @@ def main() -> None:
                     f"export.video_frames={args.frames}", *overrides, *args.set]
             loaded = load_run(work, overrides=over)
             timer = PhaseTimer(quiet=True)
-            written, errors = export_run(loaded.field, loaded.background, loaded.cfg, work, loaded.device, timer)
+            written, errors = export_run(loaded.field, loaded.cfg, work, loaded.device, timer)
             if errors:
                 raise SystemExit(f"{label}: {errors}")
             s = timer.seconds

@@ -78,12 +78,14 @@ def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = No
     return {"obj": mesh_dir / "model.obj", "glb": mesh_dir / "model.glb"}
 
 
-def export_video(field, background, cfg: Config, run_dir: Path, device, timer: PhaseTimer | None = None) -> Path:
+def export_video(field, cfg: Config, run_dir: Path, device, timer: PhaseTimer | None = None) -> Path:
+    """orbit.mp4: export.video_frames views on the evaluation orbit, over the previews' background (the training
+    colour when render.background is white, black or gray, else mid gray: renderer.eval_background)."""
     e, c, timer = cfg.export, cfg.camera, timer or PhaseTimer(quiet=True)
     with timer.phase("export.video", f"{e.video_frames} frames at {e.video_resolution} px"):
         cams = orbit_cameras(e.video_frames, c.eval_elevation, c.eval_distance, c.eval_fovy, device=device)
         side = e.video_resolution
-        out = render_eval(field, background, cams, side, n_samples=cfg.render.n_samples,
+        out = render_eval(field, cams, side, n_samples=cfg.render.n_samples, trained_over=cfg.render.background,
                           need_normals="normal" in e.video_panels, progress=None if timer.quiet else "video frames")
         panels = []
         for name in e.video_panels:
@@ -100,7 +102,7 @@ def export_video(field, background, cfg: Config, run_dir: Path, device, timer: P
     return path
 
 
-def export_run(field, background, cfg: Config, run_dir: Path, device, timer: PhaseTimer | None = None,
+def export_run(field, cfg: Config, run_dir: Path, device, timer: PhaseTimer | None = None,
                video_view=None) -> tuple[dict[str, Path], list[str]]:
     """Every artifact that can be made; the errors of those that could not, one line each. ``video_view``:
     ``renderer.eval_view(field, cfg.render.eval_grid)`` when the caller has it already (the trainer's last preview).
@@ -124,7 +126,7 @@ def export_run(field, background, cfg: Config, run_dir: Path, device, timer: Pha
     same_grid = isinstance(video_field, BakedField) and video_field.resolution == e.resolution
     density_fn = video_field.density if same_grid else None
     for name, job in (("mesh", lambda: export_mesh(view, cfg, run_dir, timer, density_fn)),
-                      ("video", lambda: {"video": export_video(video_field, background, cfg, run_dir, device, timer)})):
+                      ("video", lambda: {"video": export_video(video_field, cfg, run_dir, device, timer)})):
         try:
             written.update(job())
         except UserError as exc:

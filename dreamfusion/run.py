@@ -163,7 +163,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
         record.update(step=trainer.step, seconds=timer.seconds,
                       artifacts=record.relative({"checkpoint": run_dir / "checkpoints" / "last.pt"}))
         record.forget_export()
-        written, errors = export_run(trainer.field, trainer.background, cfg, run_dir, device, timer,
+        written, errors = export_run(trainer.field, cfg, run_dir, device, timer,
                                      video_view=trainer.cached_eval_view())
         record.update(artifacts=record.relative(written), seconds=timer.seconds)
         for path in ([] if quiet else written.values()):
@@ -297,7 +297,7 @@ def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool 
     if hasattr(loaded.field, "rasterizer"):  # built before: follow a fall-back to the PyTorch twin
         loaded.field.rasterizer = cfg.field.gaussian.rasterizer
     try:
-        written, errors = export_run(loaded.field, loaded.background, cfg, run_dir, loaded.device, timer)
+        written, errors = export_run(loaded.field, cfg, run_dir, loaded.device, timer)
     except UserError:
         raise
     except Exception as exc:

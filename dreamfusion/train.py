@@ -334,7 +334,7 @@ class Trainer:
                              device=self.device)
         cams = Cameras(*(torch.roll(x, -2, 0) for x in cams))  # orbit starts at -180: roll to front first
         side = c.preview_resolution
-        out = self.renderer.render_eval(self.eval_view(), self.background, cams, side, views_per_chunk=1)
+        out = self.renderer.render_eval(self.eval_view(), cams, side, views_per_chunk=1)
         row = torch.cat(list(out["rgb"].clamp(0, 1)), dim=1)  # [H, 4W, 3]
         path = self.run_dir / "previews" / f"step_{self.step:06d}.png"
         buffer = io.BytesIO()

@@ -241,3 +241,36 @@ def test_stopped_batch_resumes_without_redoing_anything(ray, tmp_path):
         rows = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert rows == list(range(1, 31)), rows
         assert read_run_json(run_dir)["status"] == "done"
+
+
+def test_gallery_cards_show_their_pictures_at_the_size_they_were_rendered(tmp_path):
+    """Issue 34: a card's orbit video is as wide as its panels (export.video_resolution each) and a running card's
+    preview is its front view, a square of preview_resolution (the strip's first quarter), never stretched to the
+    card: the sizes come from each run's config.yaml; a run without one lets the picture keep its own size."""
+    import re
+
+    from dreamfusion.batch.gallery import write_gallery
+
+    row = {"seed": None, "iou": None, "albedo_err": None, "node": None, "worker": None, "error": None, "step": None,
+           "seconds": None}
+    sizes = {"runs/000-a-red-cube": "export:\n  video_resolution: 128\n  video_panels: [rgb, depth]\n",
+             "runs/001-a-blue-sphere": "preview_resolution: 96\n", "runs/002-a-green-cone": None}
+    for rel, config in sizes.items():
+        (tmp_path / rel / "previews").mkdir(parents=True)
+        (tmp_path / rel / "previews" / "step_000003.png").write_bytes(b"png")
+        if config is not None:
+            (tmp_path / rel / "config.yaml").write_text(config)
+    for rel in ("runs/000-a-red-cube", "runs/002-a-green-cone"):
+        (tmp_path / rel / "orbit.mp4").write_bytes(b"mp4")
+    runs = [dict(row, index=i, prompt=rel.split("-", 1)[1], run_dir=rel, status="done" if i != 1 else "running")
+            for i, rel in enumerate(sizes)]
+    page = write_gallery(tmp_path, {"prompts_file": "p.txt", "config": "demo", "updated": "now", "runs": runs,
+                                    "counts": {"done": 2, "running": 1}}).read_text()
+    cards = page.split('<div class="card"')[1:]
+    assert re.search(r'<video src="runs/000-a-red-cube/orbit.mp4" width="256" height="128"', cards[0])
+    assert re.search(r'<img src="runs/001-a-blue-sphere/previews/step_000003.png" width="96" height="96" '
+                     r'class="front"', cards[1])
+    assert re.search(r'<video src="runs/002-a-green-cone/orbit.mp4" muted', cards[2])  # no config: its own size
+    style = page.split("<style>")[1].split("</style>")[0]
+    rules = " ".join(re.findall(r"\.media (?:video|img)[^{]*\{([^}]*)\}", style))
+    assert "max-width:100%" in rules and "width:100%" not in rules.replace("max-width:100%", "")  # never stretched

@@ -1,6 +1,9 @@
-"""index.html of a batch folder: one card per prompt with its orbit video (or last preview), prompt, status,
-step while it runs, scores and a link to the run's report.html. Plain HTML and CSS, relative links only, so the
-folder can be moved or served as it is. An IoU under POOR_IOU (embedded prior) is flagged on the card."""
+"""index.html of a batch folder: one card per prompt with its orbit video (or last preview's front view), prompt,
+status, step while it runs, scores and a link to the run's report.html. Plain HTML and CSS, relative links only, so
+the folder can be moved or served as it is. An IoU under POOR_IOU (embedded prior) is flagged on the card.
+
+A card shows its picture at the size it was rendered (export.video_resolution, preview_resolution from the run's
+config.yaml), never stretched: a 128 px demo video stays sharp, and the page loads no more than the run wrote."""
 
 from __future__ import annotations
 
@@ -17,9 +20,10 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;backg
 header{padding:22px 28px;background:#1d2330;color:#fff}header h1{margin:0;font-size:21px}
 header p{margin:6px 0 0;color:#c3c8d4}.grid{display:grid;gap:18px;padding:24px 28px;
 grid-template-columns:repeat(auto-fill,minmax(260px,1fr))}.card{background:#fff;border-radius:10px;
-overflow:hidden;box-shadow:0 1px 3px #0002}.card video,.card img,.card .empty{display:block;width:100%;
-aspect-ratio:1;object-fit:contain;background:#fff}.card .empty{display:flex;align-items:center;
-justify-content:center;color:#8a90a0;background:#eceef2}.body{padding:10px 14px 14px}
+overflow:hidden;box-shadow:0 1px 3px #0002}.media{display:flex;align-items:center;justify-content:center;
+padding:12px;background:#eceef2}.media video,.media img{display:block;max-width:100%;height:auto}
+.media img.front{object-fit:cover;object-position:0 0}.card .empty{display:flex;align-items:center;
+justify-content:center;width:100%;aspect-ratio:1;color:#8a90a0}.body{padding:10px 14px 14px}
 .prompt{font-weight:600;margin:0 0 6px}.badge{display:inline-block;padding:1px 8px;border-radius:9px;
 font-size:12px;color:#fff}.done{background:#1f8a4c}.failed{background:#c0392b}.running{background:#2d6cdf}
 .interrupted{background:#b7791f}.pending{background:#8a90a0}.meta{color:#5b6170;font-size:13px;margin:6px 0 0}
@@ -32,13 +36,33 @@ _NO_MEDIA = {"failed": "no video: the run failed", "interrupted": "no video: int
              "pending": "not started yet", "running": "no preview yet"}
 
 
+def _sizes(run_dir: Path) -> tuple[int | None, int | None, int]:
+    """(video side, preview side, video panels) from the run's config.yaml; None where it cannot be read."""
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        export = cfg.get("export") or {}
+        video, preview = export.get("video_resolution"), cfg.get("preview_resolution")
+        panels = len(export.get("video_panels") or ["rgb"])
+    except Exception:  # noqa: BLE001 - no config.yaml, or one that does not parse: the picture keeps its own size
+        return None, None, 1
+    return (video if isinstance(video, int) else None), (preview if isinstance(preview, int) else None), panels
+
+
 def _media(run_dir: Path | None, rel: str | None, status: str) -> str:
+    """The orbit video at its size; else the last preview's first view (front) at its size; else why neither."""
+    video_side, preview_side, panels = _sizes(run_dir) if run_dir is not None else (None, None, 1)
     if run_dir is not None and (run_dir / "orbit.mp4").is_file():
-        return f'<video src="{html.escape(rel)}/orbit.mp4" muted loop autoplay playsinline></video>'
+        size = f' width="{video_side * panels}" height="{video_side}"' if video_side else ""
+        return (f'<div class="media"><video src="{html.escape(rel)}/orbit.mp4"{size} muted loop autoplay playsinline>'
+                f'</video></div>')
     previews = sorted((run_dir / "previews").glob("step_*.png")) if run_dir and (run_dir / "previews").is_dir() else []
-    if previews:
-        return f'<img src="{html.escape(rel)}/previews/{previews[-1].name}" alt="last preview">'
-    return f'<div class="empty">{html.escape(_NO_MEDIA.get(status, "no video"))}</div>'
+    if previews:  # four views side by side: a square of the preview's height shows the front one, unscaled
+        size = f' width="{preview_side}" height="{preview_side}" class="front"' if preview_side else ""
+        return (f'<div class="media"><img src="{html.escape(rel)}/previews/{previews[-1].name}"{size} '
+                f'alt="last preview"></div>')
+    return f'<div class="media"><div class="empty">{html.escape(_NO_MEDIA.get(status, "no video"))}</div></div>'
 
 
 def _seconds(value: float) -> str:

@@ -8,7 +8,7 @@ field sampled once on a grid). Its config section is config.py (``render``).
     out = render_views(field, background, cameras, H, W, n_samples=..., shading=...)   # any field, one call
 """
 
-from .backgrounds import LearnedBackground, build_background, random_backgrounds, solid_background
+from .backgrounds import LearnedBackground, build_background, eval_background, random_backgrounds, solid_background
 from .baked import BakedField
 from .config import RenderConfig
 from .core import Renderer, render_eval, render_views, render_views_chunked
@@ -19,4 +19,4 @@ from .volume import render_volume
 
 __all__ = ["Renderer", "RenderConfig", "render_eval", "render_views", "render_views_chunked", "render_volume",
            "render_splats", "occupancy_grid", "skip_grid", "eval_view", "rgb_view", "LatentAsRGB", "BakedField",
-           "LearnedBackground", "build_background", "solid_background", "random_backgrounds"]
+           "LearnedBackground", "build_background", "solid_background", "random_backgrounds", "eval_background"]

@@ -10,6 +10,10 @@ random Fourier texture (a sum of low-frequency sinusoids), then a Gaussian blur 
 cannot be satisfied by a see-through scene: a transparent render shows the (random) background, never the
 prompt. Every random draw comes from the ``generator`` passed in (on the generator's own device, then moved),
 so a seeded CPU generator gives the same backgrounds on any device.
+
+Previews and the orbit video render over :func:`eval_background` (issue 34): the training colour where it is fixed,
+so that the faint fog it hid stays hidden (over white, fog that gray hid shows as a halo in the object's
+complementary colour), and mid gray where it was learned or drawn, so that a white and a black object both stand out.
 """
 
 from __future__ import annotations
@@ -24,10 +28,21 @@ from ..errors import ConfigError
 from ..settings import choices_of
 from .config import RenderConfig
 
-__all__ = ["LearnedBackground", "solid_background", "build_background", "random_backgrounds", "SOLID_KINDS"]
+__all__ = ["LearnedBackground", "solid_background", "build_background", "random_backgrounds", "eval_background",
+           "SOLID_KINDS"]
 
 KINDS = choices_of(RenderConfig)["background"]  # render.background's allowed values
 SOLID_KINDS = tuple(k for k in KINDS if k != "learned")  # drawn per call, no parameters
+FIXED_KINDS = ("white", "black", "gray")  # one colour for every view of every step
+EVAL_NEUTRAL = "gray"  # 0.5: half the range away from a white (1) and from a black (0) object
+
+
+def eval_background(kind: str) -> str:
+    """The solid background previews and the orbit video show for a run trained over ``kind`` (render.background):
+    that colour where it is fixed (white, black, gray), else (learned, random, white_or_black, augment) mid gray."""
+    if kind not in KINDS:
+        raise ConfigError(f"bad value '{kind}' for 'render.background': choose one of {', '.join(KINDS)}")
+    return kind if kind in FIXED_KINDS else EVAL_NEUTRAL
 
 
 class LearnedBackground(nn.Module):

@@ -34,7 +34,7 @@ class RenderConfig:
     sampler: str = choice("auto", ("auto", "torch", "nerfacc"))
     """Ray sampler: auto (nerfacc occupancy grid on CUDA when installed), torch, or nerfacc."""
     background: str = choice("learned", ("learned", "random", "white", "black", "gray", "white_or_black", "augment"))
-    """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, white_or_black (either, per view), or augment (Dream Fields random textures)."""
+    """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, white_or_black (either, per view), or augment (Dream Fields random textures). Previews and the orbit video show the object over this colour when it is white, black or gray, else over mid gray."""
     albedo_warmup_steps: int = ranged(1000, "[0, inf)")
     """Steps that render albedo only before random shading starts (DreamFusion)."""
     albedo_prob: float = ranged(0.2, "[0, 1]")

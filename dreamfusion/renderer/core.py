@@ -13,6 +13,7 @@ from tqdm import tqdm
 from render.cameras import Cameras
 
 from ..fields.gaussian import GaussianField
+from .backgrounds import eval_background
 from .config import RenderConfig
 from .occupancy import make_sampler, skip_grid, update_sampler
 from .splats import render_splats
@@ -55,11 +56,14 @@ def render_views_chunked(field, background, cameras: Cameras, height: int, width
     return {k: (torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None) for k in parts[0]}
 
 
-def render_eval(view, background, cameras: Cameras, side: int, *, n_samples: int, **options) -> dict[str, Tensor]:
+def render_eval(view, cameras: Cameras, side: int, *, n_samples: int, trained_over: str,
+                **options) -> dict[str, Tensor]:
     """Views of ``view`` (an eval_view) as previews and the orbit video show them: without a graph, side x side,
-    over white, empty space skipped; ``options`` go to render_views_chunked (need_normals, progress, ...)."""
-    return render_views_chunked(view, background, cameras, side, side, n_samples=n_samples, background_kind="white",
-                                occupancy=skip_grid(view, n_samples), **options)
+    empty space skipped, over ``eval_background(trained_over)`` (``trained_over``: the run's render.background;
+    the training colour when fixed, else mid gray); ``options`` go to render_views_chunked (need_normals, ...)."""
+    return render_views_chunked(view, None, cameras, side, side, n_samples=n_samples,
+                                background_kind=eval_background(trained_over), occupancy=skip_grid(view, n_samples),
+                                **options)
 
 
 class Renderer:
@@ -71,7 +75,7 @@ class Renderer:
         renderer.update(step)                               # before each training render
         out = renderer.render(cams, H, W, background=bg, shading="albedo", generator=g)
         view = renderer.eval_view()                         # previews and the video: RGB, on render.eval_grid
-        out = renderer.render_eval(view, bg, cams, side)    # no graph, empty space skipped, white background
+        out = renderer.render_eval(view, cams, side)        # no graph, empty space skipped, eval_background
     """
 
     def __init__(self, cfg: RenderConfig, field, device: torch.device | str):
@@ -97,9 +101,10 @@ class Renderer:
         """The field as previews and the orbit video see it (views.eval_view with render.eval_grid)."""
         return eval_view(self.field, self.cfg.eval_grid)
 
-    def render_eval(self, view, background, cameras: Cameras, side: int, **options) -> dict[str, Tensor]:
-        """:func:`render_eval` with the config's samples per ray."""
-        return render_eval(view, background, cameras, side, n_samples=self.cfg.n_samples, **options)
+    def render_eval(self, view, cameras: Cameras, side: int, **options) -> dict[str, Tensor]:
+        """:func:`render_eval` with the config's samples per ray and background."""
+        return render_eval(view, cameras, side, n_samples=self.cfg.n_samples, trained_over=self.cfg.background,
+                           **options)
 
     def state_dict(self) -> dict:
         return self.estimator.state_dict() if self.estimator is not None else {}

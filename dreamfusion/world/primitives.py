@@ -78,7 +78,7 @@ def _unknown(prompt: str) -> UserError:
         f"the embedded prior does not know '{prompt}': it knows 'a <colour> <shape>', 'a <colour> <shape> with a "
         f"<colour> front' and 'a <colour> <shape> <relation> a <colour> <shape>' with colour in {', '.join(COLOURS)}, "
         f"shape in {', '.join(SHAPES)} and relation in {', '.join(RELATIONS)} (e.g. \"a red cube\", \"a red cube on "
-        f"a blue sphere\"); other prompts need guidance.type=sds with Stable Diffusion")
+        f"a blue sphere\"); other prompts need Stable Diffusion: guidance.model_type=stable_diffusion")
 
 
 def _object(words: list[str]) -> tuple[str, str] | None:
