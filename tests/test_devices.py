@@ -27,6 +27,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+import torch.utils._device
 import trimesh
 
 import dreamfusion.guidance
@@ -83,14 +84,26 @@ def default_device_elsewhere(monkeypatch):
 
     def on_cpu(fn):
         def wrapped(*args, **kwargs):
-            with torch.device("cpu"):
-                return fn(*args, **kwargs)
+            try:
+                with torch.device("cpu"):
+                    return fn(*args, **kwargs)
+            finally:
+                _forget_device_constructors()
         return wrapped
 
     monkeypatch.setattr(dreamfusion.guidance, "build_guidance", on_cpu(build_guidance))
     monkeypatch.setattr(train_module.Trainer, "__init__", on_cpu(trainer_init))
+    _forget_device_constructors()
     with torch.device("meta"):
+        assert torch.linspace(0, 1, 2).device.type == "meta", "the default device no longer reaches torch.linspace"
         yield
+
+
+def _forget_device_constructors() -> None:
+    """Empty torch's cached set of the functions the default device reaches. transformers (5.x) swaps
+    ``torch.linspace`` for a wrapper inside ``from_pretrained``; a set first filled then holds the wrapper, and
+    from then on a bare ``torch.linspace`` under ``torch.device("meta")`` lands on the CPU for the whole process."""
+    torch.utils._device._device_constructors.cache_clear()
 
 
 def outcome(run_dir: Path) -> dict:
