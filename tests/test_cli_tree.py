@@ -20,6 +20,7 @@ import pytest
 from dreamfusion.cli import build_parser, command_table, main, parse_command_line
 from dreamfusion.cli.parser import COMMANDS, PROG
 from dreamfusion.config import all_keys
+from dreamfusion.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = [c.name for c in COMMANDS]
@@ -242,6 +243,22 @@ def test_parse_errors_are_one_line_exit_2_and_run_nothing(argv, needle, monkeypa
     assert rc == 2 and out == "" and calls.log == []
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert needle in err and not any(needle in a for a in argv), (needle, err)
+
+
+# (the command line before the option, the option, its least and greatest value; None: no greatest)
+BOUNDED = [(["preview", "prompt=x"], "--steps", 1, 1000), (["eval", "RUN", "--clip-model", "m"], "--views", 1, None),
+           (["eval", "RUN", "--clip-model", "m"], "--resolution", 1, None),
+           (["batch", "p.txt"], "--max-parallel", 1, None), (["batch", "p.txt"], "--cpus-per-worker", 1, None)]
+
+
+@pytest.mark.parametrize("argv, flag, lo, hi", BOUNDED, ids=[b[1] for b in BOUNDED])
+def test_each_bounded_option_parses_at_its_bounds_and_refuses_one_past(argv, flag, lo, hi):
+    dest = flag[2:].replace("-", "_")
+    for value in (lo, hi if hi is not None else 10 ** 6):
+        assert getattr(parse_command_line([*argv, flag, str(value)])[1], dest) == value, (flag, value)
+    for value in (lo - 1, *([hi + 1] if hi is not None else [])):
+        with pytest.raises(UserError, match=f"^{flag} must be .*, got '{value}'"):
+            parse_command_line([*argv, flag, str(value)])
 
 
 def test_batch_refuses_a_prompt_setting(monkeypatch, tmp_path):

@@ -295,6 +295,40 @@ def test_numeric_key_boundaries_load_and_values_past_them_name_the_key(key):
         assert get(_load([f"{key}=null"]), key) is None
 
 
+# Written out by hand, not read from the declarations (a key declared [0, inf) by mistake loads 0): the keys the
+# code divides by, loops over or sizes a tensor by, which must refuse 0; and those where 0 means "off".
+ZERO_REFUSED = [
+    # divisors: step % every, a mean over a count, a scale or length in a denominator
+    "checkpoint_every", "log_every", "max_nonfinite_steps", "camera.eval_distance", "camera.distance_range",
+    "camera.eval_fovy", "camera.fovy_range", "field.bound", "field.blob_radius", "field.gaussian.init_radius",
+    "field.hashgrid.per_level_scale", "guidance.prior.view_window", "guidance.clip.crop_fraction",
+    "export.threshold", "export.auto_optical_depth", "export.video_fps", "optim.lr_warmup_start",
+    "optim.gaussian.position_lr", "guidance.vsd.lr", "guidance.t_min", "guidance.t_max", "guidance.t_max_end",
+    # counts: loops and batches
+    "steps", "camera.batch_size", "render.n_samples", "field.gaussian.count", "guidance.prior.views",
+    "guidance.clip.crops", "export.video_frames", "field.hashgrid.n_levels", "field.hashgrid.n_features_per_level",
+    "guidance.vsd.lora_rank", "guidance.deepfloyd.max_length", "field.gaussian.init_opacity",
+    # sizes of images, grids and layers
+    "render.width", "render.height", "render.progressive_sizes", "render.progressive_milestones",
+    "preview_resolution", "export.resolution", "export.texture_size", "export.video_resolution",
+    "field.hidden_dim", "field.triplane.resolution", "field.triplane.channels", "field.hashgrid.base_resolution",
+    "field.hashgrid.log2_hashmap_size", "guidance.prior.resolution", "guidance.stable_diffusion.vae_resolution",
+]
+ZERO_MEANS_OFF = ["preview_every", "field.gaussian.densify_every", "field.gaussian.max_count",
+                  "optim.lr_warmup_steps"]  # guarded where used: no previews, no densification, no cap, no warm-up
+
+
+@pytest.mark.parametrize("key", ZERO_REFUSED)
+def test_zero_is_refused_where_the_code_divides_counts_or_sizes_by_the_key(key):
+    message = _refused(_override(key, 0, companions=False))
+    assert message.startswith(f"{key} ") and " must be " in message, message
+
+
+def test_zero_loads_where_it_means_off():
+    for key in ZERO_MEANS_OFF:
+        assert get(_load(_override(key, 0)), key) == 0, key
+
+
 @pytest.mark.parametrize("override, message", [
     ("guidance.guidance_scale=-5", "guidance.guidance_scale must be >= 0, got -5.0"),
     ("guidance.deepfloyd.max_length=0", "guidance.deepfloyd.max_length must be >= 1, got 0"),

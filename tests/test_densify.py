@@ -187,3 +187,66 @@ def test_adam_moments_follow_the_kept_cloned_split_and_pruned_rows():
             assert torch.equal(got, (scale * expected)[:, None].expand_as(got)), (name, key)
     assert all(p not in optimizer.state for p in old)  # the replaced parameters left the optimizer
     assert [g["params"][0] for g in optimizer.param_groups] == list(field.parameters())
+
+
+# -- the trainer's calls and the statistics' units ------------------------------------------------
+def test_the_trainer_densifies_after_every_third_step_and_a_skipped_step_changes_nothing(tmp_path):
+    """densify_every=3 over 8 steps: clone / split / prune after steps 3 and 6 (the calls with step 2 and 5,
+    closed form densify_due(step + 1)). A run whose step 5 (due) is non-finite: that step leaves the strategy's
+    statistics, the Gaussian count and the field as they were, and the statistics stay finite."""
+    trainer, calls = _trainer(tmp_path), []
+    densify = trainer.strategy.densify_and_prune
+    trainer.strategy.densify_and_prune = lambda *a: (calls.append(trainer.step), densify(*a))[1]
+    for _ in range(8):
+        trainer.train_step()
+    assert calls == [s for s in range(8) if densify_due(s + 1, trainer.cfg.field.gaussian)] == [2, 5]
+
+    def nan_at_step_5(rgb, cams, step, steps, generator=None):
+        loss = toward_red(rgb, cams, step, steps)["loss_sds"]
+        return {"loss_sds": loss * float("nan") if step == 5 else loss}
+
+    trainer = _trainer(tmp_path, nan_at_step_5)
+    for _ in range(5):
+        trainer.train_step()
+    before, count = _tensors(trainer), trainer.field.count
+    assert float(trainer.strategy.grad_count.sum()) > 0  # statistics gathered since the densification at 3
+    trainer.train_step()
+    assert trainer.skipped == 1 and trainer.field.count == count
+    _assert_equal(before, _tensors(trainer))
+    assert all(torch.isfinite(v).all() for v in trainer.strategy.state_dict().values())
+
+
+def test_the_statistics_scale_the_2d_gradient_by_half_the_width_and_half_the_height():
+    """A 32 x 8 render (W = 32, H = 8): d loss / d means2d of (1, 0) and (0, 1) count as 16 and 4 NDC units."""
+    cfg = GaussianConfig(count=2)
+    field = build_field(FieldConfig(type="gaussian", gaussian=cfg))
+    strategy = DensifyStrategy(cfg, OptimConfig().gaussian, field)
+    means2d = torch.zeros(1, 2, 2, requires_grad=True)
+    (means2d * torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])).sum().backward()
+    out = {"means2d": means2d, "rgb": torch.zeros(1, 8, 32, 3), "radii": torch.ones(1, 2)}
+    strategy.step_post_optimizer(field, None, out, 0)
+    assert strategy.grad_accum.tolist() == [16.0, 4.0] and strategy.grad_count.tolist() == [1.0, 1.0]
+
+
+def test_split_children_are_the_parent_plus_their_rotated_scaled_samples():
+    """One large hot Gaussian, rotated 90 degrees about z with scales (0.4, 0.2, 0.1): under a fixed seed its two
+    children sit at mean + R (z * s) for the standard normal draws z (3DGS), with scales s / 1.6."""
+    cfg = GaussianConfig(count=2, densify_grad_threshold=0.01, dense_scale=0.05, prune_scale=0.0)
+    field = build_field(FieldConfig(type="gaussian", gaussian=cfg))
+    strategy = DensifyStrategy(cfg, OptimConfig().gaussian, field)
+    s = torch.tensor([0.4, 0.2, 0.1])
+    with torch.no_grad():
+        field.means.copy_(torch.tensor([[0.1, 0.2, 0.3], [-0.5, 0.0, 0.0]]))
+        field.log_scales.copy_(torch.stack([s, torch.full((3,), 0.01)]).log())
+        field.quats.copy_(torch.tensor([[0.5 ** 0.5, 0.0, 0.0, 0.5 ** 0.5], [1.0, 0.0, 0.0, 0.0]]))
+        field.opacity_logits.fill_(0.0)
+        strategy.grad_accum.copy_(torch.tensor([0.05, 0.0]))
+        strategy.grad_count.fill_(1.0)
+    torch.manual_seed(7)
+    counts = strategy.densify_and_prune(field)
+    torch.manual_seed(7)
+    z = torch.randn(2, 3) * s
+    rot = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 degrees about z
+    assert counts == {"cloned": 0, "split": 1, "pruned": 0, "count": 3}
+    torch.testing.assert_close(field.means.detach()[1:], torch.tensor([0.1, 0.2, 0.3]) + z @ rot.T)
+    torch.testing.assert_close(field.scales.detach()[1:], (s / 1.6).expand(2, 3))

@@ -27,6 +27,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+import torch.utils._device
 import trimesh
 
 import dreamfusion.guidance
@@ -83,14 +84,26 @@ def default_device_elsewhere(monkeypatch):
 
     def on_cpu(fn):
         def wrapped(*args, **kwargs):
-            with torch.device("cpu"):
-                return fn(*args, **kwargs)
+            try:
+                with torch.device("cpu"):
+                    return fn(*args, **kwargs)
+            finally:
+                _forget_device_constructors()
         return wrapped
 
     monkeypatch.setattr(dreamfusion.guidance, "build_guidance", on_cpu(build_guidance))
     monkeypatch.setattr(train_module.Trainer, "__init__", on_cpu(trainer_init))
+    _forget_device_constructors()
     with torch.device("meta"):
+        assert torch.linspace(0, 1, 2).device.type == "meta", "the default device no longer reaches torch.linspace"
         yield
+
+
+def _forget_device_constructors() -> None:
+    """Empty torch's cached set of the functions the default device reaches. transformers (5.x) swaps
+    ``torch.linspace`` for a wrapper inside ``from_pretrained``; a set first filled then holds the wrapper, and
+    from then on a bare ``torch.linspace`` under ``torch.device("meta")`` lands on the CPU for the whole process."""
+    torch.utils._device._device_constructors.cache_clear()
 
 
 def outcome(run_dir: Path) -> dict:
@@ -147,8 +160,10 @@ def test_run_export_and_report_alike_with_the_default_device_elsewhere(case, req
 # -- device literals ---------------------------------------------------------------------------------
 
 # A CPU device written out in dreamfusion/ or render/ is not moved by the default device, so it is checked by
-# name: a computation's ``device="cpu"`` default is refused; builders and loaders may default to the CPU, as
-# torch.nn modules do; the remaining literals are listed with their reason.
+# name: a computation's ``device="cpu"`` default or call keyword, and a ``.cpu()`` that does not end in
+# ``.numpy()`` (a tensor handed to NumPy leaves torch: an image written, a mesh extracted), are refused;
+# builders and loaders may default to the CPU, as torch.nn modules do; the remaining ones are listed with
+# their reason.
 BUILDERS = re.compile(r"__init__$|^build_|^make_|^load")
 ALLOWED_LITERALS = {
     ("dreamfusion/train.py", 'torch.Generator("cpu")'),  # the run's RNG: the same draws on any device
@@ -158,6 +173,16 @@ ALLOWED_LITERALS = {
     ("dreamfusion/renderer/backgrounds.py", 'torch.device("cpu")'),  # likewise (the random textures' draws)
 }
 LITERAL = re.compile(r'torch\.device\("cpu"\)|torch\.Generator\("cpu"\)')
+ALLOWED_CPU_CALLS = {  # (file, function, what): why that computation belongs on the host
+    ("dreamfusion/guidance/rules/augment.py", "random_crop_boxes", ".cpu()"),  # integer boxes, the same on any device
+    ("dreamfusion/guidance/models/deepfloyd.py", "_write", ".cpu()"),  # the text-embedding cache file on disk
+    ("dreamfusion/guidance/prompts.py", "_on_host", ".cpu()"),  # float64 view angles, compared on the host
+    ("dreamfusion/world/scores.py", "truth_mesh", 'device="cpu"'),  # the known object's mesh: no field, no device
+    ("dreamfusion/preview.py", "sample_preview", ".cpu()"),  # the preview images, handed to the PNG writer
+    ("dreamfusion/renderer/backgrounds.py", "_checkerboard", ".cpu()"),  # textures made on the host from draws
+    ("dreamfusion/renderer/backgrounds.py", "_fourier", ".cpu()"),  # on the generator's device, then moved
+    ("dreamfusion/renderer/backgrounds.py", "random_backgrounds", ".cpu()"),  # to the images' device at the end
+}
 
 
 def cpu_defaults(source: str) -> list[str]:
@@ -173,16 +198,54 @@ def cpu_defaults(source: str) -> list[str]:
     return found
 
 
+def cpu_calls(source: str) -> set[tuple[str, str]]:
+    """(function, what) of each call in ``source`` outside builders that puts a tensor on the CPU: a
+    ``device="cpu"`` keyword, or ``.cpu()`` not on its way to ``.numpy()``."""
+    tree = ast.parse(source)
+    to_numpy = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "numpy":
+            inner = node.func.value  # x.detach().cpu().float().numpy(): every call of the chain
+            while isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute):
+                to_numpy.add(id(inner))
+                inner = inner.func.value
+    found = set()
+
+    def visit(node, function):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            if isinstance(child, ast.Call) and not BUILDERS.search(inner):
+                if any(k.arg == "device" and isinstance(k.value, ast.Constant) and k.value.value == "cpu"
+                       for k in child.keywords):
+                    found.add((inner, 'device="cpu"'))
+                if isinstance(child.func, ast.Attribute) and child.func.attr == "cpu" and id(child) not in to_numpy:
+                    found.add((inner, ".cpu()"))
+            visit(child, inner)
+
+    visit(tree, "<module>")
+    return found
+
+
 def test_no_computation_takes_a_cpu_device_default():
-    defaults, literals = [], set()
+    defaults, literals, calls = [], set(), set()
     for folder in ("dreamfusion", "render"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = str(path.relative_to(ROOT))
             text = path.read_text()
             defaults += [f"{rel}:{name}" for name in cpu_defaults(text)]
             literals |= {(rel, m.group(0)) for m in LITERAL.finditer(text)}
+            calls |= {(rel, *found) for found in cpu_calls(text)}
     assert not defaults, f"device='cpu' defaults (take the device from the field or the inputs): {defaults}"
     assert not literals - ALLOWED_LITERALS, f"CPU device literals: {sorted(literals - ALLOWED_LITERALS)}"
+    assert not calls - ALLOWED_CPU_CALLS, f"CPU calls (device from the data): {sorted(calls - ALLOWED_CPU_CALLS)}"
+    assert not ALLOWED_CPU_CALLS - calls, f"allowed but gone: {sorted(ALLOWED_CPU_CALLS - calls)}"
+
+
+def test_the_cpu_scan_reads_call_keywords_and_cpu_calls():
+    source = ("def _reset_stats(self, n, device):\n    self.grad_accum = torch.zeros(n, device='cpu')\n"
+              "def render(x):\n    y = x.cpu()\n    return y.numpy(), x.detach().cpu().float().numpy()\n"
+              "def build_grid(n):\n    return torch.zeros(n, device='cpu').cpu()\n")
+    assert cpu_calls(source) == {("_reset_stats", 'device="cpu"'), ("render", ".cpu()")}
 
 
 # -- the GPU suite: every path end to end on DREAMFUSION_TEST_DEVICE (default cuda) -----------------------

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dreamfusion.config import load_config
-from dreamfusion.exporting import export_video
+from dreamfusion.artifacts import export_video
 from dreamfusion.fields import Field
 from dreamfusion.renderer import Renderer, eval_background
 from dreamfusion.renderer.backgrounds import KINDS

@@ -173,17 +173,20 @@ def test_the_sampler_keeps_every_tensor_on_the_models_device():
 
 # --- oracle 2: the embedded prior gives back its own images ----------------------------------------------
 
+SMALL_PRIOR = ["guidance.prior.views=24", "guidance.prior.resolution=8"]  # the demo's prior, small (as test_scenes)
+
+
 @pytest.fixture(scope="module")
 def demo_prior():
     from dreamfusion.guidance import load_guidance_model
 
-    return load_guidance_model(load_config("demo"), "cpu")
+    return load_guidance_model(load_config("demo", SMALL_PRIOR), "cpu")
 
 
 def _prior_error(prior, prompt: str, steps: int = 20) -> list[float]:
     """Per view: the smallest max-pixel distance between the preview and one of the prompt's prior images at
     the views the prior selects for that camera."""
-    cfg = load_config("demo", [f"prompt={prompt}"])
+    cfg = load_config("demo", [f"prompt={prompt}", *SMALL_PRIOR])
     images = sample_preview(cfg, steps, model=prior)  # [4, R, R, 3]
     cams, own = preview_cameras(cfg.camera), prior.encode_prompt(prompt).images
     errors = []
@@ -258,17 +261,18 @@ def test_preview_image_enlarges_each_view_by_a_whole_factor_under_its_label():
 
 
 def test_cli_preview_of_a_red_cube_shows_its_own_images_labelled(tmp_path, capsys, demo_prior):
-    rc = main(["preview", "--config", "demo", "prompt=a red cube", f"output_dir={tmp_path}", "--steps", "20"])
+    rc = main(["preview", "--config", "demo", "prompt=a red cube", f"output_dir={tmp_path}", "--steps", "20",
+               *SMALL_PRIOR])
     assert rc == 0
     out, err = capsys.readouterr()
     assert "guidance scale 7.5 (guidance.preview_scale)" in err
-    row = np.asarray(Image.open(out.strip().splitlines()[-1]))  # [20 + 128, 512, 3]
+    row = np.asarray(Image.open(out.strip().splitlines()[-1]))  # [20 + 128, 512, 3]: 8 px views enlarged 16 times
     assert row.shape == (LABEL_PX + 128, 512, 3)
-    views = torch.tensor(row[LABEL_PX::4, ::4] / 255.0).reshape(32, 4, 32, 3).permute(1, 0, 2, 3)  # 1 pixel of 4x4
+    views = torch.tensor(row[LABEL_PX::16, ::16] / 255.0).reshape(8, 4, 8, 3).permute(1, 0, 2, 3)  # 1 pixel of 16x16
     cfg, cams = load_config("demo"), preview_cameras(load_config("demo").camera)
     own = demo_prior.encode_prompt("a red cube").images
     for b, label in enumerate(VIEW_LABELS):
-        candidates = demo_prior.decode(own[demo_prior.select_views(cams, b)].reshape(-1, 3, 32, 32)).double()
+        candidates = demo_prior.decode(own[demo_prior.select_views(cams, b)].reshape(-1, 3, 8, 8)).double()
         assert (candidates - views[b]).abs().flatten(1).max(1).values.min().item() < 0.02, label
     assert cfg.guidance.preview_scale == 7.5 and cfg.guidance.guidance_scale == 5.0  # its own setting
 

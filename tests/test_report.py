@@ -75,6 +75,22 @@ def test_smoothed_curve_is_the_debiased_ema_over_the_raw_line():
     assert re.search(r'<text class="ylabel"[^>]*>loss</text>', svg)
 
 
+def test_on_a_log_axis_the_smoothed_curve_is_the_ema_of_log_y():
+    """Heavy-tailed losses (log-normal around 1, 60 steps) on a log axis: the smoothed line is the EMA of log10 y
+    (the axis's own scale), so it runs through the middle of the raw points, not above nearly all of them."""
+    ys = list(np.exp(np.random.default_rng(1).normal(0.0, 2.0, 60)))
+    w, h = 400, 200
+    svg = line_plot(list(range(60)), ys, "loss", smooth=True, width=w, height=h)
+    assert "(log scale)" in svg
+    lo, hi = np.log10(min(ys)), np.log10(max(ys))
+    py = lambda v: (h - BOTTOM) - (np.asarray(v) - lo) / (hi - lo) * (h - BOTTOM - TOP)  # noqa: E731  log10 y
+    (smooth,) = re.findall(r'<polyline class="line smooth" points="([^"]*)"', svg)
+    y_px = np.array([float(p.split(",")[1]) for p in smooth.split()])
+    np.testing.assert_allclose(y_px, py(ema(list(np.log10(ys)))), atol=0.006)
+    above = np.mean(py(np.log10(ys)) < y_px)  # raw points drawn above the smoothed line (smaller pixel y)
+    assert 0.4 < above < 0.6, above  # measured 0.52; the EMA of y drawn on the log axis: 0.23
+
+
 def test_curves_name_their_y_axis_and_do_not_draw_sds_twice(tmp_path):
     rows = [{"step": s, "loss": 3.0 / s, "loss_sds": 3.0 / s, "loss_sparsity": 0.1, "grad_norm": 2.0, "t": 0.5}
             for s in range(1, 6)]

@@ -119,6 +119,38 @@ def test_a_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch, where):
     assert all(torch.isfinite(v).all() for v in load_checkpoint(result.run_dir)["field"].values())
 
 
+def _nan_at(bad: set[int]) -> FunctionGuidance:
+    """A guidance stub whose loss is NaN at the steps in ``bad``."""
+    return FunctionGuidance(lambda rgb, cams, step, steps, generator=None:
+                            {"loss_sds": rgb.mean() * (float("nan") if step in bad else 1.0)})
+
+
+def test_bad_steps_apart_never_add_up_to_a_run_in_a_row(tmp_path):
+    """NaN at steps 2, 4 and 6 with max_nonfinite_steps=2: never two in a row, so all 8 steps run, 3 skipped."""
+    from dreamfusion.train import Trainer
+
+    trainer = Trainer(tiny("a red cube", tmp_path, "max_nonfinite_steps=2"), tmp_path, torch.device("cpu"),
+                      _nan_at({2, 4, 6}))
+    skipped = [trainer.train_step()["skipped_steps"] for _ in range(8)]
+    assert skipped == [0, 0, 1, 1, 2, 2, 3, 3] and trainer.step == 8
+
+
+def test_skipped_steps_carry_over_a_resume(tmp_path):
+    """A checkpoint taken after a skipped step (NaN at 2, saved after 4 steps), loaded and run to step 8: the
+    skipped_steps column equals the straight run's."""
+    from dreamfusion.train import Trainer
+
+    cfg = tiny("a red cube", tmp_path)
+    straight = Trainer(cfg, tmp_path, torch.device("cpu"), _nan_at({2, 6}))
+    want = [straight.train_step()["skipped_steps"] for _ in range(8)]
+    first = Trainer(cfg, tmp_path, torch.device("cpu"), _nan_at({2, 6}))
+    got = [first.train_step()["skipped_steps"] for _ in range(4)]
+    second = Trainer(cfg, tmp_path, torch.device("cpu"), _nan_at({2, 6}))
+    second.load(first.state())
+    got += [second.train_step()["skipped_steps"] for _ in range(4)]
+    assert got == want == [0, 0, 1, 1, 1, 1, 2, 2]
+
+
 def test_a_diverging_run_fails_alone_with_its_line_in_run_json(tmp_path, monkeypatch):
     import dreamfusion.guidance as guidance_pkg
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import dreamfusion.artifacts
 from dreamfusion import train as train_module
 from test_devices import command, run_cli  # the tiny Stable Diffusion command line of the device tests
@@ -39,32 +41,29 @@ def assert_true_record(rc: int, out: str, err: str, listed: set[str]) -> Path:
     return run_dir
 
 
-def test_a_crash_in_training_is_recorded(request, tmp_path, monkeypatch):
+@pytest.mark.parametrize("at", [1, 3])
+def test_a_crash_in_training_is_recorded(at, request, tmp_path, monkeypatch):
     calls = {"n": 0}
     step = train_module.Trainer.train_step
 
-    def fails_at_third_step(self):
+    def fails_at(self):
         calls["n"] += 1
-        return crash() if calls["n"] == 3 else step(self)
+        return crash() if calls["n"] == at else step(self)
 
-    monkeypatch.setattr(train_module.Trainer, "train_step", fails_at_third_step)
+    monkeypatch.setattr(train_module.Trainer, "train_step", fails_at)
     rc, out, err = run_cli(command("default", request, tmp_path, "cpu"))
-    run_dir = assert_true_record(rc, out, err, {"checkpoint", "report"})  # checkpoint_every=2
-    assert json.loads((run_dir / "run.json").read_text())["step"] == 2
+    run_dir = assert_true_record(rc, out, err, {"report"})
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["step"] == at - 1
+    assert ("checkpoint" in record["artifacts"]) == (at > 2)  # checkpoint_every=2: none before step 2 ends
 
 
-def test_a_crash_in_export_keeps_the_mesh_listed(request, tmp_path, monkeypatch):
+def test_a_crash_in_export_keeps_the_mesh_listed_in_a_run_and_in_export_run_dir(request, tmp_path, monkeypatch):
     monkeypatch.setattr(dreamfusion.artifacts, "render_eval", crash)  # the video, after the mesh
     rc, out, err = run_cli(command("default", request, tmp_path, "cpu"))
     run_dir = assert_true_record(rc, out, err, {"checkpoint", "obj", "glb", "report"})
     assert "video" not in json.loads((run_dir / "run.json").read_text())["artifacts"]
-
-
-def test_a_crash_in_export_run_dir_is_recorded(request, tmp_path, monkeypatch):
-    rc, out, err = run_cli(command("default", request, tmp_path, "cpu"))
-    assert rc == 0, err
-    run_dir = Path(out.splitlines()[-1])
-    monkeypatch.setattr(dreamfusion.artifacts, "render_eval", crash)
+    (run_dir / "mesh" / "model.glb").unlink()  # export RUN_DIR writes it again before its own crash
     rc, out, err = run_cli(["export", run_dir])
     assert assert_true_record(rc, out, err, {"checkpoint", "obj", "glb"}) == run_dir
-
+    assert "video" not in json.loads((run_dir / "run.json").read_text())["artifacts"]

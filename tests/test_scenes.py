@@ -191,6 +191,44 @@ def test_a_front_on_every_side_scores_janus_4():
     assert no_front["janus"] == 0, no_front
 
 
+def test_the_janus_band_fractions_of_the_true_front_and_of_a_thick_one():
+    """Per side, the fraction of the central band (the middle half of the covered width) in the front colour.
+    The true front (z >= FRONT_Z = 0.25 of a half-width 0.5) fills the front view and none of the others. A thick
+    front, red where z >= 0.1, shows on the right and left bands over z in [0.1, 0.25] of [-0.25, 0.25]: 0.3 of
+    them (0.33 at 48^3: the faces on the seam), below the half a side needs, so the score stays 1."""
+    prompt = "a white cube with a red front"
+    true = scene_scores(truth_mesh(prompt, 48), prompt)
+    assert [true[f"front_{v}"] for v in ("front", "right", "back", "left")] == [1.0, 0.0, 0.0, 0.0], true
+    thick = scene_scores(truth_mesh(prompt, 48, lambda p: ["red" if float(z) >= 0.1 else "white"
+                                                           for _, _, z in p.tolist()]), prompt)
+    assert (thick["front_front"], thick["front_back"], thick["janus"]) == (1.0, 0.0, 1.0), thick
+    for side in ("right", "left"):
+        assert thick[f"front_{side}"] == pytest.approx(0.3, abs=0.05), thick
+
+
+def test_as_many_pieces_as_objects_are_split_by_piece_on_colour_and_iou():
+    """Two pieces for two objects: the split by pieces (colour_split 0). Then the red cube slightly off-red
+    (191, 51, 51) and a small pure-red ball apart from both cubes: the red cube still gets its own piece (colour
+    distance 0.17 + 1 - IoU 0.99, against 0 + 1 - 0 for the ball); colour error |0.749 - 0.85| = 0.101."""
+    import trimesh
+
+    prompt = "a red cube on a blue cube"
+    pair = truth_mesh(prompt, 48)
+    apart = scene_scores(pair, prompt)
+    assert apart["colour_split"] == 0.0 and apart["relation"] == 1.0, apart
+    rgb = np.asarray(pair.visual.vertex_colors).copy()
+    rgb[(rgb[:, :3] == [217, 26, 26]).all(1), :3] = [191, 51, 51]  # red (0.85, 0.1, 0.1) -> off-red
+    ball = trimesh.creation.icosphere(subdivisions=2, radius=0.12)
+    ball.apply_translation([0.75, -0.75, 0.75])
+    mesh = trimesh.Trimesh(np.vstack([pair.vertices, ball.vertices]),
+                           np.vstack([pair.faces, ball.faces + len(pair.vertices)]),
+                           vertex_colors=np.vstack([rgb, np.tile([217, 26, 26, 255], (len(ball.vertices), 1))]),
+                           process=False)
+    scores = scene_scores(mesh, prompt)
+    assert scores["colour_split"] == 0.0 and scores["relation"] == 1.0, scores
+    assert scores["iou_0"] == apart["iou_0"] and scores["albedo_err_0"] == pytest.approx(0.101, abs=1e-3), scores
+
+
 def test_swapped_objects_fail_the_relation_and_the_iou():
     # The asset holds the right objects in each other's places: the red cube below, the blue one above.
     scores = scene_scores(truth_mesh("a blue cube on a red cube", 48), "a red cube on a blue cube")

@@ -509,3 +509,19 @@ def test_no_window_anywhere_is_one_line(tiny_sd_dir):
         StableDiffusion(tokenizer, sd.text_encoder, sd.unet, sd.vae, sd.scheduler, device=torch.device("cpu"),
                         dtype=torch.float32, vae_resolution=16)
     assert "\n" not in str(info.value)
+
+
+def test_the_guidance_scale_convention_is_stated_where_users_set_it():
+    """eps_u + s (eps_c - eps_u) (DreamFusion, diffusers); threestudio's eps_c + s' (eps_c - eps_u) is s' = s - 1:
+    its 100 is 101 here. The README and the key's help say so."""
+    from pathlib import Path
+
+    from dreamfusion.cli.parser import help_text
+
+    g = torch.Generator().manual_seed(0)
+    eps_u, eps_c = torch.randn(2, 4, 8, 8, generator=g)
+    threestudio = eps_c + 100.0 * (eps_c - eps_u)
+    torch.testing.assert_close(classifier_free_guidance(eps_u, eps_c, 101.0), threestudio)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "`eps_u + s (eps_c - eps_u)`" in readme and "`guidance.guidance_scale=101` here" in readme
+    assert "eps_u + s (eps_c - eps_u)" in help_text("run") and "its 100 is 101 here" in help_text("run")

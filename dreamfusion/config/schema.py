@@ -52,7 +52,7 @@ class Config:
     """Side in pixels of each of the four views of a preview image."""
     log_every: int = ranged(10, "[1, inf)")
     """Append a line to metrics.jsonl every N steps."""
-    max_nonfinite_steps: int = ranged(20, "[0, inf)")
+    max_nonfinite_steps: int = ranged(20, "[1, inf)")
     """Skipped steps in a row (non-finite loss or gradient; skipped_steps in metrics.jsonl) that fail the run."""
     field: FieldConfig = dc_field(default_factory=FieldConfig)
     camera: CameraConfig = dc_field(default_factory=CameraConfig)

@@ -171,7 +171,7 @@ class GuidanceConfig:
     model_type: str = choice("stable_diffusion", MODEL_TYPES)
     """The noise predictor of sds, perp_neg and vsd: stable_diffusion, deepfloyd (DeepFloyd IF stage I, pixel space) or prior (the embedded offline prior); clip does not read it."""
     guidance_scale: float = ranged(100.0, "[0, inf)")
-    """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u)."""
+    """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u) (the DreamFusion paper, diffusers); threestudio's s' in eps_c + s' (eps_c - eps_u) is s - 1, so its 100 is 101 here."""
     preview_scale: float = ranged(7.5, "[0, inf)")
     """Guidance scale of the 2D preview's DDIM sampling (not the SDS scale; 7.5 is Stable Diffusion's default)."""
     t_min: float = ranged(0.02, "(0, 1)")

@@ -3,7 +3,7 @@
 The data range maps onto the plot box exactly (no padding): x in [min, max] -> [LEFT, width - RIGHT],
 y in [min, max] -> [height - BOTTOM, TOP] (linear, or linear in log10 y for a log plot). Ticks sit at
 "nice" values (1, 2, 5 x 10^k) inside the range. A noisy series is drawn faint with its exponential moving
-average over it (``ema``, TensorBoard's smoothing).
+average over it (``ema``, TensorBoard's smoothing), taken in the axis's own scale (of log10 y on a log axis).
 """
 from __future__ import annotations
 
@@ -107,8 +107,9 @@ def line_plot(xs: list[float], ys: list[float], title: str, *, x_label: str = "s
                      f'{escape(y_label)}</text>')
     smooth = smooth and len(fx) >= 3
     curves = [("line raw" if smooth else "line", ys)]
-    if smooth:  # the EMA of the kept points, at their places (a left-out point stays a gap)
-        smoothed = iter(ema([y for y, k in zip(ys, keep) if k]))
+    if smooth:  # the EMA of the kept points in the axis's own scale (of log10 y on a log axis: an arithmetic
+        # mean of heavy-tailed values would run above nearly every point), at their places (a gap stays a gap)
+        smoothed = iter(10 ** v if log_y else v for v in ema(fy))
         curves.append(("line smooth", [next(smoothed) if k else y for y, k in zip(ys, keep)]))
     for cls, values in curves:
         segment: list[str] = []
