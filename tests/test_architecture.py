@@ -22,6 +22,7 @@ LAYERS = [
     ["dreamfusion.checkpoint", "dreamfusion.fields", "dreamfusion.guidance", "dreamfusion.report.plot"],
     ["dreamfusion.export", "dreamfusion.renderer"],  # they take a field: export writes it, the renderer renders it
     ["dreamfusion.world.scores"],  # an asset against its known scene (the true mesh is export's marching cubes)
+    ["dreamfusion.refine"],  # the refine stage: a coarse field -> a DMTet surface at the exporter's level
     ["dreamfusion.train_config"],  # the trainer's sections (camera, loss): above what the loss terms come from
     ["dreamfusion.config"],  # assembles the components' sections
     ["dreamfusion.densify"],  # the training layer's Gaussian densification strategy (train.py imports it)

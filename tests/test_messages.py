@@ -21,8 +21,9 @@ import pytest
 
 import dreamfusion
 from dreamfusion.cli.parser import COMMANDS, help_text
-from dreamfusion.config import CHOICES, RENAMED, REPLACED, Config, all_keys, load_config
+from dreamfusion.config import CHOICES, Config, all_keys, load_config
 from dreamfusion.errors import ConfigError
+from dreamfusion.migrations import RENAMED, REPLACED
 
 PACKAGE = Path(dreamfusion.__file__).parent
 SECTIONS = tuple(name for name, value in vars(Config()).items() if hasattr(value, "__dataclass_fields__"))

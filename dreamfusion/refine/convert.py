@@ -1,0 +1,73 @@
+"""A coarse run's field as the refine stage's starting point: the DMTet field's SDF and texture from it.
+
+The SDF is read off the same surface the exporter extracts (export/mesh.py): with ``threshold`` None the level
+where the optical depth seen from outside reaches ``auto_optical_depth``, else the density ``threshold`` on log
+density. At the tet grid's vertices, ``sdf = clamp(level - value, -1, 1)`` (negative inside, as
+stable-dreamfusion's ``--dmtet`` takes ``clamp(sigma - threshold, -1, 1)`` with the sign of an SDF), so marching
+tetrahedra at step 0 give the coarse run's mesh. The texture field is then fitted to the coarse field's albedo
+at points on and near that surface (MSE, Adam), any field type alike (NeRF, tri-plane, Gaussians).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..export.mesh import density_grid, optical_depth
+from ..fields.dmtet import DMTetField
+
+__all__ = ["coarse_sdf", "fit_texture", "convert_field"]
+
+_LOG_EPS = 1e-6
+
+
+def coarse_sdf(coarse, resolution: int, bound: float, *, threshold: float | None = None,
+               auto_optical_depth: float = 0.3, device) -> Tensor:
+    """SDF [(R + 1)^3] at the vertices of ``tet_grid(R)`` scaled to ``bound`` (x fastest), from the coarse field's
+    density: negative where the exporter's surface encloses the point."""
+    grid = density_grid(coarse.density, bound, resolution + 1, device=device)  # [x, y, z]
+    if threshold is None:
+        values, level = optical_depth(grid, 2.0 * bound / resolution), float(auto_optical_depth)
+    else:
+        values, level = np.log(grid.astype(np.float64) + _LOG_EPS), float(np.log(threshold + _LOG_EPS))
+    sdf = np.clip(level - values, -1.0, 1.0).transpose(2, 1, 0).reshape(-1)  # tet order: x fastest
+    return torch.as_tensor(np.ascontiguousarray(sdf), dtype=torch.float32, device=device)
+
+
+def fit_texture(field: DMTetField, coarse, steps: int = 200, points: int = 8192, lr: float = 0.01,
+                spread: float = 0.02, generator: torch.Generator | None = None) -> float:
+    """Fit ``field``'s texture to the coarse albedo at the surface's vertices jittered by ``spread`` (normal
+    noise), ``steps`` Adam steps of ``points`` points; returns the last mean squared error."""
+    with torch.no_grad():
+        surface, _ = field.surface()
+    if len(surface) == 0:
+        return 0.0
+    params = list(field.encoding.parameters()) + list(field.mlp.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        pick = torch.randint(len(surface), (points,), generator=generator, device=generator.device
+                             if generator is not None else None).to(surface.device)
+        noise = torch.randn(points, 3, generator=generator, device=generator.device if generator is not None
+                            else None).to(surface)
+        where = (surface[pick] + spread * noise).clamp(-field.bound, field.bound)
+        with torch.no_grad():
+            target = coarse(where)["albedo"][:, :field.albedo_channels]
+        loss = ((field.albedo(where) - target) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return float(loss)
+
+
+def convert_field(coarse, cfg, *, threshold: float | None = None, auto_optical_depth: float = 0.3,
+                  texture_steps: int = 200, generator: torch.Generator | None = None, device) -> DMTetField:
+    """A DMTetField (``cfg``: the field section with its ``dmtet`` group) whose surface is the coarse field's
+    exported surface and whose texture follows the coarse albedo."""
+    field = DMTetField(cfg, device, albedo_channels=getattr(coarse, "albedo_channels", 3))
+    with torch.no_grad():
+        field.sdf.copy_(coarse_sdf(coarse, field.resolution, field.bound, threshold=threshold,
+                                   auto_optical_depth=auto_optical_depth, device=device))
+    fit_texture(field, coarse, steps=texture_steps, generator=generator)
+    return field
