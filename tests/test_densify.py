@@ -17,7 +17,7 @@ import torch
 
 from dreamfusion.checkpoint import load_checkpoint, save_checkpoint
 from dreamfusion.config import FieldConfig, GaussianConfig, OptimConfig, load_config
-from dreamfusion.densify import DensifyStrategy, densify_active, densify_due, position_lr
+from dreamfusion.train.densify import DensifyStrategy, densify_active, densify_due, position_lr
 from dreamfusion.fields import build_field
 from dreamfusion.guidance import FunctionGuidance
 from dreamfusion.train import Trainer

@@ -24,8 +24,8 @@ from broken_samplers import BROKEN
 from dreamfusion.cli import main
 from dreamfusion.config import load_config
 from dreamfusion.errors import UserError
-from dreamfusion.preview import (LABEL_PX, VIEW_LABELS, ddim_sample, ddim_timesteps, preview_cameras,
-                                 preview_image, sample_preview)
+from dreamfusion.preview import LABEL_PX, VIEW_LABELS, ddim_sample, ddim_timesteps, preview_image, sample_preview
+from dreamfusion.train.cameras import preview_cameras
 
 T = 1000
 

@@ -28,8 +28,9 @@ from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import FunctionGuidance, load_guidance_model
 from dreamfusion.metrics import prior_scores
 from dreamfusion.settings import replace_key
-from dreamfusion.run import load_run, read_run_json, resume, resume_config, run
-from dreamfusion.train import weighted_loss
+from dreamfusion.run import load_run, resume, resume_config, run
+from dreamfusion.runfolder import read_run_json
+from dreamfusion.train.losses import weighted_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["steps=8", "device=cpu", "render.eval_grid=24", "render.width=16", "render.height=16", "render.n_samples=24",
@@ -183,7 +184,7 @@ def test_a_full_disk_fails_the_run_with_one_line_and_keeps_the_old_file(tmp_path
     written, or while a metrics row is appended: one line naming the file, the file's previous bytes kept, no
     temporary file left, run.json failed with that line."""
     import dreamfusion.io
-    import dreamfusion.train
+    import dreamfusion.runfolder
 
     out = tmp_path / "out"
     disk = {}
@@ -192,7 +193,7 @@ def test_a_full_disk_fails_the_run_with_one_line_and_keeps_the_old_file(tmp_path
         run_dir = out / "run"
         run_dir.mkdir(parents=True)
         disk["full"] = _FullDisk(run_dir / name, after)
-        for module in (dreamfusion.io, dreamfusion.train):
+        for module in (dreamfusion.io, dreamfusion.runfolder):
             monkeypatch.setattr(module, "open", disk["full"], raising=False)
         return run_dir
 
@@ -224,13 +225,16 @@ def test_a_loss_term_without_a_weight_is_an_error_not_dropped():
         weighted_loss(terms, cfg.loss)
 
 
-def _cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dreamfusion", "--config", "demo", *args], cwd=ROOT, env=env,
+def _cli(args: list[str], env: dict, pause: str | None = None) -> subprocess.Popen:
+    """python -m dreamfusion --config demo ARGS; with ``pause`` (STEP), through tests/paused_run.py: the run waits
+    after that step until it is killed."""
+    launcher = ["-m", "dreamfusion"] if pause is None else [str(ROOT / "tests" / "paused_run.py"), pause]
+    return subprocess.Popen([sys.executable, *launcher, "--config", "demo", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_pause(folder: Path, proc: subprocess.Popen, timeout: float = 600) -> Path:
-    """The run folder under `folder` whose loop paused at DREAMFUSION_TEST_PAUSE's step (it wrote `paused` and
+    """The run folder under `folder` whose loop paused at paused_run.py's step (it wrote `paused` and
     now waits to be stopped, so a signal sent after this lands at that step whatever the machine's load)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -246,16 +250,15 @@ def _wait_for_pause(folder: Path, proc: subprocess.Popen, timeout: float = 600) 
 def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path):
     """SIGKILL after the step-4 checkpoint: metrics.jsonl rows and previews past step 4 are dropped on resume,
     so every step is written once, and the resumed field equals a straight 12-step run's. The killed process
-    pauses after step 6 (DREAMFUSION_TEST_PAUSE=6) and is killed while it waits: no timing window."""
+    pauses after step 6 (tests/paused_run.py 6) and is killed while it waits: no timing window."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("DREAMFUSION_TEST_PAUSE", None)
     args = ["prompt=a red cube", *TINY, "steps=12", "preview_every=1", "preview_resolution=32"]
     straight = _cli([*args, f"output_dir={tmp_path / 'straight'}"], env)
     out, err = straight.communicate(timeout=600)
     assert straight.returncode == 0, err[-2000:]
     straight_dir = Path(out.strip().splitlines()[-1])
 
-    killed = _cli([*args, f"output_dir={tmp_path / 'killed'}"], {**env, "DREAMFUSION_TEST_PAUSE": "6"})
+    killed = _cli([*args, f"output_dir={tmp_path / 'killed'}"], env, pause="6")
     run_dir = _wait_for_pause(tmp_path / "killed", killed)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 from ..report.reading import POOR_IOU
+from ..runfolder import PREVIEWS, REPORT, VIDEO
 
 __all__ = ["write_gallery"]
 
@@ -33,11 +34,11 @@ _NO_MEDIA = {"failed": "no video: the run failed", "interrupted": "no video: int
 
 
 def _media(run_dir: Path | None, rel: str | None, status: str) -> str:
-    if run_dir is not None and (run_dir / "orbit.mp4").is_file():
-        return f'<video src="{html.escape(rel)}/orbit.mp4" muted loop autoplay playsinline></video>'
-    previews = sorted((run_dir / "previews").glob("step_*.png")) if run_dir and (run_dir / "previews").is_dir() else []
+    if run_dir is not None and (run_dir / VIDEO).is_file():
+        return f'<video src="{html.escape(rel)}/{VIDEO}" muted loop autoplay playsinline></video>'
+    previews = sorted((run_dir / PREVIEWS).glob("step_*.png")) if run_dir and (run_dir / PREVIEWS).is_dir() else []
     if previews:
-        return f'<img src="{html.escape(rel)}/previews/{previews[-1].name}" alt="last preview">'
+        return f'<img src="{html.escape(rel)}/{PREVIEWS}/{previews[-1].name}" alt="last preview">'
     return f'<div class="empty">{html.escape(_NO_MEDIA.get(status, "no video"))}</div>'
 
 
@@ -64,8 +65,8 @@ def _card(batch_dir: Path, row: dict) -> str:
     if row.get("seed") is not None:
         facts.append(f"seed {row['seed']}")
     links = []
-    if run_dir is not None and (run_dir / "report.html").is_file():
-        links.append(f'<a href="{html.escape(rel)}/report.html">report</a>')
+    if run_dir is not None and (run_dir / REPORT).is_file():
+        links.append(f'<a href="{html.escape(rel)}/{REPORT}">report</a>')
     if run_dir is not None and run_dir.is_dir():
         links.append(f'<a href="{html.escape(rel)}/">run folder</a>')
     error = f'<p class="error">{html.escape(row["error"])}</p>' if row.get("error") else ""

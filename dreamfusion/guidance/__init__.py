@@ -15,14 +15,14 @@ import importlib
 
 __all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "model_settings", "RULES", "MODELS",
            "Guidance", "FrozenGuidance", "FunctionGuidance", "SDSGuidance", "PerpNegGuidance", "NoisePredictor",
-           "UNetNoisePredictor", "StableDiffusion", "DeepFloydIF", "view_label", "view_prompts", "slugify"]
+           "UNetNoisePredictor", "StableDiffusion", "DeepFloydIF", "view_label", "view_prompts"]
 
 _HOME = {"build_guidance": "build", "load_guidance_model": "build", "guidance_model_key": "build",
          "model_settings": "build", "RULES": "build", "MODELS": "build",
          "Guidance": "base", "FrozenGuidance": "base", "FunctionGuidance": "base",
          "SDSGuidance": "sds", "NoisePredictor": "sds", "UNetNoisePredictor": "sds", "PerpNegGuidance": "perp_neg",
          "StableDiffusion": "stable_diffusion", "DeepFloydIF": "deepfloyd",
-         "view_label": "prompts", "view_prompts": "prompts", "slugify": "prompts"}
+         "view_label": "prompts", "view_prompts": "prompts"}
 
 
 def __getattr__(name: str):

@@ -15,6 +15,7 @@ from render.cameras import Cameras
 from ..fields.gaussian import GaussianField
 from .config import RenderConfig
 from .occupancy import make_sampler, skip_grid, update_sampler
+from .shading import pick_lights, pick_shading
 from .splats import render_splats
 from .views import eval_view
 from .volume import render_volume
@@ -67,15 +68,16 @@ class Renderer:
     nerfacc's occupancy-grid estimator (render.sampler nerfacc, or auto on CUDA; None with the torch sampler and
     for splats). The trainer checkpoints :meth:`state_dict` under the key "estimator".
 
-        renderer = Renderer(cfg.render, field, device)
+        renderer = Renderer(cfg.render, field, device, latent=cfg.guidance.latent_render)
         renderer.update(step)                               # before each training render
+        out = renderer.render_train(cams, H, W, step, background=bg, generator=g)   # shading and light drawn
         out = renderer.render(cams, H, W, background=bg, shading="albedo", generator=g)
         view = renderer.eval_view()                         # previews and the video: RGB, on render.eval_grid
         out = renderer.render_eval(view, bg, cams, side)    # no graph, empty space skipped, white background
     """
 
-    def __init__(self, cfg: RenderConfig, field, device: torch.device | str):
-        self.cfg, self.field = cfg, field
+    def __init__(self, cfg: RenderConfig, field, device: torch.device | str, latent: bool = False):
+        self.cfg, self.field, self.latent = cfg, field, latent  # a latent field is trained unshaded (albedo)
         self.estimator = make_sampler(cfg.sampler, field, torch.device(device))
 
     def update(self, step: int) -> None:
@@ -92,6 +94,14 @@ class Renderer:
                             perturb=perturb and r.perturb, shading=shading, light_dirs=light_dirs,
                             ambient=r.ambient, background_kind=r.background, generator=generator,
                             need_normals=need_normals, estimator=self.estimator)
+
+    def render_train(self, cameras: Cameras, height: int, width: int, step: int, *, background,
+                     generator: torch.Generator, need_normals: bool = False) -> dict[str, Tensor]:
+        """:meth:`render` of training step ``step`` with the shading it draws (shading.pick_shading; albedo for a
+        latent field) and, when shaded, a random light (shading.pick_lights), both from ``generator``."""
+        shading = "albedo" if self.latent else pick_shading(step, self.cfg, generator)
+        return self.render(cameras, height, width, background=background, shading=shading, generator=generator,
+                           light_dirs=pick_lights(shading, cameras.c2w[:, :3, 3], generator), need_normals=need_normals)
 
     def eval_view(self):
         """The field as previews and the orbit video see it (views.eval_view with render.eval_grid)."""
