@@ -36,7 +36,7 @@ from torch import Tensor
 from render.cameras import Cameras
 
 from .errors import UserError
-from .train.cameras import preview_cameras
+from .renderer import preview_cameras
 
 __all__ = ["ddim_timesteps", "ddim_sample", "sample_preview", "preview_image", "write_preview"]
 

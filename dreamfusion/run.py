@@ -117,7 +117,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
                       artifacts=record.relative({"checkpoint": run_dir / CHECKPOINT}))
         record.forget_export()
         written, errors = export_run(trainer.field, trainer.background, cfg, run_dir, device, timer,
-                                     video_view=trainer.cached_eval_view())
+                                     video_view=trainer.renderer.cached_eval_view())
         record.update(artifacts=record.relative(written), seconds=timer.seconds)
         for path in ([] if quiet else written.values()):
             print(f"wrote {path}", file=sys.stderr)

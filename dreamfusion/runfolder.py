@@ -226,13 +226,15 @@ def trim_after(run_dir: Path, step: int) -> None:
 
 
 def write_preview(run_dir: Path, step: int, image) -> Path:
-    """previews/step_NNNNNN.png from ``image`` [H, W, 3] uint8 (a numpy array), written atomically."""
+    """previews/step_NNNNNN.png from ``image`` [H, W, 3] in [0, 1] (an array, or a CPU tensor), written
+    atomically."""
     import io
 
+    import numpy as np
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
+    Image.fromarray((np.asarray(image) * 255).round().astype(np.uint8)).save(buffer, format="PNG")
     return atomic_write(Path(run_dir) / PREVIEWS / f"step_{step:06d}.png", buffer.getvalue())
 
 

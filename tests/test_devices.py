@@ -30,7 +30,7 @@ import torch
 import trimesh
 
 import dreamfusion.guidance
-from dreamfusion import train as train_module
+from dreamfusion.train import trainer as train_module
 from dreamfusion.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

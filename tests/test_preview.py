@@ -25,7 +25,7 @@ from dreamfusion.cli import main
 from dreamfusion.config import load_config
 from dreamfusion.errors import UserError
 from dreamfusion.preview import LABEL_PX, VIEW_LABELS, ddim_sample, ddim_timesteps, preview_image, sample_preview
-from dreamfusion.train.cameras import preview_cameras
+from dreamfusion.renderer import preview_cameras
 
 T = 1000
 

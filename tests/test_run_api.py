@@ -314,20 +314,21 @@ def test_video_reuses_the_last_previews_grid(tmp_path, preview_every):
     assert len(list((result.run_dir / "previews").glob("step_*.png"))) == (2 if preview_every else 0)
 
 
-def test_trainer_eval_view_is_sampled_once_per_step(tmp_path):
+def test_the_eval_view_is_sampled_once_per_step(tmp_path):
     from dreamfusion.renderer import BakedField
     from dreamfusion.train import Trainer
 
     r = 12
     trainer = Trainer(tiny("a red cube", tmp_path, f"render.eval_grid={r}"), tmp_path, torch.device("cpu"))
-    assert trainer.cached_eval_view() is None
-    first = trainer.eval_view()
+    renderer = trainer.renderer
+    assert renderer.cached_eval_view() is None
+    first = renderer.eval_view()
     assert isinstance(first, BakedField) and first.resolution == r
-    assert trainer.eval_view() is first and trainer.cached_eval_view() is first
-    trainer.step += 1  # a step changes the field: the grid is sampled again
-    assert trainer.cached_eval_view() is None and trainer.eval_view() is not first
+    assert renderer.eval_view() is first and renderer.cached_eval_view() is first
+    renderer.update(trainer.step)  # a step changes the field: the grid is sampled again
+    assert renderer.cached_eval_view() is None and renderer.eval_view() is not first
     vertex = torch.tensor([[-1.0 + 5 * 2.0 / (r - 1), 1.0, -1.0 + 7 * 2.0 / (r - 1)]]) * trainer.field.bound
     with torch.no_grad():
         want = trainer.field(vertex)
-    got = trainer.eval_view()(vertex)
+    got = renderer.eval_view()(vertex)
     assert torch.allclose(got["density"], want["density"], rtol=1e-4) and torch.allclose(got["albedo"], want["albedo"], atol=1e-5)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import dreamfusion.exporting
-from dreamfusion import train as train_module
+from dreamfusion.train import trainer as train_module
 from test_devices import command, run_cli  # the tiny Stable Diffusion command line of the device tests
 
 MESSAGE = "Expected all tensors to be on the same device (injected)"

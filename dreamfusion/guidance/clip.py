@@ -4,7 +4,7 @@
     loss_clip = - mean_k cos(E_img(normalize(resize(crops_k))), E_txt(prompt))      (Dream Fields eq. 1)
 
 Dream Fields' other term, the transmittance loss (eq. 3), grades the render's opacity, not the image: it is one of
-the render regularisers (``dreamfusion.train.transmittance_loss``, weighted by loss.transmittance).
+the render regularisers (``dreamfusion.train.losses.transmittance_loss``, weighted by loss.transmittance).
 
 ``FrozenCLIP`` wraps a transformers ``CLIPModel`` + ``CLIPTokenizer`` loaded from a hub id or a local
 folder (same code path); it is shared with ``dreamfusion.evaluate``. The text embedding is computed

@@ -1,6 +1,7 @@
-"""Training: the loop (trainer.py: ``Trainer.train_step`` and ``Trainer.fit``), the loss (losses.py), where the
-cameras come from (cameras.py), the strategy that may resize the field (strategy.py: none, or densify.py's for
-Gaussians) and the config sections of all that (config.py: camera.*, optim.*, loss.*).
+"""Training: the loop (trainer.py: ``Trainer.train_step`` and ``Trainer.fit``), where the cameras come from
+(cameras.py), the loss (losses.py), the optimizer step (optim.py), the strategy that may resize the field
+(strategy.py: none, or densify.py's for Gaussians) and the config sections of all that (config.py: camera.*,
+optim.*, loss.*). Rendering is the renderer's (dreamfusion/renderer/), the run folder's files runfolder.py's.
 
     trainer = Trainer(cfg, run_dir, device, guidance)   # field, background, optimizer, RNG, sampler, renderer
     row = trainer.fit(should_stop=..., on_step=...)     # metrics rows, previews, checkpoints in run_dir

@@ -1,13 +1,13 @@
 """Where the training cameras come from: random views around the object and the render size of each step behind
-one object (threestudio's random-camera data module), and the four evaluation views of the previews."""
+one object (threestudio's random-camera data module)."""
 
 from __future__ import annotations
 
 import torch
 
-from render.cameras import Cameras, orbit_cameras, sample_cameras
+from render.cameras import Cameras, sample_cameras
 
-__all__ = ["RandomCameras", "render_size", "preview_cameras"]
+__all__ = ["RandomCameras", "render_size"]
 
 
 def render_size(step: int, cfg) -> tuple[int, int]:
@@ -18,12 +18,6 @@ def render_size(step: int, cfg) -> tuple[int, int]:
     stage = sum(step >= m for m in cfg.progressive_milestones)
     side = cfg.progressive_sizes[stage]
     return side, side
-
-
-def preview_cameras(camera_cfg, device=None) -> Cameras:
-    """Front, right, back, left (azimuth 0, 90, 180, -90) at the evaluation elevation, distance and fovy."""
-    cams = orbit_cameras(4, camera_cfg.eval_elevation, camera_cfg.eval_distance, camera_cfg.eval_fovy, device=device)
-    return Cameras(*(torch.roll(x, -2, 0) for x in cams))  # the orbit starts at -180: roll to front first
 
 
 class RandomCameras:

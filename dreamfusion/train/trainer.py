@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -20,15 +19,16 @@ from ..errors import CheckpointError, UserError
 from ..fields import build_field
 from ..latent import LATENT_CHANNELS
 from ..renderer import Renderer, build_background
-from .cameras import RandomCameras, preview_cameras
+from .cameras import RandomCameras
 from .densify import legacy_statistics
 from .losses import regularizers, weighted_loss
+from .optim import adam_step, all_finite, warmup_factor
 from .strategy import build_strategy
 
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["Trainer", "Interrupted", "Diverged", "warmup_factor", "build_scene", "load_scene"]
+__all__ = ["Trainer", "Interrupted", "Diverged", "build_scene", "load_scene"]
 
 
 class Interrupted(UserError):
@@ -37,13 +37,6 @@ class Interrupted(UserError):
 
 class Diverged(UserError):
     """cfg.max_nonfinite_steps steps in a row had a NaN or infinite loss or gradient; the last checkpoint is intact."""
-
-
-def warmup_factor(step: int, cfg) -> float:
-    """Learning-rate multiplier at `step`: lr_warmup_start -> 1 linearly over optim.lr_warmup_steps, then 1."""
-    if cfg.lr_warmup_steps <= 0 or step >= cfg.lr_warmup_steps:
-        return 1.0
-    return cfg.lr_warmup_start + (1.0 - cfg.lr_warmup_start) * step / cfg.lr_warmup_steps
 
 
 def build_scene(cfg: Config, device: torch.device):
@@ -88,7 +81,6 @@ class Trainer:
         self.strategy = build_strategy(cfg, self.field)  # densification and the means' lr schedule, or none
         self.step = 0
         self.skipped, self._nonfinite_run, self._saved_step = 0, 0, None  # non-finite steps: in all, in a row
-        self._eval_view: tuple[int, object] | None = None
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -151,9 +143,9 @@ class Trainer:
         loss = weighted_loss(terms, c.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if _all_finite(loss, self.optimizer):  # one sync for the loss and every gradient
+        if all_finite(loss, self.optimizer):  # one sync for the loss and every gradient
             self._nonfinite_run = 0
-            _adam_step(self.optimizer, warmup_factor(self.step, c.optim), self.strategy.learning_rates(self.step))
+            adam_step(self.optimizer, warmup_factor(self.step, c.optim), self.strategy.learning_rates(self.step))
             self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step)  # e.g. clone / split
         else:  # skipped: no Adam step, no densification
             self._skip()
@@ -191,7 +183,8 @@ class Trainer:
                     if self.step % c.log_every == 0 or self.step == c.steps:
                         metrics.write(self.step, row)
                     if c.preview_every and self.step % c.preview_every == 0:
-                        self.write_preview()
+                        image = self.renderer.render_preview(self.background, c.camera, c.preview_resolution)
+                        runfolder.write_preview(self.run_dir, self.step, image)
                     if self.step % c.checkpoint_every == 0:
                         self.save()
                     if on_step is not None:
@@ -205,51 +198,6 @@ class Trainer:
                                   f"steps={c.steps}") from None
         self.save()
         return row
-
-    def eval_view(self):
-        """``Renderer.eval_view`` of the field at this step (previews, then the video), made once per step."""
-        if self._eval_view is None or self._eval_view[0] != self.step:
-            self._eval_view = (self.step, self.renderer.eval_view())
-        return self._eval_view[1]
-
-    def cached_eval_view(self):
-        """The eval_view already made at this step (the last preview), else None."""
-        return self._eval_view[1] if self._eval_view is not None and self._eval_view[0] == self.step else None
-
-    @torch.no_grad()
-    def write_preview(self) -> Path:
-        """Four views (front, right, back, left) at the evaluation camera, side by side, as the step's preview PNG;
-        each view preview_resolution pixels square, empty space skipped; from the field sampled on a grid with
-        render.eval_grid."""
-        cams = preview_cameras(self.cfg.camera, self.device)
-        out = self.renderer.render_eval(self.eval_view(), self.background, cams, self.cfg.preview_resolution,
-                                        views_per_chunk=1)
-        row = torch.cat(list(out["rgb"].clamp(0, 1)), dim=1)  # [H, 4W, 3]
-        return runfolder.write_preview(self.run_dir, self.step, (row.cpu().numpy() * 255).round().astype(np.uint8))
-
-
-def _all_finite(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the loss and every gradient the optimizer would apply are finite (a gradient's norm is NaN or
-    infinite when one of its entries is); one sync."""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    norms = torch.stack(torch._foreach_norm(grads)).to(loss.device) if grads else loss.new_zeros(0)
-    return bool(torch.isfinite(torch.cat([loss.detach().reshape(1).float(), norms.float()])).all())
-
-
-def _adam_step(optimizer: torch.optim.Optimizer, factor: float, lrs: dict[str, float] | None = None) -> None:
-    """optimizer.step() after setting the scheduled groups' lrs (``lrs``: {group name: lr}, e.g. the Gaussian
-    means' decay), with every group's lr scaled by `factor` for this step only, so the warm-up composes with
-    the schedules and checkpoints keep plain lrs."""
-    for group in optimizer.param_groups:
-        if lrs and group.get("name") in lrs:
-            group["lr"] = lrs[group["name"]]
-    if factor != 1.0:
-        for group in optimizer.param_groups:
-            group["lr"] *= factor
-    optimizer.step()
-    if factor != 1.0:
-        for group in optimizer.param_groups:
-            group["lr"] /= factor
 
 
 def _raise_interrupt(signum, frame):
