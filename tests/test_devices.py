@@ -78,8 +78,10 @@ def run_cli(argv: list) -> tuple[int, str, str]:
 @contextlib.contextmanager
 def default_device_elsewhere(monkeypatch):
     """PyTorch's default device set to meta, except while modules are built and weights loaded (a GPU user's
-    modules are built on the CPU, then moved): the trainer's constructor and the guidance loader."""
+    modules are built on the CPU, then moved): the trainer's constructor, the field and background of load_run
+    (build_scene) and the guidance loader."""
     build_guidance, trainer_init = dreamfusion.guidance.build_guidance, train_module.Trainer.__init__
+    build_scene = train_module.build_scene
 
     def on_cpu(fn):
         def wrapped(*args, **kwargs):
@@ -89,6 +91,7 @@ def default_device_elsewhere(monkeypatch):
 
     monkeypatch.setattr(dreamfusion.guidance, "build_guidance", on_cpu(build_guidance))
     monkeypatch.setattr(train_module.Trainer, "__init__", on_cpu(trainer_init))
+    monkeypatch.setattr(train_module, "build_scene", on_cpu(build_scene))
     with torch.device("meta"):
         yield
 
