@@ -26,7 +26,7 @@ PROMPTS = ["a red cube", "a blue sphere", "an orange cone", "a green cylinder", 
 
 
 def sequential(prompts: list[str], out: Path, overrides: list[str]) -> tuple[float, list[float | None], list[float]]:
-    from dreamfusion.run import read_run_json
+    from dreamfusion.runfolder import read_run_json
 
     t0 = time.perf_counter()
     ious, walls = [], []

@@ -157,8 +157,8 @@ class Step:
         self.trainer = Trainer(cfg, run_dir, device, guidance)
         self.marks: dict[str, float] = {}
         self.timed = False
-        self._wrap("render_batch", "render")
-        self._wrap("_adam_step", "optimizer", start="backward")
+        self._wrap(self.trainer.renderer, "render_train", "render")
+        self._wrap(self.trainer.optimizer, "step", "optimizer", start="backward")
         real_guidance = self.trainer.guidance
         self.trainer.guidance = lambda *a, **k: self._mark(real_guidance(*a, **k), "guidance")
 
@@ -167,14 +167,14 @@ class Step:
             self.marks[name] = self.clock()
         return value
 
-    def _wrap(self, method: str, name: str, start: str | None = None):
-        real = getattr(self.trainer, method)
+    def _wrap(self, owner, method: str, name: str, start: str | None = None):
+        real = getattr(owner, method)
 
         def wrapped(*a, **k):
             if start:
                 self._mark(None, start)
             return self._mark(real(*a, **k), name)
-        setattr(self.trainer, method, wrapped)
+        setattr(owner, method, wrapped)
 
     def __call__(self, timed: bool) -> dict[str, float]:
         self.timed = self.predictor.on = timed

@@ -19,6 +19,7 @@ from .export import (bake_albedo, colorize_depth, decimate, extract_mesh, normal
                      vertex_colors, write_field_files, write_glb, write_obj, write_video)
 from .fields.base import field_device
 from .renderer import BakedField, eval_view, render_eval, rgb_view
+from .runfolder import MESH_GLB, MESH_OBJ, VIDEO
 
 __all__ = ["export_mesh", "export_video", "export_run", "PhaseTimer"]
 
@@ -58,8 +59,8 @@ def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = No
                                        auto_optical_depth=surface_optical_depth(field, e.auto_optical_depth),
                                        device=device)
     albedo_fn = lambda pts: field(pts)["albedo"]  # noqa: E731
-    mesh_dir = Path(run_dir) / "mesh"
-    mesh_dir.mkdir(exist_ok=True)
+    obj, glb = Path(run_dir) / MESH_OBJ, Path(run_dir) / MESH_GLB
+    glb.parent.mkdir(exist_ok=True)
     if e.texture == "uv":
         if 0 < e.uv_max_faces < len(faces):
             with timer.phase("export.decimate", f"{len(faces)} faces to {e.uv_max_faces} for the UV atlas"):
@@ -72,10 +73,10 @@ def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = No
     else:
         with timer.phase("export.bake", f"vertex colours of {len(vertices)} vertices"):
             kwargs = {"vertex_colors": vertex_colors(vertices, albedo_fn, device=device)}
-    with timer.phase("export.write", "mesh/model.obj and mesh/model.glb"):
-        write_obj(mesh_dir / "model.obj", vertices, faces, **kwargs)
-        write_glb(mesh_dir / "model.glb", vertices, faces, **kwargs)
-    return {"obj": mesh_dir / "model.obj", "glb": mesh_dir / "model.glb"}
+    with timer.phase("export.write", f"{MESH_OBJ} and {MESH_GLB}"):
+        write_obj(obj, vertices, faces, **kwargs)
+        write_glb(glb, vertices, faces, **kwargs)
+    return {"obj": obj, "glb": glb}
 
 
 def export_video(field, cfg: Config, run_dir: Path, device, timer: PhaseTimer | None = None) -> Path:
@@ -97,7 +98,7 @@ def export_video(field, cfg: Config, run_dir: Path, device, timer: PhaseTimer | 
                 panels.append((normals_to_rgb(unit) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8))
             else:
                 panels.append(colorize_depth(out["depth"][..., 0].cpu().numpy(), out["opacity"][..., 0].cpu().numpy()))
-        path = Path(run_dir) / "orbit.mp4"
+        path = Path(run_dir) / VIDEO
         write_video(path, stack_panels(panels), fps=e.video_fps)
     return path
 

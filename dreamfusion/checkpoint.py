@@ -1,66 +1,22 @@
-"""Run folders and checkpoints: atomic writes, loads that never execute pickled code."""
+"""Checkpoints: the run folder's checkpoint (runfolder.CHECKPOINT) saved atomically, loaded without executing
+pickled code."""
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError
 from .io import atomic_write
 from .migrations import CHECKPOINT_FORMAT, upgrade_checkpoint
+from .runfolder import CHECKPOINT
 
-__all__ = ["CHECKPOINT", "check_output_dir", "make_run_dir", "save_checkpoint", "load_checkpoint"]
-
-CHECKPOINT = Path("checkpoints") / "last.pt"
-
-
-def _unwritable(output_dir: str, why: str) -> UserError:
-    return UserError(f"cannot write to output_dir '{output_dir}' ({why}): "
-                     f"pass a writable folder, e.g. output_dir=$HOME/dreamfusion-runs")
-
-
-def check_output_dir(output_dir: str) -> None:
-    """Fail fast, before a slow model load, when output_dir cannot hold a run folder; creates nothing.
-
-    Looks at the nearest existing ancestor: it must be a folder we may write into. (make_run_dir
-    still probes by writing: os.access says yes to root on a read-only mount.)
-    """
-    path = Path(output_dir).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise _unwritable(output_dir, f"'{existing}' is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise _unwritable(output_dir, "Permission denied")
-
-
-def make_run_dir(output_dir: str, slug: str) -> Path:
-    """<output_dir>/<slug>-<YYYYmmdd-HHMMSS>[-k]/, created; a one-line UserError if it cannot be written."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(output_dir)
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        for k in range(100):
-            run_dir = base / (f"{slug}-{stamp}" + (f"-{k}" if k else ""))
-            try:
-                run_dir.mkdir()
-                break
-            except FileExistsError:
-                continue
-        else:  # never reuse an existing run folder
-            raise FileExistsError(f"100 run folders named {slug}-{stamp}[-k] already exist")
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise _unwritable(output_dir, exc.strerror or str(exc)) from None
-    return run_dir
+__all__ = ["save_checkpoint", "load_checkpoint"]
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
-    """Write checkpoints/last.pt atomically (temp file, fsync, rename): a kill never leaves half a file."""
+    """Write the run folder's checkpoint atomically (temp file, fsync, rename): a kill never leaves half a file."""
     path = Path(run_dir) / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda fh: torch.save({"format": CHECKPOINT_FORMAT, **state}, fh))

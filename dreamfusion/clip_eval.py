@@ -27,6 +27,7 @@ from torch import Tensor
 from render.cameras import Cameras, camera_position, look_at
 
 from .errors import UserError
+from .runfolder import CONFIG, is_run_folder
 
 __all__ = ["evaluate_runs", "r_precision", "clip_scores", "eval_cameras", "render_run", "evaluate"]
 
@@ -75,8 +76,8 @@ def eval_cameras(n: int, elevation: float, distance: float, fovy_deg: float, dev
 def _check_run_dir(run_dir: Path) -> None:
     if not run_dir.is_dir():
         raise UserError(f"run folder '{run_dir}' does not exist: pass folders made by python -m dreamfusion")
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml)")
+    if not is_run_folder(run_dir):
+        raise UserError(f"'{run_dir}' is not a run folder (no {CONFIG})")
 
 
 @torch.no_grad()

@@ -21,22 +21,19 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from render.cameras import Cameras, orbit_cameras
+from render.cameras import Cameras
 
 from .errors import UserError
 from .guidance.models.ddim import ddim_sample
+from .renderer import preview_cameras
 
-__all__ = ["preview_cameras", "sample_preview", "preview_image", "write_preview"]
+__all__ = ["sample_preview", "preview_image", "write_preview"]
 
 VIEW_LABELS = ("front", "right", "back", "left")
 MIN_VIEW_PX = 128  # each view is shown at least this wide: smaller samples are enlarged by a whole factor
 LABEL_PX = 20  # height of the label band above each view
 
 
-def preview_cameras(camera_cfg, device=None) -> Cameras:
-    """Front, right, back, left (azimuth 0, 90, 180, -90) at the evaluation elevation, distance and fovy."""
-    cams = orbit_cameras(4, camera_cfg.eval_elevation, camera_cfg.eval_distance, camera_cfg.eval_fovy, device=device)
-    return Cameras(*(torch.roll(x, -2, 0) for x in cams))  # the orbit starts at -180: roll to front first
 
 
 def sample_preview(cfg, steps: int = 50, model=None) -> Tensor:
@@ -85,8 +82,8 @@ def _font():
 
 def write_preview(cfg, steps: int = 50) -> Path:
     """The ``preview`` command's work: writes <output_dir>/preview-<slug>-<time>.png and returns its path."""
-    from .guidance.prompts import slugify
     from .io import atomic_write
+    from .runfolder import slugify
 
     t0 = time.perf_counter()
     images = sample_preview(cfg, steps)

@@ -7,16 +7,13 @@ Every run folder holds ``run.json``, rewritten atomically as the run moves on: s
 / interrupted), prompt, config name, artifact paths (relative to the folder), seconds per phase, final metrics
 and the one-line error of a failed run. The CLI, ``eval``, ``view``, ``report`` and ``batch`` use these.
 Any exception in training or export marks the run failed: its one line goes to run.json and the CLI, its
-traceback to ``error.log`` in the run folder (``ERROR_LOG``), and the artifacts written until then stay listed.
+traceback to ``error.log`` in the run folder, and the artifacts written until then stay listed. The folder's
+layout, run.json and the files it holds are runfolder.py's.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import shutil
 import sys
-import traceback
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -24,17 +21,16 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CHECKPOINT, check_output_dir, load_checkpoint, make_run_dir
+from .checkpoint import load_checkpoint
 from .config import Config, load_run_config, to_yaml
 from .errors import CheckpointError, UserError
 from .artifacts import PhaseTimer, export_run
 from .extensions import prepare_kernels
 from .io import atomic_write_text
+from .runfolder import (CHECKPOINT, CONFIG, REPORT, RunRecord, check_output_dir, fresh_run_dir, is_run_folder,
+                        make_run_dir, now, read_run_json, slugify, write_error_log)
 
-__all__ = ["run", "resume", "resume_config", "export", "load_run", "resolve_device", "read_run_json", "RunResult", "LoadedRun", "RunRecord"]
-
-RUN_FORMAT = "dreamfusion-run/1"
-ERROR_LOG = "error.log"
+__all__ = ["run", "resume", "resume_config", "export", "load_run", "resolve_device", "RunResult", "LoadedRun"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -65,49 +61,6 @@ class LoadedRun:
     device: torch.device
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def read_run_json(run_dir: Path) -> dict:
-    """A run folder's run.json as a dict; {} when it has none or it cannot be read."""
-    try:
-        value = json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-class RunRecord:
-    """run.json of one run folder; ``update`` merges fields and rewrites the file atomically."""
-
-    def __init__(self, run_dir: Path, cfg: Config, config_name: str | None, overrides: list[str]):
-        self.run_dir = Path(run_dir)
-        previous = read_run_json(self.run_dir)  # a resumed run keeps its history of phases
-        self.data = {"format": RUN_FORMAT, "status": "running", "prompt": cfg.prompt,
-                     "negative_prompt": cfg.negative_prompt, "config": previous.get("config", config_name),
-                     "overrides": previous.get("overrides", list(overrides)), "field": cfg.field.type,
-                     "guidance": cfg.guidance.label, "step": previous.get("step", 0), "steps": cfg.steps,
-                     "device": cfg.device, "started": previous.get("started", _now()), "finished": None,
-                     "seconds": previous.get("seconds", {}), "artifacts": previous.get("artifacts", {}),
-                     "metrics": previous.get("metrics", {}), "error": None}
-
-    def forget_export(self) -> None:
-        """Drop the seconds of an earlier export, before exporting again (its phases may have differed)."""
-        self.data["seconds"] = {k: v for k, v in self.data["seconds"].items() if not k.startswith("export.")}
-
-    def update(self, **fields: Any) -> None:
-        for key in ("seconds", "artifacts", "metrics"):
-            if key in fields:
-                self.data[key] = {**self.data[key], **fields.pop(key)}
-        self.data.update(fields)
-        atomic_write_text(self.run_dir / "run.json", json.dumps(self.data, indent=1, default=str) + "\n")
-
-    def relative(self, paths: dict[str, Path]) -> dict[str, str]:
-        return {k: str(Path(p).relative_to(self.run_dir)) if Path(p).is_relative_to(self.run_dir) else str(p)
-                for k, p in paths.items()}
-
-
 def _final_metrics(cfg: Config, row: dict, written: dict[str, Path]) -> dict[str, float]:
     """The last step's logged terms, and under the embedded prior the exported mesh against the known object."""
     metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
@@ -120,19 +73,19 @@ def _final_metrics(cfg: Config, row: dict, written: dict[str, Path]) -> dict[str
 
 def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | tuple = (),
         guidance_model: Any = None, run_dir: str | Path | None = None, quiet: bool = False,
-        should_stop=None) -> RunResult:
+        should_stop=None, on_step=None) -> RunResult:
     """Optimize ``cfg.prompt`` (or continue ``cfg.resume``), export every artifact, and return the result.
 
     ``guidance_model`` is a loaded ``guidance.load_guidance_model(cfg, device)`` to reuse (batch workers).
     ``run_dir`` names the run folder instead of ``<output_dir>/<slug>-<time>``: missing, empty, or a run folder
     that never reached its first checkpoint (it is started afresh). ``should_stop()`` is asked after every step;
-    True interrupts the run as Ctrl-C does (a batch being stopped).
+    True interrupts the run as Ctrl-C does (a batch being stopped); ``on_step(step, run_dir)`` is called before it,
+    after the step's row, preview and checkpoint are written.
     Errors a user can fix are one-line UserErrors; a run folder that already exists records them in run.json
     (status failed, or interrupted for Ctrl-C / SIGTERM, whose checkpoint is saved) before they propagate.
     """
     from .guidance import build_guidance
-    from .guidance.prompts import slugify
-    from .train import Interrupted, Trainer
+    from .train.trainer import Interrupted, Trainer
 
     if not cfg.prompt.strip():
         raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
@@ -148,23 +101,23 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
         guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
     cfg, _ = prepare_kernels(cfg, device, timer)  # nerfacc / gsplat CUDA builds announced here, not mid-training
     if not resuming:
-        run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt)) if run_dir is None else _fresh_run_dir(run_dir)
+        run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt)) if run_dir is None else fresh_run_dir(run_dir)
     trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
     if resuming:
         trainer.resume(state)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(replace(cfg, resume=None)))  # the run's settings, not how it began
+    atomic_write_text(run_dir / CONFIG, to_yaml(replace(cfg, resume=None)))  # the run's settings, not how it began
     record = RunRecord(run_dir, cfg, config_name, list(overrides))
     record.update(status="running", seconds=timer.seconds)
     if not quiet:
         print(f"run folder: {run_dir}", file=sys.stderr)
     try:
         with timer.phase("train"):
-            row = trainer.fit(progress=not quiet, should_stop=should_stop)
+            row = trainer.fit(progress=not quiet, should_stop=should_stop, on_step=on_step)
         record.update(step=trainer.step, seconds=timer.seconds,
-                      artifacts=record.relative({"checkpoint": run_dir / "checkpoints" / "last.pt"}))
+                      artifacts=record.relative({"checkpoint": run_dir / CHECKPOINT}))
         record.forget_export()
         written, errors = export_run(trainer.field, cfg, run_dir, device, timer,
-                                     video_view=trainer.cached_eval_view())
+                                     video_view=trainer.renderer.cached_eval_view())
         record.update(artifacts=record.relative(written), seconds=timer.seconds)
         for path in ([] if quiet else written.values()):
             print(f"wrote {path}", file=sys.stderr)
@@ -173,7 +126,7 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
                             f"python -m dreamfusion export {run_dir} key=value)")
         record.update(metrics=_final_metrics(cfg, row, written))
     except Interrupted as exc:
-        record.update(status="interrupted", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=_now())
+        record.update(status="interrupted", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=now())
         _report(record, timer, quiet)
         exc.run_dir = run_dir
         raise
@@ -181,13 +134,13 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
         if not isinstance(exc, UserError):
             exc = UserError(f"out of memory at step {trainer.step} ({type(exc).__name__}): lower render.width / "
                             f"height, render.n_samples or camera.batch_size")
-        record.update(status="failed", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=_now())
+        record.update(status="failed", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=now())
         _report(record, timer, quiet)
         exc.run_dir = run_dir
         raise exc from None
     except Exception as exc:  # a bug, not the user's: one line and the run folder; the traceback in error.log
         raise _failed(record, timer, exc, quiet, step=trainer.step) from None
-    record.update(status="done", finished=_now())
+    record.update(status="done", finished=now())
     _report(record, timer, quiet)
     return _result(record)
 
@@ -195,10 +148,9 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
 def resume_config(run_dir: str | Path, overrides: list[str] | tuple = ()) -> Config:
     """The config that continues ``run_dir``: its config.yaml with ``overrides`` on top (e.g. ``steps=2000``) and
     ``resume`` set to the folder."""
-    config_path = Path(run_dir) / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(f"cannot resume: '{run_dir}' has no config.yaml; pass a run folder made by dreamfusion")
-    return replace(load_run_config(config_path, list(overrides)), resume=str(run_dir))
+    if not is_run_folder(run_dir):
+        raise UserError(f"cannot resume: '{run_dir}' has no {CONFIG}; pass a run folder made by dreamfusion")
+    return replace(load_run_config(Path(run_dir) / CONFIG, list(overrides)), resume=str(run_dir))
 
 
 def resume(run_dir: str | Path, overrides: list[str] | tuple = (), **options) -> RunResult:
@@ -210,18 +162,13 @@ def resume(run_dir: str | Path, overrides: list[str] | tuple = (), **options) ->
 def _failed(record: RunRecord, timer: PhaseTimer, exc: Exception, quiet: bool, **fields) -> UserError:
     """Record an unexpected exception (status failed, its one line, the artifacts it left) and write its
     traceback to the run folder's error.log; returns the one-line UserError for the CLI to print."""
-    log = record.run_dir / ERROR_LOG
     lines = (str(exc).strip() or "no message").splitlines()
     line = f"{type(exc).__name__}: {lines[0]}"
-    try:
-        log.write_text("".join(traceback.format_exception(exc)))
-        where = f"the traceback is in {log}"
-    except OSError as log_exc:
-        where = f"no {ERROR_LOG} ({log_exc.strerror or log_exc})"
+    where = write_error_log(record.run_dir, exc)
     written = dict(getattr(exc, "written", {}))
     if (record.run_dir / CHECKPOINT).is_file():
         written["checkpoint"] = record.run_dir / CHECKPOINT
-    record.update(status="failed", seconds=timer.seconds, error=line, finished=_now(),
+    record.update(status="failed", seconds=timer.seconds, error=line, finished=now(),
                   artifacts=record.relative(written), **fields)
     try:
         _report(record, timer, quiet)
@@ -237,7 +184,7 @@ def _report(record: RunRecord, timer: PhaseTimer, quiet: bool) -> None:
     from .report import write_report
 
     try:
-        with timer.phase("report", "report.html"):
+        with timer.phase("report", REPORT):
             path = write_report(record.run_dir)
     except UserError as exc:
         print(f"warning: no report.html ({exc})", file=sys.stderr)
@@ -245,20 +192,6 @@ def _report(record: RunRecord, timer: PhaseTimer, quiet: bool) -> None:
     record.update(seconds=timer.seconds, artifacts=record.relative({"report": path}))
     if not quiet:
         print(f"wrote {path}", file=sys.stderr)
-
-
-def _fresh_run_dir(path: str | Path) -> Path:
-    """``path`` as an empty folder: created, or emptied when it is a run folder without a checkpoint."""
-    path = Path(path)
-    if path.is_dir() and any(path.iterdir()):
-        if not (path / "config.yaml").is_file() or (path / CHECKPOINT).is_file():
-            raise UserError(f"run folder '{path}' is not empty: pass a new folder, or resume=... to continue a run")
-        shutil.rmtree(path)  # a run that never checkpointed: nothing in it can be continued
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot make run folder '{path}' ({exc.strerror or exc}): pass a writable folder") from None
-    return path
 
 
 def _result(record: RunRecord) -> RunResult:
@@ -271,18 +204,18 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None,
              overrides: list[str] | None = None) -> LoadedRun:
     """A run folder's config and its last checkpoint's field and background (no guidance, no optimizer state),
     on ``device`` (the run's own device setting when None)."""
-    from .train import Trainer
+    from .train.trainer import build_scene, load_scene
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder '{run_dir}' does not exist: pass a folder made by python -m dreamfusion")
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml): pass a folder made by python -m dreamfusion")
-    cfg = load_run_config(run_dir / "config.yaml", overrides)
+    if not is_run_folder(run_dir):
+        raise UserError(f"'{run_dir}' is not a run folder (no {CONFIG}): pass a folder made by python -m dreamfusion")
+    cfg = load_run_config(run_dir / CONFIG, overrides)
     device = resolve_device(cfg.device) if device is None else torch.device(device)
-    trainer = Trainer(cfg, run_dir, device)
-    trainer.load(load_checkpoint(run_dir, map_location=device), with_optimizer=False)
-    return LoadedRun(cfg, trainer.field, trainer.background, trainer.step, run_dir, device)
+    field, background = build_scene(cfg, device)
+    step = load_scene(load_checkpoint(run_dir, map_location=device), cfg, field, background)
+    return LoadedRun(cfg, field, background, step, run_dir, device)
 
 
 def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> RunResult:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .runfolder import CHECKPOINT, MESH_GLB, SPLATS, is_run_folder
 
 __all__ = ["view_run"]
 
@@ -27,13 +28,13 @@ def load_splats(run_dir: Path) -> dict | None:
     from .export.ply import read_ply
     from .fields import GaussianField
 
-    ply = run_dir / "splats.ply"
+    ply = run_dir / SPLATS
     if ply.is_file():
         t = read_ply(ply)
     else:
         from .run import load_run
 
-        if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / "config.yaml").is_file():
+        if not (run_dir / CHECKPOINT).is_file() or not is_run_folder(run_dir):
             return None
         field = load_run(run_dir, "cpu").field
         if not isinstance(field, GaussianField):
@@ -58,9 +59,9 @@ def view_run(run_dir: Path, host: str = "127.0.0.1", port: int = 8080) -> int:
     except ImportError:
         raise UserError('the viewer needs viser: pip install "dreamfusion[viewer]"') from None
     splats = load_splats(run_dir)
-    glb = run_dir / "mesh" / "model.glb"
+    glb = run_dir / MESH_GLB
     if splats is None and not glb.is_file():
-        raise UserError(f"nothing to show in '{run_dir}': no splats.ply, Gaussian checkpoint or mesh/model.glb "
+        raise UserError(f"nothing to show in '{run_dir}': no {SPLATS}, Gaussian checkpoint or {MESH_GLB} "
                         f"(run python -m dreamfusion export {run_dir} first)")
     try:
         server = viser.ViserServer(host=host, port=port, verbose=False)

@@ -24,25 +24,23 @@ MUTANTS = {
         "dreamfusion/renderer/baked.py", "torch.linspace(-bound, bound, r, device=device)",
         "torch.linspace(-bound, bound, r)", ["tests/test_devices.py", "-k", "alike"]),
     "2 grad_accum made with device='cpu'": (
-        "dreamfusion/densify.py", "self.grad_accum = torch.zeros(count, device=device)",
+        "dreamfusion/train/densify.py", "self.grad_accum = torch.zeros(count, device=device)",
         'self.grad_accum = torch.zeros(count, device="cpu")', ["tests/test_devices.py", "-k", "cpu_device_default"]),
     "3 a crash lists the checkpoint whether or not it exists": (
         "dreamfusion/run.py", "    if (record.run_dir / CHECKPOINT).is_file():", "    if True:",
         ["tests/test_run_failures.py", "-k", "training"]),
     "4 the non-finite counter never resets": (
-        "dreamfusion/train.py", "            self._nonfinite_run = 0\n", "",
+        "dreamfusion/train/trainer.py", "            self._nonfinite_run = 0\n", "",
         ["tests/test_run_api.py", "-k", "apart"]),
     "4 a skipped step still runs the densify post-step": (
-        "dreamfusion/train.py",
-        "            if self.strategy is not None:  # densification statistics; clone / split / prune when due\n"
-        "                self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step)\n"
+        "dreamfusion/train/trainer.py",
+        "            self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step)  # e.g. clone / split\n"
         "        else:  # skipped: no Adam step, no densification\n",
         "        else:  # skipped: no Adam step, no densification\n"
-        "            if self.strategy is not None:\n"
-        "                self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step)\n",
+        "            self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step)\n",
         ["tests/test_densify.py", "-k", "skipped_step_changes"]),
     "4 skipped_steps reset on resume": (
-        "dreamfusion/train.py", 'int(state.get("skipped_steps", 0))', "0",
+        "dreamfusion/train/trainer.py", 'int(state["skipped_steps"])', "0",
         ["tests/test_run_api.py", "-k", "carry_over"]),
     "5 checkpoint_every declared [0, inf)": (
         "dreamfusion/config/schema.py", 'checkpoint_every: int = ranged(500, "[1, inf)")',
@@ -62,14 +60,15 @@ MUTANTS = {
         "dreamfusion/world/scores.py", "sum(f > 0.5 for f in views.values())", "sum(f > 0.3 for f in views.values())",
         ["tests/test_scenes.py", "-k", "janus_band"]),
     "7 (W/2, H/2) swapped": (
-        "dreamfusion/densify.py", "grad.new_tensor([0.5 * W, 0.5 * H])", "grad.new_tensor([0.5 * H, 0.5 * W])",
+        "dreamfusion/train/densify.py", "grad.new_tensor([0.5 * W, 0.5 * H])", "grad.new_tensor([0.5 * H, 0.5 * W])",
         ["tests/test_densify.py", "-k", "half_the_width"]),
     "7 densify one step late": (
-        "dreamfusion/train.py", "self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step)",
-        "self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step + 1)",
+        "dreamfusion/train/trainer.py",
+        "self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step)  # e.g. clone / split",
+        "self.strategy.step_post_optimizer(self.field, self.optimizer, out, self.step + 1)  # e.g. clone / split",
         ["tests/test_densify.py", "-k", "third_step"]),
     "7 split children at the parent": (
-        "dreamfusion/densify.py", '"means": field.means[split_idx].repeat(2, 1) + offsets',
+        "dreamfusion/train/densify.py", '"means": field.means[split_idx].repeat(2, 1) + offsets',
         '"means": field.means[split_idx].repeat(2, 1)', ["tests/test_densify.py", "-k", "split_children"]),
     "8 an integer option's upper bound exclusive": (
         "dreamfusion/cli/parser.py", "(hi is not None and value > hi)", "(hi is not None and value >= hi)",

@@ -9,6 +9,7 @@ import added fails the check (test_an_upward_import_is_caught).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,14 +19,14 @@ LAYERS = [
     ["render", "dreamfusion.errors"],  # render/: pure functions of tensors
     ["dreamfusion.io", "dreamfusion.settings",
      "dreamfusion.migrations"],  # earlier config.yaml and checkpoint formats, as plain data (imports errors only)
+    ["dreamfusion.runfolder"],  # the run folder's layout and files: names and JSON, no training
     ["dreamfusion.world"],  # the embedded prior's primitives and scenes: the prior draws them, the scores grade by them
     ["dreamfusion.checkpoint", "dreamfusion.fields", "dreamfusion.guidance", "dreamfusion.report.plot"],
     ["dreamfusion.export", "dreamfusion.renderer"],  # they take a field: export writes it, the renderer renders it
     ["dreamfusion.world.scores"],  # an asset against its known scene (the true mesh is export's marching cubes)
     ["dreamfusion.refine"],  # the refine stage: a coarse field -> a DMTet surface at the exporter's level
-    ["dreamfusion.train_config"],  # the trainer's sections (camera, loss): above what the loss terms come from
+    ["dreamfusion.train.config"],  # the trainer's sections (camera, loss): above what the loss terms come from
     ["dreamfusion.config"],  # assembles the components' sections
-    ["dreamfusion.densify"],  # the training layer's Gaussian densification strategy (train.py imports it)
     ["dreamfusion.extensions", "dreamfusion.report", "dreamfusion.train"],
     ["dreamfusion.artifacts"],  # a run's artifacts from its config (calls export/, times the phases)
     ["dreamfusion.run"],
@@ -169,6 +170,45 @@ def unresolved_imports(root: Path = ROOT) -> set[tuple[str, str]]:
 
 def test_every_import_names_a_module_of_the_tree():
     assert unresolved_imports() == set()
+
+
+# The run folder's layout has one home (issue 29): no other module spells one of its paths in code (messages and
+# docs may name the files).
+RUN_FILES = {"config.yaml", "run.json", "metrics.jsonl", "checkpoints/last.pt", "last.pt", "error.log", "orbit.mp4",
+             "report.html", "mesh/model.glb", "mesh/model.obj", "model.glb", "model.obj", "splats.ply", "triplane.npz"}
+RUN_DIRS = {"checkpoints", "previews", "mesh", "paused"}
+
+
+def run_folder_names(path: Path) -> list[str]:
+    """The run-folder paths a module's code spells: a string that is one ("run.json"), one joined onto a path
+    (run_dir / "previews") and one after a formatted value in an f-string (f"{rel}/orbit.mp4")."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and node.value in RUN_FILES:
+            found.append(f"line {node.lineno}: {node.value!r}")
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant) \
+                and node.right.value in RUN_FILES | RUN_DIRS:
+            found.append(f"line {node.lineno}: / {node.right.value!r}")
+        elif isinstance(node, ast.JoinedStr):
+            for before, part in zip(node.values, node.values[1:]):
+                name = re.match(r"/([\w.]+)", part.value) if isinstance(part, ast.Constant) else None
+                if isinstance(before, ast.FormattedValue) and name and name.group(1) in RUN_FILES | RUN_DIRS:
+                    found.append(f"line {node.lineno}: {{...}}/{name.group(1)}")
+    return found
+
+
+def test_only_runfolder_names_run_folder_files():
+    found = {name: names for name, path in modules().items()
+             if name != "dreamfusion.runfolder" and (names := run_folder_names(path))}
+    assert found == {}, f"run-folder file names outside dreamfusion/runfolder.py: {found}"
+
+
+def test_a_spelled_run_folder_name_is_caught(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text('"""Writes run.json."""\ndef f(d):\n    raise ValueError(f"no {d}/report.html: no run.json")\n'
+                    '    return d / "previews", f"<a href={d}/orbit.mp4>", {"log": "error.log"}\n')
+    assert sorted(run_folder_names(path)) == ["line 3: {...}/report.html", "line 4: 'error.log'",
+                                              "line 4: / 'previews'", "line 4: {...}/orbit.mp4"]
 
 
 def test_every_module_has_a_layer():

@@ -24,7 +24,7 @@ from dreamfusion.batch import read_prompts, run_batch
 from dreamfusion.batch.driver import import_ray
 from dreamfusion.config import load_run_config
 from dreamfusion.errors import UserError
-from dreamfusion.run import read_run_json
+from dreamfusion.runfolder import read_run_json
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["steps=6", "render.eval_grid=24", "render.width=16", "render.height=16", "render.n_samples=24", "guidance.prior.views=64",
@@ -194,19 +194,19 @@ def test_two_node_cluster_runs_prompts_on_both_nodes(ray, tmp_path):
 
 
 def _batch_cli(prompts: Path, out: Path, pause: str | None = None) -> subprocess.Popen:
-    args = [sys.executable, "-m", "dreamfusion", "batch", str(prompts), "--config", "demo", "--max-parallel", "2",
+    """The batch command; with ``pause`` (STEP:PROMPT) through tests/paused_run.py, whose Ray workers make that
+    prompt's run wait at that step until the batch cancels it."""
+    launcher = ["-m", "dreamfusion"] if pause is None else [str(ROOT / "tests" / "paused_run.py"), pause]
+    args = [sys.executable, *launcher, "batch", str(prompts), "--config", "demo", "--max-parallel", "2",
             *TINY, "steps=30", "checkpoint_every=2", f"output_dir={out}"]
-    env = {k: v for k, v in os.environ.items() if k != "DREAMFUSION_TEST_PAUSE"}
-    if pause is not None:  # the Ray workers inherit it: that prompt's run waits at that step until cancelled
-        env["DREAMFUSION_TEST_PAUSE"] = pause
-    return subprocess.Popen(args, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
 def test_stopped_batch_resumes_without_redoing_anything(ray, tmp_path):
     """SIGTERM while one prompt is done and another is early in training with a checkpoint, then the same command
     again. The third prompt starts only when a worker is free (one of the first two done) and pauses after its
-    step 4 (checkpointed) until the batch cancels it (DREAMFUSION_TEST_PAUSE=4:a white cone); the test signals
+    step 4 (checkpointed) until the batch cancels it (tests/paused_run.py 4:a white cone); the test signals
     once it sees the pause, so the stop lands there however slow the machine is."""
     prompts = _prompts(tmp_path, "a red cube", "a blue sphere", "a white cone")
     out = tmp_path / "out"

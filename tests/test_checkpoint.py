@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamfusion.checkpoint import CHECKPOINT, check_output_dir, load_checkpoint, make_run_dir, save_checkpoint
+from dreamfusion.checkpoint import load_checkpoint, save_checkpoint
+from dreamfusion.runfolder import CHECKPOINT, check_output_dir, make_run_dir, slugify
 from dreamfusion.config import load_config
 from dreamfusion.errors import CheckpointError, UserError
 from dreamfusion.io import atomic_write_text
 from dreamfusion.migrations import CHECKPOINT_FORMAT
-from dreamfusion.train import Trainer
+from dreamfusion.train.cameras import render_size
+from dreamfusion.train.trainer import Trainer
 from render.cameras import Cameras, orbit_cameras, sample_cameras
 
 SMALL = ["device=cpu", "render.width=16", "render.height=16", "render.n_samples=16", "field.hashgrid.n_levels=4",
@@ -28,6 +30,14 @@ SMALL = ["device=cpu", "render.width=16", "render.height=16", "render.n_samples=
 def make_trainer(run_dir: Path, *extra: str) -> Trainer:
     run_dir.mkdir(parents=True, exist_ok=True)
     return Trainer(load_config(None, SMALL + list(extra)), run_dir, torch.device("cpu"))
+
+
+def render_albedo(trainer: Trainer, cams: Cameras, perturb: bool = True) -> dict:
+    """The trainer's training render in albedo, at its render size."""
+    height, width = render_size(trainer.step, trainer.cfg.render)
+    return trainer.renderer.render(cams, height, width, background=trainer.background, shading="albedo",
+                                   perturb=perturb, generator=trainer.generator,
+                                   need_normals=trainer.cfg.loss.orientation > 0)
 
 
 def eval_cameras() -> Cameras:
@@ -40,7 +50,7 @@ def train_steps(trainer: Trainer, n: int) -> None:
     for _ in range(n):
         cams = sample_cameras(1, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range,
                               generator=trainer.generator)
-        out = trainer.render_batch(cams, "albedo")
+        out = render_albedo(trainer, cams)
         loss = ((out["rgb"] - 0.3) ** 2).mean() + 0.1 * out["opacity"].mean()
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -87,14 +97,14 @@ def test_loaded_trainer_renders_and_steps_like_the_original(trained, tmp_path):
     other = make_trainer(tmp_path / "b")
     cams = eval_cameras()
     with torch.no_grad():
-        reference = trained.render_batch(cams, "albedo", perturb=False)["rgb"]
-        fresh = other.render_batch(cams, "albedo", perturb=False)["rgb"]
+        reference = render_albedo(trained, cams, perturb=False)["rgb"]
+        fresh = render_albedo(other, cams, perturb=False)["rgb"]
     assert (fresh - reference).abs().max() > 1e-3  # the checkpoint, not the seed, must make them equal
 
     other.load(load_checkpoint(trained.run_dir))
     assert other.step == 3
     with torch.no_grad():
-        restored = other.render_batch(cams, "albedo", perturb=False)["rgb"]
+        restored = render_albedo(other, cams, perturb=False)["rgb"]
     torch.testing.assert_close(restored, reference, atol=1e-6, rtol=0)
 
     # Optimizer moments and both RNG streams came back too: the next steps are the same steps.
@@ -204,10 +214,18 @@ def test_atomic_write_text_replaces_and_leaves_no_temp_file(tmp_path):
 
 # -- run folders ------------------------------------------------------------------------------------
 
-def test_run_folders_of_the_same_second_get_a_suffix(tmp_path, monkeypatch):
-    import dreamfusion.checkpoint as ckpt
+def test_slugify():
+    assert slugify("A Red Cube!") == "a-red-cube"
+    assert slugify("  ") == "untitled" and slugify("日本") == "untitled"
+    long = slugify("word " * 40)
+    assert len(long) <= 60 and long == ("word-" * 12)[:59]
+    assert set(slugify("Ünïcode & spaces -- ok_1")) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
-    monkeypatch.setattr(ckpt.time, "strftime", lambda fmt: "20250101-120000")
+
+def test_run_folders_of_the_same_second_get_a_suffix(tmp_path, monkeypatch):
+    import dreamfusion.runfolder as runfolder
+
+    monkeypatch.setattr(runfolder.time, "strftime", lambda fmt: "20250101-120000")
     made = [make_run_dir(str(tmp_path / "runs"), "a-red-cube") for _ in range(3)]
     assert [p.name for p in made] == ["a-red-cube-20250101-120000", "a-red-cube-20250101-120000-1",
                                       "a-red-cube-20250101-120000-2"]
@@ -215,9 +233,9 @@ def test_run_folders_of_the_same_second_get_a_suffix(tmp_path, monkeypatch):
 
 
 def test_run_folder_is_never_reused_when_every_suffix_is_taken(tmp_path, monkeypatch):
-    import dreamfusion.checkpoint as ckpt
+    import dreamfusion.runfolder as runfolder
 
-    monkeypatch.setattr(ckpt.time, "strftime", lambda fmt: "20250101-120000")
+    monkeypatch.setattr(runfolder.time, "strftime", lambda fmt: "20250101-120000")
     for k in range(100):
         (tmp_path / ("x-20250101-120000" + (f"-{k}" if k else ""))).mkdir()
     with pytest.raises(UserError, match="cannot write to output_dir .*already exist"):

@@ -31,7 +31,8 @@ import trimesh
 from PIL import Image
 
 from conftest import GLTF_INSTALL, require_oracle
-from dreamfusion.checkpoint import CHECKPOINT, load_checkpoint
+from dreamfusion.checkpoint import load_checkpoint
+from dreamfusion.runfolder import CHECKPOINT
 from dreamfusion.cli import main
 from dreamfusion.config import all_keys, load_config, load_run_config
 from dreamfusion.guidance import FrozenGuidance

@@ -36,8 +36,8 @@ from dreamfusion.guidance.rules.clip import CLIPGuidance
 from dreamfusion.renderer import build_background, render_views, solid_background
 from dreamfusion.renderer.backgrounds import _blur, _checkerboard, _fourier, random_backgrounds
 from dreamfusion.settings import replace_key
-from dreamfusion.train import transmittance_loss, transmittance_target
 from dreamfusion.train import Trainer
+from dreamfusion.train.losses import transmittance_loss, transmittance_target
 from render.cameras import orbit_cameras
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,7 +301,7 @@ def test_cli_dreamfields_run_writes_mesh_and_video(two_runs):
 
 
 def test_cli_dreamfields_run_logs_transmittance(two_runs):
-    """Needs the loop to add loss_transmittance when loss.transmittance > 0 (the lead's lines in train.py)."""
+    """Needs the loop to add loss_transmittance when loss.transmittance > 0 (the lead's lines in train/trainer.py)."""
     rows = [json.loads(line) for line in (two_runs[0] / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1]  # logged after step index 9: L_T = -min(tau(9), T) >= -tau(9), and <= 0
     assert "loss_transmittance" in last

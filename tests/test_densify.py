@@ -1,4 +1,4 @@
-"""The densification strategy's contract (dreamfusion/densify.py): its schedules are functions of the step, its
+"""The densification strategy's contract (dreamfusion/train/densify.py): its schedules are functions of the step, its
 state round-trips through a checkpoint (format 1 checkpoints with the statistics in the field's buffers too), and
 Adam's state follows the rows it keeps, clones, splits and prunes.
 
@@ -17,7 +17,7 @@ import torch
 
 from dreamfusion.checkpoint import load_checkpoint, save_checkpoint
 from dreamfusion.config import FieldConfig, GaussianConfig, OptimConfig, load_config
-from dreamfusion.densify import DensifyStrategy, densify_active, densify_due, position_lr
+from dreamfusion.train.densify import DensifyStrategy, densify_active, densify_due, position_lr
 from dreamfusion.fields import build_field
 from dreamfusion.guidance import FunctionGuidance
 from dreamfusion.train import Trainer

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dreamfusion.train as train
+import dreamfusion.train.trainer as train
 from dreamfusion.checkpoint import load_checkpoint
 from dreamfusion.config import FieldConfig, load_config
 from dreamfusion.guidance import FunctionGuidance

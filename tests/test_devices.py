@@ -31,7 +31,7 @@ import torch.utils._device
 import trimesh
 
 import dreamfusion.guidance
-from dreamfusion import train as train_module
+from dreamfusion.train import trainer as train_module
 from dreamfusion.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +79,10 @@ def run_cli(argv: list) -> tuple[int, str, str]:
 @contextlib.contextmanager
 def default_device_elsewhere(monkeypatch):
     """PyTorch's default device set to meta, except while modules are built and weights loaded (a GPU user's
-    modules are built on the CPU, then moved): the trainer's constructor and the guidance loader."""
+    modules are built on the CPU, then moved): the trainer's constructor, the field and background of load_run
+    (build_scene) and the guidance loader."""
     build_guidance, trainer_init = dreamfusion.guidance.build_guidance, train_module.Trainer.__init__
+    build_scene = train_module.build_scene
 
     def on_cpu(fn):
         def wrapped(*args, **kwargs):
@@ -93,6 +95,7 @@ def default_device_elsewhere(monkeypatch):
 
     monkeypatch.setattr(dreamfusion.guidance, "build_guidance", on_cpu(build_guidance))
     monkeypatch.setattr(train_module.Trainer, "__init__", on_cpu(trainer_init))
+    monkeypatch.setattr(train_module, "build_scene", on_cpu(build_scene))
     _forget_device_constructors()
     with torch.device("meta"):
         assert torch.linspace(0, 1, 2).device.type == "meta", "the default device no longer reaches torch.linspace"
@@ -166,7 +169,7 @@ def test_run_export_and_report_alike_with_the_default_device_elsewhere(case, req
 # their reason.
 BUILDERS = re.compile(r"__init__$|^build_|^make_|^load")
 ALLOWED_LITERALS = {
-    ("dreamfusion/train.py", 'torch.Generator("cpu")'),  # the run's RNG: the same draws on any device
+    ("dreamfusion/train/trainer.py", 'torch.Generator("cpu")'),  # the run's RNG: the same draws on any device
     ("dreamfusion/fields/base.py", 'torch.device("cpu")'),  # field_device of a module without tensors
     ("dreamfusion/guidance/rules/sds.py", 'torch.device("cpu")'),  # draws without a generator, as torch.rand's
     ("dreamfusion/guidance/rules/augment.py", 'torch.device("cpu")'),  # likewise

@@ -59,7 +59,7 @@ def test_the_shipped_cap_holds_under_huge_gradients(tmp_path):
 
 
 def test_no_cap_is_warned_about(capsys):
-    from dreamfusion.densify import DensifyStrategy
+    from dreamfusion.train.densify import DensifyStrategy
     from dreamfusion.fields import build_field
 
     for overrides, warned in ((["field.gaussian.max_count=0"], True), ([], False)):

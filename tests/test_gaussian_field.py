@@ -14,7 +14,7 @@ from render.cameras import orbit_cameras
 
 from dreamfusion.config import FieldConfig, GaussianConfig, GaussianOptimConfig, OptimConfig
 from dreamfusion.fields import build_field
-from dreamfusion.densify import DensifyStrategy, position_lr
+from dreamfusion.train.densify import DensifyStrategy, position_lr
 from dreamfusion.fields.gaussian import GaussianField
 from dreamfusion.renderer import render_views
 
@@ -149,7 +149,7 @@ def test_trainer_checkpoint_round_trip_after_densification(tmp_path):
                                "field.gaussian.densify_grad_threshold=0.0", "field.gaussian.init_opacity=0.5"])
     trainer = Trainer(cfg, tmp_path, torch.device("cpu"))
     cams = orbit_cameras(1, 10.0, 2.4, 45.0)
-    out = trainer.render_batch(cams, "albedo")
+    out = trainer.renderer.render(cams, 32, 32, background=trainer.background, generator=trainer.generator)
     trainer.strategy.step_pre_backward(out)
     out["rgb"].mean().backward()
     trainer.optimizer.step()
@@ -166,7 +166,7 @@ def test_trainer_checkpoint_round_trip_after_densification(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(render_views(fresh.field, None, cams, 16, 16)["rgb"],
                                    render_views(trainer.field, None, cams, 16, 16)["rgb"])
-    fresh.render_batch(cams, "albedo")["rgb"].mean().backward()
+    fresh.renderer.render(cams, 32, 32, background=fresh.background, generator=fresh.generator)["rgb"].mean().backward()
     fresh.optimizer.step()
 
 

@@ -21,7 +21,7 @@ from dreamfusion.errors import ConfigError
 from dreamfusion.guidance import (DeepFloydIF, PerpNegGuidance, SDSGuidance, StableDiffusion, build_guidance,
                                   guidance_model_key, load_guidance_model)
 from dreamfusion.settings import replace_key
-from dreamfusion.train import regularizers, transmittance_loss
+from dreamfusion.train.losses import regularizers, transmittance_loss
 from render.cameras import orbit_cameras
 
 OLD_CONFIG = Path(__file__).parent / "data" / "old_schema_perp_neg_prior.yaml"

@@ -25,7 +25,8 @@ from dreamfusion.cli import main
 from dreamfusion.config import load_config
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.models.ddim import ddim_sample, ddim_timesteps
-from dreamfusion.preview import LABEL_PX, VIEW_LABELS, preview_cameras, preview_image, sample_preview
+from dreamfusion.preview import LABEL_PX, VIEW_LABELS, preview_image, sample_preview
+from dreamfusion.renderer import preview_cameras
 
 T = 1000
 

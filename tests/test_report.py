@@ -139,7 +139,7 @@ def test_report_command_line_reruns_the_same_config(tmp_path):
 
     from dreamfusion.batch.worker import PromptWorker
     from dreamfusion.cli import parse_command_line
-    from dreamfusion.run import RunRecord
+    from dreamfusion.runfolder import RunRecord
 
     prompt = 'a red cube\'s "twin" $HOME `x` & ;'
     job = {"index": 0, "prompt": prompt, "seed": 7, "resume": False, "config": "demo", "run_dir": str(tmp_path / "b"),

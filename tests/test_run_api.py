@@ -28,8 +28,9 @@ from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import FunctionGuidance, load_guidance_model
 from dreamfusion.world.scores import prior_scores
 from dreamfusion.settings import replace_key
-from dreamfusion.run import load_run, read_run_json, resume, resume_config, run
-from dreamfusion.train import weighted_loss
+from dreamfusion.run import load_run, resume, resume_config, run
+from dreamfusion.runfolder import read_run_json
+from dreamfusion.train.losses import weighted_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["steps=8", "device=cpu", "render.eval_grid=24", "render.width=16", "render.height=16", "render.n_samples=24",
@@ -215,7 +216,7 @@ def test_a_full_disk_fails_the_run_with_one_line_and_keeps_the_old_file(tmp_path
     written, or while a metrics row is appended: one line naming the file, the file's previous bytes kept, no
     temporary file left, run.json failed with that line."""
     import dreamfusion.io
-    import dreamfusion.train
+    import dreamfusion.runfolder
 
     out = tmp_path / "out"
     disk = {}
@@ -224,7 +225,7 @@ def test_a_full_disk_fails_the_run_with_one_line_and_keeps_the_old_file(tmp_path
         run_dir = out / "run"
         run_dir.mkdir(parents=True)
         disk["full"] = _FullDisk(run_dir / name, after)
-        for module in (dreamfusion.io, dreamfusion.train):
+        for module in (dreamfusion.io, dreamfusion.runfolder):
             monkeypatch.setattr(module, "open", disk["full"], raising=False)
         return run_dir
 
@@ -256,13 +257,16 @@ def test_a_loss_term_without_a_weight_is_an_error_not_dropped():
         weighted_loss(terms, cfg.loss)
 
 
-def _cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dreamfusion", "--config", "demo", *args], cwd=ROOT, env=env,
+def _cli(args: list[str], env: dict, pause: str | None = None) -> subprocess.Popen:
+    """python -m dreamfusion --config demo ARGS; with ``pause`` (STEP), through tests/paused_run.py: the run waits
+    after that step until it is killed."""
+    launcher = ["-m", "dreamfusion"] if pause is None else [str(ROOT / "tests" / "paused_run.py"), pause]
+    return subprocess.Popen([sys.executable, *launcher, "--config", "demo", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_pause(folder: Path, proc: subprocess.Popen, timeout: float = 600) -> Path:
-    """The run folder under `folder` whose loop paused at DREAMFUSION_TEST_PAUSE's step (it wrote `paused` and
+    """The run folder under `folder` whose loop paused at paused_run.py's step (it wrote `paused` and
     now waits to be stopped, so a signal sent after this lands at that step whatever the machine's load)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -278,16 +282,15 @@ def _wait_for_pause(folder: Path, proc: subprocess.Popen, timeout: float = 600) 
 def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path):
     """SIGKILL after the step-4 checkpoint: metrics.jsonl rows and previews past step 4 are dropped on resume,
     so every step is written once, and the resumed field equals a straight 12-step run's. The killed process
-    pauses after step 6 (DREAMFUSION_TEST_PAUSE=6) and is killed while it waits: no timing window."""
+    pauses after step 6 (tests/paused_run.py 6) and is killed while it waits: no timing window."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("DREAMFUSION_TEST_PAUSE", None)
     args = ["prompt=a red cube", *TINY, "steps=12", "preview_every=1", "preview_resolution=32"]
     straight = _cli([*args, f"output_dir={tmp_path / 'straight'}"], env)
     out, err = straight.communicate(timeout=600)
     assert straight.returncode == 0, err[-2000:]
     straight_dir = Path(out.strip().splitlines()[-1])
 
-    killed = _cli([*args, f"output_dir={tmp_path / 'killed'}"], {**env, "DREAMFUSION_TEST_PAUSE": "6"})
+    killed = _cli([*args, f"output_dir={tmp_path / 'killed'}"], env, pause="6")
     run_dir = _wait_for_pause(tmp_path / "killed", killed)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)
@@ -343,20 +346,21 @@ def test_video_reuses_the_last_previews_grid(tmp_path, preview_every):
     assert len(list((result.run_dir / "previews").glob("step_*.png"))) == (2 if preview_every else 0)
 
 
-def test_trainer_eval_view_is_sampled_once_per_step(tmp_path):
+def test_the_eval_view_is_sampled_once_per_step(tmp_path):
     from dreamfusion.renderer import BakedField
     from dreamfusion.train import Trainer
 
     r = 12
     trainer = Trainer(tiny("a red cube", tmp_path, f"render.eval_grid={r}"), tmp_path, torch.device("cpu"))
-    assert trainer.cached_eval_view() is None
-    first = trainer.eval_view()
+    renderer = trainer.renderer
+    assert renderer.cached_eval_view() is None
+    first = renderer.eval_view()
     assert isinstance(first, BakedField) and first.resolution == r
-    assert trainer.eval_view() is first and trainer.cached_eval_view() is first
-    trainer.step += 1  # a step changes the field: the grid is sampled again
-    assert trainer.cached_eval_view() is None and trainer.eval_view() is not first
+    assert renderer.eval_view() is first and renderer.cached_eval_view() is first
+    renderer.update(trainer.step)  # a step changes the field: the grid is sampled again
+    assert renderer.cached_eval_view() is None and renderer.eval_view() is not first
     vertex = torch.tensor([[-1.0 + 5 * 2.0 / (r - 1), 1.0, -1.0 + 7 * 2.0 / (r - 1)]]) * trainer.field.bound
     with torch.no_grad():
         want = trainer.field(vertex)
-    got = trainer.eval_view()(vertex)
+    got = renderer.eval_view()(vertex)
     assert torch.allclose(got["density"], want["density"], rtol=1e-4) and torch.allclose(got["albedo"], want["albedo"], atol=1e-5)

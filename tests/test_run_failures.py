@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import dreamfusion.artifacts
-from dreamfusion import train as train_module
+from dreamfusion.train import trainer as train_module
 from test_devices import command, run_cli  # the tiny Stable Diffusion command line of the device tests
 
 MESSAGE = "Expected all tensors to be on the same device (injected)"

@@ -12,7 +12,8 @@ import torch
 from dreamfusion.config import load_config
 from dreamfusion.errors import ConfigError
 from dreamfusion.guidance import FunctionGuidance
-from dreamfusion.train import Trainer, warmup_factor
+from dreamfusion.train.optim import warmup_factor
+from dreamfusion.train.trainer import Trainer
 
 SMALL = ["device=cpu", "render.width=8", "render.height=8", "render.n_samples=8", "field.hashgrid.n_levels=2",
          "field.hashgrid.log2_hashmap_size=8", "field.hashgrid.base_resolution=4", "field.hidden_dim=8", "preview_every=0",

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from dreamfusion.config import Config, GuidanceConfig, StableDiffusionConfig
 from dreamfusion.errors import ConfigError, ModelNotFoundError, UserError
 from dreamfusion.settings import replace_key
-from dreamfusion.guidance import SDSGuidance, StableDiffusion, build_guidance, slugify, view_label, view_prompts
-from dreamfusion.guidance.models.prediction import eps_from_prediction, prediction_target
-from dreamfusion.guidance.models.prediction import classifier_free_guidance
+from dreamfusion.guidance import SDSGuidance, StableDiffusion, build_guidance, view_label, view_prompts
+from dreamfusion.guidance.models.prediction import classifier_free_guidance, eps_from_prediction, prediction_target
 from dreamfusion.guidance.rules.sds import sample_timesteps, sds_weight, t_range
 from model_folders import with_prediction_type
 
@@ -190,14 +189,6 @@ def test_view_label_batch_and_prompts():
     assert view_label(cams.elevation, cams.azimuth) == ["front", "back", "overhead"]
     assert view_prompts("a red cube") == {"front": "a red cube, front view", "side": "a red cube, side view",
                                           "back": "a red cube, back view", "overhead": "a red cube, overhead view"}
-
-
-def test_slugify():
-    assert slugify("A Red Cube!") == "a-red-cube"
-    assert slugify("  ") == "untitled" and slugify("日本") == "untitled"
-    long = slugify("word " * 40)
-    assert len(long) <= 60 and long == ("word-" * 12)[:59]
-    assert set(slugify("Ünïcode & spaces -- ok_1")) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 # --- loading ---------------------------------------------------------------------------------------

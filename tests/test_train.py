@@ -16,7 +16,9 @@ import torch
 
 from dreamfusion.config import Config, load_config
 from dreamfusion.guidance import FrozenGuidance
-from dreamfusion.train import Trainer, pick_shading, regularizers
+from dreamfusion.renderer import pick_shading
+from dreamfusion.train.losses import regularizers
+from dreamfusion.train.trainer import Trainer
 
 FIELD = ["field.hashgrid.n_levels=4", "field.hashgrid.log2_hashmap_size=12", "field.hashgrid.base_resolution=8",
          "field.hidden_dim=16"]

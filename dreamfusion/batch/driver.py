@@ -21,12 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..checkpoint import CHECKPOINT
 from ..config import load_config
 from ..errors import UserError
-from ..guidance.prompts import slugify
 from ..io import atomic_write_text
-from ..run import read_run_json
+from ..runfolder import CHECKPOINT, last_logged_step, read_run_json, slugify
 from .gallery import write_gallery
 from .prompts import read_prompts
 
@@ -230,26 +228,12 @@ def _dispatch(ray, batch: _Batch, todo: list[dict], device: str, max_parallel, c
                                f"checkpoints, {c['pending']} not started; run the same command again to continue")
 
 
-def _last_step(run_dir: Path) -> int | None:
-    """The step of the last row of a run's metrics.jsonl (read from its end), None before the first."""
-    try:
-        with open(run_dir / "metrics.jsonl", "rb") as fh:
-            fh.seek(max(0, fh.seek(0, 2) - 4096))
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    from ..train import metrics_step
-
-    steps = (metrics_step(line) for line in reversed(lines))
-    return next((step for step in steps if step >= 0), None)  # -1: a row being written
-
-
 def _show_steps(batch: _Batch, running, bar) -> None:
     """The running prompts' steps: in batch.json (and the gallery) and after the progress bar."""
     shown = []
     for _, job in running:
         row = batch.rows[job["index"]]
-        step = _last_step(Path(job["run_dir"]))
+        step = last_logged_step(Path(job["run_dir"]))
         if step is not None and step != row.get("step"):
             row["step"] = step
             batch.dirty = True

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 from ..report.reading import POOR_IOU
+from ..runfolder import CONFIG, PREVIEWS, REPORT, VIDEO
 
 __all__ = ["write_gallery"]
 
@@ -41,7 +42,7 @@ def _sizes(run_dir: Path) -> tuple[int | None, int | None, int]:
     from omegaconf import OmegaConf
 
     try:
-        cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        cfg = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG))
         export = cfg.get("export") or {}
         video, preview = export.get("video_resolution"), cfg.get("preview_resolution")
         panels = len(export.get("video_panels") or ["rgb"])
@@ -53,14 +54,14 @@ def _sizes(run_dir: Path) -> tuple[int | None, int | None, int]:
 def _media(run_dir: Path | None, rel: str | None, status: str) -> str:
     """The orbit video at its size; else the last preview's first view (front) at its size; else why neither."""
     video_side, preview_side, panels = _sizes(run_dir) if run_dir is not None else (None, None, 1)
-    if run_dir is not None and (run_dir / "orbit.mp4").is_file():
+    if run_dir is not None and (run_dir / VIDEO).is_file():
         size = f' width="{video_side * panels}" height="{video_side}"' if video_side else ""
-        return (f'<div class="media"><video src="{html.escape(rel)}/orbit.mp4"{size} muted loop autoplay playsinline>'
+        return (f'<div class="media"><video src="{html.escape(rel)}/{VIDEO}"{size} muted loop autoplay playsinline>'
                 f'</video></div>')
-    previews = sorted((run_dir / "previews").glob("step_*.png")) if run_dir and (run_dir / "previews").is_dir() else []
+    previews = sorted((run_dir / PREVIEWS).glob("step_*.png")) if run_dir and (run_dir / PREVIEWS).is_dir() else []
     if previews:  # four views side by side: a square of the preview's height shows the front one, unscaled
         size = f' width="{preview_side}" height="{preview_side}" class="front"' if preview_side else ""
-        return (f'<div class="media"><img src="{html.escape(rel)}/previews/{previews[-1].name}"{size} '
+        return (f'<div class="media"><img src="{html.escape(rel)}/{PREVIEWS}/{previews[-1].name}"{size} '
                 f'alt="last preview"></div>')
     return f'<div class="media"><div class="empty">{html.escape(_NO_MEDIA.get(status, "no video"))}</div></div>'
 
@@ -88,8 +89,8 @@ def _card(batch_dir: Path, row: dict) -> str:
     if row.get("seed") is not None:
         facts.append(f"seed {row['seed']}")
     links = []
-    if run_dir is not None and (run_dir / "report.html").is_file():
-        links.append(f'<a href="{html.escape(rel)}/report.html">report</a>')
+    if run_dir is not None and (run_dir / REPORT).is_file():
+        links.append(f'<a href="{html.escape(rel)}/{REPORT}">report</a>')
     if run_dir is not None and run_dir.is_dir():
         links.append(f'<a href="{html.escape(rel)}/">run folder</a>')
     error = f'<p class="error">{html.escape(row["error"])}</p>' if row.get("error") else ""

@@ -77,7 +77,7 @@ class PromptWorker:
 def _run(worker: PromptWorker, cfg, job: dict, ray) -> dict:
     from ..errors import UserError
     from ..run import resume, run
-    from ..train import Interrupted
+    from ..train.trainer import Interrupted
 
     options = dict(config_name=job["config"], guidance_model=worker.model_for(cfg), quiet=True,
                    should_stop=ray.get_runtime_context().is_canceled)

@@ -29,9 +29,11 @@ def cmd_run(args: Namespace) -> Path:
 def cmd_export(args: Namespace) -> Path:
     from ..run import export
 
+    from ..runfolder import CONFIG, is_run_folder
+
     run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml)")
+    if not is_run_folder(run_dir):
+        raise UserError(f"'{run_dir}' is not a run folder (no {CONFIG})")
     result = export(run_dir, args.settings)
     for path in result.artifacts.values():
         print(f"wrote {path}", file=sys.stderr)

@@ -4,7 +4,7 @@ versions: dreamfusion/migrations.py).
 Each section is declared next to its component (``dreamfusion/settings.py``: ``@section``, ``ranged``, ``choice``
 and an optional ``check(root)``): ``field.*`` in fields/config.py, ``render.*`` in renderer/config.py,
 ``guidance.*`` in guidance/config.py, ``export.*`` in export/config.py, ``camera.*``, ``optim.*`` and ``loss.*``
-in train_config.py. This module only assembles them; ``loader.py`` merges YAML files and key=value overrides into
+in train/config.py. This module only assembles them; ``loader.py`` merges YAML files and key=value overrides into
 them and checks them. The string literal under each key is its documentation and the text ``--help`` prints.
 """
 
@@ -19,7 +19,7 @@ from ..guidance.config import (ClipConfig, DeepFloydConfig, GuidanceConfig, Perp
                                StableDiffusionConfig, VSDConfig)
 from ..renderer.config import RenderConfig
 from ..settings import choice, choices_of, ranged, section
-from ..train_config import CameraConfig, GaussianOptimConfig, LossConfig, OptimConfig
+from ..train.config import CameraConfig, GaussianOptimConfig, LossConfig, OptimConfig
 
 __all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",

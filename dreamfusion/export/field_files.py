@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..fields.gaussian import GaussianField
 from ..fields.triplane import TriplaneField
+from ..runfolder import PLANES, SPLATS
 from .planes import save_planes
 from .ply import write_ply
 
@@ -19,8 +20,8 @@ __all__ = ["write_field_files"]
 
 # field class -> (name in run.json's artifacts, file name, writer(path, field))
 _WRITERS = {
-    TriplaneField: ("planes", "triplane.npz", lambda path, field: save_planes(field, path)),
-    GaussianField: ("splats", "splats.ply", write_ply),
+    TriplaneField: ("planes", PLANES, lambda path, field: save_planes(field, path)),
+    GaussianField: ("splats", SPLATS, write_ply),
 }
 
 

@@ -3,7 +3,7 @@
 A field maps points to density and albedo, names its Adam parameter groups, and may add regularizers. It
 renders nothing and writes no files: the renderer (dreamfusion/renderer/) chooses volume or splat rendering by
 the field's class and owns backgrounds, skip grids and sampler state; export (dreamfusion/export/) writes a
-field's own files; a Gaussian field's densification is the trainer's strategy (dreamfusion/densify.py).
+field's own files; a Gaussian field's densification is the trainer's strategy (dreamfusion/train/densify.py).
 """
 
 from __future__ import annotations

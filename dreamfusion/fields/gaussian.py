@@ -9,7 +9,7 @@ The renderer rasterizes them (dreamfusion/renderer/splats.py, ``render.gaussians
 export writes them as splats.ply (dreamfusion/export/ply.py).
 
 Adaptive density control (clone / split / prune, 3DGS §5.2) and the means' learning-rate schedule are
-dreamfusion/densify.py's ``DensifyStrategy``: it replaces these parameters by resized ones. ``load_state_dict``
+dreamfusion/train/densify.py's ``DensifyStrategy``: it replaces these parameters by resized ones. ``load_state_dict``
 accepts a checkpoint with any Gaussian count (it resizes in place, keeping the optimizer's references valid).
 
 As a volume (mesh export): density(x) = sum_i o_i exp(-d_i^T Sigma_i^-1 d_i / 2) (cut at 3 sigma), and

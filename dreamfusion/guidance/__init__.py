@@ -16,7 +16,7 @@ import importlib
 
 __all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "model_settings", "RULES", "MODELS",
            "Guidance", "FrozenGuidance", "FunctionGuidance", "SDSGuidance", "PerpNegGuidance", "NoisePredictor",
-           "UNetNoisePredictor", "StableDiffusion", "DeepFloydIF", "view_label", "view_prompts", "slugify"]
+           "UNetNoisePredictor", "StableDiffusion", "DeepFloydIF", "view_label", "view_prompts"]
 
 _HOME = {"build_guidance": "build", "load_guidance_model": "build", "guidance_model_key": "build",
          "model_settings": "build", "RULES": "build", "MODELS": "build",
@@ -24,7 +24,7 @@ _HOME = {"build_guidance": "build", "load_guidance_model": "build", "guidance_mo
          "NoisePredictor": "base", "UNetNoisePredictor": "base",
          "SDSGuidance": "rules.sds", "PerpNegGuidance": "rules.perp_neg",
          "StableDiffusion": "models.stable_diffusion", "DeepFloydIF": "models.deepfloyd",
-         "view_label": "prompts", "view_prompts": "prompts", "slugify": "prompts"}
+         "view_label": "prompts", "view_prompts": "prompts"}
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Prompt helpers: view-dependent suffixes, per-prompt text conditioning, folder-safe slugs.
+"""Prompt helpers: view-dependent suffixes and per-prompt text conditioning.
 
 View labels follow DreamFusion §3.2 / threestudio's convention (azimuth 0° = front, degrees):
 ``front`` when |azimuth| < 45°, ``back`` when |azimuth| > 135°, ``side`` otherwise, and ``overhead``
@@ -8,7 +8,6 @@ whenever elevation > 60° (it wins over the azimuth). Boundaries (exactly 45°, 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -92,8 +91,3 @@ class TextConditioning:
         return self.uncond.expand(batch, *self.uncond.shape[1:]), cond
 
 
-def slugify(prompt: str, max_length: int = 60) -> str:
-    """A folder-safe name: lowercase [a-z0-9-], runs of anything else become one '-', at most max_length chars."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
-    slug = slug[:max_length].rstrip("-")
-    return slug or "untitled"

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from render.cameras import Cameras
+from render.cameras import Cameras, orbit_cameras
+from render.shading import random_light_dirs
 
 from ..fields.gaussian import GaussianField
 from .backgrounds import eval_background
@@ -20,7 +21,7 @@ from .splats import render_splats
 from .views import eval_view
 from .volume import render_volume
 
-__all__ = ["Renderer", "render_views", "render_views_chunked", "render_eval"]
+__all__ = ["Renderer", "render_views", "render_views_chunked", "render_eval", "pick_shading", "preview_cameras"]
 
 # field class -> how it is rendered; every other field is a volume (render_volume).
 _RENDERERS = {GaussianField: render_splats}
@@ -66,24 +67,52 @@ def render_eval(view, cameras: Cameras, side: int, *, n_samples: int, trained_ov
                                 **options)
 
 
-class Renderer:
-    """Renders one run's field with the ``render`` config section and holds the sampler state of training:
-    nerfacc's occupancy-grid estimator (render.sampler nerfacc, or auto on CUDA; None with the torch sampler and
-    for splats). The trainer checkpoints :meth:`state_dict` under the key "estimator".
+def pick_shading(step: int, cfg, generator: torch.Generator) -> str:
+    """DreamFusion shading schedule: albedo during warm-up, then albedo / textureless / lambertian at random."""
+    if step < cfg.albedo_warmup_steps:
+        return "albedo"
+    u = torch.rand((), generator=generator, device=generator.device).item()
+    if u < cfg.albedo_prob:
+        return "albedo"
+    return "textureless" if u < cfg.albedo_prob + cfg.textureless_prob else "lambertian"
 
-        renderer = Renderer(cfg.render, field, device)
+
+def pick_lights(shading: str, origins: Tensor, generator: torch.Generator) -> Tensor | None:
+    """Light directions [B, 3] for a shaded render from cameras at ``origins`` [B, 3]; None for albedo (no draw)."""
+    return None if shading == "albedo" else random_light_dirs(origins, generator)
+
+
+def preview_cameras(camera_cfg, device=None) -> Cameras:
+    """Front, right, back, left (azimuth 0, 90, 180, -90) at the evaluation elevation, distance and fovy."""
+    cams = orbit_cameras(4, camera_cfg.eval_elevation, camera_cfg.eval_distance, camera_cfg.eval_fovy, device=device)
+    return Cameras(*(torch.roll(x, -2, 0) for x in cams))  # the orbit starts at -180: roll to front first
+
+
+class Renderer:
+    """Renders one run's field with the ``render`` config section and holds the state of that: nerfacc's
+    occupancy-grid estimator (render.sampler nerfacc, or auto on CUDA; None with the torch sampler and for splats),
+    which the trainer checkpoints (:meth:`state_dict`, under the key "estimator"), and the eval view of the field
+    since its last training step (previews, then the orbit video).
+
+        renderer = Renderer(cfg.render, field, device, latent=cfg.guidance.latent_render)
         renderer.update(step)                               # before each training render
+        out = renderer.render_train(cams, H, W, step, background=bg, generator=g)   # shading and light drawn
         out = renderer.render(cams, H, W, background=bg, shading="albedo", generator=g)
+        image = renderer.render_preview(cfg.camera, side)   # [side, 4 side, 3]: front, right, back, left
         view = renderer.eval_view()                         # previews and the video: RGB, on render.eval_grid
         out = renderer.render_eval(view, cams, side)        # no graph, empty space skipped, eval_background
     """
 
-    def __init__(self, cfg: RenderConfig, field, device: torch.device | str):
-        self.cfg, self.field = cfg, field
-        self.estimator = make_sampler(cfg.sampler, field, torch.device(device))
+    def __init__(self, cfg: RenderConfig, field, device: torch.device | str, latent: bool = False):
+        self.cfg, self.field, self.latent = cfg, field, latent  # a latent field is trained unshaded (albedo)
+        self.device = torch.device(device)
+        self.estimator = make_sampler(cfg.sampler, field, self.device)
+        self._view = None  # the eval view made since the last training step, if any
 
     def update(self, step: int) -> None:
-        """Refresh the occupancy grid from the field's density (nerfacc's schedule); nothing without one."""
+        """Before the training render of ``step``: refresh the occupancy grid from the field's density (nerfacc's
+        schedule; nothing without one) and forget the eval view (the field is about to change)."""
+        self._view = None
         update_sampler(self.estimator, self.field, step, self.cfg.n_samples)
 
     def render(self, cameras: Cameras, height: int, width: int, *, background, shading: str = "albedo",
@@ -97,9 +126,31 @@ class Renderer:
                             ambient=r.ambient, background_kind=r.background, generator=generator,
                             need_normals=need_normals, estimator=self.estimator)
 
+    def render_train(self, cameras: Cameras, height: int, width: int, step: int, *, background,
+                     generator: torch.Generator, need_normals: bool = False) -> dict[str, Tensor]:
+        """:meth:`render` of training step ``step`` with the shading it draws (pick_shading; albedo for a latent
+        field) and, when shaded, a random light (pick_lights), both from ``generator``."""
+        shading = "albedo" if self.latent else pick_shading(step, self.cfg, generator)
+        return self.render(cameras, height, width, background=background, shading=shading, generator=generator,
+                           light_dirs=pick_lights(shading, cameras.c2w[:, :3, 3], generator), need_normals=need_normals)
+
+    @torch.no_grad()
+    def render_preview(self, camera_cfg, side: int) -> Tensor:
+        """[side, 4 side, 3] in [0, 1], on the CPU: four views (front, right, back, left) at the evaluation camera
+        side by side, of the eval view (render_eval: empty space skipped, over backgrounds.eval_background)."""
+        out = self.render_eval(self.eval_view(), preview_cameras(camera_cfg, self.device), side, views_per_chunk=1)
+        return torch.cat(list(out["rgb"].clamp(0, 1)), dim=1).cpu()
+
     def eval_view(self):
-        """The field as previews and the orbit video see it (views.eval_view with render.eval_grid)."""
-        return eval_view(self.field, self.cfg.eval_grid)
+        """The field as previews and the orbit video see it (views.eval_view with render.eval_grid), made once
+        between two training steps."""
+        if self._view is None:
+            self._view = eval_view(self.field, self.cfg.eval_grid)
+        return self._view
+
+    def cached_eval_view(self):
+        """The eval view already made since the last training step (the last preview's), else None."""
+        return self._view
 
     def render_eval(self, view, cameras: Cameras, side: int, **options) -> dict[str, Tensor]:
         """:func:`render_eval` with the config's samples per ray and background."""

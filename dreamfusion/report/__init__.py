@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dreamfusion.errors import UserError
 from dreamfusion.io import atomic_write_text
+from dreamfusion.runfolder import CONFIG, REPORT, RUN_JSON, is_run_folder
 
 __all__ = ["write_report", "rebuild_report"]
 
@@ -28,7 +29,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     if not run_dir.is_dir():
         raise UserError(f"'{run_dir}' is not a folder: pass a run folder made by dreamfusion")
     html = render_page(read_run(run_dir))
-    return atomic_write_text(run_dir / "report.html", html)
+    return atomic_write_text(run_dir / REPORT, html)
 
 
 def rebuild_report(run_dir: str | os.PathLike) -> Path:
@@ -36,8 +37,8 @@ def rebuild_report(run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"'{run_dir}' does not exist: pass a run folder made by python -m dreamfusion")
-    if not ((run_dir / "config.yaml").is_file() or (run_dir / "run.json").is_file()):
-        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml or run.json)")
+    if not (is_run_folder(run_dir) or (run_dir / RUN_JSON).is_file()):
+        raise UserError(f"'{run_dir}' is not a run folder (no {CONFIG} or {RUN_JSON})")
     path = write_report(run_dir)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
     return path

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..migrations import FORMAT_KEY
+from ..runfolder import CONFIG, MESH_GLB, METRICS, PREVIEWS, REPORT, RUN_JSON, VIDEO
 
 __all__ = ["MISSING", "POOR_IOU", "RunFolder", "read_run", "config_diff", "flatten", "series", "format_size",
            "files_with_sizes"]
@@ -21,7 +22,7 @@ POOR_IOU = 0.6  # an embedded-prior mesh whose IoU with the prompt's object is u
 # (report and batch gallery); under every shape's benchmark target, 0.65 (torus) to 0.85 (cube, sphere), whose demo
 # runs measured 0.708 to 0.941 (docs/BENCHMARKS.md)
 MAX_PREVIEWS = 24  # more are thinned to this many, evenly over training (first and last kept)
-DEFAULT_PATHS = {"glb": "mesh/model.glb", "video": "orbit.mp4"}  # where a run puts them without run.json
+DEFAULT_PATHS = {"glb": MESH_GLB, "video": VIDEO}  # where a run puts them without run.json
 
 
 @dataclass
@@ -101,16 +102,16 @@ def _read_json(path: Path, notes: list[str]) -> dict:
 def _read_config(run: RunFolder) -> None:
     from omegaconf import OmegaConf
 
-    path = run.path / "config.yaml"
+    path = run.path / CONFIG
     if not path.is_file():
-        run.notes.append("config.yaml not found")
+        run.notes.append(f"{CONFIG} not found")
         return
     try:
         run.config = OmegaConf.to_container(OmegaConf.load(path))
         if isinstance(run.config, dict):
             run.config.pop(FORMAT_KEY, None)  # the file's format number, not a setting
     except Exception as exc:  # noqa: BLE001 - any parse error is shown, not raised
-        run.notes.append(f"config.yaml could not be read: {str(exc).splitlines()[0]}")
+        run.notes.append(f"{CONFIG} could not be read: {str(exc).splitlines()[0]}")
         return
     if "config" not in run.info:
         run.notes.append("the config's name is unknown (no run.json): shown without comparing to defaults")
@@ -128,7 +129,7 @@ def _read_config(run: RunFolder) -> None:
 
 
 def _read_metrics(run: RunFolder) -> None:
-    path = run.path / "metrics.jsonl"
+    path = run.path / METRICS
     if not path.is_file():
         return
     bad = 0
@@ -145,7 +146,7 @@ def _read_metrics(run: RunFolder) -> None:
         else:
             bad += 1
     if bad:
-        run.notes.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
+        run.notes.append(f"{METRICS}: {bad} unreadable line(s) skipped")
 
 
 def series(rows: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
@@ -170,7 +171,7 @@ def _same(a: tuple[list[float], list[float]], b: tuple[list[float], list[float]]
                                 for u, v in zip(a[1], b[1]))
 
 
-def files_with_sizes(root: Path, skip: tuple[str, ...] = ("report.html",)) -> list[tuple[str, int]]:
+def files_with_sizes(root: Path, skip: tuple[str, ...] = (REPORT,)) -> list[tuple[str, int]]:
     """(path relative to root, bytes) of every file under root, sorted; hidden files (temporaries) left out."""
     out = []
     for path in sorted(root.rglob("*")):
@@ -182,7 +183,7 @@ def files_with_sizes(root: Path, skip: tuple[str, ...] = ("report.html",)) -> li
 
 def read_run(run_dir: Path) -> RunFolder:
     run = RunFolder(Path(run_dir))
-    run.info = _read_json(run.path / "run.json", run.notes)
+    run.info = _read_json(run.path / RUN_JSON, run.notes)
     _read_config(run)
     _read_metrics(run)
     _read_previews(run)
@@ -192,7 +193,7 @@ def read_run(run_dir: Path) -> RunFolder:
 def _read_previews(run: RunFolder) -> None:
     from PIL import Image
 
-    folder = run.path / "previews"
+    folder = run.path / PREVIEWS
     found = sorted((int(m.group(1)), p) for p in folder.glob("step_*.png") if (m := PREVIEW.fullmatch(p.name)))
     if len(found) > MAX_PREVIEWS:
         run.notes.append(f"{len(found)} previews: showing {MAX_PREVIEWS}, evenly spaced over training")

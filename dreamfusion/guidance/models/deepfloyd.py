@@ -37,7 +37,8 @@ from ...io import atomic_write
 from .fastpaths import resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
 from .prediction import TextUNetPredictor, prediction_type
-from ..prompts import TextConditioning, prompt_texts, slugify
+from ...runfolder import slugify
+from ..prompts import TextConditioning, prompt_texts
 
 __all__ = ["DeepFloydIF", "DEFAULT_MODEL", "t5_cache_dir"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import field as dc_field
 from typing import List
 
-from .errors import ConfigError
-from .settings import ranged, section
+from ..errors import ConfigError
+from ..settings import ranged, section
 
 __all__ = ["CameraConfig", "OptimConfig", "GaussianOptimConfig", "LossConfig"]
 
