@@ -186,8 +186,9 @@ def check_sections(cfg, root=None, prefix: str = "") -> None:
 
 
 def _check_choices(cfg, prefix: str = "") -> None:
-    for name, allowed in choices_of(type(cfg)).items():
-        _require_choice(get_key(cfg, name), allowed, prefix + name)
+    for name in choices_of(type(cfg)):
+        parent, _, leaf = name.rpartition(".")
+        check_choice(get_key(cfg, parent) if parent else cfg, leaf, prefix + name)
 
 
 def _check_rules(cfg, root) -> None:

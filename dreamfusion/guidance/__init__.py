@@ -19,7 +19,7 @@ __all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "model
            "UNetNoisePredictor", "StableDiffusion", "DeepFloydIF", "view_label", "view_prompts"]
 
 _HOME = {"build_guidance": "build", "load_guidance_model": "build", "guidance_model_key": "build",
-         "model_settings": "build", "RULES": "build", "MODELS": "build",
+         "model_settings": "config", "RULES": "build", "MODELS": "build",
          "Guidance": "base", "FrozenGuidance": "base", "FunctionGuidance": "base",
          "NoisePredictor": "base", "UNetNoisePredictor": "base",
          "SDSGuidance": "rules.sds", "PerpNegGuidance": "rules.perp_neg",

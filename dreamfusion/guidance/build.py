@@ -7,7 +7,7 @@ Two keys choose it (guidance/config.py): ``guidance.type`` the rule (sds, perp_n
 ``guidance.model_type`` the noise predictor (stable_diffusion, deepfloyd, prior; clip loads CLIP).
 ``build_guidance(cfg, device)`` alone loads the model too. ``guidance_model_key(cfg)`` says which configs can
 share one loaded model (a batch worker keeps it across prompts): the values of the keys its loader reads
-(``model_settings``: config.MODEL_KEYS), the only ones that loader is handed.
+(``config.model_settings``: config.MODEL_KEYS), the only ones that loader is handed.
 """
 
 from __future__ import annotations
@@ -18,45 +18,15 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..settings import check_choice, check_sections, get_key
+from ..settings import check_sections
 from .base import Guidance
-from .config import MODEL_KEYS
+from .config import model_settings
 from .models.deepfloyd import DeepFloydIF
 from .models.stable_diffusion import StableDiffusion
 from .rules.perp_neg import PerpNegGuidance
 from .rules.sds import SDSGuidance
 
-__all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "model_settings", "RULES", "MODELS"]
-
-
-class _Settings:
-    """The keys one loader reads, by their dotted names (``s["guidance.clip.model"]``); reading any other key fails."""
-
-    def __init__(self, values: dict[str, Any]):
-        self._values = values
-
-    def __getitem__(self, dotted: str) -> Any:
-        if dotted not in self._values:
-            raise KeyError(f"{dotted} is not among the keys this loader declares (guidance/config.py MODEL_KEYS)")
-        return self._values[dotted]
-
-    def key(self) -> tuple:
-        """The values as a hashable tuple (lists as tuples, a section as its keys' values)."""
-        return tuple((k, _hashable(v)) for k, v in self._values.items())
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_hashable(v) for v in value)
-    if hasattr(value, "__dataclass_fields__"):
-        return (type(value).__name__,) + tuple((k, _hashable(getattr(value, k))) for k in value.__dataclass_fields__)
-    return value
-
-
-def model_settings(cfg: Any) -> _Settings:
-    """The keys (guidance/config.py ``MODEL_KEYS``) the loader of ``cfg``'s model reads, with their values."""
-    kind = cfg.guidance.model_kind
-    return _Settings({key: get_key(cfg, key) for key in MODEL_KEYS[kind]})
+__all__ = ["build_guidance", "load_guidance_model", "guidance_model_key", "RULES", "MODELS"]
 
 
 def _load_sd(s: _Settings, device: torch.device) -> StableDiffusion:
@@ -115,19 +85,21 @@ def guidance_model_key(cfg: Any) -> tuple:
 
 def load_guidance_model(cfg: Any, device: str | torch.device) -> Any:
     """The frozen model ``cfg.guidance`` needs (guidance.model_type: Stable Diffusion, DeepFloyd IF or the embedded
-    prior's image set; CLIP for guidance.type=clip), loaded on ``device``; it knows no prompt."""
-    check_choice(cfg.guidance, "type", "guidance.type")
-    check_choice(cfg.guidance, "model_type", "guidance.model_type")
+    prior's image set; CLIP for guidance.type=clip), loaded on ``device``; it knows no prompt. The guidance
+    section's checks run first (a config made in code meets the rules a loaded one does)."""
+    check_sections(cfg.guidance, cfg, "guidance.")
     return MODELS[cfg.guidance.model_kind](model_settings(cfg), torch.device(device))
 
 
 def build_guidance(cfg: Any, device: str | torch.device, model: Any = None) -> Guidance:
     """The rule named by ``cfg.guidance.type`` for ``cfg.prompt``, around ``model`` (a ``load_guidance_model``
-    result for an equal ``guidance_model_key``), or a freshly loaded one. The guidance section's own checks run
-    first (a config made in code meets the rules a loaded one does)."""
+    result for an equal ``guidance_model_key``), or a freshly loaded one; the guidance section's checks run
+    first either way."""
     if not cfg.prompt or not cfg.prompt.strip():  # before the slow model load
         raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
-    check_sections(cfg.guidance, cfg, "guidance.")
-    model = load_guidance_model(cfg, device) if model is None else model
+    if model is None:
+        model = load_guidance_model(cfg, device)
+    else:
+        check_sections(cfg.guidance, cfg, "guidance.")
     rule = RULES[cfg.guidance.type]()
     return rule(model, cfg.guidance, cfg.prompt, cfg.negative_prompt)

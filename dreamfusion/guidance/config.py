@@ -18,13 +18,13 @@ those keys' values, and nothing else, make the key of a loaded model (``guidance
 from __future__ import annotations
 
 from dataclasses import field as dc_field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from ..errors import ConfigError
-from ..settings import choice, ranged, section
+from ..settings import choice, get_key, ranged, section
 
 __all__ = ["GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "DeepFloydConfig",
-           "StableDiffusionConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "LATENT_NEEDS_SD"]
+           "StableDiffusionConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "LATENT_NEEDS_SD", "model_settings"]
 
 RULES = ("sds", "perp_neg", "vsd", "clip")
 """guidance.type: the rule that turns renders into a loss."""
@@ -40,9 +40,39 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "clip": ("guidance.clip.model", "guidance.clip.revision", "guidance.clip.half_precision"),
 }
 """The keys each model's loader reads, a section name standing for all its keys; the loader is handed these and
-nothing else (guidance/build.py ``model_settings``), and the loaded model's key is their values."""
+nothing else (``model_settings``), and the loaded model's key is their values."""
 
 LATENT_NEEDS_SD = "guidance.latent_render renders Stable Diffusion's latents: needs guidance.model_type=stable_diffusion"
+
+
+class _Settings:
+    """The keys one loader reads, by their dotted names (``s["guidance.clip.model"]``); reading any other key fails."""
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = values
+
+    def __getitem__(self, dotted: str) -> Any:
+        if dotted not in self._values:
+            raise KeyError(f"{dotted} is not among the keys this loader declares (MODEL_KEYS)")
+        return self._values[dotted]
+
+    def key(self) -> tuple:
+        """The values as a hashable tuple (lists as tuples, a section as its keys' values)."""
+        return tuple((k, _hashable(v)) for k, v in self._values.items())
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return (type(value).__name__,) + tuple((k, _hashable(getattr(value, k))) for k in value.__dataclass_fields__)
+    return value
+
+
+def model_settings(cfg: Any) -> _Settings:
+    """The keys (guidance/config.py ``MODEL_KEYS``) the loader of ``cfg``'s model reads, with their values."""
+    kind = cfg.guidance.model_kind
+    return _Settings({key: get_key(cfg, key) for key in MODEL_KEYS[kind]})
 
 
 def _rule_of(root) -> str:
