@@ -70,13 +70,20 @@ def trace_run(overrides: list[str]) -> list[tuple[str, str]]:
     def tracks(value) -> bool:
         return type(value) in types or type(getattr(value, "cfg", None)) in types
 
+    modules: dict[str, str | None] = {}  # file name -> module (resolving paths on every call is slow)
+
     def profile(frame, event, arg):
-        if event != "call" or frame.f_code in seen:
-            return
-        module = _module_name(frame.f_code.co_filename)
-        if module is None:
+        if event != "call":
             return
         code = frame.f_code
+        if code in seen:
+            return
+        filename = code.co_filename
+        module = modules.get(filename, "?")
+        if module == "?":
+            module = modules[filename] = _module_name(filename)
+        if module is None:
+            return
         started[0] = started[0] or (module == "dreamfusion.run" and code.co_name == "run")
         names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
         if started[0] and any(tracks(frame.f_locals.get(n)) for n in names):
@@ -118,12 +125,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--list", action="store_true", help="print every stay")
     ap.add_argument("--field", default="nerf", choices=["nerf", "triplane", "gaussian"], help="the field to run")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another setting of the traced run (sizes for a quick check; the path is the same)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
         overrides = ["prompt=a red cube", "steps=2", "preview_every=1", "checkpoint_every=1", f"output_dir={out}",
                      "export.resolution=24", "export.video_frames=2", "export.video_resolution=32",
                      "export.texture_size=64", "render.eval_grid=24", "guidance.prior.views=16",
-                     f"field.type={args.field}", "field.gaussian.densify_every=1", "field.gaussian.densify_start=0"]
+                     f"field.type={args.field}", "field.gaussian.densify_every=1", "field.gaussian.densify_start=0",
+                     *args.set]
         os.environ.setdefault("OMP_NUM_THREADS", "2")
         visits = stays(trace_run(overrides))
     if args.list:

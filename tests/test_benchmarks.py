@@ -38,7 +38,9 @@ SCRIPTS = {
     "prior_grid.py": ["--prompts", "a red cube", "--field", "nerf", "--output-dir", "{tmp}", *DEMO_SMALL],
     "prior_grid.py --bed": ["--bed", "--smoke"],  # the test bed: a front object and a pair, three methods (5 s)
     "batch.py": ["--prompts", "a red cube", "--max-parallel", "1", *DEMO_SMALL],
-    "config_path.py": [],  # a 2-step demo run, traced
+    "config_path.py": [a for kv in ("guidance.prior.resolution=8", "render.width=8", "render.height=8",
+                                    "render.n_samples=8", "render.eval_grid=12", "export.resolution=12",
+                                    "preview_resolution=16") for a in ("--set", kv)],  # a 2-step demo run, traced
 }
 LIBRARIES = {"sd_models.py"}  # imported by sds_step.py
 MISSED_TARGET = {"prior_grid.py": 1}  # exit status of a run that worked but missed its quality target

@@ -182,6 +182,7 @@ ALLOWED_CPU_CALLS = {  # (file, function, what): why that computation belongs on
     ("dreamfusion/guidance/prompts.py", "_on_host", ".cpu()"),  # float64 view angles, compared on the host
     ("dreamfusion/world/scores.py", "truth_mesh", 'device="cpu"'),  # the known object's mesh: no field, no device
     ("dreamfusion/preview.py", "sample_preview", ".cpu()"),  # the preview images, handed to the PNG writer
+    ("dreamfusion/renderer/core.py", "render_preview", ".cpu()"),  # the training preview, handed to the PNG writer
     ("dreamfusion/renderer/backgrounds.py", "_checkerboard", ".cpu()"),  # textures made on the host from draws
     ("dreamfusion/renderer/backgrounds.py", "_fourier", ".cpu()"),  # on the generator's device, then moved
     ("dreamfusion/renderer/backgrounds.py", "random_backgrounds", ".cpu()"),  # to the images' device at the end
