@@ -106,3 +106,15 @@ def test_volumetric_density_reads_the_sdf():
     points = torch.tensor([[0.0, 0, 0], [0.3, 0.1, 0], [0.7, 0, 0], [0, 0, 0.9], [1.2, 0, 0]])
     density = field(points)["density"]
     assert density.tolist() == [1e3, 1e3, 0.0, 0.0, 0.0]
+
+
+def test_the_renderer_rasterizes_a_surface_field():
+    """render_views picks the mesh renderer for a DMTetField (renderer/core.py's class map)."""
+    from dreamfusion.renderer import render_views
+
+    field = _field(resolution=16)
+    cams = _cameras()
+    with torch.no_grad():
+        expected = render_mesh(field, None, cams, 24, 24, background_kind="white")
+        got = render_views(field, None, cams, 24, 24, n_samples=8, background_kind="white")
+    assert torch.equal(got["rgb"], expected["rgb"]) and torch.equal(got["opacity"], expected["opacity"])

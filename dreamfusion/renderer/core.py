@@ -13,10 +13,12 @@ from tqdm import tqdm
 from render.cameras import Cameras, orbit_cameras
 from render.shading import random_light_dirs
 
+from ..fields.dmtet import DMTetField
 from ..fields.gaussian import GaussianField
 from .backgrounds import eval_background
 from .config import RenderConfig
 from .occupancy import make_sampler, skip_grid, update_sampler
+from .mesh import render_mesh
 from .splats import render_splats
 from .views import eval_view
 from .volume import render_volume
@@ -24,12 +26,12 @@ from .volume import render_volume
 __all__ = ["Renderer", "render_views", "render_views_chunked", "render_eval", "pick_shading", "preview_cameras"]
 
 # field class -> how it is rendered; every other field is a volume (render_volume).
-_RENDERERS = {GaussianField: render_splats}
+_RENDERERS = {GaussianField: render_splats, DMTetField: render_mesh}
 
 
 def render_views(field, background, cameras: Cameras, height: int, width: int, **options) -> dict[str, Tensor]:
-    """Render B views of any field: splats for a GaussianField (splats.render_splats), volume rendering for every
-    other field (volume.render_volume). Returns rgb [B,H,W,C], opacity [B,H,W,1], depth [B,H,W,1], albedo,
+    """Render B views of any field: splats for a GaussianField (splats.render_splats), rasterization for a
+    DMTetField (mesh.render_mesh), volume rendering for every other field (volume.render_volume). Returns rgb [B,H,W,C], opacity [B,H,W,1], depth [B,H,W,1], albedo,
     normal | None, dirs (see render_volume); splats add means2d and radii."""
     render = next((fn for kind, fn in _RENDERERS.items() if isinstance(field, kind)), render_volume)
     return render(field, background, cameras, height, width, **options)
