@@ -38,6 +38,8 @@ SCRIPTS = {
     "prior_grid.py": ["--prompts", "a red cube", "--field", "nerf", "--output-dir", "{tmp}", *DEMO_SMALL],
     "prior_grid.py --bed": ["--bed", "--smoke"],  # the test bed: a front object and a pair, three methods (5 s)
     "batch.py": ["--prompts", "a red cube", "--max-parallel", "1", *DEMO_SMALL],
+    "mesh_raster.py": ["--sizes", "16", "--views", "1", "--faces", "80", "--tet-resolution", "4", "--n-samples", "8",
+                       "--warmup", "0", "--iters", "1"],
     "config_path.py": [a for kv in ("guidance.prior.resolution=8", "render.width=8", "render.height=8",
                                     "render.n_samples=8", "render.eval_grid=12", "export.resolution=12",
                                     "preview_resolution=16") for a in ("--set", kv)],  # a 2-step demo run, traced
