@@ -13,6 +13,7 @@ layout, run.json and the files it holds are runfolder.py's.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
@@ -21,14 +22,14 @@ from typing import Any
 
 import torch
 
+from .artifacts import PhaseTimer, export_run
 from .checkpoint import load_checkpoint
 from .config import Config, load_run_config, to_yaml
 from .errors import CheckpointError, UserError
-from .artifacts import PhaseTimer, export_run
 from .extensions import prepare_kernels
 from .io import atomic_write_text
 from .runfolder import (CHECKPOINT, CONFIG, REPORT, RunRecord, check_output_dir, fresh_run_dir, is_run_folder,
-                        make_run_dir, now, read_run_json, slugify, write_error_log)
+                        hold, make_run_dir, now, read_run_json, slugify, write_error_log)
 
 __all__ = ["run", "resume", "resume_config", "export", "load_run", "resolve_device", "RunResult", "LoadedRun"]
 
@@ -85,23 +86,35 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
     (status failed, or interrupted for Ctrl-C / SIGTERM, whose checkpoint is saved) before they propagate.
     """
     from .guidance import build_guidance
-    from .train.trainer import Interrupted, Trainer
 
     if not cfg.prompt.strip():
         raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
     device = resolve_device(cfg.device)
     timer = PhaseTimer(quiet=quiet)
     resuming = cfg.resume is not None
-    if resuming:
-        run_dir = Path(cfg.resume)
-        state = load_checkpoint(run_dir, map_location=device)  # a missing or corrupt one fails before the model load
-    else:
-        check_output_dir(cfg.output_dir)  # likewise for an output_dir that cannot hold the run folder
-    with timer.phase("load_guidance"):
-        guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
-    cfg, _ = prepare_kernels(cfg, device, timer)  # nerfacc / gsplat CUDA builds announced here, not mid-training
-    if not resuming:
-        run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt)) if run_dir is None else fresh_run_dir(run_dir)
+    with contextlib.ExitStack() as held:  # the run folder, held from the moment it is known (runfolder.hold)
+        if resuming:
+            run_dir = Path(cfg.resume)
+            state = load_checkpoint(run_dir, map_location=device)  # a missing or corrupt one fails before the model
+            held.enter_context(hold(run_dir, "training"))  # a second process on the folder is refused here
+        else:
+            check_output_dir(cfg.output_dir)  # likewise for an output_dir that cannot hold the run folder
+        with timer.phase("load_guidance"):
+            guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
+        cfg, _ = prepare_kernels(cfg, device, timer)  # nerfacc / gsplat CUDA builds announced here, not mid-training
+        if not resuming:
+            run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt)) if run_dir is None else fresh_run_dir(run_dir)
+            held.enter_context(hold(run_dir, "training"))
+        return _train_and_export(cfg, run_dir, device, timer, guidance, state if resuming else None, config_name,
+                                 overrides, quiet, should_stop, on_step)
+
+
+def _train_and_export(cfg: Config, run_dir: Path, device: torch.device, timer: PhaseTimer, guidance, state,
+                      config_name: str | None, overrides, quiet: bool, should_stop, on_step) -> RunResult:
+    """run()'s work once its run folder is held: train (from ``state`` when resuming), export, record, report."""
+    from .train.trainer import Interrupted, Trainer
+
+    resuming = state is not None
     trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
     if resuming:
         trainer.resume(state)
@@ -221,6 +234,11 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None,
 def export(run_dir: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> RunResult:
     """Mesh + video again from a run's checkpoint (``python -m dreamfusion export``), with export.* overrides."""
     loaded = load_run(run_dir, overrides=overrides)
+    with hold(loaded.run_dir, "exporting"):  # not while another process trains or exports the folder
+        return _export_loaded(loaded, quiet)
+
+
+def _export_loaded(loaded: LoadedRun, quiet: bool) -> RunResult:
     cfg, run_dir = loaded.cfg, loaded.run_dir
     record = RunRecord(run_dir, cfg, None, [])
     record.data["status"] = read_run_json(run_dir).get("status", "done")

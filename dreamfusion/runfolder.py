@@ -9,6 +9,7 @@ module that knows the file names; it knows JSON and PNG bytes, not training.
         checkpoints/last.pt    (CHECKPOINT; checkpoint.py writes and reads it)
         mesh/model.obj, mesh/model.glb, orbit.mp4, triplane.npz | splats.ply   (the export's artifacts)
         report.html, error.log (the traceback of a failed run; write_error_log)
+        .lock                  which process trains or exports the folder (LOCK; hold)
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import UserError
 from .io import atomic_write, atomic_write_text, write_error
@@ -29,7 +32,7 @@ from .io import atomic_write, atomic_write_text, write_error
 __all__ = ["CONFIG", "RUN_JSON", "METRICS", "PREVIEWS", "CHECKPOINT", "MESH_OBJ", "MESH_GLB", "VIDEO", "PLANES",
            "SPLATS", "REPORT", "ERROR_LOG", "slugify", "check_output_dir", "make_run_dir", "fresh_run_dir",
            "is_run_folder", "read_run_json", "RunRecord", "now", "metrics_step", "MetricsLog", "last_logged_step",
-           "trim_after", "write_preview", "write_error_log"]
+           "trim_after", "write_preview", "write_error_log", "LOCK", "RunFolderBusy", "hold"]
 
 CONFIG = "config.yaml"
 RUN_JSON = "run.json"
@@ -246,3 +249,53 @@ def write_error_log(run_dir: Path, exc: BaseException) -> str:
         return f"the traceback is in {log}"
     except OSError as log_exc:
         return f"no {ERROR_LOG} ({log_exc.strerror or log_exc})"
+
+
+LOCK = ".lock"  # hidden: the report's file list leaves it out
+
+
+class RunFolderBusy(UserError):
+    """Another process trains or exports the run folder."""
+
+
+@contextmanager
+def hold(run_dir: Path, what: str) -> Iterator[None]:
+    """Hold ``run_dir`` for this process while it trains or exports it (``what``): a second process that would
+    write the folder (resume, export) is refused in one line naming the folder and the holder. The hold is an
+    advisory lock on ``.lock`` (flock), which the OS releases when its process ends, even by kill -9, so a killed
+    run's folder is taken over by the next command. Without fcntl (Windows) nothing is held."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: nothing to hold
+        yield
+        return
+    path = Path(run_dir) / LOCK
+    try:
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderBusy(f"run folder '{run_dir}' is in use by {holder}: wait until it ends (or stop it), "
+                            f"then run this again") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} ({what}: {_command()})\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock; the file stays (removing it would race a waiting opener)
+
+
+def _command() -> str:
+    """This process's command line as a user typed it (``python -m dreamfusion ...`` for the CLI)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):
+        argv[0] = "python -m dreamfusion"
+    return " ".join(argv)
+

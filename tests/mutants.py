@@ -76,6 +76,12 @@ MUTANTS = {
     "8 an integer option's lower bound exclusive": (
         "dreamfusion/cli/parser.py", "(lo is not None and value < lo)", "(lo is not None and value <= lo)",
         ["tests/test_cli_tree.py", "-k", "bounded"]),
+    "10 a resume does not hold its run folder": (
+        "dreamfusion/run.py", '            held.enter_context(hold(run_dir, "training"))  # a second process on the folder is refused here\n',
+        "", ["tests/test_run_api.py", "-k", "kill_9"]),
+    "10 the run-folder lock is never taken": (
+        "dreamfusion/runfolder.py", "        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n", "        pass\n",
+        ["tests/test_runfolder_lock.py"]),
     "11 the log plot's EMA taken of y": (
         "dreamfusion/report/plot.py", "smoothed = iter(10 ** v if log_y else v for v in ema(fy))",
         "smoothed = iter(ema([y for y, k in zip(ys, keep) if k]))", ["tests/test_report.py", "-k", "log_axis"]),

@@ -281,7 +281,9 @@ def _wait_for_pause(folder: Path, proc: subprocess.Popen, timeout: float = 600) 
 
 def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path):
     """SIGKILL after the step-4 checkpoint: metrics.jsonl rows and previews past step 4 are dropped on resume,
-    so every step is written once, and the resumed field equals a straight 12-step run's. The killed process
+    so every step is written once, and the resumed field equals a straight 12-step run's. While the first process
+    trains, a second resume or export of its folder is refused in one line naming it; once it is killed, its
+    lock is gone with it and the resume takes the folder over. The killed process
     pauses after step 6 (tests/paused_run.py 6) and is killed while it waits: no timing window."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["prompt=a red cube", *TINY, "steps=12", "preview_every=1", "preview_resolution=32"]
@@ -292,6 +294,14 @@ def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path)
 
     killed = _cli([*args, f"output_dir={tmp_path / 'killed'}"], env, pause="6")
     run_dir = _wait_for_pause(tmp_path / "killed", killed)
+    for second in ([f"resume={run_dir}", "steps=12"], ["export", str(run_dir)]):  # while it trains: refused
+        busy = subprocess.run([sys.executable, "-m", "dreamfusion", *second], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert busy.returncode == 2, busy.stderr[-2000:]
+        assert busy.stderr.strip().splitlines() == [f"error: run folder '{run_dir}' is in use by process {killed.pid} "
+                                                    f"(training: {ROOT / 'tests' / 'paused_run.py'} 6 --config demo "
+                                                    f"{' '.join(args)} output_dir={tmp_path / 'killed'}): wait until "
+                                                    f"it ends (or stop it), then run this again"]
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)
     assert killed.returncode == -signal.SIGKILL
