@@ -28,8 +28,9 @@ from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.guidance import FunctionGuidance, load_guidance_model
 from dreamfusion.world.scores import prior_scores
 from dreamfusion.settings import replace_key
+from dreamfusion.run import export as export_run_dir
 from dreamfusion.run import load_run, resume, resume_config, run
-from dreamfusion.runfolder import read_run_json
+from dreamfusion.runfolder import RunFolderBusy, read_run_json
 from dreamfusion.train.losses import weighted_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,14 +295,15 @@ def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path)
 
     killed = _cli([*args, f"output_dir={tmp_path / 'killed'}"], env, pause="6")
     run_dir = _wait_for_pause(tmp_path / "killed", killed)
-    for second in ([f"resume={run_dir}", "steps=12"], ["export", str(run_dir)]):  # while it trains: refused
-        busy = subprocess.run([sys.executable, "-m", "dreamfusion", *second], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert busy.returncode == 2, busy.stderr[-2000:]
-        assert busy.stderr.strip().splitlines() == [f"error: run folder '{run_dir}' is in use by process {killed.pid} "
-                                                    f"(training: {ROOT / 'tests' / 'paused_run.py'} 6 --config demo "
-                                                    f"{' '.join(args)} output_dir={tmp_path / 'killed'}): wait until "
-                                                    f"it ends (or stop it), then run this again"]
+    busy = subprocess.run([sys.executable, "-m", "dreamfusion", f"resume={run_dir}", "steps=12"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # while it trains: refused in one line
+    refusal = (f"run folder '{run_dir}' is in use by process {killed.pid} (training: "
+               f"{ROOT / 'tests' / 'paused_run.py'} 6 --config demo {' '.join(args)} "
+               f"output_dir={tmp_path / 'killed'}): wait until it ends (or stop it), then run this again")
+    assert busy.returncode == 2 and busy.stderr.strip().splitlines() == [f"error: {refusal}"], busy.stderr[-2000:]
+    with pytest.raises(RunFolderBusy) as refused:  # and so is an export of it
+        export_run_dir(run_dir, quiet=True)
+    assert str(refused.value) == refusal
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)
     assert killed.returncode == -signal.SIGKILL
