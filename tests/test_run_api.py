@@ -295,16 +295,18 @@ def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path)
 
     killed = _cli([*args, f"output_dir={tmp_path / 'killed'}"], env, pause="6")
     run_dir = _wait_for_pause(tmp_path / "killed", killed)
-    busy = subprocess.run([sys.executable, "-m", "dreamfusion", f"resume={run_dir}", "steps=12"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # while it trains: refused in one line
-    refusal = (f"run folder '{run_dir}' is in use by process {killed.pid} (training: "
-               f"{ROOT / 'tests' / 'paused_run.py'} 6 --config demo {' '.join(args)} "
-               f"output_dir={tmp_path / 'killed'}): wait until it ends (or stop it), then run this again")
-    assert busy.returncode == 2 and busy.stderr.strip().splitlines() == [f"error: {refusal}"], busy.stderr[-2000:]
-    with pytest.raises(RunFolderBusy) as refused:  # and so is an export of it
-        export_run_dir(run_dir, quiet=True)
-    assert str(refused.value) == refusal
-    os.kill(killed.pid, signal.SIGKILL)
+    try:
+        busy = subprocess.run([sys.executable, "-m", "dreamfusion", f"resume={run_dir}", "steps=12"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=600)  # while it trains: refused
+        refusal = (f"run folder '{run_dir}' is in use by process {killed.pid} (training: "
+                   f"{ROOT / 'tests' / 'paused_run.py'} 6 --config demo {' '.join(args)} "
+                   f"output_dir={tmp_path / 'killed'}): wait until it ends (or stop it), then run this again")
+        assert busy.returncode == 2 and busy.stderr.strip().splitlines() == [f"error: {refusal}"], busy.stderr[-2000:]
+        with pytest.raises(RunFolderBusy) as refused:  # and so is an export of it
+            export_run_dir(run_dir, quiet=True)
+        assert str(refused.value) == refusal
+    finally:  # the paused process never ends by itself
+        os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)
     assert killed.returncode == -signal.SIGKILL
     assert (run_dir / "paused").read_text() == "6\n"
