@@ -50,26 +50,33 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
     return out
 
 
+def imports(name: str, path: Path) -> list[tuple[str, list[str]]]:
+    """(module named, names imported from it) of every import of the module ``name`` at ``path``, also those inside
+    functions: ``import a.b`` -> ("a.b", []), ``from a.b import c, d`` -> ("a.b", ["c", "d"]), relative ones
+    resolved against the module's package."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            out.append((module, [alias.name for alias in node.names]))
+    return out
+
+
 def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """{module: the package modules it imports}, names resolved to the longest existing module."""
     mods = modules(root)
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                candidates = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
-                    prefix = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    prefix = node.module
-                candidates = [f"{prefix}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            for target in candidates:
+        for module, names in imports(name, path):
+            for target in [f"{module}.{n}" for n in names] or [module]:
                 while target and target not in mods:
                     target = target.rpartition(".")[0]
                 if target and target != name:
@@ -148,24 +155,8 @@ def unresolved_imports(root: Path = ROOT) -> set[tuple[str, str]]:
     ``root``: ``import a.b`` needs a.b, ``from a.b import c`` needs a.b. An editable install elsewhere would
     otherwise satisfy a stale import after a move, and the layer check drops names it cannot resolve."""
     mods = modules(root)
-    out = set()
-    for name, path in mods.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                needed = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
-                    needed = [".".join(base + ([node.module] if node.module else []))]
-                else:
-                    needed = [node.module]
-            else:
-                continue
-            for target in needed:
-                if target.split(".")[0] in ("dreamfusion", "render") and target not in mods:
-                    out.add((name, target))
-    return out
+    return {(name, module) for name, path in mods.items() for module, _ in imports(name, path)
+            if module.split(".")[0] in ("dreamfusion", "render") and module not in mods}
 
 
 def test_every_import_names_a_module_of_the_tree():
