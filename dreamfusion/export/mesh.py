@@ -17,7 +17,7 @@ import torch
 
 from dreamfusion.errors import UserError
 
-__all__ = ["density_grid", "optical_depth", "extract_mesh", "decimate"]
+__all__ = ["density_grid", "optical_depth", "surface_level", "extract_mesh", "decimate"]
 
 _LOG_EPS = 1e-6  # offset of the log of densities: densities are >= 0
 
@@ -133,6 +133,28 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target: int,
     return verts, faces
 
 
+def surface_level(grid: np.ndarray, spacing: float, bound: float, threshold: float | None = None,
+                  auto_optical_depth: float = 0.3) -> tuple[np.ndarray, float]:
+    """(values [R,R,R], level): the exported surface is ``values == level`` on the density grid of
+    ``density_grid`` (vertex spacing ``spacing``). threshold None -> the optical depth seen from outside at
+    ``auto_optical_depth``; else log density at log ``threshold``. A UserError when the field is empty there or
+    the threshold is not positive. The refine stage's conversion reads the same level (refine/convert.py)."""
+    if threshold is not None and threshold <= 0:
+        raise UserError(f"export.threshold must be a density > 0 (or null for automatic), got {threshold}")
+    if threshold is None:
+        values, level = optical_depth(grid, spacing), float(auto_optical_depth)
+        if not (values > level).any():
+            raise UserError(f"the field is empty at threshold auto (no point lies behind optical depth {level:g}; "
+                            f"largest density {grid.max():.4g}): train longer or set export.threshold=<density>")
+        return values, level
+    if not (grid > threshold).any():
+        raise _empty_error(grid, float(threshold), bound)
+    # Marching cubes runs on log(density + 1e-6) at log(level + 1e-6): the same level set (log is monotonic), but
+    # the linear interpolation along cell edges is far more accurate for densities that grow exponentially across
+    # the surface (exp / softplus activations), as fields' do.
+    return np.log(grid.astype(np.float64) + _LOG_EPS), float(np.log(float(threshold) + _LOG_EPS))
+
+
 def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: float, resolution: int,
                  threshold: float | None = None, min_component_ratio: float = 0.05,
                  decimate_faces: int = 0, auto_optical_depth: float = 0.3, chunk: int = 65536, *,
@@ -157,22 +179,8 @@ def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: floa
                         f"checkpoint has diverged; export an earlier one or retrain with a lower learning rate")
     if grid.min() < 0:
         raise ValueError(f"density_fn returned negative densities (min {grid.min():.4g}); densities are >= 0")
-    if threshold is not None and threshold <= 0:
-        raise UserError(f"export.threshold must be a density > 0 (or null for automatic), got {threshold}")
     h = 2.0 * bound / (resolution - 1)
-    if threshold is None:
-        values, level = optical_depth(grid, h), float(auto_optical_depth)
-        if not (values > level).any():
-            raise UserError(f"the field is empty at threshold auto (no point lies behind optical depth {level:g}; "
-                            f"largest density {grid.max():.4g}): train longer or set export.threshold=<density>")
-    else:
-        level = float(threshold)
-        if not (grid > level).any():
-            raise _empty_error(grid, level, bound)
-        # Marching cubes runs on log(density + 1e-6) at log(level + 1e-6): the same level set (log is
-        # monotonic), but the linear interpolation along cell edges is far more accurate for densities
-        # that grow exponentially across the surface (exp / softplus activations), as fields' do.
-        values, level = np.log(grid.astype(np.float64) + _LOG_EPS), float(np.log(level + _LOG_EPS))
+    values, level = surface_level(grid, h, bound, threshold, auto_optical_depth)
     # Pad with a value far below the level: the crossing on a padded edge sits on the last real vertex.
     far_below = level - 1e6 * max(float(values.max()) - level, 1.0)
     padded = np.pad(values, 1, mode="constant", constant_values=far_below)

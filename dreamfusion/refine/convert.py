@@ -14,23 +14,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..export.mesh import density_grid, optical_depth
+from ..export.mesh import density_grid, surface_level
 from ..fields.dmtet import DMTetField
 
 __all__ = ["coarse_sdf", "fit_texture", "convert_field"]
-
-_LOG_EPS = 1e-6
-
 
 def coarse_sdf(coarse, resolution: int, bound: float, *, threshold: float | None = None,
                auto_optical_depth: float = 0.3, device) -> Tensor:
     """SDF [(R + 1)^3] at the vertices of ``tet_grid(R)`` scaled to ``bound`` (x fastest), from the coarse field's
     density: negative where the exporter's surface encloses the point."""
     grid = density_grid(coarse.density, bound, resolution + 1, device=device)  # [x, y, z]
-    if threshold is None:
-        values, level = optical_depth(grid, 2.0 * bound / resolution), float(auto_optical_depth)
-    else:
-        values, level = np.log(grid.astype(np.float64) + _LOG_EPS), float(np.log(threshold + _LOG_EPS))
+    values, level = surface_level(grid, 2.0 * bound / resolution, bound, threshold, auto_optical_depth)
     sdf = np.clip(level - values, -1.0, 1.0).transpose(2, 1, 0).reshape(-1)  # tet order: x fastest
     return torch.as_tensor(np.ascontiguousarray(sdf), dtype=torch.float32, device=device)
 
