@@ -26,6 +26,8 @@ import math
 import torch
 from torch import Tensor
 
+from .tets import face_adjacency
+
 __all__ = ["clip_positions", "rasterize_mesh", "interpolate", "texture_lookup", "antialias"]
 
 _MIN_W = 1e-6
@@ -192,20 +194,6 @@ def _crossing(s: Tensor, origin: Tensor, step: Tensor) -> Tensor:
     return torch.stack(out, dim=1)
 
 
-def _adjacency(faces: Tensor) -> Tensor:
-    """[F, 3]: the face across edge k (the edge opposite vertex k) of each face, -1 on a boundary."""
-    n_faces = faces.shape[0]
-    edges = torch.stack([faces[:, [1, 2]], faces[:, [2, 0]], faces[:, [0, 1]]], dim=1).reshape(-1, 2)
-    edges = torch.sort(edges, dim=1).values
-    key = edges[:, 0] * (int(faces.max()) + 1) + edges[:, 1]
-    order = torch.argsort(key, stable=True)
-    same = key[order][1:] == key[order][:-1]  # consecutive equal keys: the two sides of one edge
-    adjacent = torch.full((3 * n_faces,), -1, dtype=torch.long, device=faces.device)
-    first, second = order[:-1][same], order[1:][same]
-    adjacent[first], adjacent[second] = second // 3, first // 3
-    return adjacent.view(n_faces, 3)
-
-
 def _facing(s: Tensor) -> Tensor:
     """Sign of the screen-space area of triangles ``s [N, 3, 2]``: +1 / -1 by winding (front or back facing)."""
     a, b, c = s[:, 0], s[:, 1], s[:, 2]
@@ -260,7 +248,7 @@ def antialias(color: Tensor, rast: dict[str, Tensor], pos: Tensor, faces: Tensor
     triangle, depth = rast["triangle"], torch.where(rast["mask"], rast["depth"], math.inf)
     batch, height, width = triangle.shape
     faces = faces.long()
-    adjacent = _adjacency(faces)
+    adjacent = face_adjacency(faces)
     screen = _screen(pos, height, width)  # [B, V, 2], with the graph
     flat = color.reshape(-1, color.shape[-1])
     delta = torch.zeros_like(flat)

@@ -20,7 +20,7 @@ import itertools
 import torch
 from torch import Tensor
 
-__all__ = ["tet_grid", "marching_tets"]
+__all__ = ["tet_grid", "marching_tets", "face_adjacency"]
 
 _EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))  # the six edges of a tetrahedron
 
@@ -111,3 +111,18 @@ def marching_tets(vertices: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor, 
         flip = (normal * (mid.mean(1) - centre_in)).sum(-1) < 0
     faces = torch.where(flip[:, None], faces[:, [0, 2, 1]], faces)
     return points, faces
+
+
+def face_adjacency(faces: Tensor) -> Tensor:
+    """[F, 3]: the face across edge k (the edge opposite vertex k) of each face of a triangle mesh, -1 on a
+    boundary (an edge of one face). The rasterizer walks it to silhouettes; the DMTet field pairs normals by it."""
+    n_faces = faces.shape[0]
+    edges = torch.stack([faces[:, [1, 2]], faces[:, [2, 0]], faces[:, [0, 1]]], dim=1).reshape(-1, 2)
+    edges = torch.sort(edges, dim=1).values
+    key = edges[:, 0] * (int(faces.max()) + 1) + edges[:, 1]
+    order = torch.argsort(key, stable=True)
+    same = key[order][1:] == key[order][:-1]  # consecutive equal keys: the two sides of one edge
+    adjacent = torch.full((3 * n_faces,), -1, dtype=torch.long, device=faces.device)
+    first, second = order[:-1][same], order[1:][same]
+    adjacent[first], adjacent[second] = second // 3, first // 3
+    return adjacent.view(n_faces, 3)

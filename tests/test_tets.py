@@ -70,3 +70,19 @@ def test_no_surface_gives_empty_mesh_and_shapes_are_checked():
     assert points.shape == (0, 3) and faces.shape == (0, 3)
     with pytest.raises(ValueError, match=r"sdf \[N\]"):
         marching_tets(vertices, torch.ones(3), tets)
+
+
+def test_face_adjacency_of_an_octahedron_and_a_sheet():
+    """Each face of a closed octahedron has three neighbours, each across the edge opposite the right vertex and
+    pointing back; a lone triangle has none."""
+    from render.tets import face_adjacency
+
+    faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    across = face_adjacency(faces)
+    for f in range(len(faces)):
+        for k in range(3):
+            g = int(across[f, k])
+            edge = {int(faces[f, (k + 1) % 3]), int(faces[f, (k + 2) % 3])}
+            assert edge <= set(faces[g].tolist()) and g != f
+            assert f in across[g].tolist()
+    assert face_adjacency(torch.tensor([[0, 1, 2]])).tolist() == [[-1, -1, -1]]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from render.tets import marching_tets, tet_grid
+from render.tets import face_adjacency, marching_tets, tet_grid
 
 from .base import Field
 from .decoder import check_points
@@ -102,16 +102,13 @@ def _face_normals(vertices: Tensor, faces: Tensor) -> Tensor:
 
 def normal_consistency(vertices: Tensor, faces: Tensor) -> Tensor:
     """Mean over the edges shared by two faces of 1 - cos(angle between their normals): 0 for a flat sheet."""
-    edges = torch.sort(faces[:, [0, 1, 1, 2, 2, 0]].view(-1, 2), dim=1).values  # [3K, 2]
-    owner = torch.arange(len(faces), device=faces.device).repeat_interleave(3)
-    key = edges[:, 0] * (int(edges.max()) + 1) + edges[:, 1]
-    order = torch.argsort(key, stable=True)
-    key, owner = key[order], owner[order]
-    pair = key[1:] == key[:-1]  # consecutive equal keys: the two faces of one edge
+    across = face_adjacency(faces)  # [K, 3]
+    own = torch.arange(len(faces), device=faces.device)[:, None].expand_as(across)
+    pair = across > own  # each shared edge once (boundary edges have -1)
     if not bool(pair.any()):
         return vertices.new_zeros(())
     normals = _face_normals(vertices, faces)
-    cos = (normals[owner[:-1][pair]] * normals[owner[1:][pair]]).sum(-1)
+    cos = (normals[own[pair]] * normals[across[pair]]).sum(-1)
     return (1 - cos).mean()
 
 
