@@ -39,12 +39,11 @@ def fit_texture(field: DMTetField, coarse, steps: int = 200, points: int = 8192,
         return 0.0
     params = list(field.encoding.parameters()) + list(field.mlp.parameters())
     optimizer = torch.optim.Adam(params, lr=lr)
-    loss = torch.zeros(())
+    draws = generator.device if generator is not None else surface.device  # where the generator draws
+    loss = 0.0
     for _ in range(steps):
-        pick = torch.randint(len(surface), (points,), generator=generator, device=generator.device
-                             if generator is not None else None).to(surface.device)
-        noise = torch.randn(points, 3, generator=generator, device=generator.device if generator is not None
-                            else None).to(surface)
+        pick = torch.randint(len(surface), (points,), generator=generator, device=draws).to(surface.device)
+        noise = torch.randn(points, 3, generator=generator, device=draws).to(surface)
         where = (surface[pick] + spread * noise).clamp(-field.bound, field.bound)
         with torch.no_grad():
             target = coarse(where)["albedo"][:, :field.albedo_channels]

@@ -35,4 +35,4 @@ class RandomCameras:
         c = self.cfg
         cams = sample_cameras(c.batch_size, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range,
                               generator=self.generator)
-        return Cameras(*(x.to(self.device) for x in cams)), render_size(step, self.render_cfg)
+        return cams.to(self.device), render_size(step, self.render_cfg)
