@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Cameras", "camera_position", "look_at", "sample_cameras", "orbit_cameras"]
+__all__ = ["Cameras", "camera_position", "look_at", "sample_cameras", "group_cameras", "orbit_cameras"]
 
 
 class Cameras(NamedTuple):
@@ -146,6 +146,18 @@ def sample_cameras(n: int, elevation_range: Sequence[float], azimuth_range: Sequ
     elevation, azimuth, distance, fovy_deg = lo + (hi - lo) * u
     azimuth = _wrap_azimuth(azimuth)
     return Cameras(_orbit_c2w(elevation, azimuth, distance), torch.deg2rad(fovy_deg), elevation, azimuth, distance)
+
+
+def group_cameras(cams: Cameras, n_views: int) -> Cameras:
+    """Each of ``cams``' B cameras as a group of ``n_views`` (B * n_views cameras, group by group): the same
+    elevation, distance and field of view, azimuths 360 / n_views degrees apart starting at the camera's own
+    (MVDream's four orthogonal views for n_views = 4)."""
+    if n_views < 1:
+        raise ValueError(f"group_cameras: n_views must be positive, got {n_views}")
+    step = 360.0 * torch.arange(n_views, device=cams.azimuth.device, dtype=cams.azimuth.dtype) / n_views
+    azimuth = _wrap_azimuth((cams.azimuth[:, None] + step).reshape(-1))
+    elevation, distance, fovy = (x.repeat_interleave(n_views) for x in (cams.elevation, cams.distance, cams.fovy))
+    return Cameras(_orbit_c2w(elevation, azimuth, distance), fovy, elevation, azimuth, distance)
 
 
 def orbit_cameras(n: int, elevation: float, distance: float, fovy: float, device=None) -> Cameras:

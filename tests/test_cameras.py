@@ -229,3 +229,37 @@ def test_rays_accept_float_fovy_and_check_shapes():
         generate_rays(c2w[0], 0.7, 3, 3)
     with pytest.raises(ValueError, match="fovy must be"):
         generate_rays(c2w, torch.tensor([0.7, 0.8]), 3, 3)
+
+
+def test_group_cameras_are_orthogonal_views_of_one_draw():
+    """MVDream's groups: four views 90 degrees apart in azimuth, one elevation / distance / fovy per group; the
+    positions of a group are the first one's rotated about the up axis (y) by 90 degrees each."""
+    from render.cameras import group_cameras
+
+    base = sample_cameras(3, **RANGES, generator=torch.Generator().manual_seed(1))
+    groups = group_cameras(base, 4)
+    assert groups.c2w.shape == (12, 4, 4)
+    for g in range(3):
+        views = groups.index(slice(4 * g, 4 * g + 4))
+        for k in range(4):
+            assert torch.allclose(views.elevation[k], base.elevation[g])
+            assert torch.allclose(views.distance[k], base.distance[g]) and torch.allclose(views.fovy[k], base.fovy[g])
+            angle = math.radians(90.0 * k)  # azimuth grows from +z towards +x: rotation about +y
+            rot = torch.tensor([[math.cos(angle), 0, math.sin(angle)], [0, 1, 0], [-math.sin(angle), 0, math.cos(angle)]])
+            assert torch.allclose(views.position[k], rot @ base.position[g], atol=1e-5)
+        assert torch.allclose(views.c2w[0], base.c2w[g], atol=1e-6)
+
+
+def test_random_cameras_sample_groups_from_config():
+    from dreamfusion.config import load_config
+    from dreamfusion.train.cameras import RandomCameras
+    from dreamfusion.errors import ConfigError
+
+    cfg = load_config("demo", ["camera.batch_size=8", "camera.n_views=4"])
+    cams, _ = RandomCameras(cfg.camera, cfg.render, torch.Generator().manual_seed(0), torch.device("cpu")).sample(0)
+    assert cams.c2w.shape[0] == 8
+    spacing = torch.remainder(cams.azimuth.view(2, 4)[:, 1:] - cams.azimuth.view(2, 4)[:, :-1], 360.0)
+    assert torch.allclose(spacing, torch.full_like(spacing, 90.0), atol=1e-4)
+    assert not torch.allclose(cams.elevation[0], cams.elevation[4])
+    with pytest.raises(ConfigError, match="multiple of camera.n_views"):
+        load_config("demo", ["camera.batch_size=6", "camera.n_views=4"])

@@ -516,3 +516,21 @@ def test_the_guidance_scale_convention_is_stated_where_users_set_it():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "`eps_u + s (eps_c - eps_u)`" in readme and "`guidance.guidance_scale=101` here" in readme
     assert "eps_u + s (eps_c - eps_u)" in help_text("run") and "its 100 is 101 here" in help_text("run")
+
+
+def test_multi_view_predictor_gets_one_t_per_group():
+    """A predictor with n_views = 4 (MVDream, the multi-view prior) denoises each group of four views at one t:
+    the rule draws batch / 4 times and repeats each four times; the noise stays per view."""
+    eps_u, eps_c = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    predictor = ConstantPredictor(eps_u, eps_c)
+    predictor.n_views, seen = 4, []
+    predictor.predict_noise = lambda x_t, t, cameras, cond: (seen.append(t) or (eps_u.expand_as(x_t),) * 2)
+    images = torch.rand(8, 4, 4, 3, requires_grad=True)
+    out = SDSGuidance(predictor, GuidanceConfig(guidance_scale=1.0, weighting="uniform"), "a red cube")(
+        images, None, 0, 10, torch.Generator().manual_seed(3))
+    out["loss_sds"].backward()
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(20, 981, (2,), generator=gen)
+    eps = torch.randn(8, 3, 4, 4, generator=gen)
+    assert torch.equal(seen[0], t.repeat_interleave(4))  # views 0-3 at t[0], views 4-7 at t[1]
+    assert torch.allclose(predictor.x0.grad, -eps / 8, atol=1e-6)  # grad = 0 - eps, per view

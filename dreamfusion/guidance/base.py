@@ -69,6 +69,9 @@ class NoisePredictor(Protocol):
 
     alphas_cumprod: Tensor
     """abar_t for t = 0 .. T-1, shape [T] (T = 1000 for Stable Diffusion)."""
+    n_views: int
+    """Optional (1 when absent): a multi-view model (MVDream, the multi-view prior) grades its batch in groups of
+    n_views consecutive views (camera.n_views); the SDS rule draws one t per group."""
 
     def encode(self, images: Tensor) -> Tensor:
         """images [B, H, W, 3] in [0, 1] -> x0 [B, C, h, w], differentiable."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from render.cameras import Cameras, sample_cameras
+from render.cameras import Cameras, group_cameras, sample_cameras
 
 __all__ = ["RandomCameras", "render_size"]
 
@@ -23,6 +23,8 @@ def render_size(step: int, cfg) -> tuple[int, int]:
 class RandomCameras:
     """camera.batch_size views per step drawn from the camera.* ranges with the run's generator (on the CPU, so
     a seed gives the same views on every device), moved to ``device``; the size from render.*'s schedule.
+    With camera.n_views > 1 (multi-view guidance) the views come in groups of n_views, one draw per group: the
+    group's views share elevation, distance and field of view, azimuths 360 / n_views degrees apart.
 
         cameras = RandomCameras(cfg.camera, cfg.render, generator, device)
         cams, (height, width) = cameras.sample(step)
@@ -33,6 +35,8 @@ class RandomCameras:
 
     def sample(self, step: int) -> tuple[Cameras, tuple[int, int]]:
         c = self.cfg
-        cams = sample_cameras(c.batch_size, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range,
-                              generator=self.generator)
+        cams = sample_cameras(c.batch_size // c.n_views, c.elevation_range, c.azimuth_range, c.distance_range,
+                              c.fovy_range, generator=self.generator)
+        if c.n_views > 1:
+            cams = group_cameras(cams, c.n_views)
         return cams.to(self.device), render_size(step, self.render_cfg)

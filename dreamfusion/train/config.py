@@ -17,7 +17,9 @@ class CameraConfig:
     """camera: where training cameras are drawn from, and the evaluation camera of previews and the video."""
 
     batch_size: int = ranged(1, "[1, inf)")
-    """Views rendered per step."""
+    """Views rendered per step (a multiple of n_views)."""
+    n_views: int = ranged(1, "[1, inf)")
+    """Views per group graded jointly: 4 for multi-view guidance (MVDream), 90 degrees apart; 1: single views."""
     elevation_range: List[float] = ranged([-10.0, 45.0], "[-90, 90]")
     """Training elevation range in degrees (min, max)."""
     azimuth_range: List[float] = ranged([-180.0, 180.0], "(-inf, inf)")
@@ -34,6 +36,9 @@ class CameraConfig:
     """Field of view of the orbit video and previews, degrees."""
 
     def check(self, root) -> None:
+        if self.batch_size % self.n_views:
+            raise ConfigError(f"camera.batch_size ({self.batch_size}) must be a multiple of camera.n_views "
+                              f"({self.n_views}): views come in groups of n_views")
         for key in ("elevation_range", "azimuth_range", "distance_range", "fovy_range"):
             value = getattr(self, key)
             if len(value) != 2 or value[0] > value[1]:

@@ -98,7 +98,8 @@ class SDSGuidance(FrozenGuidance):
         num_t = abar_all.shape[0]
 
         lo, hi = t_range(step, total_steps, cfg.t_min, cfg.t_max, cfg.t_anneal, cfg.t_max_end)
-        t = sample_timesteps(batch, lo, hi, num_t, generator).to(x0.device)
+        n_views = getattr(self.predictor, "n_views", 1)  # a multi-view model denoises each group at one t
+        t = sample_timesteps(batch // n_views, lo, hi, num_t, generator).repeat_interleave(n_views).to(x0.device)
         noise_device = generator.device if generator is not None else x0.device
         eps = torch.randn(x0.shape, generator=generator, device=noise_device).to(x0.device)
 
