@@ -15,7 +15,7 @@ from render.cameras import orbit_cameras
 
 from .config import Config
 from .errors import UserError
-from .export import (bake_albedo, colorize_depth, decimate, extract_mesh, normals_to_rgb, stack_panels, unwrap,
+from .export import (bake_albedo, clean_mesh, colorize_depth, decimate, extract_mesh, normals_to_rgb, stack_panels, unwrap,
                      vertex_colors, write_field_files, write_glb, write_obj, write_video)
 from .fields.base import field_device
 from .renderer import BakedField, eval_view, render_eval, rgb_view
@@ -53,11 +53,19 @@ def export_mesh(field, cfg: Config, run_dir: Path, timer: PhaseTimer | None = No
     """mesh/model.obj (+ .mtl, .png) and mesh/model.glb. ``density_fn`` (default ``field.density``) is what marching
     cubes samples: a BakedField of the same resolution gives the same grid without a second pass."""
     e, timer, device = cfg.export, timer or PhaseTimer(quiet=True), field_device(field)
-    with timer.phase("export.mesh", f"marching cubes on a {e.resolution}^3 density grid"):
-        vertices, faces = extract_mesh(density_fn or field.density, field.bound, e.resolution, threshold=e.threshold,
-                                       min_component_ratio=e.min_component_ratio, decimate_faces=e.decimate_faces,
-                                       auto_optical_depth=surface_optical_depth(field, e.auto_optical_depth),
-                                       device=device)
+    if hasattr(field, "surface"):  # a DMTet surface (the refine stage) is exported as it is
+        with timer.phase("export.mesh", "the DMTet surface (marching tetrahedra)"):
+            vertices, faces = (x.detach().cpu().numpy() for x in field.surface())
+            if len(faces) == 0:
+                raise UserError("the DMTet surface is empty: nothing to export (the refine stage lost the object; "
+                                "refine again with a lower optim.dmtet_lr)")
+            vertices, faces = clean_mesh(vertices, faces, e.min_component_ratio, e.decimate_faces)
+    else:
+        with timer.phase("export.mesh", f"marching cubes on a {e.resolution}^3 density grid"):
+            vertices, faces = extract_mesh(density_fn or field.density, field.bound, e.resolution,
+                                           threshold=e.threshold, min_component_ratio=e.min_component_ratio,
+                                           decimate_faces=e.decimate_faces, device=device,
+                                           auto_optical_depth=surface_optical_depth(field, e.auto_optical_depth))
     albedo_fn = lambda pts: field(pts)["albedo"]  # noqa: E731
     obj, glb = Path(run_dir) / MESH_OBJ, Path(run_dir) / MESH_GLB
     glb.parent.mkdir(exist_ok=True)
@@ -119,7 +127,7 @@ def export_run(field, cfg: Config, run_dir: Path, device, timer: PhaseTimer | No
         written.update(write_field_files(field, Path(run_dir)))  # triplane.npz, splats.ply
     view = rgb_view(field)  # a latent field (guidance.latent_render) is exported through latent_to_rgb
     video_field, e, grid = video_view, cfg.export, cfg.render.eval_grid
-    if video_field is None and grid:
+    if video_field is None and grid and not view.rasterized:
         with timer.phase("export.grid", f"density and albedo sampled once on a {grid}^3 grid for the video"):
             video_field = eval_view(field, grid)
     elif video_field is None:

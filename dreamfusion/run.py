@@ -31,7 +31,8 @@ from .io import atomic_write_text
 from .runfolder import (CHECKPOINT, CONFIG, REPORT, RunRecord, check_output_dir, fresh_run_dir, is_run_folder,
                         hold, make_run_dir, now, read_run_json, slugify, write_error_log)
 
-__all__ = ["run", "resume", "resume_config", "export", "load_run", "resolve_device", "RunResult", "LoadedRun"]
+__all__ = ["run", "resume", "resume_config", "refine", "refine_config", "export", "load_run", "resolve_device",
+           "RunResult", "LoadedRun"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -103,10 +104,14 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
             guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
         cfg, _ = prepare_kernels(cfg, device, timer)  # nerfacc / gsplat CUDA builds announced here, not mid-training
         if not resuming:
-            run_dir = make_run_dir(cfg.output_dir, slugify(cfg.prompt)) if run_dir is None else fresh_run_dir(run_dir)
+            slug = slugify(cfg.prompt) + ("-refine" if _converts(cfg) else "")
+            run_dir = make_run_dir(cfg.output_dir, slug) if run_dir is None else fresh_run_dir(run_dir)
             held.enter_context(hold(run_dir, "training"))
-        return _train_and_export(cfg, run_dir, device, timer, guidance, state if resuming else None, config_name,
-                                 overrides, quiet, should_stop, on_step)
+        result = _train_and_export(cfg, run_dir, device, timer, guidance, state if resuming else None, config_name,
+                                   overrides, quiet, should_stop, on_step)
+    if cfg.refine is not None:  # coarse then fine in one command: the refine run's result is the run's
+        return refine(result.run_dir, cfg.refine, quiet=quiet, should_stop=should_stop, on_step=on_step)
+    return result
 
 
 def _train_and_export(cfg: Config, run_dir: Path, device: torch.device, timer: PhaseTimer, guidance, state,
@@ -124,6 +129,8 @@ def _train_and_export(cfg: Config, run_dir: Path, device: torch.device, timer: P
     if not quiet:
         print(f"run folder: {run_dir}", file=sys.stderr)
     try:
+        if _converts(cfg) and not resuming:
+            _start_from_coarse(trainer.field, cfg, device, timer)
         with timer.phase("train"):
             row = trainer.fit(progress=not quiet, should_stop=should_stop, on_step=on_step)
         record.update(step=trainer.step, seconds=timer.seconds,
@@ -170,6 +177,57 @@ def resume(run_dir: str | Path, overrides: list[str] | tuple = (), **options) ->
     """Continue a run folder from its last checkpoint up to ``steps`` (``python -m dreamfusion resume=RUN_DIR``,
     and a batch's rerun): :func:`run` of :func:`resume_config`; ``options`` are run's."""
     return run(resume_config(run_dir, overrides), overrides=overrides, **options)
+
+
+def _converts(cfg: Config) -> bool:
+    """Whether the run starts from a coarse run's field (the refine stage)."""
+    return cfg.field.type == "dmtet" and cfg.field.dmtet.convert_from is not None
+
+
+def _start_from_coarse(field, cfg: Config, device: torch.device, timer: PhaseTimer) -> None:
+    """The refine stage's step 0: ``field`` (DMTet) takes the surface the coarse run's export extracts (its own
+    export.threshold / auto_optical_depth) and a texture fitted to its albedo (refine/convert.py)."""
+    from .artifacts import surface_optical_depth
+    from .refine import convert_into
+    from .renderer.views import rgb_view
+
+    coarse = load_run(cfg.field.dmtet.convert_from, device)
+    e, steps = coarse.cfg.export, cfg.field.dmtet.texture_fit_steps
+    with timer.phase("convert", f"the coarse run's surface and a texture fitted in {steps} steps"):
+        convert_into(field, rgb_view(coarse.field), threshold=e.threshold,
+                     auto_optical_depth=surface_optical_depth(coarse.field, e.auto_optical_depth),
+                     texture_steps=steps, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def default_refine_config(coarse: Config) -> str:
+    """The refine config that follows a coarse run: demo-refine under the embedded prior, gaussian-refine
+    (DreamGaussian's stage 2) after Gaussians, prolificdreamer-refine after VSD, else magic3d-refine."""
+    if coarse.guidance.model_kind == "prior":
+        return "demo-refine"
+    if coarse.field.type == "gaussian":
+        return "gaussian-refine"
+    return "prolificdreamer-refine" if coarse.guidance.type == "vsd" else "magic3d-refine"
+
+
+def refine_config(run_dir: str | Path, name: str | None = None, overrides: list[str] | tuple = ()) -> tuple[Config, str]:
+    """(config, its name) of the refine stage of ``run_dir``: the run's config.yaml, the refine config ``name``
+    over it (default_refine_config when None), ``overrides`` on top, and field.dmtet.convert_from = the run."""
+    run_dir = Path(run_dir)
+    if not is_run_folder(run_dir):
+        raise UserError(f"cannot refine '{run_dir}': it has no {CONFIG}; pass a run folder made by python -m dreamfusion")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise UserError(f"cannot refine '{run_dir}': it has no {CHECKPOINT} yet; resume it "
+                        f"(python -m dreamfusion resume={run_dir}) until its first checkpoint")
+    name = name or default_refine_config(load_run_config(run_dir / CONFIG))
+    cfg = load_run_config(run_dir / CONFIG, [*overrides, f"field.dmtet.convert_from={run_dir}"], config=name)
+    return replace(cfg, refine=None), name  # the coarse run's chained refine is this one
+
+
+def refine(run_dir: str | Path, name: str | None = None, overrides: list[str] | tuple = (), **options) -> RunResult:
+    """The refine stage of a finished run (``python -m dreamfusion refine RUN_DIR``): a new run folder under the
+    run's output_dir whose field starts as the run's surface and texture; :func:`run` of :func:`refine_config`."""
+    cfg, name = refine_config(run_dir, name, overrides)
+    return run(cfg, config_name=name, overrides=list(overrides), **options)
 
 
 def _failed(record: RunRecord, timer: PhaseTimer, exc: Exception, quiet: bool, **fields) -> UserError:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from types import SimpleNamespace
 
 import torch
 
-from dreamfusion.fields.config import FieldConfig
+from dreamfusion.fields.config import DMTetConfig, FieldConfig
 from dreamfusion.fields.dmtet import DMTetField, laplacian, normal_consistency
 from dreamfusion.renderer.mesh import render_mesh, vertex_normals
 from render.cameras import look_at, Cameras
@@ -17,8 +16,8 @@ from render.cameras import look_at, Cameras
 
 def _field(resolution=24, radius=0.5):
     base = FieldConfig()
-    cfg = SimpleNamespace(bound=1.0, hidden_dim=16, hashgrid=replace(base.hashgrid, n_levels=4, log2_hashmap_size=12),
-                          dmtet=SimpleNamespace(resolution=resolution, max_deform=0.5, init_radius=radius))
+    cfg = replace(base, hidden_dim=16, hashgrid=replace(base.hashgrid, n_levels=4, log2_hashmap_size=12),
+                  dmtet=DMTetConfig(resolution=resolution, max_deform=0.5, init_radius=radius))
     torch.manual_seed(0)
     return DMTetField(cfg)
 

@@ -4,14 +4,13 @@ exporter's mesh of the same field) and the texture fitted to the coarse albedo."
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from dreamfusion.export.mesh import extract_mesh
 from dreamfusion.fields.base import Field
-from dreamfusion.fields.config import FieldConfig
+from dreamfusion.fields.config import DMTetConfig, FieldConfig
 from dreamfusion.refine.convert import coarse_sdf, convert_field
 from dreamfusion.world.primitives import sdf as shape_sdf
 from dreamfusion.world.scores import mesh_occupancy
@@ -31,8 +30,8 @@ class ShapeField(Field):
 
 def _cfg(resolution):
     base = FieldConfig()
-    return SimpleNamespace(bound=1.0, hidden_dim=16, hashgrid=replace(base.hashgrid, n_levels=4, log2_hashmap_size=12),
-                           dmtet=SimpleNamespace(resolution=resolution, max_deform=0.5, init_radius=0.5))
+    return replace(base, hidden_dim=16, hashgrid=replace(base.hashgrid, n_levels=4, log2_hashmap_size=12),
+                   dmtet=DMTetConfig(resolution=resolution, max_deform=0.5, init_radius=0.5))
 
 
 def _iou(a, b):

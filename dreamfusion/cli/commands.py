@@ -40,6 +40,12 @@ def cmd_export(args: Namespace) -> Path:
     return run_dir
 
 
+def cmd_refine(args: Namespace) -> Path:
+    from ..run import refine
+
+    return refine(Path(args.run_dir), args.config, args.settings).run_dir
+
+
 def cmd_eval(args: Namespace) -> int:
     from ..clip_eval import evaluate_runs
 
@@ -83,5 +89,5 @@ def cmd_batch(args: Namespace) -> int:
     return 0 if c["done"] == len(batch["runs"]) else 1
 
 
-HANDLERS = {"run": cmd_run, "export": cmd_export, "eval": cmd_eval, "view": cmd_view, "report": cmd_report,
+HANDLERS = {"run": cmd_run, "export": cmd_export, "refine": cmd_refine, "eval": cmd_eval, "view": cmd_view, "report": cmd_report,
             "preview": cmd_preview, "batch": cmd_batch}

@@ -40,6 +40,12 @@ COMMANDS = (
     Command("export", "mesh and video again from a run's checkpoint, without the diffusion model",
             "export RUN_DIR [key=value ...]",
             (f"{PROG} export RUN_DIR export.resolution=256", f"{PROG} export RUN_DIR export.texture=vertex")),
+    Command("refine", "the refine stage of a finished run: its surface as a textured mesh, rasterized and optimized",
+            "refine RUN_DIR [--config NAME|PATH] [key=value ...]",
+            (f"{PROG} refine RUN_DIR --config demo-refine", f"{PROG} refine RUN_DIR steps=5000"),
+            "Starts a new run folder (under the run's output_dir) from the run's exported surface and albedo; without\n"
+            "--config the refine config follows the run: demo-refine (embedded prior), gaussian-refine, prolificdreamer-\n"
+            "refine (VSD) or magic3d-refine. The new run folder is the last line printed."),
     Command("eval", "CLIP score and R-precision of finished runs, with a CLIP other than the guidance one",
             "eval RUN_DIR [RUN_DIR ...] --clip-model ID_OR_FOLDER [--views N] [--resolution PX] [--json PATH] "
             "[--device auto|cpu|cuda]",
@@ -158,9 +164,10 @@ def _settings(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("settings", nargs="*", metavar="key=value", help=what)
 
 
-def _config(parser: argparse.ArgumentParser, where: str = "python -m dreamfusion run --help lists them") -> None:
+def _config(parser: argparse.ArgumentParser, where: str = "python -m dreamfusion run --help lists them",
+            without: str = "dreamfusion") -> None:
     parser.add_argument("--config", metavar="NAME|PATH", default=None,
-                        help=f"a config by name ({where}) or a YAML file; without it: dreamfusion")
+                        help=f"a config by name ({where}) or a YAML file; without it: {without}")
 
 
 def _run_dir(parser: argparse.ArgumentParser, what: str = "a run folder made by python -m dreamfusion") -> None:
@@ -175,6 +182,11 @@ def _add_options(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "export":
         _run_dir(p)
         _settings(p, "settings for this export on top of the run's config.yaml, e.g. export.resolution=256")
+    elif name == "refine":
+        _run_dir(p)
+        _config(p, without="the one that follows the run (demo-refine, gaussian-refine, prolificdreamer-refine or "
+                           "magic3d-refine)")
+        _settings(p, "settings on top of the run's config.yaml and the refine config, e.g. steps=2000")
     elif name == "eval":
         p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders to score (their prompts compete "
                        "for R-precision)")
@@ -230,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(command: str, parser: _Parser, ns: argparse.Namespace) -> None:
     """What argparse cannot say: a missing RUN_DIR, one prompts file, eval's required runs and CLIP."""
-    if "run_dir" in ns and (ns.run_dir is None or (command == "export" and "=" in ns.run_dir)):
+    if "run_dir" in ns and (ns.run_dir is None or (command in ("export", "refine") and "=" in ns.run_dir)):
         parser.error(f"{command} needs RUN_DIR, a run folder made by {PROG}")
     if command == "eval":
         if not ns.runs:

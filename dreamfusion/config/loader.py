@@ -229,8 +229,8 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.create({FORMAT_KEY: CONFIG_FORMAT, **escaped(asdict(cfg))}))
 
 
-def load_run_config(path: Path, overrides: list[str] | None = None) -> Config:
+def load_run_config(path: Path, overrides: list[str] | None = None, config: str | None = None) -> Config:
     """The resolved config.yaml of a run folder (of any earlier format: migrations.py), with optional overrides
-    on top."""
+    on top; ``config`` (a name or YAML file, e.g. the refine stage's) is merged over it before the overrides."""
     cfg = _merge(_structured(), _upgraded(_load_yaml(Path(path)), str(path), unnumbered=1), str(path))
-    return load_config(None, overrides, base=cfg)
+    return load_config(config, overrides, base=cfg)

@@ -13,15 +13,17 @@ from __future__ import annotations
 from dataclasses import field as dc_field
 from typing import Optional
 
+from ..errors import ConfigError
 from ..export.config import ExportConfig
-from ..fields.config import LATENT_NEEDS_VOLUME, FieldConfig, GaussianConfig, HashGridConfig, TriplaneConfig
+from ..fields.config import (LATENT_NEEDS_VOLUME, DMTetConfig, FieldConfig, GaussianConfig, HashGridConfig,
+                             TriplaneConfig)
 from ..guidance.config import (ClipConfig, DeepFloydConfig, GuidanceConfig, PerpNegConfig, PriorConfig,
                                StableDiffusionConfig, VSDConfig)
 from ..renderer.config import RenderConfig
 from ..settings import choice, choices_of, ranged, section
 from ..train.config import CameraConfig, GaussianOptimConfig, LossConfig, OptimConfig
 
-__all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "CameraConfig",
+__all__ = ["Config", "FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "DMTetConfig", "CameraConfig",
            "RenderConfig", "GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "OptimConfig", "GaussianOptimConfig",
            "LossConfig", "ExportConfig", "CHOICES", "LATENT_NEEDS_VOLUME",
            "DeepFloydConfig", "StableDiffusionConfig"]
@@ -44,6 +46,8 @@ class Config:
     """auto, cpu or cuda."""
     resume: Optional[str] = None
     """A run folder to continue from its last checkpoint."""
+    refine: Optional[str] = None
+    """A refine config run on this run's folder once it is done (e.g. demo-refine): coarse then fine in one command."""
     checkpoint_every: int = ranged(500, "[1, inf)")
     """Write the checkpoint every N steps (and at the end or on interrupt)."""
     preview_every: int = ranged(500, "[0, inf)")
@@ -61,6 +65,16 @@ class Config:
     optim: OptimConfig = dc_field(default_factory=OptimConfig)
     loss: LossConfig = dc_field(default_factory=LossConfig)
     export: ExportConfig = dc_field(default_factory=ExportConfig)
+
+    def check(self, root) -> None:
+        """A chained refine config must exist before the coarse run spends its time."""
+        if self.refine is not None:
+            from .loader import resolve_config_path  # the loader imports this module
+
+            try:
+                resolve_config_path(self.refine)
+            except ConfigError as exc:
+                raise ConfigError(f"refine={self.refine}: {exc}") from None
 
 
 CHOICES: dict[str, tuple[str, ...]] = choices_of(Config)

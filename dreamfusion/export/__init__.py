@@ -12,13 +12,13 @@ A field's own files (triplane.npz, splats.ply) are ``write_field_files(field, ru
 one function here that knows the field classes.
 """
 from dreamfusion.export.field_files import write_field_files
-from dreamfusion.export.mesh import decimate, density_grid, extract_mesh, optical_depth
+from dreamfusion.export.mesh import clean_mesh, decimate, density_grid, extract_mesh, optical_depth
 from dreamfusion.export.texture import bake_albedo, bake_texture, unwrap, vertex_colors
 from dreamfusion.export.video import colorize_depth, normals_to_rgb, stack_panels, write_video
 from dreamfusion.export.writers import write_glb, write_obj
 
 __all__ = [
-    "density_grid", "optical_depth", "extract_mesh", "decimate",
+    "density_grid", "optical_depth", "extract_mesh", "clean_mesh", "decimate",
     "vertex_colors", "unwrap", "bake_albedo", "bake_texture",
     "write_obj", "write_glb",
     "write_video", "stack_panels", "colorize_depth", "normals_to_rgb",

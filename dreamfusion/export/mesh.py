@@ -17,7 +17,7 @@ import torch
 
 from dreamfusion.errors import UserError
 
-__all__ = ["density_grid", "optical_depth", "surface_level", "extract_mesh", "decimate"]
+__all__ = ["density_grid", "optical_depth", "surface_level", "extract_mesh", "clean_mesh", "decimate"]
 
 _LOG_EPS = 1e-6  # offset of the log of densities: densities are >= 0
 
@@ -192,7 +192,14 @@ def extract_mesh(density_fn: Callable[[torch.Tensor], torch.Tensor], bound: floa
     # skimage's winding depends on the gradient convention; make it outward by the oracle itself.
     if _signed_volume(verts, faces) < 0:
         faces = faces[:, ::-1].copy()
+    return clean_mesh(verts, faces, min_component_ratio, decimate_faces)
+
+
+def clean_mesh(vertices: np.ndarray, faces: np.ndarray, min_component_ratio: float = 0.0,
+               decimate_faces: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An outward surface as exported: components under ``min_component_ratio`` of the largest one's faces dropped,
+    then decimated to ``decimate_faces`` (0: kept); float32 vertices, int64 faces."""
     if min_component_ratio > 0:
-        verts, faces = _keep_large_components(verts, faces, min_component_ratio)
-    verts, faces = decimate(verts, faces, decimate_faces)
-    return verts.astype(np.float32), np.ascontiguousarray(faces, dtype=np.int64)
+        vertices, faces = _keep_large_components(vertices, faces, min_component_ratio)
+    vertices, faces = decimate(vertices, faces, decimate_faces)
+    return vertices.astype(np.float32), np.ascontiguousarray(faces, dtype=np.int64)

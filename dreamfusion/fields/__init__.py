@@ -14,19 +14,20 @@ from ..errors import ConfigError
 from ..settings import check_choice
 from .base import Field
 from .config import LATENT_NEEDS_VOLUME, FieldConfig
+from .dmtet import DMTetField
 from .gaussian import GaussianField
 from .hashgrid import HashGrid, make_hashgrid
 from .nerf import NeRFField
 from .triplane import TriplaneField
 
-__all__ = ["build_field", "Field", "FieldConfig", "NeRFField", "TriplaneField", "GaussianField", "HashGrid",
-           "make_hashgrid"]
+__all__ = ["build_field", "Field", "FieldConfig", "NeRFField", "TriplaneField", "GaussianField", "DMTetField",
+           "HashGrid", "make_hashgrid"]
 
 
 def build_field(cfg: FieldConfig, device: torch.device | str = "cpu", albedo_channels: int = 3) -> Field:
     """The field named by ``cfg.type``, on ``device``; ``albedo_channels=4`` renders Stable Diffusion latents
     (guidance.latent_render; NeRF and tri-plane only)."""
-    fields = {"nerf": NeRFField, "triplane": TriplaneField, "gaussian": GaussianField}
+    fields = {"nerf": NeRFField, "triplane": TriplaneField, "gaussian": GaussianField, "dmtet": DMTetField}
     kind = check_choice(cfg, "type", "field.type")
     if kind == "gaussian":  # colours are SH coefficients: RGB only
         if albedo_channels != 3:

@@ -29,6 +29,8 @@ class Field(nn.Module):
     """Half side of the scene cube [-bound, bound]^3; density is 0 outside it."""
     albedo_channels: int = 3
     """3 (RGB in [0, 1]) or 4 (Stable Diffusion latents, guidance.latent_render)."""
+    rasterized: bool = False
+    """True for fields drawn by rasterization (splats, DMTet surfaces): no sampler, no baking, no empty space to skip."""
     surface_optical_depth: float = 0.3
     """Optical depth seen from outside at which the exported mesh surface lies (export.auto_optical_depth: null)."""
 

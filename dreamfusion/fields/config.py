@@ -6,13 +6,14 @@ Declared next to the fields with ``dreamfusion.settings``; ``config/schema.py`` 
 from __future__ import annotations
 
 from dataclasses import field as dc_field
+from typing import Optional
 
 from ..errors import ConfigError
 from ..settings import choice, ranged, section
 
-__all__ = ["FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "LATENT_NEEDS_VOLUME"]
+__all__ = ["FieldConfig", "HashGridConfig", "TriplaneConfig", "GaussianConfig", "DMTetConfig", "LATENT_NEEDS_VOLUME"]
 
-LATENT_NEEDS_VOLUME = ("guidance.latent_render needs field.type=nerf or triplane (Gaussians carry RGB colours): "
+LATENT_NEEDS_VOLUME = ("guidance.latent_render needs field.type=nerf or triplane (Gaussians and DMTet surfaces carry RGB colours): "
                        "set guidance.latent_render=false")
 
 
@@ -81,11 +82,30 @@ class GaussianConfig:
 
 
 @section
+class DMTetConfig:
+    """field.dmtet: the refine stage's surface (DMTet: an SDF and a deformation on a tetrahedral grid, marching
+    tetrahedra, rasterized; Magic3D's fine stage) and where it starts from."""
+
+    resolution: int = ranged(128, "[2, inf)")
+    """Cubes per side of the tetrahedral grid, six tetrahedra each (threestudio magic3d-refine: 128)."""
+    max_deform: float = ranged(0.5, "[0, inf)")
+    """Largest move of a grid vertex, in cells (stable-dreamfusion --dmtet: tanh(d) / 128 over [-1, 1], half a cell)."""
+    init_radius: float = ranged(0.5, "(0, inf)")
+    """Radius of the sphere the SDF starts as when convert_from is unset."""
+    train_geometry: bool = True
+    """Train the SDF and the deformation; false keeps the converted surface and trains the texture only (DreamGaussian stage 2)."""
+    convert_from: Optional[str] = None
+    """Run folder whose field starts this one (set by python -m dreamfusion refine RUN_DIR): its exported surface and albedo."""
+    texture_fit_steps: int = ranged(200, "[0, inf)")
+    """Adam steps fitting the texture to the coarse run's albedo at conversion (0: the texture starts untrained)."""
+
+
+@section
 class FieldConfig:
     """field: the 3D representation; hidden_dim .. blob_radius are the MLP decoder shared by nerf and triplane."""
 
-    type: str = choice("nerf", ("nerf", "triplane", "gaussian"))
-    """The 3D representation: nerf (hash-grid NeRF), triplane, or gaussian."""
+    type: str = choice("nerf", ("nerf", "triplane", "gaussian", "dmtet"))
+    """The 3D representation: nerf (hash-grid NeRF), triplane, gaussian, or dmtet (the refine stage's surface)."""
     bound: float = ranged(1.0, "(0, inf)")
     """Half side of the scene cube [-bound, bound]^3 that holds the object."""
     hidden_dim: int = ranged(64, "[1, inf)")
@@ -101,8 +121,12 @@ class FieldConfig:
     hashgrid: HashGridConfig = dc_field(default_factory=HashGridConfig)
     triplane: TriplaneConfig = dc_field(default_factory=TriplaneConfig)
     gaussian: GaussianConfig = dc_field(default_factory=GaussianConfig)
+    dmtet: DMTetConfig = dc_field(default_factory=DMTetConfig)
 
     def check(self, root) -> None:
         """Rules across sections: a latent render (guidance.latent_render) needs a volumetric field."""
-        if root.guidance.latent_render and self.type == "gaussian":
+        if root.guidance.latent_render and self.type in ("gaussian", "dmtet"):
             raise ConfigError(LATENT_NEEDS_VOLUME)
+        if self.dmtet.convert_from is not None and self.type != "dmtet":
+            raise ConfigError(f"field.dmtet.convert_from starts a DMTet surface but field.type is {self.type}: "
+                              f"set field.type=dmtet (python -m dreamfusion refine RUN_DIR does)")

@@ -35,6 +35,8 @@ class DMTetField(Field):
     ``albedo(points [M, 3]) -> [M, C]``; ``forward`` gives the albedo and a density read off the SDF for the
     volumetric callers (a sharp step at the surface, for export's and the scores' inside tests)."""
 
+    rasterized = True
+
     def __init__(self, cfg, device: torch.device | str = "cpu", albedo_channels: int = 3):
         super().__init__()
         settings = cfg.dmtet
@@ -49,6 +51,9 @@ class DMTetField(Field):
         # a sphere of radius init_radius until a coarse run's SDF is loaded (conversion)
         self.sdf = nn.Parameter(grid.norm(dim=-1) * self.bound - float(settings.init_radius))
         self.deformation = nn.Parameter(torch.zeros_like(grid))
+        self.train_geometry = bool(settings.train_geometry)  # false: texture only (DreamGaussian's stage 2)
+        self.sdf.requires_grad_(self.train_geometry)
+        self.deformation.requires_grad_(self.train_geometry)
         self.encoding = make_hashgrid(cfg, device)
         width = cfg.hidden_dim
         self.mlp = nn.Sequential(nn.Linear(self.encoding.output_dim, width), nn.ReLU(inplace=True),
@@ -81,14 +86,15 @@ class DMTetField(Field):
         return {"density": inside.to(points.dtype) * 1e3, "albedo": self.albedo(points)}
 
     def param_groups(self, optim_cfg) -> list[dict]:
-        """Adam groups: the SDF and the deformation at ``optim.dmtet_lr``, the texture's hash table at
-        ``encoding_lr`` and its MLP at ``network_lr``."""
-        return [{"name": "geometry", "params": [self.sdf, self.deformation], "lr": optim_cfg.dmtet_lr},
-                {"name": "encoding", "params": list(self.encoding.parameters()), "lr": optim_cfg.encoding_lr},
-                {"name": "network", "params": list(self.mlp.parameters()), "lr": optim_cfg.network_lr}]
+        """Adam groups: the SDF and the deformation at ``optim.dmtet_lr`` (unless the geometry is fixed), the
+        texture's hash table at ``encoding_lr`` and its MLP at ``network_lr``."""
+        geometry = [{"name": "geometry", "params": [self.sdf, self.deformation], "lr": optim_cfg.dmtet_lr}]
+        return (geometry if self.train_geometry else []) + [
+            {"name": "encoding", "params": list(self.encoding.parameters()), "lr": optim_cfg.encoding_lr},
+            {"name": "network", "params": list(self.mlp.parameters()), "lr": optim_cfg.network_lr}]
 
     def regularizers(self) -> dict[str, Tensor]:
-        if self._surface is None or len(self._surface[1]) == 0:
+        if not self.train_geometry or self._surface is None or len(self._surface[1]) == 0:
             return {}
         vertices, faces = self._surface
         return {"loss_normal_consistency": normal_consistency(vertices, faces),

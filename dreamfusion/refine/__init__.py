@@ -3,4 +3,10 @@
 
     convert.py   the coarse field -> the DMTet SDF at the exporter's surface level, and the texture fitted to the
                  coarse albedo, so that the refine stage starts from the coarse run's mesh
+
+The stage as users run it (``python -m dreamfusion refine RUN_DIR``) is run.py's ``refine``.
 """
+
+from .convert import coarse_sdf, convert_field, convert_into, fit_texture
+
+__all__ = ["coarse_sdf", "convert_field", "convert_into", "fit_texture"]

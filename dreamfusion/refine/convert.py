@@ -17,7 +17,7 @@ from torch import Tensor
 from ..export.mesh import density_grid, surface_level
 from ..fields.dmtet import DMTetField
 
-__all__ = ["coarse_sdf", "fit_texture", "convert_field"]
+__all__ = ["coarse_sdf", "fit_texture", "convert_into", "convert_field"]
 
 def coarse_sdf(coarse, resolution: int, bound: float, *, threshold: float | None = None,
                auto_optical_depth: float = 0.3, device) -> Tensor:
@@ -54,13 +54,24 @@ def fit_texture(field: DMTetField, coarse, steps: int = 200, points: int = 8192,
     return float(loss)
 
 
-def convert_field(coarse, cfg, *, threshold: float | None = None, auto_optical_depth: float = 0.3,
-                  texture_steps: int = 200, generator: torch.Generator | None = None, device) -> DMTetField:
-    """A DMTetField (``cfg``: the field section with its ``dmtet`` group) whose surface is the coarse field's
-    exported surface and whose texture follows the coarse albedo."""
-    field = DMTetField(cfg, device, albedo_channels=getattr(coarse, "albedo_channels", 3))
+def convert_into(field: DMTetField, coarse, *, threshold: float | None = None, auto_optical_depth: float = 0.3,
+                 texture_steps: int = 200, generator: torch.Generator | None = None) -> DMTetField:
+    """``field`` (a DMTetField) given the coarse field's exported surface as its SDF (the deformation reset to 0)
+    and, after ``texture_steps`` Adam steps, a texture that follows the coarse albedo; returns ``field``."""
+    device = field.sdf.device
     with torch.no_grad():
         field.sdf.copy_(coarse_sdf(coarse, field.resolution, field.bound, threshold=threshold,
                                    auto_optical_depth=auto_optical_depth, device=device))
-    fit_texture(field, coarse, steps=texture_steps, generator=generator)
+        field.deformation.zero_()
+    if texture_steps > 0:
+        fit_texture(field, coarse, steps=texture_steps, generator=generator)
     return field
+
+
+def convert_field(coarse, cfg, *, threshold: float | None = None, auto_optical_depth: float = 0.3,
+                  texture_steps: int = 200, generator: torch.Generator | None = None, device) -> DMTetField:
+    """A new DMTetField (``cfg``: the field section with its ``dmtet`` group) whose surface is the coarse field's
+    exported surface and whose texture follows the coarse albedo (:func:`convert_into`)."""
+    field = DMTetField(cfg, device, albedo_channels=getattr(coarse, "albedo_channels", 3))
+    return convert_into(field, coarse, threshold=threshold, auto_optical_depth=auto_optical_depth,
+                        texture_steps=texture_steps, generator=generator)

@@ -11,7 +11,6 @@ from render.volume_nerfacc import make_estimator, nerfacc_available, update_esti
 
 from ..errors import ConfigError
 from ..fields.base import field_device
-from ..fields.gaussian import GaussianField
 from .baked import BakedField
 
 __all__ = ["occupancy_grid", "skip_grid", "make_sampler", "update_sampler"]
@@ -37,10 +36,10 @@ def occupancy_grid(field, n_samples: int, resolution: int = 64, min_alpha: float
 
 
 def skip_grid(field, n_samples: int) -> Tensor | None:
-    """Occupancy cells [R, R, R] that rendering without a graph (video, previews) may skip, or None: splats are
-    rasterized (no empty space to skip), and a foggy field gains little. A BakedField's grid is made once per
-    n_samples (the field is frozen)."""
-    if isinstance(field, GaussianField):
+    """Occupancy cells [R, R, R] that rendering without a graph (video, previews) may skip, or None: splats and
+    DMTet surfaces are rasterized (no empty space to skip), and a foggy field gains little. A BakedField's grid is
+    made once per n_samples (the field is frozen)."""
+    if field.rasterized:
         return None
     if isinstance(field, BakedField):
         if n_samples not in field.skip_grids:
@@ -57,7 +56,7 @@ def _skip_grid(field, n_samples: int) -> Tensor | None:
 def make_sampler(sampler: str, field, device: torch.device):
     """The nerfacc occupancy-grid estimator of training's ray marching, or None (the torch sampler): render.sampler
     = nerfacc, or auto on CUDA when nerfacc imports; never for splats."""
-    if isinstance(field, GaussianField) or sampler == "torch":
+    if field.rasterized or sampler == "torch":
         return None
     if sampler == "nerfacc" and device.type != "cuda":
         raise ConfigError("render.sampler=nerfacc needs a CUDA device: use render.sampler=torch on CPU")

@@ -2,8 +2,8 @@
 grid (render.eval_grid) for fast rendering without a graph.
 
 A latent field (guidance.latent_render: albedo is Stable Diffusion's 4 latent channels) is seen through
-``latent_to_rgb`` (render/latent.py), a fixed linear map; splats rasterize faster than a grid renders, so
-they are never baked.
+``latent_to_rgb`` (render/latent.py), a fixed linear map; splats and DMTet surfaces rasterize faster than a grid
+renders, so they are never baked.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from render.latent import LATENT_CHANNELS, latent_to_rgb
 
 from ..fields.base import Field
-from ..fields.gaussian import GaussianField
 from .baked import BakedField
 
 __all__ = ["LatentAsRGB", "rgb_view", "eval_view"]
@@ -48,6 +47,6 @@ def rgb_view(field: nn.Module) -> nn.Module:
 
 def eval_view(field: nn.Module, grid: int) -> nn.Module:
     """The field as previews and the orbit video see it: in RGB (:func:`rgb_view`) and, with render.eval_grid =
-    grid > 0, sampled once on a grid^3 grid (:class:`BakedField`; splats stay themselves)."""
+    grid > 0, sampled once on a grid^3 grid (:class:`BakedField`; rasterized fields stay themselves)."""
     view = rgb_view(field)
-    return BakedField.bake(view, grid) if grid and not isinstance(view, GaussianField) else view
+    return BakedField.bake(view, grid) if grid and not view.rasterized else view

@@ -75,6 +75,8 @@ class OptimConfig:
     """Adam learning rate of the MLPs."""
     triplane_lr: float = ranged(0.02, "[0, inf)")
     """Adam learning rate of the tri-plane feature planes."""
+    dmtet_lr: float = ranged(0.01, "[0, inf)")
+    """Adam learning rate of a DMTet surface's SDF and deformation (threestudio magic3d-refine: 0.01)."""
     background_lr: float = ranged(0.001, "[0, inf)")
     """Adam learning rate of the learned background."""
     lr_warmup_steps: int = ranged(0, "[0, inf)")
@@ -110,5 +112,9 @@ class LossConfig:
     """Weight of the binary entropy of the opacity."""
     tv: float = ranged(0.0, "[0, inf)")
     """Weight of the total-variation regulariser of tri-planes."""
+    normal_consistency: float = ranged(0.0, "[0, inf)")
+    """Weight of a DMTet surface's normal consistency, mean 1 - cos between adjacent faces (magic3d-refine: 1e4)."""
+    laplacian: float = ranged(0.0, "[0, inf)")
+    """Weight of a DMTet surface's uniform Laplacian smoothing (stable-dreamfusion --dmtet: 0.5)."""
     lora: float = ranged(1.0, "[0, inf)")
     """Weight of the VSD LoRA's denoising loss (guidance.vsd; it trains the LoRA only)."""
