@@ -120,8 +120,10 @@ def normal_consistency(vertices: Tensor, faces: Tensor) -> Tensor:
 
 def laplacian(vertices: Tensor, faces: Tensor) -> Tensor:
     """Mean squared length of the uniform Laplacian: each vertex against the mean of its edge neighbours."""
-    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    edges = torch.unique(torch.sort(edges, dim=1).values, dim=0)
+    edges = torch.sort(torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), dim=1).values
+    n = len(vertices)
+    key = torch.unique(edges[:, 0] * n + edges[:, 1])  # each undirected edge once (1-D: unique(dim=0) is slow)
+    edges = torch.stack([key // n, key % n], dim=1)
     both = torch.cat([edges, edges.flip(1)])  # each undirected edge from both ends
     total = torch.zeros_like(vertices).index_add(0, both[:, 0], vertices[both[:, 1]])
     count = torch.zeros(len(vertices), device=vertices.device, dtype=vertices.dtype).index_add(
