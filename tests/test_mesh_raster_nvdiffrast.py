@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import import_oracle
+from conftest import require_oracle
 from test_dmtet import _cameras, _field
 from test_mesh_raster import _brute_force, _edge_pixels, _scene, _square
 
@@ -22,15 +22,14 @@ from dreamfusion.renderer.config import RenderConfig
 from dreamfusion.renderer.mesh import pick_mesh_rasterizer, render_mesh
 from render.cameras import sample_cameras
 from render.mesh_raster import antialias, clip_positions, interpolate, rasterize_mesh
-from render.mesh_raster_nvdiffrast import (antialias_nvdiffrast, from_nvdiffrast, interpolate_nvdiffrast,
-                                           rasterize_mesh_nvdiffrast)
+from render.mesh_raster_nvdiffrast import (NVDIFFRAST_INSTALL, antialias_nvdiffrast, from_nvdiffrast,
+                                           interpolate_nvdiffrast, nvdiffrast_available, rasterize_mesh_nvdiffrast)
 from render.rays import generate_rays
-
-NVDIFFRAST = "pip install git+https://github.com/NVlabs/nvdiffrast.git --no-build-isolation (non-commercial licence)"
 
 
 def _views(n=3, seed=0, dtype=torch.float64):
-    cams = sample_cameras(n, (-30, 60), (-180, 180), (1.6, 2.4), (35, 60), generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    cams = sample_cameras(n, (-30, 60), (-180, 180), (1.6, 2.4), (35, 60), generator=g)
     return cams.c2w.to(dtype), cams.fovy.to(dtype)
 
 
@@ -116,9 +115,10 @@ def test_renderer_resolves_the_choice_and_hands_it_to_render_mesh(monkeypatch):
 # ---------------------------------------------------------------- on a GPU, against the PyTorch twin
 
 def _cuda_nvdiffrast():
+    """nvdiffrast is in no extra (not on PyPI, non-commercial licence): the gate is that it imports on CUDA."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    import_oracle("nvdiffrast.torch", NVDIFFRAST)
+    require_oracle(nvdiffrast_available(), "nvdiffrast", f"{NVDIFFRAST_INSTALL} (non-commercial licence)")
 
 
 @pytest.mark.gpu
@@ -128,17 +128,19 @@ def test_nvdiffrast_rasterize_matches_the_twin_and_the_ray_oracle():
     height, width = 96, 128
     c2w, fovy = _views(4, seed=1)
     pos = clip_positions(vertices, c2w, fovy, height, width).float().cuda()
-    fast, twin = rasterize_mesh_nvdiffrast(pos, faces.cuda(), height, width), rasterize_mesh(pos, faces.cuda(), height, width)
+    on_gpu = faces.cuda()
+    fast, twin = rasterize_mesh_nvdiffrast(pos, on_gpu, height, width), rasterize_mesh(pos, on_gpu, height, width)
     tri, depth = _brute_force(vertices, faces, c2w, fovy, height, width)
     for rast in (fast, twin):
         mask = rast["mask"].cpu()
         differ = mask != (tri >= 0)
         edges = _edge_pixels(tri >= 0)
         assert bool((~differ | edges).all()) and int(differ.sum()) <= 0.005 * int(edges.sum())
-        both = mask & (tri >= 0)
-        assert torch.allclose(rast["depth"].cpu()[both].double(), depth[both], atol=1e-5, rtol=0)
+        both = mask & (tri >= 0)  # float32 barycentrics: 1e-5 plus a few dozen ulps of the depth (~2)
+        assert torch.allclose(rast["depth"].cpu()[both].double(), depth[both], atol=1e-5, rtol=1e-5)
     same = fast["mask"] & twin["mask"] & (fast["triangle"] == twin["triangle"])
     assert float(same.sum()) >= 0.995 * float((fast["mask"] & twin["mask"]).sum())
+    torch.testing.assert_close(fast["depth"][same], twin["depth"][same], atol=1e-5, rtol=0)
     torch.testing.assert_close(fast["bary"][same], twin["bary"][same], atol=1e-4, rtol=0)
 
 
@@ -218,7 +220,8 @@ def test_render_mesh_with_nvdiffrast_matches_the_torch_path():
         out["opacity"].sum().backward()
         outs.append(out)
         grads.append(torch.cat([p.grad.flatten() for p in field.parameters() if p.grad is not None]))
-    inside = ~(_edge_pixels(outs[0]["opacity"][..., 0].detach() > 0) | _edge_pixels(outs[1]["opacity"][..., 0].detach() > 0))
+    covered = [out["opacity"][..., 0].detach() > 0 for out in outs]
+    inside = ~(_edge_pixels(covered[0]) | _edge_pixels(covered[1]))  # antialias moves only silhouette pixels
     for key in ("rgb", "opacity", "depth", "normal"):
         torch.testing.assert_close(outs[0][key][inside], outs[1][key][inside], atol=1e-3, rtol=0,
                                    msg=lambda m: f"{key}: {m}")
