@@ -14,7 +14,8 @@ nvdiffrast's API (NVlabs/nvdiffrast 0.4.0, nvdiffrast/torch/ops.py docstrings an
   ``(u, v, z/w, triangle_id)`` where "the first vertex in the vertex index triplet obtains (u, v) = (1, 0), the
   second vertex (u, v) = (0, 1) and the third vertex (u, v) = (0, 0)", "triangle_id is the triangle index, offset
   by one", and "pixels where no triangle was rasterized will receive a zero in all channels" (docs, Rasterization).
-  The barycentrics are perspective-correct and carry gradients to ``pos``; z/w does not.
+  The barycentrics are perspective-correct (csrc/common/rasterize.cu: "Perspective correct, normalized
+  barycentrics") and carry gradients to ``pos``; z/w "does not propagate gradients to the vertex position input".
 - ``dr.interpolate(attr, rast, tri)`` -> ``(out [B, H, W, C], derivatives)``; zeros where no triangle.
 - ``dr.texture(tex [B, Ht, Wt, C], uv [B, H, W, 2], filter_mode, boundary_mode)``: (s, t) = (0, 0) at the
   texture's bottom-left, memory row 0 its bottom row (docs, Coordinate systems). Not used here: the project's
@@ -33,8 +34,10 @@ nvdiffrast output built from the brute-force ray oracle):
 - depth: ours is the view depth w of the visible point, nvdiffrast's z/w is NDC depth (and is clamped to
   [-1, 1]); w is recovered exactly as the barycentric blend of the three vertices' w (barycentrics being
   perspective-correct), not from z/w, which loses ~1e-5 to float32 near z/w = 1.
-- triangles reaching behind the camera: nvdiffrast clips them at the near plane, the PyTorch twin drops them
-  (object-centred cameras keep meshes in front of them, so the two agree in this project's use).
+- the view frustum: nvdiffrast clips triangles to it (csrc/common/cudaraster/impl/TriangleSetup.inl, "Clip to
+  view frustum"), so nothing nearer than clip_positions' near plane (0.01) or beyond its far plane (100) is seen;
+  the PyTorch twin drops triangles reaching behind the camera and does not clip at near or far. Object-centred
+  cameras keep meshes well inside both, so the two agree in this project's use.
 """
 
 from __future__ import annotations
