@@ -33,6 +33,8 @@ class RenderConfig:
     """Jitter sample positions during training."""
     sampler: str = choice("auto", ("auto", "torch", "nerfacc"))
     """Ray sampler: auto (nerfacc occupancy grid on CUDA when installed), torch, or nerfacc."""
+    mesh_rasterizer: str = choice("auto", ("auto", "torch", "nvdiffrast"))
+    """Mesh rasterizer of surface fields (refine stage): auto (nvdiffrast's CUDA context on CUDA when installed; not on PyPI, non-commercial licence), torch, or nvdiffrast."""
     background: str = choice("learned", ("learned", "random", "white", "black", "gray", "white_or_black", "augment"))
     """Background: learned (MLP of view direction), random (solid colour per view), white, black, gray, white_or_black (either, per view), or augment (Dream Fields random textures). Previews and the orbit video show the object over this colour when it is white, black or gray, else over mid gray."""
     albedo_warmup_steps: int = ranged(1000, "[0, inf)")

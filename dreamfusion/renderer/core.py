@@ -18,7 +18,7 @@ from ..fields.gaussian import GaussianField
 from .backgrounds import eval_background
 from .config import RenderConfig
 from .occupancy import make_sampler, skip_grid, update_sampler
-from .mesh import render_mesh
+from .mesh import pick_mesh_rasterizer, render_mesh
 from .splats import render_splats
 from .views import eval_view
 from .volume import render_volume
@@ -109,6 +109,7 @@ class Renderer:
         self.cfg, self.field, self.latent = cfg, field, latent  # a latent field is trained unshaded (albedo)
         self.device = torch.device(device)
         self.estimator = make_sampler(cfg.sampler, field, self.device)
+        self.mesh_rasterizer = pick_mesh_rasterizer(cfg.mesh_rasterizer, self.device)  # torch | nvdiffrast
         self._view = None  # the eval view made since the last training step, if any
 
     def update(self, step: int) -> None:
@@ -126,7 +127,7 @@ class Renderer:
         return render_views(self.field, background, cameras, height, width, n_samples=r.n_samples,
                             perturb=perturb and r.perturb, shading=shading, light_dirs=light_dirs,
                             ambient=r.ambient, background_kind=r.background, generator=generator,
-                            need_normals=need_normals, estimator=self.estimator)
+                            need_normals=need_normals, estimator=self.estimator, **self._mesh_options(self.field))
 
     def render_train(self, cameras: Cameras, height: int, width: int, step: int, *, background,
                      generator: torch.Generator, need_normals: bool = False) -> dict[str, Tensor]:
@@ -157,7 +158,11 @@ class Renderer:
     def render_eval(self, view, cameras: Cameras, side: int, **options) -> dict[str, Tensor]:
         """:func:`render_eval` with the config's samples per ray and background."""
         return render_eval(view, cameras, side, n_samples=self.cfg.n_samples, trained_over=self.cfg.background,
-                           **options)
+                           **self._mesh_options(view), **options)
+
+    def _mesh_options(self, field) -> dict:
+        """The rasterizer render_mesh takes for a surface field; nothing for the other renderers."""
+        return {"rasterizer": self.mesh_rasterizer} if isinstance(field, DMTetField) else {}
 
     def state_dict(self) -> dict:
         return self.estimator.state_dict() if self.estimator is not None else {}
