@@ -233,7 +233,8 @@ def _silhouette_edges(screen: Tensor, faces: Tensor, adjacent: Tensor, b: Tensor
     return found_face, found_edge
 
 
-def antialias(color: Tensor, rast: dict[str, Tensor], pos: Tensor, faces: Tensor) -> Tensor:
+def antialias(color: Tensor, rast: dict[str, Tensor], pos: Tensor, faces: Tensor,
+              adjacent: Tensor | None = None) -> Tensor:
     """Blend across silhouette edges: ``color [B, H, W, C]`` -> [B, H, W, C], differentiable in ``color`` and in
     ``pos`` (clip space, as rasterized).
 
@@ -244,11 +245,12 @@ def antialias(color: Tensor, rast: dict[str, Tensor], pos: Tensor, faces: Tensor
     (nvdiffrast's analytic antialiasing, in spirit), times the part of the edge's normal along the pair's axis,
     |n_x| or |n_y| over |n_x| + |n_y|, since a slanted edge is met by horizontal and by vertical pairs alike.
     Pairs whose segment crosses no silhouette (two triangles of one visible surface) are left alone.
+    ``adjacent``: ``face_adjacency(faces)`` when the caller has it already.
     """
     triangle, depth = rast["triangle"], torch.where(rast["mask"], rast["depth"], math.inf)
     batch, height, width = triangle.shape
     faces = faces.long()
-    adjacent = face_adjacency(faces)
+    adjacent = face_adjacency(faces) if adjacent is None else adjacent
     screen = _screen(pos, height, width)  # [B, V, 2], with the graph
     flat = color.reshape(-1, color.shape[-1])
     delta = torch.zeros_like(flat)

@@ -123,8 +123,10 @@ def interpolate_nvdiffrast(attributes: Tensor, rast: dict[str, Tensor], faces: T
     return out.flip(1)
 
 
-def antialias_nvdiffrast(color: Tensor, rast: dict[str, Tensor], pos: Tensor, faces: Tensor) -> Tensor:
-    """render.mesh_raster.antialias by ``dr.antialias`` (colour flipped to nvdiffrast's bottom-up rows and back)."""
+def antialias_nvdiffrast(color: Tensor, rast: dict[str, Tensor], pos: Tensor, faces: Tensor,
+                         adjacent: Tensor | None = None) -> Tensor:
+    """render.mesh_raster.antialias by ``dr.antialias`` (colour flipped to nvdiffrast's bottom-up rows and back;
+    ``adjacent`` is not needed: nvdiffrast finds the silhouettes itself)."""
     dr = import_nvdiffrast()
     pos32, tri = _cuda_inputs(pos, faces)
     out = dr.antialias(color.float().flip(1).contiguous(), rast["nvdiffrast"], pos32, tri)

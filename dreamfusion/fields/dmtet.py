@@ -59,6 +59,7 @@ class DMTetField(Field):
         self.mlp = nn.Sequential(nn.Linear(self.encoding.output_dim, width), nn.ReLU(inplace=True),
                                  nn.Linear(width, albedo_channels)).to(device)
         self._surface: tuple[Tensor, Tensor] | None = None
+        self._adjacency: Tensor | None = None
 
     def vertices(self) -> Tensor:
         """The deformed grid [N, 3]."""
@@ -67,7 +68,15 @@ class DMTetField(Field):
     def surface(self) -> tuple[Tensor, Tensor]:
         """The zero level set: vertices [M, 3] (with the graph to sdf and deformation) and faces [K, 3]."""
         self._surface = marching_tets(self.vertices(), self.sdf, self.tets)
+        self._adjacency = None
         return self._surface
+
+    def adjacency(self) -> Tensor:
+        """face_adjacency of the last ``surface()``'s faces, made once (the renderer's antialiasing and the normal
+        consistency both walk it)."""
+        if self._adjacency is None:
+            self._adjacency = face_adjacency(self._surface[1])
+        return self._adjacency
 
     def albedo(self, points: Tensor) -> Tensor:  # [M, 3] -> [M, C]
         check_points(points)
@@ -97,7 +106,7 @@ class DMTetField(Field):
         if not self.train_geometry or self._surface is None or len(self._surface[1]) == 0:
             return {}
         vertices, faces = self._surface
-        return {"loss_normal_consistency": normal_consistency(vertices, faces),
+        return {"loss_normal_consistency": normal_consistency(vertices, faces, self.adjacency()),
                 "loss_laplacian": laplacian(vertices, faces)}
 
 
@@ -106,9 +115,10 @@ def _face_normals(vertices: Tensor, faces: Tensor) -> Tensor:
     return torch.nn.functional.normalize(torch.linalg.cross(b - a, c - a), dim=-1, eps=1e-12)
 
 
-def normal_consistency(vertices: Tensor, faces: Tensor) -> Tensor:
-    """Mean over the edges shared by two faces of 1 - cos(angle between their normals): 0 for a flat sheet."""
-    across = face_adjacency(faces)  # [K, 3]
+def normal_consistency(vertices: Tensor, faces: Tensor, across: Tensor | None = None) -> Tensor:
+    """Mean over the edges shared by two faces of 1 - cos(angle between their normals): 0 for a flat sheet.
+    ``across``: ``face_adjacency(faces)`` when the caller has it already."""
+    across = face_adjacency(faces) if across is None else across  # [K, 3]
     own = torch.arange(len(faces), device=faces.device)[:, None].expand_as(across)
     pair = across > own  # each shared edge once (boundary edges have -1)
     if not bool(pair.any()):

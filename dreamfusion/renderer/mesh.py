@@ -96,7 +96,7 @@ def render_mesh(field, background, cameras: Cameras, height: int, width: int, *,
         distance = (points - origins).norm(dim=-1, keepdim=True)
         coverage = mask[..., None].to(vertices.dtype)
         stack = torch.cat([colour, albedo, normal, distance, torch.ones_like(distance)], dim=-1) * coverage
-        smooth = antialias_fn(stack, rast, pos, faces)
+        smooth = antialias_fn(stack, rast, pos, faces, adjacent=field.adjacency())
         c = colour.shape[-1]
         fg, albedo, normal = smooth[..., :c], smooth[..., c:2 * c], smooth[..., 2 * c:2 * c + 3]
         depth, opacity = smooth[..., -2:-1], smooth[..., -1:]

@@ -35,10 +35,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .primitives import (COLOURS, FRONT_Z, RELATIONS, inside, parse_scene, scene_inside, scene_palette, scene_sdf,
+from .primitives import (COLOURS, FRONT_Z, RELATIONS, inside, parse_scene, sdf, scene_inside, scene_palette, scene_sdf,
                          surface_label)
 
 __all__ = ["grid_points", "mesh_occupancy", "volumetric_iou", "mean_surface_albedo", "prior_scores", "scene_scores",
+           "surface_scores",
            "janus_views", "face_colours", "truth_mesh"]
 
 JANUS_VIEWS = {"front": (2, 1.0, 0), "right": (0, 1.0, 2), "back": (2, -1.0, 0), "left": (0, -1.0, 2)}
@@ -286,6 +287,28 @@ def truth_mesh(prompt: str, resolution: int = 96, colour_rule=None, bridge: floa
     names = colour_rule(points) if colour_rule else [scene_palette(scene)[i] for i in surface_label(scene, points)]
     rgb = np.round(255 * np.array([COLOURS[n] for n in names])).astype(np.uint8)
     return trimesh.Trimesh(vertices, faces, vertex_colors=rgb, process=False)
+
+
+def surface_scores(vertices: np.ndarray, faces: np.ndarray, shape: str, points: int = 20000,
+                   seed: int = 0) -> dict[str, float]:
+    """How close a mesh's surface lies to a primitive's, at ``points`` points sampled uniformly by area (seeded):
+    ``normal_deg``, the mean angle between the mesh's face normal and the primitive's (the gradient of its SDF,
+    primitives.sdf, at the point), and ``surface_dist``, the mean |SDF| (distance to the true surface)."""
+    v, f = np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64)
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    cross = np.cross(b - a, c - a)
+    area = np.linalg.norm(cross, axis=1)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(f), size=points, p=area / area.sum())
+    r1, r2 = np.sqrt(rng.random(points)), rng.random(points)  # uniform in a triangle
+    p = (1 - r1)[:, None] * a[pick] + (r1 * (1 - r2))[:, None] * b[pick] + (r1 * r2)[:, None] * c[pick]
+    normal = cross[pick] / np.maximum(area[pick], 1e-30)[:, None]
+    x = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+    d = sdf(shape, x)
+    (grad,) = torch.autograd.grad(d.sum(), x)
+    true = torch.nn.functional.normalize(grad, dim=-1).numpy()
+    cos = np.clip((normal * true).sum(1), -1.0, 1.0)
+    return {"normal_deg": float(np.degrees(np.arccos(cos)).mean()), "surface_dist": float(d.detach().abs().mean())}
 
 
 def prior_scores(glb_path, prompt: str, resolution: int = 96) -> dict[str, float]:
