@@ -232,6 +232,13 @@ def test_report_holds_everything_and_its_size_adds_up(tmp_path):
     assert "obj</td><td><code>mesh/model.obj</code> not produced" in html  # named in run.json, not on disk
 
 
+def test_the_config_table_marks_what_the_overrides_changed(tmp_path):
+    """The run set steps=120 over the demo config: that is the one setting differing from the demo's defaults."""
+    run = read_run(_full_run(tmp_path / "run"))
+    assert run.diff == {"steps": load_config("demo").steps} and run.config["steps"] == 120 != run.diff["steps"]
+    assert '<tr class="changed"><td>steps</td>' in write_report(run.path).read_text()
+
+
 def test_report_of_a_bare_folder_says_what_is_missing(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
