@@ -161,6 +161,17 @@ def test_report_command_line_reruns_the_same_config(tmp_path):
         assert to_yaml(load_config(args.config, args.settings)) == (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.parametrize("settings, label", [([], "sds/prior"), (["guidance.type=perp_neg"], "perp_neg/prior"),
+                                             (["guidance.model_type=deepfloyd"], "sds/deepfloyd"),
+                                             (["guidance.type=clip"], "clip")])
+def test_run_json_names_the_rule_on_its_model(tmp_path, settings, label):
+    """run.json's "guidance" (what the header and the gallery show): guidance.type/model_type, and CLIP alone."""
+    from dreamfusion.runfolder import RunRecord
+
+    RunRecord(tmp_path, load_config("demo", settings), "demo", settings).update(status="done")
+    assert json.loads((tmp_path / "run.json").read_text())["guidance"] == label
+
+
 def test_nice_ticks():
     assert nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
     assert nice_ticks(0.013, 0.98) == pytest.approx([0.2, 0.4, 0.6, 0.8])
