@@ -1,5 +1,6 @@
 """Write a run's artifacts from its field: the field's own files, mesh (.obj + .mtl + .png, .glb) and the orbit
-video. Each phase prints a line on stderr when it starts and is timed (the seconds go to run.json)."""
+video. Each phase prints a line on stderr when it starts and is timed (the seconds go to run.json). Under the
+embedded prior the written mesh is scored against the prompt's known object (``mesh_scores``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .fields.base import field_device
 from .renderer import BakedField, eval_view, render_eval, rgb_view
 from .runfolder import MESH_GLB, MESH_OBJ, VIDEO
 
-__all__ = ["export_mesh", "export_video", "export_run", "PhaseTimer"]
+__all__ = ["export_mesh", "export_video", "export_run", "mesh_scores", "PhaseTimer"]
 
 
 class PhaseTimer:
@@ -145,3 +146,13 @@ def export_run(field, cfg: Config, run_dir: Path, device, timer: PhaseTimer | No
             raise
     field.train()
     return written, errors
+
+
+def mesh_scores(cfg: Config, written: dict[str, Path]) -> dict[str, float]:
+    """Under the embedded prior, the written mesh (``written["glb"]``) against the prompt's known object
+    (world.scores.prior_scores: IoU, colour error); {} for any other guidance or without a mesh."""
+    if cfg.guidance.model_kind != "prior" or "glb" not in written:
+        return {}
+    from .world.scores import prior_scores
+
+    return prior_scores(written["glb"], cfg.prompt)

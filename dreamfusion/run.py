@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import PhaseTimer, export_run
+from .artifacts import PhaseTimer, export_run, mesh_scores
 from .checkpoint import load_checkpoint
 from .config import Config, load_run_config, to_yaml
 from .errors import CheckpointError, UserError
@@ -61,16 +61,6 @@ class LoadedRun:
     step: int
     run_dir: Path
     device: torch.device
-
-
-def _final_metrics(cfg: Config, row: dict, written: dict[str, Path]) -> dict[str, float]:
-    """The last step's logged terms, and under the embedded prior the exported mesh against the known object."""
-    metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
-    if cfg.guidance.model_kind == "prior" and "glb" in written:
-        from .world.scores import prior_scores
-
-        metrics.update(prior_scores(written["glb"], cfg.prompt))
-    return metrics
 
 
 def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | tuple = (),
@@ -144,7 +134,8 @@ def _train_and_export(cfg: Config, run_dir: Path, device: torch.device, timer: P
         if errors:
             raise UserError("; ".join(errors) + f" (the checkpoint in {run_dir} is intact: retry with "
                             f"python -m dreamfusion export {run_dir} key=value)")
-        record.update(metrics=_final_metrics(cfg, row, written))
+        logged = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}  # the last step's terms
+        record.update(metrics={**logged, **mesh_scores(cfg, written)})
     except Interrupted as exc:
         record.update(status="interrupted", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=now())
         _report(record, timer, quiet)
@@ -315,7 +306,8 @@ def _export_loaded(loaded: LoadedRun, quiet: bool) -> RunResult:
     if errors:
         raise UserError("; ".join(errors) + f" (the checkpoint in {run_dir} is intact: retry with "
                         f"python -m dreamfusion export {run_dir} key=value)")
-    if cfg.guidance.model_kind == "prior" and "glb" in written:
-        record.update(metrics=_final_metrics(cfg, {}, written))
+    scores = mesh_scores(cfg, written)
+    if scores:
+        record.update(metrics=scores)
     _report(record, timer, quiet)
     return _result(record)

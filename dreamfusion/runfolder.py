@@ -133,6 +133,12 @@ def read_run_json(run_dir: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _guidance_label(guidance) -> str:
+    """run.json's "guidance": the rule on its model, as the report and the gallery show it (sds/prior,
+    perp_neg/deepfloyd, clip: CLIP is the rule's own model)."""
+    return "clip" if guidance.type == "clip" else f"{guidance.type}/{guidance.model_type}"
+
+
 class RunRecord:
     """run.json of one run folder; ``update`` merges fields and rewrites the file atomically."""
 
@@ -142,7 +148,7 @@ class RunRecord:
         self.data = {"format": RUN_FORMAT, "status": "running", "prompt": cfg.prompt,
                      "negative_prompt": cfg.negative_prompt, "config": previous.get("config", config_name),
                      "overrides": previous.get("overrides", list(overrides)), "field": cfg.field.type,
-                     "guidance": cfg.guidance.label, "step": previous.get("step", 0), "steps": cfg.steps,
+                     "guidance": _guidance_label(cfg.guidance), "step": previous.get("step", 0), "steps": cfg.steps,
                      "device": cfg.device, "started": previous.get("started", now()), "finished": None,
                      "seconds": previous.get("seconds", {}), "artifacts": previous.get("artifacts", {}),
                      "metrics": previous.get("metrics", {}), "error": None}

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from dreamfusion.config import (CHOICES, CONFIG_DIR, Config, all_keys, available_configs, load_config, load_run_config,
-                                to_yaml)
+from dreamfusion.config import (CHOICES, CONFIG_DIR, Config, all_keys, available_configs, config_defaults, load_config,
+                                load_run_config, to_yaml)
 from dreamfusion.errors import ConfigError, UserError
 from dreamfusion.migrations import MOVED_INTO_MODEL, RENAMED
 from dreamfusion.settings import replace_key
@@ -80,6 +80,15 @@ def test_a_loaded_config_is_frozen():
 def test_no_config_means_configs_dreamfusion_yaml():
     by_path = load_config(str(CONFIG_DIR / "dreamfusion.yaml"))
     assert load_config(None) == load_config("dreamfusion") == by_path
+
+
+@pytest.mark.parametrize("name", [p.stem for p in SHIPPED])
+def test_config_defaults_are_what_load_config_gives(name):
+    """The report's comparison point (config_defaults: the file over the schema, as plain dicts) holds exactly the
+    settings load_config builds from the same file (compared as JSON: lists and tuples, floats and ints alike)."""
+    import json
+
+    assert json.dumps(config_defaults(name)) == json.dumps(dataclasses.asdict(load_config(name)))
 
 
 def test_available_configs_are_the_files_in_configs():

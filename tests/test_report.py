@@ -161,6 +161,17 @@ def test_report_command_line_reruns_the_same_config(tmp_path):
         assert to_yaml(load_config(args.config, args.settings)) == (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.parametrize("settings, label", [([], "sds/prior"), (["guidance.type=perp_neg"], "perp_neg/prior"),
+                                             (["guidance.model_type=deepfloyd"], "sds/deepfloyd"),
+                                             (["guidance.type=clip"], "clip")])
+def test_run_json_names_the_rule_on_its_model(tmp_path, settings, label):
+    """run.json's "guidance" (what the header and the gallery show): guidance.type/model_type, and CLIP alone."""
+    from dreamfusion.runfolder import RunRecord
+
+    RunRecord(tmp_path, load_config("demo", settings), "demo", settings).update(status="done")
+    assert json.loads((tmp_path / "run.json").read_text())["guidance"] == label
+
+
 def test_nice_ticks():
     assert nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
     assert nice_ticks(0.013, 0.98) == pytest.approx([0.2, 0.4, 0.6, 0.8])
@@ -230,6 +241,13 @@ def test_report_holds_everything_and_its_size_adds_up(tmp_path):
     # the page is the viewer's script, the base64 of what it embeds, and some tens of kB of its own
     assert len(script) + embedded < path.stat().st_size < len(script) + embedded + 60_000
     assert "obj</td><td><code>mesh/model.obj</code> not produced" in html  # named in run.json, not on disk
+
+
+def test_the_config_table_marks_what_the_overrides_changed(tmp_path):
+    """The run set steps=120 over the demo config: that is the one setting differing from the demo's defaults."""
+    run = read_run(_full_run(tmp_path / "run"))
+    assert run.diff == {"steps": load_config("demo").steps} and run.config["steps"] == 120 != run.diff["steps"]
+    assert '<tr class="changed"><td>steps</td>' in write_report(run.path).read_text()
 
 
 def test_report_of_a_bare_folder_says_what_is_missing(tmp_path):

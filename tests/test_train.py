@@ -121,3 +121,22 @@ def test_total_loss_is_the_weighted_sum_of_the_logged_terms(tmp_path):
         assert set(terms) == set(weights), row  # every weighted term is there (orientation: normals rendered)
         assert row["loss"] == pytest.approx(sum(weights[k] * v for k, v in terms.items()), rel=1e-5)
         assert row["grad_norm"] == 0.0  # logged, not weighted
+
+
+def test_a_preview_that_fails_keeps_its_steps_checkpoint(tmp_path, monkeypatch):
+    """Checkpoint, then preview: a preview render that raises at step 2 (a checkpoint step) leaves step 2's
+    checkpoint, not step 1's."""
+    from dreamfusion.checkpoint import load_checkpoint
+    from dreamfusion.renderer import Renderer
+
+    cfg = load_config(None, ["prompt=a red cube", "steps=4", "checkpoint_every=1", "preview_every=2", "device=cpu",
+                             "render.width=8", "render.height=8", "render.n_samples=8", "render.eval_grid=8",
+                             "preview_resolution=8", *FIELD])
+    def failing_preview(self, camera_cfg, side):
+        raise RuntimeError("no preview")
+
+    monkeypatch.setattr(Renderer, "render_preview", failing_preview)
+    trainer = Trainer(cfg, tmp_path, torch.device("cpu"), _ConstantGuidance())
+    with pytest.raises(RuntimeError, match="no preview"):
+        trainer.fit(progress=False)
+    assert trainer.step == 2 and load_checkpoint(tmp_path)["step"] == 2

@@ -22,8 +22,8 @@ from ..migrations import CONFIG_FORMAT, FORMAT_KEY, refusal, upgrade_config
 from ..settings import check_sections, freeze, range_doc
 from .schema import Config
 
-__all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "validate", "to_yaml", "all_keys",
-           "field_docs", "available_configs", "resolve_config_path"]
+__all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "load_config", "load_run_config", "config_defaults", "validate", "to_yaml",
+           "all_keys", "field_docs", "available_configs", "resolve_config_path"]
 
 
 DEFAULT_CONFIG = "dreamfusion"
@@ -196,18 +196,30 @@ def _structured() -> DictConfig:
     return node
 
 
+def _with_file(base: DictConfig, name_or_path: str | None) -> DictConfig:
+    """``base`` with the config file NAME (or YAML path; the default config when None) merged over it."""
+    path = resolve_config_path(name_or_path or DEFAULT_CONFIG)
+    return _merge(base, _upgraded(_load_yaml(path), str(path), unnumbered=CONFIG_FORMAT), str(path))
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None,
                 base: DictConfig | None = None) -> Config:
     """Defaults <- YAML file <- key=value overrides, checked against the dataclasses."""
     cfg = _structured() if base is None else base
     if name_or_path is not None or base is None:
-        path = resolve_config_path(name_or_path or DEFAULT_CONFIG)
-        cfg = _merge(cfg, _upgraded(_load_yaml(path), str(path), unnumbered=CONFIG_FORMAT), str(path))
+        cfg = _with_file(cfg, name_or_path)
     if overrides:
         cfg = _merge(cfg, _overrides_config(overrides), "command line")
     obj: Config = freeze(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
     validate(obj)
     return obj
+
+
+def config_defaults(name_or_path: str | None = None) -> dict:
+    """The settings of config NAME (or a YAML file) before any override, as nested dicts: what the report compares a
+    run's config.yaml with. The file merged over the schema's defaults, as load_config does, without building and
+    checking a Config (a plain comparison needs neither)."""
+    return OmegaConf.to_container(_with_file(_structured(), name_or_path))
 
 
 def validate(cfg: Config) -> None:

@@ -232,11 +232,6 @@ class GuidanceConfig:
         """The model this guidance loads: ``model_type``, or clip for the CLIP rule (its own model)."""
         return "clip" if self.type == "clip" else self.model_type
 
-    @property
-    def label(self) -> str:
-        """The rule on its model as run.json and the report show it: sds/prior, perp_neg/deepfloyd, clip, ..."""
-        return "clip" if self.type == "clip" else f"{self.type}/{self.model_type}"
-
     def check(self, root) -> None:
         if self.t_min > self.t_max:
             raise ConfigError(f"need 0 < guidance.t_min <= guidance.t_max < 1, got {self.t_min} and {self.t_max}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..migrations import FORMAT_KEY
@@ -118,9 +118,9 @@ def _read_config(run: RunFolder) -> None:
         return
     name = run.info["config"]
     try:
-        from dreamfusion.config import load_config
+        from dreamfusion.config import config_defaults
 
-        defaults = asdict(load_config(name))
+        defaults = config_defaults(name)
     except Exception as exc:  # noqa: BLE001 - a config that no longer exists or no longer loads
         run.notes.append(f"the defaults of config '{name or 'dreamfusion'}' could not be loaded "
                          f"({str(exc).splitlines()[0]}): shown without highlights")

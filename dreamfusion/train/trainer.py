@@ -163,7 +163,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, progress: bool = True, should_stop=None, on_step=None) -> dict[str, float]:
-        """Steps until cfg.steps with metrics rows, previews and checkpoints; returns the last step's terms.
+        """Steps until cfg.steps with metrics rows, checkpoints and previews; returns the last step's terms.
         ``on_step(step, run_dir)`` is called after each step's row, preview and checkpoint; ``should_stop()``,
         asked after it, ends the loop like Ctrl-C (checkpoint saved, Interrupted)."""
         c, row = self.cfg, {}
@@ -179,11 +179,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.4g}")
                     if self.step % c.log_every == 0 or self.step == c.steps:
                         metrics.write(self.step, row)
+                    if self.step % c.checkpoint_every == 0:  # before the preview: a failed render keeps it
+                        self.save()
                     if c.preview_every and self.step % c.preview_every == 0:
                         image = self.renderer.render_preview(c.camera, c.preview_resolution)
                         runfolder.write_preview(self.run_dir, self.step, image)
-                    if self.step % c.checkpoint_every == 0:
-                        self.save()
                     if on_step is not None:
                         on_step(self.step, self.run_dir)
                     if should_stop is not None and self.step < c.steps and should_stop():
