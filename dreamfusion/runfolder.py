@@ -152,6 +152,9 @@ class RunRecord:
                      "device": cfg.device, "started": previous.get("started", now()), "finished": None,
                      "seconds": previous.get("seconds", {}), "artifacts": previous.get("artifacts", {}),
                      "metrics": previous.get("metrics", {}), "error": None}
+        coarse = cfg.field.dmtet.convert_from if cfg.field.type == "dmtet" else None
+        if coarse is not None:  # a refine run names the run it refines
+            self.data["coarse_run"] = str(coarse)
 
     def forget_export(self) -> None:
         """Drop the seconds of an earlier export, before exporting again (its phases may have differed)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import shlex
 from datetime import datetime, timezone
 from html import escape
@@ -15,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dreamfusion.report.plot import line_plot
+from dreamfusion.runfolder import REPORT
 from dreamfusion.report.reading import MISSING, POOR_IOU, RunFolder, files_with_sizes, flatten, format_size, series
 
 __all__ = ["render_page"]
@@ -76,6 +78,10 @@ def _header(run: RunFolder) -> str:
     if info.get("negative_prompt"):
         out.append(f'<div class="meta">negative prompt: {escape(str(info["negative_prompt"]))}</div>')
     out.append(f'<div class="meta">{"".join(f"<span>{m}</span>" for m in meta)}</div>')
+    if info.get("coarse_run"):  # a refine run: link its coarse run's report
+        coarse = Path(str(info["coarse_run"]))
+        link = os.path.relpath(coarse / REPORT, run.path) if coarse.is_absolute() == run.path.is_absolute() else coarse
+        out.append(f'<div class="meta">refines <a href="{escape(str(link))}">{escape(coarse.name)}</a></div>')
     numbers = {k: v for k, v in (info.get("metrics") or {}).items() if isinstance(v, (int, float))}
     if numbers:
         out.append('<div class="numbers">' + "".join(f"<div>{escape(k)}<b>{v:.4g}</b></div>"
