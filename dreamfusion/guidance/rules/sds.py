@@ -13,6 +13,18 @@ image -> x0 encoder and the noise prediction; this file holds the rule that turn
 
 so that d loss_sds / d x0_b = grad_b / B exactly: the batch mean of per-view losses whose gradient
 is the SDS gradient itself.
+
+guidance.recon_loss: MVDream's x0-reconstruction form (Shi et al. 2023, §3.2 and appendix; threestudio-mvdream
+``guidance/mvdream_guidance.py``, ``recon_loss`` with ``recon_std_rescale`` 0.5 in ``configs/mvdream-sd21.yaml``):
+
+    x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)          (the guided prediction's x0)
+    x0_c   = (x_t - sqrt(1 - abar_t) eps_c) / sqrt(abar_t)            (the conditional one's, no CFG)
+    x0_hat <- r f x0_hat + (1 - r) x0_hat,  f = std(x0_c) / std(x0_hat) over each group of n_views views
+    grad = x0 - x0_hat                                                (r = guidance.cfg_rescale; stds unbiased)
+
+The rescale pulls the over-saturated x0 of a large guidance scale (50) back toward the conditional one's spread
+(Lin et al. 2023's CFG rescale, applied to x0). Without it, x0 - x0_hat = sqrt((1 - abar) / abar) (eps_hat - eps):
+SDS with that w(t).
 """
 
 from __future__ import annotations
@@ -106,8 +118,11 @@ class SDSGuidance(FrozenGuidance):
         abar = abar_all.to(device=x0.device, dtype=torch.float32)[t].view(batch, 1, 1, 1)
         with torch.no_grad():
             x_t = abar.sqrt() * x0.detach() + (1.0 - abar).sqrt() * eps
-            eps_hat = self.guided_noise(x_t, t, cameras).float()
-            grad = sds_weight(abar, cfg.weighting) * (eps_hat - self.reference_noise(x_t, t, cameras, eps))
+            if cfg.recon_loss:
+                grad = x0.detach() - self.reconstruction(x_t, t, cameras, abar, n_views)
+            else:
+                eps_hat = self.guided_noise(x_t, t, cameras).float()
+                grad = sds_weight(abar, cfg.weighting) * (eps_hat - self.reference_noise(x_t, t, cameras, eps))
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             if cfg.grad_clip > 0:
                 grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
@@ -126,6 +141,22 @@ class SDSGuidance(FrozenGuidance):
         (guidance/rules/perp_neg.py) replaces it."""
         eps_u, eps_c = self.predictor.predict_noise(x_t, t, cameras, self.cond)
         return classifier_free_guidance(eps_u.float(), eps_c.float(), self.cfg.guidance_scale)
+
+    def reconstruction(self, x_t: Tensor, t: Tensor, cameras: Any, abar: Tensor, n_views: int) -> Tensor:
+        """x0_hat [B, C, h, w] of guidance.recon_loss, CFG-rescaled by guidance.cfg_rescale per group of n_views
+        (module docstring)."""
+        eps_u, eps_c = self.predictor.predict_noise(x_t, t, cameras, self.cond)
+        eps_hat = classifier_free_guidance(eps_u.float(), eps_c.float(), self.cfg.guidance_scale)
+        x0_hat = (x_t - (1.0 - abar).sqrt() * eps_hat) / abar.sqrt()
+        r = self.cfg.cfg_rescale
+        if r > 0:
+            x0_c = (x_t - (1.0 - abar).sqrt() * eps_c.float()) / abar.sqrt()
+            groups = x_t.shape[0] // n_views
+            std_c = x0_c.reshape(groups, -1).std(dim=1) + 1e-8  # [groups]
+            std_hat = x0_hat.reshape(groups, -1).std(dim=1) + 1e-8
+            factor = (std_c / std_hat).repeat_interleave(n_views).view(-1, 1, 1, 1)
+            x0_hat = r * factor * x0_hat + (1.0 - r) * x0_hat
+        return x0_hat
 
     def reference_noise(self, x_t: Tensor, t: Tensor, cameras: Any, eps: Tensor) -> Tensor:
         """What eps_hat is compared with: the injected noise for SDS; VSD (guidance/rules/vsd.py) uses its LoRA's
