@@ -210,6 +210,11 @@ def test_key_conversion_agrees_with_diffusers_and_round_trips(shape):
     assert all(theirs[k] is state[k] for k in theirs)
     again = diffusers_to_original(original_to_diffusers(original, unet.config), unet.config)
     assert again.keys() == original.keys() and all(again[k] is original[k] for k in original)
+    if shape is SD_LIKE:  # SD 2.1's resamplers, where ldm's UNet appends them (openaimodel.py: after the attention)
+        names = {k.removeprefix("model.diffusion_model.").rsplit(".", 1)[0] for k in original}
+        assert {n for n in names if n.endswith((".op", ".conv")) and "blocks" in n} == {
+            "input_blocks.3.0.op", "input_blocks.6.0.op", "input_blocks.9.0.op",
+            "output_blocks.2.1.conv", "output_blocks.5.2.conv", "output_blocks.8.2.conv"}
 
 
 # -- the two layouts on disk -------------------------------------------------------------------------------
@@ -272,6 +277,12 @@ def test_both_layouts_load_the_same_weights_and_predict_the_same_noise(original_
     for u, v in zip(eps_a, eps_b):
         torch.testing.assert_close(u, v, atol=1e-6, rtol=0)
     torch.testing.assert_close(a.alphas_cumprod, b.alphas_cumprod)
+    # the cameras the UNet reads are MVDream's own four views (elevation 10, from azimuth 90 in its formula)
+    text = a.encode_prompt("a red cube", "", False)
+    hidden = torch.cat([text.uncond.expand(4, -1, -1), text.cond["all"].expand(4, -1, -1)])
+    labels = torch.from_numpy(mvdream_get_camera(4, 10.0, 90.0)).float().repeat(2, 1)
+    expected = run_unet(a.unet, x.repeat(2, 1, 1, 1), t.repeat(2), labels, hidden)
+    torch.testing.assert_close(torch.cat(eps_a), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_the_config_loads_it_with_camera_n_views(diffusers_dir):
