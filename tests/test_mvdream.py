@@ -63,21 +63,27 @@ def one_line(fn, error=ModelNotFoundError) -> str:
 
 # -- cameras -----------------------------------------------------------------------------------------------
 
+def look_at_np(position: np.ndarray, up: list[float]) -> np.ndarray:
+    """The c2w both codebases build: forward = -position / |position|, right = forward x up, up' = right x forward,
+    columns (right, up', -forward, position)."""
+    forward = -position / np.linalg.norm(position)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    new_up = np.cross(right, forward)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.stack([right, new_up / np.linalg.norm(new_up), -forward], axis=1)
+    c2w[:3, 3] = position
+    return c2w
+
+
 def mvdream_get_camera(num_frames: int, elevation: float, azimuth_start: float) -> np.ndarray:
     """bytedance/MVDream camera_utils.get_camera (blender_coord=True) then normalize_camera, from its formulas:
-    camera at (cos e sin a, sin e, cos e cos a), right = forward x up(0, 1, 0), up' = right x forward,
-    c2w columns (right, up', -forward, position), left-multiplied by [[1,0,0],[0,0,-1],[0,1,0]], translation / |t|."""
+    a y-up look-at camera at (cos e sin a, sin e, cos e cos a), left-multiplied by [[1,0,0],[0,0,-1],[0,1,0]],
+    translation / (|t| + 1e-8), flattened row by row."""
     out = []
     for azimuth in np.arange(azimuth_start, 360 + azimuth_start, 360 / num_frames):
         e, a = np.radians(elevation), np.radians(azimuth)
-        position = np.array([np.cos(e) * np.sin(a), np.sin(e), np.cos(e) * np.cos(a)])
-        forward = -position / np.linalg.norm(position)
-        right = np.cross(forward, [0.0, 1.0, 0.0])
-        right /= np.linalg.norm(right)
-        up = np.cross(right, forward)
-        c2w = np.eye(4)
-        c2w[:3, :3] = np.stack([right, up / np.linalg.norm(up), -forward], axis=1)
-        c2w[:3, 3] = position
+        c2w = look_at_np(np.array([np.cos(e) * np.sin(a), np.sin(e), np.cos(e) * np.cos(a)]), [0.0, 1.0, 0.0])
         c2w = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]) @ c2w
         c2w[:3, 3] /= np.linalg.norm(c2w[:3, 3]) + 1e-8
         out.append(c2w.reshape(16))
@@ -85,20 +91,14 @@ def mvdream_get_camera(num_frames: int, elevation: float, azimuth_start: float) 
 
 
 def threestudio_c2w(elevation: float, azimuths, distance: float) -> np.ndarray:
-    """threestudio's z-up cameras (threestudio-mvdream data/uncond_multiview.py): position
-    d (cos e cos a, cos e sin a, sin e), lookat = -position, right = lookat x (0, 0, 1), up = right x lookat;
-    normalised as threestudio-mvdream's get_camera_cond does."""
+    """threestudio's z-up cameras (threestudio-mvdream data/uncond_multiview.py): a z-up look-at camera at
+    d (cos e cos a, cos e sin a, sin e), normalised as threestudio-mvdream's get_camera_cond does."""
     out = []
     for azimuth in azimuths:
         e, a = np.radians(elevation), np.radians(azimuth)
         position = distance * np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
-        lookat = -position / np.linalg.norm(position)
-        right = np.cross(lookat, [0.0, 0.0, 1.0])
-        right /= np.linalg.norm(right)
-        up = np.cross(right, lookat)
-        c2w = np.eye(4)
-        c2w[:3, :3] = np.stack([right, up / np.linalg.norm(up), -lookat], axis=1)
-        c2w[:3, 3] = position / (np.linalg.norm(position) + 1e-8)
+        c2w = look_at_np(position, [0.0, 0.0, 1.0])
+        c2w[:3, 3] /= np.linalg.norm(c2w[:3, 3]) + 1e-8
         out.append(c2w.reshape(16))
     return np.stack(out)
 
