@@ -262,7 +262,12 @@ def settings(**keys) -> MVDreamConfig:
 
 
 def test_both_layouts_load_the_same_weights_and_predict_the_same_noise(original_dir, diffusers_dir, tiny_sd_dir,
-                                                                        source_unet):
+                                                                        source_unet, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a local folder must not reach the hub")
+
+    monkeypatch.setattr("dreamfusion.guidance.models.hub._hub_status", no_network)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", no_network)
     a = MVDream.load(settings(model=str(original_dir), base_model=str(tiny_sd_dir)), n_views=4)
     b = MVDream.load(settings(model=str(diffusers_dir)), n_views=4)
     expected = source_unet.state_dict()

@@ -19,6 +19,8 @@ trained on groups of 4 views 90 degrees apart (bytedance/MVDream README: "sd-v2.
                 (``convert_mvdream_to_diffusers.py``). MVDream's schedule is SD's: linear_start 0.00085,
                 linear_end 0.012, 1000 steps, ldm's "linear" = linspace of square roots (``ldm/modules/
                 diffusionmodules/util.py`` make_beta_schedule), diffusers' scaled_linear; eps-prediction.
+                The checkpoint's own VAE (``first_stage_model.*``) is not read: taken to be SD 2.1's, which
+                ldm's latent-diffusion training keeps frozen (assumed, not compared with the file).
     diffusers   ``unet/ vae/ text_encoder/ tokenizer/ scheduler/``: ashawkey/mvdream-sd2.1-diffusers (its
                 model_index.json names the unet ``["mv_unet", "MultiViewUNetModel"]``, its own class, whose
                 config.json holds MVDream's arguments, camera_dim 16, and whose tensors keep the original names
