@@ -30,7 +30,7 @@ from dreamfusion.guidance.config import GuidanceConfig, MVDreamConfig
 from dreamfusion.guidance.models.mvdream import MVDream
 from dreamfusion.guidance.models.mvdream_unet import (JoinedViews, diffusers_to_original, diffusers_unet_config,
                                                       join_views, mvdream_cameras, original_to_diffusers)
-from dreamfusion.guidance.rules.sds import SDSGuidance
+from dreamfusion.guidance.rules.sds import SDSGuidance, t_range
 from dreamfusion.settings import replace_key
 from render.cameras import group_cameras, sample_cameras
 
@@ -377,6 +377,17 @@ def test_recon_loss_gradient_is_its_closed_form(rescale):
             rescaled.append(rescale * factor * x0_hat[views] + (1 - rescale) * x0_hat[views])
         expected = x0 - torch.cat(rescaled)
     torch.testing.assert_close(images.grad.permute(0, 3, 1, 2).double(), expected / batch, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("step", [0, 2000, 4000, 7999, 8000, 9999])
+def test_the_t_schedule_is_threestudio_mvdreams(step):
+    """configs/mvdream-sd21.yaml: min/max_step_percent [0, 0.98, 0.02 / 0.50, 8000], read by threestudio's C():
+    start + (end - start) * clamp((step - 0) / (8000 - 0), 0, 1)."""
+    cfg = load_config("mvdream").guidance
+    lo, hi = t_range(step, 10000, cfg.t_min, cfg.t_max, cfg.t_anneal, cfg.t_max_end, cfg.t_min_start,
+                     cfg.t_anneal_fraction)
+    f = min(step / 8000, 1.0)
+    assert (lo, hi) == (pytest.approx(0.98 + (0.02 - 0.98) * f), pytest.approx(0.98 + (0.50 - 0.98) * f))
 
 
 def test_recon_loss_needs_plain_sds():

@@ -247,6 +247,10 @@ class GuidanceConfig:
     """How t_max moves toward t_max_end: none, linear or sqrt."""
     t_max_end: float = ranged(0.5, "(0, 1)")
     """T_max at the end of training when t_anneal is not none."""
+    t_min_start: Optional[float] = ranged(None, "(0, 1)")
+    """Smallest diffusion time at step 0, moving linearly to t_min (threestudio-mvdream: 0.98); null keeps t_min throughout."""
+    t_anneal_fraction: float = ranged(1.0, "(0, 1]")
+    """Fraction of the steps after which t_max and t_min_start have reached t_max_end and t_min (threestudio-mvdream: 8000 of 10000 steps, 0.8)."""
     weighting: str = choice("sds", ("sds", "uniform", "fantasia3d"))
     """W(t): sds (1 - abar_t), uniform, or fantasia3d (sqrt(abar_t) (1 - abar_t))."""
     recon_loss: bool = False
@@ -283,6 +287,8 @@ class GuidanceConfig:
                               f"guidance.type={self.type} (or set guidance.recon_loss=false)")
         if self.t_min > self.t_max:
             raise ConfigError(f"need 0 < guidance.t_min <= guidance.t_max < 1, got {self.t_min} and {self.t_max}")
+        if self.t_min_start is not None and self.t_min_start > self.t_max:
+            raise ConfigError(f"need guidance.t_min_start <= guidance.t_max, got {self.t_min_start} and {self.t_max}")
         if self.latent_render and self.model_kind != "stable_diffusion":
             got = "guidance.type=clip" if self.type == "clip" else f"guidance.model_type={self.model_type}"
             raise ConfigError(f"{LATENT_NEEDS_SD}, got {got}: set guidance.latent_render=false")

@@ -41,15 +41,21 @@ from ..models.prediction import classifier_free_guidance
 
 
 def t_range(step: int, total_steps: int, t_min: float, t_max: float, t_anneal: str = "none",
-            t_max_end: float = 0.5) -> tuple[float, float]:
+            t_max_end: float = 0.5, t_min_start: float | None = None,
+            anneal_fraction: float = 1.0) -> tuple[float, float]:
     """The (lo, hi) range of diffusion time, as fractions of T, at `step` of `total_steps`.
 
-    none: (t_min, t_max) throughout. linear: hi = t_max + (t_max_end - t_max) * step / total.
-    sqrt: hi = t_max - (t_max - t_max_end) * sqrt(step / total). hi never drops below t_min.
+    With f = step / total: none: (t_min, t_max) throughout. linear: hi = t_max + (t_max_end - t_max) f.
+    sqrt: hi = t_max - (t_max - t_max_end) sqrt(f). hi never drops below lo. ``anneal_fraction`` a < 1 reaches
+    the end values at step a total (f = step / (a total), held at 1 after); ``t_min_start`` moves lo linearly
+    from it to t_min the same way (threestudio-mvdream's min_step_percent [0, 0.98, 0.02, 8000]: 0.98 -> 0.02 by
+    step 8000 of 10000, a = 0.8), None keeps lo = t_min.
     """
     if total_steps <= 0:
         raise ValueError(f"t_range: total_steps must be positive, got {total_steps}")
     frac = min(max(step / total_steps, 0.0), 1.0)
+    if anneal_fraction != 1.0:
+        frac = min(frac / anneal_fraction, 1.0)
     if t_anneal == "none":
         hi = t_max
     elif t_anneal == "linear":
@@ -58,7 +64,8 @@ def t_range(step: int, total_steps: int, t_min: float, t_max: float, t_anneal: s
         hi = t_max - (t_max - t_max_end) * math.sqrt(frac)
     else:
         raise ValueError(f"t_range: unknown t_anneal '{t_anneal}': choose none, linear or sqrt")
-    return t_min, max(hi, t_min)
+    lo = t_min if t_min_start is None else t_min_start + (t_min - t_min_start) * frac
+    return lo, max(hi, lo)
 
 
 def sample_timesteps(batch_size: int, lo: float, hi: float, num_train_timesteps: int = 1000,
@@ -109,7 +116,8 @@ class SDSGuidance(FrozenGuidance):
         abar_all = self.predictor.alphas_cumprod
         num_t = abar_all.shape[0]
 
-        lo, hi = t_range(step, total_steps, cfg.t_min, cfg.t_max, cfg.t_anneal, cfg.t_max_end)
+        lo, hi = t_range(step, total_steps, cfg.t_min, cfg.t_max, cfg.t_anneal, cfg.t_max_end, cfg.t_min_start,
+                         cfg.t_anneal_fraction)
         n_views = getattr(self.predictor, "n_views", 1)  # a multi-view model denoises each group at one t
         t = sample_timesteps(batch // n_views, lo, hi, num_t, generator).repeat_interleave(n_views).to(x0.device)
         noise_device = generator.device if generator is not None else x0.device
