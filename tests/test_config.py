@@ -241,6 +241,7 @@ def _refused(overrides) -> str:
 # checked first, so a value past it is refused by its own key's message whatever the others hold).
 COMPANIONS = {
     "guidance.t_min": lambda v: [f"guidance.t_max={v!r}"], "guidance.t_max": lambda v: [f"guidance.t_min={v!r}"],
+    "guidance.t_min_start": lambda v: [f"guidance.t_max={v!r}", f"guidance.t_min={v!r}"],
     "render.albedo_prob": lambda v: ["render.textureless_prob=0"],
     "render.textureless_prob": lambda v: ["render.albedo_prob=0"],
     "render.progressive_milestones": lambda v: ["render.progressive_sizes=[8,8]"],

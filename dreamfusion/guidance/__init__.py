@@ -4,7 +4,7 @@
     guidance = build_guidance(cfg, device, model)      # bound to cfg.prompt: fast, once per prompt
 
 ``guidance.type`` picks the rule (rules/: sds.py, perp_neg.py, vsd.py, clip.py) and ``guidance.model_type`` the
-noise model (models/: stable_diffusion.py, deepfloyd.py, prior.py; CLIP's clip.py); base.py holds the protocols
+noise model (models/: stable_diffusion.py, deepfloyd.py, prior.py, mvdream.py; CLIP's clip.py); base.py holds the protocols
 between them, config.py their config section, build.py their construction. The names below import their module
 on first use, so reading the config section (``guidance.config``, assembled by ``dreamfusion.config``) does not
 import torch: the CLI's --help and the report start fast.

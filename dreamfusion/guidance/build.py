@@ -4,7 +4,7 @@
     guidance = build_guidance(cfg, device, model)      # bound to cfg.prompt: fast, once per prompt
 
 Two keys choose it (guidance/config.py): ``guidance.type`` the rule (sds, perp_neg, vsd, clip) and
-``guidance.model_type`` the noise predictor (stable_diffusion, deepfloyd, prior; clip loads CLIP).
+``guidance.model_type`` the noise predictor (stable_diffusion, deepfloyd, prior, mvdream; clip loads CLIP).
 ``build_guidance(cfg, device)`` alone loads the model too. ``guidance_model_key(cfg)`` says which configs can
 share one loaded model (a batch worker keeps it across prompts): the values of the keys its loader reads
 (``config.model_settings``: config.MODEL_KEYS), the only ones that loader is handed.
@@ -42,6 +42,12 @@ def _load_deepfloyd(s: _Settings, device: torch.device) -> DeepFloydIF:
                             variant=deepfloyd.variant, fast_paths=deepfloyd)
 
 
+def _load_mvdream(s: _Settings, device: torch.device):
+    from .models.mvdream import MVDream
+
+    return MVDream.load(s["guidance.mvdream"], device=device, n_views=s["camera.n_views"])
+
+
 def _load_prior(s: _Settings, device: torch.device):
     from .models.prior import EmbeddedPrior
 
@@ -57,7 +63,8 @@ def _load_clip(s: _Settings, device: torch.device):
                            half_precision=s["guidance.clip.half_precision"])
 
 
-MODELS = {"stable_diffusion": _load_sd, "deepfloyd": _load_deepfloyd, "prior": _load_prior, "clip": _load_clip}
+MODELS = {"stable_diffusion": _load_sd, "deepfloyd": _load_deepfloyd, "prior": _load_prior, "mvdream": _load_mvdream,
+          "clip": _load_clip}
 """guidance.model_type (and clip) -> its loader, handed only the keys MODEL_KEYS lists for it."""
 
 

@@ -3,13 +3,15 @@
 Two keys choose the guidance, apart from each other:
 
     guidance.type         the rule: sds | perp_neg | vsd | clip                     (rules/: sds, perp_neg, vsd, clip)
-    guidance.model_type   the noise predictor: stable_diffusion | deepfloyd | prior    (models/: stable_diffusion,
-                          deepfloyd, prior); clip brings its own model (CLIP) and reads no model_type
+    guidance.model_type   the noise predictor: stable_diffusion | deepfloyd | prior | mvdream   (models/:
+                          stable_diffusion, deepfloyd, prior, mvdream); clip brings its own model (CLIP) and reads
+                          no model_type
 
 Each rule owns its section and its checks (``check(self, root)``, called by the loader): Perp-Neg
 ``guidance.perp_neg.*``, VSD ``guidance.vsd.*``, CLIP ``guidance.clip.*``; the SDS keys (guidance_scale, t_*,
 weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd alike. Each model's loader owns its
-section (``MODEL_KEYS``): ``guidance.stable_diffusion.*``, ``guidance.deepfloyd.*``, ``guidance.prior.*`` (with
+section (``MODEL_KEYS``): ``guidance.stable_diffusion.*``, ``guidance.deepfloyd.*``, ``guidance.mvdream.*`` (with
+camera.n_views, the group size its attention joins), ``guidance.prior.*`` (with
 the camera ranges and background its image set is rendered with), and CLIP's model keys in ``guidance.clip.*``;
 those keys' values, and nothing else, make the key of a loaded model (``guidance.build.guidance_model_key``).
 (The guidance keys of earlier versions: dreamfusion/migrations.py.)
@@ -24,17 +26,18 @@ from ..errors import ConfigError
 from ..settings import choice, get_key, ranged, section
 
 __all__ = ["GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "DeepFloydConfig",
-           "StableDiffusionConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "LATENT_NEEDS_SD", "model_settings"]
+           "StableDiffusionConfig", "MVDreamConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "LATENT_NEEDS_SD", "model_settings"]
 
 RULES = ("sds", "perp_neg", "vsd", "clip")
 """guidance.type: the rule that turns renders into a loss."""
-MODEL_TYPES = ("stable_diffusion", "deepfloyd", "prior")
+MODEL_TYPES = ("stable_diffusion", "deepfloyd", "prior", "mvdream")
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 """guidance.model_type: the diffusion model that predicts the noise for sds, perp_neg and vsd."""
 
 MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "stable_diffusion": ("guidance.stable_diffusion",),
     "deepfloyd": ("guidance.deepfloyd",),
+    "mvdream": ("guidance.mvdream", "camera.n_views"),
     "prior": ("guidance.prior", "camera.elevation_range", "camera.azimuth_range", "camera.distance_range",
               "camera.fovy_range", "render.background"),
     "clip": ("guidance.clip.model", "guidance.clip.revision", "guidance.clip.half_precision"),
@@ -193,13 +196,45 @@ class StableDiffusionConfig:
 
 
 @section
+class MVDreamConfig:
+    """guidance.mvdream: MVDream, a multi-view Stable Diffusion 2.1 (guidance.model_type=mvdream; models/mvdream.py)."""
+
+    model: str = "MVDream/MVDream"
+    """Hub id or local folder: the original checkpoint (MVDream/MVDream) or the diffusers copy (ashawkey/mvdream-sd2.1-diffusers)."""
+    checkpoint: str = "sd-v2.1-base-4view.pt"
+    """File name of the original checkpoint inside guidance.mvdream.model (bytedance/MVDream model_zoo.py's)."""
+    base_model: str = "stabilityai/stable-diffusion-2-1-base"
+    """Hub id or local folder of Stable Diffusion 2.1-base (diffusers layout): text encoder, tokenizer, VAE, schedule and UNet shape of the original checkpoint."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of guidance.mvdream.model."""
+    half_precision: bool = True
+    """Run the frozen model in fp16 on CUDA (always fp32 on CPU); read when guidance.mvdream.dtype is auto."""
+    dtype: str = choice("auto", DTYPE_CHOICES)
+    """Precision of the frozen UNet and VAE: auto (see half_precision), fp32, fp16 (CUDA only) or bf16."""
+    channels_last: bool = False
+    """Store the UNet and VAE convolution weights channels-last (NHWC), the layout tensor cores prefer."""
+    attention: str = choice("sdpa", ("sdpa", "classic"))
+    """Attention kernel of the UNet and VAE: sdpa (fused torch scaled_dot_product_attention) or classic."""
+    compile: bool = False
+    """Torch.compile the UNet: the first steps are slow while it compiles (needs a C++ compiler on CPU)."""
+    vae_resolution: int = ranged(256, "[1, inf)")
+    """Renders are resized to this before the VAE encodes them (MVDream's 256: threestudio-mvdream image_size)."""
+
+    def check(self, root) -> None:
+        g = root.guidance
+        if g.model_kind == "mvdream" and g.type == "perp_neg":
+            raise ConfigError("guidance.type=perp_neg reads no cameras, which MVDream's UNet needs: "
+                              "use guidance.type=sds with guidance.model_type=mvdream")
+
+
+@section
 class GuidanceConfig:
     """guidance: the rule that grades the renders (type), the model that predicts the noise (model_type), the SDS settings."""
 
     type: str = choice("sds", RULES)
     """The rule: sds (score distillation), perp_neg (SDS with Perp-Neg view negatives), vsd (ProlificDreamer's variational score distillation, Stable Diffusion only) or clip (Dream Fields' CLIP similarity, its own model)."""
     model_type: str = choice("stable_diffusion", MODEL_TYPES)
-    """The noise predictor of sds, perp_neg and vsd: stable_diffusion, deepfloyd (DeepFloyd IF stage I, pixel space) or prior (the embedded offline prior); clip does not read it."""
+    """The noise predictor of sds, perp_neg and vsd: stable_diffusion, deepfloyd (DeepFloyd IF stage I, pixel space), prior (the embedded offline prior) or mvdream (multi-view, groups of camera.n_views; sds only); clip does not read it."""
     guidance_scale: float = ranged(100.0, "[0, inf)")
     """Classifier-free guidance scale s in eps_u + s (eps_c - eps_u) (the DreamFusion paper, diffusers); threestudio's s' in eps_c + s' (eps_c - eps_u) is s - 1, so its 100 is 101 here."""
     preview_scale: float = ranged(7.5, "[0, inf)")
@@ -212,8 +247,16 @@ class GuidanceConfig:
     """How t_max moves toward t_max_end: none, linear or sqrt."""
     t_max_end: float = ranged(0.5, "(0, 1)")
     """T_max at the end of training when t_anneal is not none."""
+    t_min_start: Optional[float] = ranged(None, "(0, 1)")
+    """Smallest diffusion time at step 0, moving linearly to t_min (threestudio-mvdream: 0.98); null keeps t_min throughout."""
+    t_anneal_fraction: float = ranged(1.0, "(0, 1]")
+    """Fraction of the steps after which t_max and t_min_start have reached t_max_end and t_min (threestudio-mvdream: 8000 of 10000 steps, 0.8)."""
     weighting: str = choice("sds", ("sds", "uniform", "fantasia3d"))
     """W(t): sds (1 - abar_t), uniform, or fantasia3d (sqrt(abar_t) (1 - abar_t))."""
+    recon_loss: bool = False
+    """SDS in MVDream's x0-reconstruction form: grad = x0 - x0_hat of the guided prediction (guidance/rules/sds.py; guidance.type=sds)."""
+    cfg_rescale: float = ranged(0.0, "[0, 1]")
+    """With recon_loss: blend weight r of x0_hat rescaled to the std of the unguided x0 over each view group (threestudio-mvdream's recon_std_rescale, 0.5)."""
     grad_clip: float = ranged(0.0, "[0, inf)")
     """Clamp each element of the SDS gradient to [-grad_clip, grad_clip]; 0 disables."""
     view_dependent: bool = True
@@ -226,6 +269,7 @@ class GuidanceConfig:
     vsd: VSDConfig = dc_field(default_factory=VSDConfig)
     deepfloyd: DeepFloydConfig = dc_field(default_factory=DeepFloydConfig)
     stable_diffusion: StableDiffusionConfig = dc_field(default_factory=StableDiffusionConfig)
+    mvdream: MVDreamConfig = dc_field(default_factory=MVDreamConfig)
 
     @property
     def model_kind(self) -> str:
@@ -233,8 +277,13 @@ class GuidanceConfig:
         return "clip" if self.type == "clip" else self.model_type
 
     def check(self, root) -> None:
+        if self.recon_loss and self.type != "sds":
+            raise ConfigError(f"guidance.recon_loss is the x0 form of plain SDS: needs guidance.type=sds, got "
+                              f"guidance.type={self.type} (or set guidance.recon_loss=false)")
         if self.t_min > self.t_max:
             raise ConfigError(f"need 0 < guidance.t_min <= guidance.t_max < 1, got {self.t_min} and {self.t_max}")
+        if self.t_min_start is not None and self.t_min_start > self.t_max:
+            raise ConfigError(f"need guidance.t_min_start <= guidance.t_max, got {self.t_min_start} and {self.t_max}")
         if self.latent_render and self.model_kind != "stable_diffusion":
             got = "guidance.type=clip" if self.type == "clip" else f"guidance.model_type={self.model_type}"
             raise ConfigError(f"{LATENT_NEEDS_SD}, got {got}: set guidance.latent_render=false")

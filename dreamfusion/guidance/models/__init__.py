@@ -2,6 +2,8 @@
 
     stable_diffusion.py   Stable Diffusion (latent diffusion, CLIP text encoder)
     deepfloyd.py          DeepFloyd IF stage I (pixel diffusion, T5 text encoder)
+    mvdream.py            MVDream (multi-view SD 2.1: camera-conditioned, views joined in self-attention)
+    mvdream_unet.py       its UNet as diffusers': cameras in MVDream's frame, joined attention, key names
     prior.py              the embedded prior: the exact denoiser of a rendered image set (dreamfusion/world/)
     clip.py               CLIP (Dream Fields' rule, the ``eval`` command)
     prediction.py         epsilon / v / x0 predictions -> eps, for every UNet wrapper
