@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dreamfusion.runfolder import MESH_GLB, read_run_json, slugify  # noqa: E402
-from dreamfusion.world.primitives import parse_prompt  # noqa: E402
-from dreamfusion.world.scores import _load_mesh, prior_scores, surface_scores  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dreamfusion.world.primitives import COLOURS, parse_prompt, parse_scene  # noqa: E402
+from dreamfusion.world.scores import _load_mesh, face_colours, prior_scores, surface_scores  # noqa: E402
 
 PROMPTS = ["a red cube", "a blue sphere", "an orange cone", "a green cylinder", "a purple torus",
            "a white sphere", "a yellow cube", "a black cone"]
@@ -44,11 +46,45 @@ def _command(args: list[str], threads: int) -> tuple[Path, float]:
     return Path(proc.stdout.strip().splitlines()[-1]), seconds
 
 
+def front_edge_width(mesh, body: str, front: str, bins: int = 40) -> float:
+    """How wide the change from the body colour to the front colour is on a cube's side faces: faces of the
+    mesh on x = +-0.5 (normal within 25 degrees of +-x, |y| < 0.35) binned by z; per bin the share of the way from
+    the body colour to the front colour (area-weighted); the width in z between the last bin under 0.1 and the
+    first over 0.9 of that share, walking toward the front (+z). A sharp edge gives about one bin (1 / bins)."""
+    b, f = np.array(COLOURS[body]), np.array(COLOURS[front])
+    v, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    centre = v[faces].mean(1)
+    normal = mesh.face_normals
+    area = mesh.area_faces
+    side = (np.abs(normal[:, 0]) > np.cos(np.radians(25))) & (np.abs(centre[:, 0]) > 0.35) & (np.abs(centre[:, 1]) < 0.35)
+    share = ((face_colours(mesh)[side] - b) @ (f - b)) / ((f - b) @ (f - b))
+    z, w = centre[side, 2], area[side]
+    edges = np.linspace(-0.5, 0.5, bins + 1)
+    which = np.clip(np.digitize(z, edges) - 1, 0, bins - 1)
+    total = np.bincount(which, weights=w, minlength=bins)
+    profile = np.bincount(which, weights=w * share, minlength=bins) / np.maximum(total, 1e-12)
+    mids = 0.5 * (edges[1:] + edges[:-1])
+    filled = total > 0
+    mids, profile = mids[filled], profile[filled]
+    above = np.nonzero(profile > 0.9)[0]
+    start = above[0] if len(above) else len(profile) - 1
+    below = np.nonzero(profile[:start] < 0.1)[0]
+    low = mids[below[-1]] if len(below) else mids[0]
+    return float(mids[start] - low)
+
+
 def scores(run_dir: Path, prompt: str) -> dict[str, float]:
     glb = run_dir / MESH_GLB
     mesh = _load_mesh(glb)
-    out = {k: v for k, v in prior_scores(glb, prompt).items() if k in ("iou", "albedo_err")}
-    out.update(surface_scores(mesh.vertices, mesh.faces, parse_prompt(prompt)[0]))
+    scene = parse_scene(prompt)
+    if scene.legacy:
+        out = {k: v for k, v in prior_scores(glb, prompt).items() if k in ("iou", "albedo_err")}
+        out.update(surface_scores(mesh.vertices, mesh.faces, parse_prompt(prompt)[0]))
+    else:  # an object with a front, or a pair: the bed's scores (Janus, per-object IoU, relation, colour)
+        out = dict(prior_scores(glb, prompt))
+        part = scene.parts[0]
+        if part.shape == "cube" and getattr(part, "front", None):
+            out["front_width"] = front_edge_width(mesh, part.colour, part.front)
     out["faces"] = len(mesh.faces)
     return out
 
@@ -67,6 +103,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "refine-bed")
     ap.add_argument("--config", default="demo-refine")
     ap.add_argument("--set", nargs="*", default=[], metavar="key=value", help="settings of the refine runs")
+    ap.add_argument("--coarse-set", nargs="*", default=[], metavar="key=value", help="settings of the coarse runs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -74,7 +111,8 @@ def main() -> int:
     for prompt in args.prompts:
         coarse = find_coarse(args.coarse_root, prompt) if args.coarse_root else None
         if coarse is None:
-            coarse, _ = _command(["--config", "demo", f"prompt={prompt}", f"output_dir={args.out}"], args.threads)
+            coarse, _ = _command(["--config", "demo", f"prompt={prompt}", f"output_dir={args.out}", *args.coarse_set],
+                                 args.threads)
         fine, seconds = _command(["refine", str(coarse), "--config", args.config, f"output_dir={args.out}",
                                   *args.set], args.threads)
         row = {"prompt": prompt, "coarse": scores(coarse, prompt), "refined": scores(fine, prompt),
@@ -82,10 +120,15 @@ def main() -> int:
                "coarse_dir": str(coarse), "refined_dir": str(fine)}
         rows.append(row)
         c, r = row["coarse"], row["refined"]
+        if "albedo_err" not in c:
+            print(f"{prompt}: " + "  ".join(f"{k} {c[k]:.4g} -> {r.get(k, float('nan')):.4g}" for k in c), flush=True)
+            continue
         print(f"{prompt:18s} IoU {c['iou']:.3f} -> {r['iou']:.3f}  colour err {c['albedo_err']:.3f} -> "
               f"{r['albedo_err']:.3f}  normal {c['normal_deg']:.1f} -> {r['normal_deg']:.1f} deg  dist "
               f"{c['surface_dist']:.4f} -> {r['surface_dist']:.4f}  refine {seconds:.0f} s", flush=True)
-    if len(rows) > 1:
+    rows_legacy = [r for r in rows if "albedo_err" in r["coarse"]]
+    if len(rows_legacy) > 1:
+        rows = rows_legacy
         mean = lambda side, k: sum(r[side][k] for r in rows) / len(rows)  # noqa: E731
         print("mean               " + "  ".join(f"{k} {mean('coarse', k):.4g} -> {mean('refined', k):.4g}"
                                              for k in ("iou", "albedo_err", "normal_deg", "surface_dist")))

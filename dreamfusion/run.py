@@ -77,12 +77,14 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
     (status failed, or interrupted for Ctrl-C / SIGTERM, whose checkpoint is saved) before they propagate.
     """
     from .guidance import build_guidance
+    from .train.trainer import Trainer
 
     if not cfg.prompt.strip():
         raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
     device = resolve_device(cfg.device)
     timer = PhaseTimer(quiet=quiet)
     resuming = cfg.resume is not None
+    converts = cfg.field.type == "dmtet" and cfg.field.dmtet.convert_from is not None  # a refine run
     with contextlib.ExitStack() as held:  # the run folder, held from the moment it is known (runfolder.hold)
         if resuming:
             run_dir = Path(cfg.resume)
@@ -94,66 +96,66 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
             guidance = build_guidance(cfg, device, guidance_model)  # fails (model not found) before anything is written
         cfg, _ = prepare_kernels(cfg, device, timer)  # nerfacc / gsplat CUDA builds announced here, not mid-training
         if not resuming:
-            slug = slugify(cfg.prompt) + ("-refine" if _converts(cfg) else "")
+            slug = slugify(cfg.prompt) + ("-refine" if converts else "")
             run_dir = make_run_dir(cfg.output_dir, slug) if run_dir is None else fresh_run_dir(run_dir)
             held.enter_context(hold(run_dir, "training"))
-        result = _train_and_export(cfg, run_dir, device, timer, guidance, state if resuming else None, config_name,
-                                   overrides, quiet, should_stop, on_step)
-    if cfg.refine is not None:  # coarse then fine in one command: the refine run's result is the run's
-        return refine(result.run_dir, cfg.refine, quiet=quiet, should_stop=should_stop, on_step=on_step)
-    return result
-
-
-def _train_and_export(cfg: Config, run_dir: Path, device: torch.device, timer: PhaseTimer, guidance, state,
-                      config_name: str | None, overrides, quiet: bool, should_stop, on_step) -> RunResult:
-    """run()'s work once its run folder is held: train (from ``state`` when resuming), export, record, report."""
-    from .train.trainer import Interrupted, Trainer
-
-    resuming = state is not None
-    trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
-    if resuming:
-        trainer.resume(state)
-    atomic_write_text(run_dir / CONFIG, to_yaml(replace(cfg, resume=None)))  # the run's settings, not how it began
-    record = RunRecord(run_dir, cfg, config_name, list(overrides))
-    record.update(status="running", seconds=timer.seconds)
-    if not quiet:
-        print(f"run folder: {run_dir}", file=sys.stderr)
-    try:
-        if _converts(cfg) and not resuming:
-            _start_from_coarse(trainer.field, cfg, device, timer)
-        with timer.phase("train"):
-            row = trainer.fit(progress=not quiet, should_stop=should_stop, on_step=on_step)
-        record.update(step=trainer.step, seconds=timer.seconds,
-                      artifacts=record.relative({"checkpoint": run_dir / CHECKPOINT}))
-        record.forget_export()
-        written, errors = export_run(trainer.field, cfg, run_dir, device, timer,
-                                     video_view=trainer.renderer.cached_eval_view())
-        record.update(artifacts=record.relative(written), seconds=timer.seconds)
-        for path in ([] if quiet else written.values()):
-            print(f"wrote {path}", file=sys.stderr)
-        if errors:
-            raise UserError("; ".join(errors) + f" (the checkpoint in {run_dir} is intact: retry with "
-                            f"python -m dreamfusion export {run_dir} key=value)")
-        logged = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}  # the last step's terms
-        record.update(metrics={**logged, **mesh_scores(cfg, written)})
-    except Interrupted as exc:
-        record.update(status="interrupted", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=now())
+        trainer = Trainer(cfg, run_dir, device, guidance)  # with the guidance's trainable state in the optimizer
+        if resuming:
+            trainer.resume(state)
+        atomic_write_text(run_dir / CONFIG, to_yaml(replace(cfg, resume=None)))  # the run's settings, not how it began
+        record = RunRecord(run_dir, cfg, config_name, list(overrides))
+        record.update(status="running", seconds=timer.seconds)
+        if not quiet:
+            print(f"run folder: {run_dir}", file=sys.stderr)
+        with _recorded(record, timer, quiet, lambda: trainer.step):
+            if converts and not resuming:
+                _start_from_coarse(trainer.field, cfg, device, timer)
+            with timer.phase("train"):
+                row = trainer.fit(progress=not quiet, should_stop=should_stop, on_step=on_step)
+            record.update(step=trainer.step, seconds=timer.seconds,
+                          artifacts=record.relative({"checkpoint": run_dir / CHECKPOINT}))
+            record.forget_export()
+            written, errors = export_run(trainer.field, cfg, run_dir, device, timer,
+                                         video_view=trainer.renderer.cached_eval_view())
+            record.update(artifacts=record.relative(written), seconds=timer.seconds)
+            for path in ([] if quiet else written.values()):
+                print(f"wrote {path}", file=sys.stderr)
+            if errors:
+                raise UserError("; ".join(errors) + f" (the checkpoint in {run_dir} is intact: retry with "
+                                f"python -m dreamfusion export {run_dir} key=value)")
+            logged = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}  # the last step's terms
+            record.update(metrics={**logged, **mesh_scores(cfg, written)})
+        record.update(status="done", finished=now())
         _report(record, timer, quiet)
-        exc.run_dir = run_dir
+    if cfg.refine is not None:  # coarse then fine in one command: the refine run's result is the run's
+        return refine(run_dir, cfg.refine, quiet=quiet, should_stop=should_stop, on_step=on_step)
+    return _result(record)
+
+
+@contextlib.contextmanager
+def _recorded(record: RunRecord, timer: PhaseTimer, quiet: bool, step):
+    """How training and export ended, in run.json and the report: interrupted (Ctrl-C / SIGTERM, its checkpoint
+    saved), failed with a one-line UserError (out of memory becomes one), or failed by a bug (its traceback in
+    error.log); the exception then propagates naming the run folder. ``step()``: the step reached."""
+    from .train.trainer import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        record.update(status="interrupted", step=step(), seconds=timer.seconds, error=str(exc), finished=now())
+        _report(record, timer, quiet)
+        exc.run_dir = record.run_dir
         raise
     except (UserError, MemoryError, torch.cuda.OutOfMemoryError) as exc:
         if not isinstance(exc, UserError):
-            exc = UserError(f"out of memory at step {trainer.step} ({type(exc).__name__}): lower render.width / "
+            exc = UserError(f"out of memory at step {step()} ({type(exc).__name__}): lower render.width / "
                             f"height, render.n_samples or camera.batch_size")
-        record.update(status="failed", step=trainer.step, seconds=timer.seconds, error=str(exc), finished=now())
+        record.update(status="failed", step=step(), seconds=timer.seconds, error=str(exc), finished=now())
         _report(record, timer, quiet)
-        exc.run_dir = run_dir
+        exc.run_dir = record.run_dir
         raise exc from None
     except Exception as exc:  # a bug, not the user's: one line and the run folder; the traceback in error.log
-        raise _failed(record, timer, exc, quiet, step=trainer.step) from None
-    record.update(status="done", finished=now())
-    _report(record, timer, quiet)
-    return _result(record)
+        raise _failed(record, timer, exc, quiet, step=step()) from None
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | tuple = ()) -> Config:
@@ -168,11 +170,6 @@ def resume(run_dir: str | Path, overrides: list[str] | tuple = (), **options) ->
     """Continue a run folder from its last checkpoint up to ``steps`` (``python -m dreamfusion resume=RUN_DIR``,
     and a batch's rerun): :func:`run` of :func:`resume_config`; ``options`` are run's."""
     return run(resume_config(run_dir, overrides), overrides=overrides, **options)
-
-
-def _converts(cfg: Config) -> bool:
-    """Whether the run starts from a coarse run's field (the refine stage)."""
-    return cfg.field.type == "dmtet" and cfg.field.dmtet.convert_from is not None
 
 
 def _start_from_coarse(field, cfg: Config, device: torch.device, timer: PhaseTimer) -> None:

@@ -30,28 +30,30 @@ def coarse_sdf(coarse, resolution: int, bound: float, *, threshold: float | None
 
 
 def fit_texture(field: DMTetField, coarse, steps: int = 200, points: int = 8192, lr: float = 0.01,
-                spread: float = 0.02, generator: torch.Generator | None = None) -> float:
-    """Fit ``field``'s texture to the coarse albedo at the surface's vertices jittered by ``spread`` (normal
-    noise), ``steps`` Adam steps of ``points`` points; returns the last mean squared error."""
+                spread: float = 0.02, pool: int = 32768, generator: torch.Generator | None = None) -> float:
+    """Fit ``field``'s texture to the coarse albedo at ``pool`` points, the surface's vertices jittered by ``spread``
+    (normal noise), the coarse field queried once: ``steps`` Adam steps of ``points`` of them; returns the last
+    mean squared error."""
     with torch.no_grad():
         surface, _ = field.surface()
     if len(surface) == 0:
         return 0.0
+    draws = generator.device if generator is not None else surface.device  # where the generator draws
+    pick = torch.randint(len(surface), (pool,), generator=generator, device=draws).to(surface.device)
+    noise = torch.randn(pool, 3, generator=generator, device=draws).to(surface)
+    where = (surface[pick] + spread * noise).clamp(-field.bound, field.bound)
+    with torch.no_grad():
+        target = torch.cat([coarse(chunk)["albedo"][:, :field.albedo_channels] for chunk in where.split(8192)])
     params = list(field.encoding.parameters()) + list(field.mlp.parameters())
     optimizer = torch.optim.Adam(params, lr=lr)
-    draws = generator.device if generator is not None else surface.device  # where the generator draws
-    loss = 0.0
+    loss = torch.zeros(())
     for _ in range(steps):
-        pick = torch.randint(len(surface), (points,), generator=generator, device=draws).to(surface.device)
-        noise = torch.randn(points, 3, generator=generator, device=draws).to(surface)
-        where = (surface[pick] + spread * noise).clamp(-field.bound, field.bound)
-        with torch.no_grad():
-            target = coarse(where)["albedo"][:, :field.albedo_channels]
-        loss = ((field.albedo(where) - target) ** 2).mean()
+        batch = torch.randint(pool, (points,), generator=generator, device=draws).to(surface.device)
+        loss = ((field.albedo(where[batch]) - target[batch]) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def convert_into(field: DMTetField, coarse, *, threshold: float | None = None, auto_optical_depth: float = 0.3,
