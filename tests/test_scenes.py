@@ -158,11 +158,15 @@ def test_an_interpolated_view_prompt_interpolates_the_views_denoisers(prior):
                 keep = cond.cond[label][0, 0, 1:] > 0
                 want = want + mass * _tweedie(x, abar, cond.images[keep].double(), torch.zeros(int(keep.sum())))
             torch.testing.assert_close(got[b].reshape(-1).double(), want, rtol=1e-4, atol=1e-4)
-    # continuous at r = 1: a millionth of the side view moves the prediction by about a millionth
-    front = model.predict_eps(x_t, t, cond.cond["front"].expand(1, 2, 1, -1).contiguous())[0]
+    # continuous at r = 1: a millionth of the side view moves the prediction by about a millionth, also for an
+    # x_t near a side view's image (where the mixture's posterior sits on that image)
+    side = int((cond.cond["side"][0, 0, 1:] > 0).nonzero()[0, 0])
+    abar = abar_all[100]
+    x_t = abar.sqrt() * cond.images[side].reshape(1, 3, 8, 8) + (1 - abar).sqrt() * x_t[:1]
+    t = torch.tensor([100])
+    front = model.predict_eps(x_t, t, cond.cond["front"][None])[0]
     r = 1 - 1e-6
-    near = model.predict_eps(x_t, t, (r * cond.cond["front"] + (1 - r) * cond.cond["side"]).expand(1, 2, 1, -1)
-                             .contiguous())[0]
+    near = model.predict_eps(x_t, t, (r * cond.cond["front"] + (1 - r) * cond.cond["side"])[None])[0]
     torch.testing.assert_close(near, front, rtol=0, atol=1e-4)
 
 
