@@ -18,6 +18,11 @@ columns: the weights w_1, w_2 (negatives in the rule's order), |d_pos|, cos(d_k,
 component along the unit vector from the body colour to the front colour, for the positive term s d_pos, the
 negative term -s sum_k w_k p_k, and for view-dependent SDS's classifier-free guidance s (eps(label) - eps_u) beside
 them. Positive is toward the front colour. Rows average over the noise draws.
+
+    python benchmarks/perp_neg_probe.py --sweep-r 15 30 --t 200 500    # how the prior answers r front + (1 - r) side
+
+prints instead, for the erased x0 at those azimuths, the positive term's step on the front's pixels for the positive
+r front + (1 - r) side at r = 1, 0.999, ..., 0 (docs/BENCHMARKS.md, "Perp-Neg on the bed explained").
 """
 
 from __future__ import annotations
@@ -114,6 +119,26 @@ def terms(guidance, cams: Cameras, x0: torch.Tensor, front_mask: torch.Tensor, t
     return acc
 
 
+def sweep_r(guidance, cams: Cameras, x0: torch.Tensor, front_mask: torch.Tensor, toward: torch.Tensor, t: int,
+            noises: int, seed: int, rs: list[float]) -> list[list[float]]:
+    """Per camera and r: the positive term's step on the front's pixels (the module docstring's "positive" column)
+    for the positive r front + (1 - r) side, whatever the camera's azimuth: how the prior answers the interpolation."""
+    model, s = guidance.predictor, guidance.cfg.guidance_scale
+    uncond, _ = guidance.cond.for_cameras(cams, x0.shape[0])
+    front, side = guidance.cond.cond["front"], guidance.cond.cond["side"]
+    emb = torch.stack([uncond, *[(r * front + (1 - r) * side).expand_as(uncond) for r in rs]])
+    abar, g = model.alphas_cumprod[t], torch.Generator().manual_seed(seed)
+    out = [[0.0] * len(rs) for _ in range(x0.shape[0])]
+    for _ in range(noises):
+        eps = torch.randn(x0.shape, generator=g)
+        e = model.predict_eps(abar.sqrt() * x0 + (1 - abar).sqrt() * eps, torch.full((x0.shape[0],), t), emb).double()
+        for b in range(x0.shape[0]):
+            for i in range(len(rs)):
+                step = -s * (e[1 + i, b] - e[0, b])
+                out[b][i] += float((step * toward.view(3, 1, 1)).sum(0)[front_mask[b]].mean()) / noises
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", default="a white cube with a red front")
@@ -121,6 +146,8 @@ def main() -> int:
     ap.add_argument("--t", nargs="+", type=int, default=[100, 300, 500, 700, 900])
     ap.add_argument("--noises", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sweep-r", nargs="+", type=float, default=None, metavar="AZIMUTH",
+                    help="instead of the terms table: the positive term's step vs r at these azimuths (erased x0)")
     ap.add_argument("overrides", nargs="*", help="extra key=value settings (the demo config with the bed's sizes)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -137,11 +164,23 @@ def main() -> int:
     print("\n".join(buckets(model, scene)) + "\n")
     cams = cameras(args.azimuths)
     truth, coverage = render(scene, cams, model.resolution, cfg.render.background)
-    erased = render(scene._replace(parts=(part._replace(front=part.colour),)), cams, model.resolution,
-                    cfg.render.background)[0]
+    erased_scene = scene._replace(parts=(part._replace(front=part.colour),))  # the front painted the body colour
+    erased = render(erased_scene, cams, model.resolution, cfg.render.background)[0]
     front_mask = coverage[:, -1] > 0.5  # the true front's pixels seen by each camera
     toward = torch.tensor(COLOURS[part.front], dtype=torch.float64) - torch.tensor(COLOURS[part.colour], dtype=torch.float64)
     toward = toward / toward.norm()
+    if args.sweep_r:
+        rs = [1.0, 0.999, 0.99, 0.9, 0.67, 0.5, 0.0]
+        sweep_cams = cameras(args.sweep_r)
+        _, cover = render(scene, sweep_cams, model.resolution, cfg.render.background)
+        plain = render(erased_scene, sweep_cams, model.resolution, cfg.render.background)[0]
+        print("| azimuth | t | " + " | ".join(f"r = {r}" for r in rs) + " |")
+        print("|---|---|" + "---|" * len(rs))
+        for t in args.t:
+            steps = sweep_r(guidance, sweep_cams, plain.float(), cover[:, -1] > 0.5, toward, t, args.noises, args.seed, rs)
+            for b, row in enumerate(steps):
+                print(f"| {args.sweep_r[b]:.0f} | {t} | " + " | ".join(f"{v:+.2f}" for v in row) + " |", flush=True)
+        return 0
     print("| x0 | azimuth | front px | t | abs(d_pos) | w_1 | cos(d_1, d_pos) | w_1 abs(p_1) / abs(d_pos) | w_2 | "
           "cos(d_2, d_pos) | w_2 abs(p_2) / abs(d_pos) | step on front px: positive | negative 1 | negative 2 | "
           "view-dependent CFG |")
