@@ -2,6 +2,7 @@
 
     python benchmarks/perp_neg_probe.py                                  # a white cube with a red front
     python benchmarks/perp_neg_probe.py --prompt "a yellow cube with a blue front" --noises 8
+    python benchmarks/perp_neg_probe.py guidance.guidance_scale=20 --t 300       # settings (key=value) go first
 
 Two tables. **Buckets**: per view label, how many of the prior's dataset views carry it and how many of the
 prompt's images from those views show the front colour (any pixel more than half front-coloured), with the mean
