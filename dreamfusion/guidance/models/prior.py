@@ -70,16 +70,29 @@ def closed_form_eps(x_t: Tensor, abar: Tensor, images: Tensor) -> Tensor:
     return (x_t - sqrt_ab * mean) / var.sqrt()
 
 
-def mixture_eps(x_t: Tensor, abar: Tensor, pieces: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+def mixture_eps(x_t: Tensor, abar: Tensor, pieces: list[tuple[Tensor, Tensor, Tensor]],
+                parts: list[tuple[float, list[Tensor]]] | None = None) -> Tensor:
     """eps_hat [D] of x_t [D] for images with masses given as pieces (images [K_j, D], their squared norms [K_j],
     log mass [K_j]): the softmax over all pieces at once, without concatenating the images. The per-image
     constant |x_t|^2 is dropped from the logits:
-    -|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar)) = (2 sqrt(abar) <x_t, x_i> - abar |x_i|^2) / (2 (1 - abar)) + c."""
+    -|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar)) = (2 sqrt(abar) <x_t, x_i> - abar |x_i|^2) / (2 (1 - abar)) + c.
+    ``parts`` [(m_p, log mass [K_j] per piece)], when given, replaces the pieces' log masses: sum_p m_p times the
+    eps_hat under part p's masses. eps_hat is affine in E[x0 | x_t], so the parts' posterior weights mix and the
+    inner products and the weighted sum of the images are computed once."""
     sqrt_ab, var = abar.sqrt(), 1.0 - abar
-    logits = [lm + (2 * sqrt_ab * (x @ x_t) - abar * sq) / (2 * var) for x, sq, lm in pieces]
-    top = torch.stack([lg.max() for lg in logits]).max()
-    weights = [torch.exp(lg - top) for lg in logits]
-    mean = sum(w @ x for w, (x, _, _) in zip(weights, pieces)) / sum(w.sum() for w in weights)  # E[x0 | x_t]
+    inner = [(2 * sqrt_ab * (x @ x_t) - abar * sq) / (2 * var) for x, sq, _ in pieces]
+    posterior = []  # per part: its mass, its unnormalised weights per piece, their sum
+    for m, log_mass in parts if parts is not None else [(1.0, [lm for _, _, lm in pieces])]:
+        logits = [lm + lg for lm, lg in zip(log_mass, inner)]
+        top = torch.stack([lg.max() for lg in logits]).max()
+        weights = [torch.exp(lg - top) for lg in logits]
+        posterior.append((m, weights, sum(w.sum() for w in weights)))
+    if len(posterior) == 1 and posterior[0][0] == 1.0:  # one distribution: E[x0 | x_t]
+        _, weights, total = posterior[0]
+        mean = sum(w @ x for w, (x, _, _) in zip(weights, pieces)) / total
+    else:
+        mixed = [sum(m / total * weights[j] for m, weights, total in posterior) for j in range(len(pieces))]
+        mean = sum(w @ x for w, (x, _, _) in zip(mixed, pieces))
     return (x_t - sqrt_ab * mean) / var.sqrt()
 
 
@@ -296,11 +309,9 @@ class EmbeddedPrior:
                 pieces = [self._piece(n) for n in names]
                 per_view = sum(p[0].shape[0] for p in pieces) / (e.numel() - 1)  # images per view
                 x = x_t[b].reshape(-1).to(self.device, torch.float64)
-                eps = 0.0
-                for weight, w in self.label_parts(e[1:].clamp(min=0)):
-                    log_mass = (w / per_view).log()  # [V]: -inf where a view has no mass
-                    eps = eps + weight * mixture_eps(x, self.alphas_cumprod[t[b]].double(),
-                                                     [(images, sq, log_mass[views]) for images, sq, views in pieces])
+                parts = [(m, [(w / per_view).log()[views] for _, _, views in pieces])  # -inf: a view without mass
+                         for m, w in self.label_parts(e[1:].clamp(min=0))]
+                eps = mixture_eps(x, self.alphas_cumprod[t[b]].double(), pieces, parts)
                 out[i, b] = eps.reshape(x_t.shape[1:]).float()
         return out
 
