@@ -41,7 +41,7 @@ from render.cameras import Cameras, camera_position, look_at  # noqa: E402
 
 from dreamfusion.config import load_config  # noqa: E402
 from dreamfusion.guidance import build_guidance, load_guidance_model  # noqa: E402
-from dreamfusion.guidance.models.prior import BACKGROUNDS  # noqa: E402
+from dreamfusion.guidance.models.prior import BACKGROUNDS, load_scene_coverage  # noqa: E402
 from dreamfusion.guidance.prompts import view_label  # noqa: E402
 from dreamfusion.guidance.rules.perp_neg import perp_neg_prompts, perpendicular_component  # noqa: E402
 from dreamfusion.world.primitives import COLOURS, parse_scene, scene_palette  # noqa: E402
@@ -69,7 +69,6 @@ def render(scene, cams: Cameras, resolution: int, background: str) -> tuple[torc
 def buckets(model, scene) -> list[str]:
     """Per view label: dataset views, images showing the front colour, mean front share of the object's pixels."""
     cams, front_slot = model._cams, len(scene_palette(scene)) - 1
-    from dreamfusion.guidance.models.prior import load_scene_coverage
     coverage = load_scene_coverage(scene, cams, model.resolution)  # [V, K, R, R]
     shows = (coverage[:, front_slot] > 0.5).flatten(1).any(1)
     share = coverage[:, front_slot].flatten(1).sum(1) / coverage.sum(1).flatten(1).sum(1).clamp_min(1e-9)
