@@ -16,6 +16,7 @@ plain SDS (guidance.view_dependent=false), SDS with view-dependent prompts, and 
     python benchmarks/prior_grid.py --bed                 # BED_PROMPTS x seeds 0 1 2 x 3 methods
     python benchmarks/prior_grid.py --bed --smoke         # one prompt of each kind, 2 steps, a small prior
     python benchmarks/prior_grid.py --bed --only pairs    # the five pairs only (--only fronts: the other five)
+    python benchmarks/prior_grid.py --bed --only fronts --methods Perp-Neg   # one rule only
     python benchmarks/prior_grid.py --bed --steps 300 --seeds 0 --prompts "a red cube on a blue sphere"
 
 Bed runs are in-process around one loaded prior (the demo config with BED_OVERRIDES, sized so 90 runs fit in
@@ -160,7 +161,8 @@ def bed(args) -> int:
     print("| method | prompt | seed | Janus | IoU | IoU per object | split | relation | colour err | s |")
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
-    jobs = [(prompt, method, seed, steps, resolution) for seed in args.seeds for prompt in prompts for method in METHODS]
+    methods = args.methods or list(METHODS)
+    jobs = [(prompt, method, seed, steps, resolution) for seed in args.seeds for prompt in prompts for method in methods]
     with tempfile.TemporaryDirectory() as workdir:
         if args.workers > 1:  # processes of `threads` threads each, every one with its own prior (spawned)
             import multiprocessing
@@ -184,7 +186,7 @@ def bed(args) -> int:
     print("| method | Janus score (mean; 1 is right) | runs with Janus 1 | IoU (objects with a front) | "
           "IoU per object (pairs) | pairs split by colour | relation accuracy (pairs) | colour error | seconds per run |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for method in METHODS:
+    for method in methods:
         mine = [r for r in rows if r["method"] == method]
         fronted = [r for r in mine if "janus" in r]
         pairs = [r for r in mine if "relation" in r]
@@ -210,6 +212,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="with --bed: one prompt of each kind, one seed, 2 steps")
     ap.add_argument("--only", choices=["all", "fronts", "pairs"], default="all",
                     help="with --bed: only the objects with a front, or only the pairs, of BED_PROMPTS")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                    help="with --bed: only these guidance rules (default: all three)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="with --bed")
     ap.add_argument("--steps", type=int, default=BED_STEPS, help="with --bed: training steps per run")
     ap.add_argument("--export-resolution", type=int, default=48, help="with --bed: marching-cubes grid side")

@@ -37,6 +37,10 @@ SCRIPTS = {
                       *[a for kv in DEMO_SMALL for a in ("--set", kv)]],
     "prior_grid.py": ["--prompts", "a red cube", "--field", "nerf", "--output-dir", "{tmp}", *DEMO_SMALL],
     "prior_grid.py --bed": ["--bed", "--smoke"],  # the test bed: a front object and a pair, three methods (5 s)
+    "perp_neg_probe.py": ["guidance.prior.views=32", "guidance.prior.resolution=16", "--noises", "1", "--t", "500",
+                          "--azimuths", "0", "90"],
+    "perp_neg_probe.py --sweep-r": ["guidance.prior.views=32", "guidance.prior.resolution=16", "--sweep-r", "30",
+                                    "--noises", "1", "--t", "500"],
     "batch.py": ["--prompts", "a red cube", "--max-parallel", "1", *DEMO_SMALL],
     "mesh_raster.py": ["--sizes", "16", "--views", "1", "--faces", "80", "--tet-resolution", "4", "--n-samples", "8",
                        "--warmup", "0", "--iters", "1"],

@@ -18,8 +18,14 @@ Which images a prompt stands for (dreamfusion/world/primitives.py has the prompt
   prompt's own, from all views (or the negative prompt's).
 The prior's "text embedding" of such a prompt is [1, 1, 1 + V]: the index of the prompt's image set in the
 prior's own table, then a distribution over the V dataset views (the unconditional row: the unconditional set,
-uniform). Perp-Neg's interpolated prompts (r front + (1 - r) side) are then mixtures of the view buckets, and
-``predict_eps`` serves Perp-Neg as it serves Stable Diffusion.
+uniform). Perp-Neg's interpolated prompts (r front + (1 - r) side) spread their distribution over two labels'
+views; ``predict_eps`` serves such a distribution as the interpolation of its labels' denoisers,
+    eps = sum_L m_L eps(w restricted to label L's views, renormalised),   m_L = w's mass on label L's views,
+so that, as with Stable Diffusion's text embeddings, the prediction moves continuously with r. (The exact denoiser
+of the mixture would not: at small t the mixture's posterior sits on whichever label's images are nearest x_t,
+whatever r, so r = 0.999 already answered as the side view; benchmarks/perp_neg_probe.py, docs/BENCHMARKS.md.)
+The uniform distribution (a prompt without a view, the unconditional row) and a distribution on one label's views
+are served by the exact denoiser of their images.
 """
 
 from __future__ import annotations
@@ -64,16 +70,29 @@ def closed_form_eps(x_t: Tensor, abar: Tensor, images: Tensor) -> Tensor:
     return (x_t - sqrt_ab * mean) / var.sqrt()
 
 
-def mixture_eps(x_t: Tensor, abar: Tensor, pieces: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+def mixture_eps(x_t: Tensor, abar: Tensor, pieces: list[tuple[Tensor, Tensor, Tensor]],
+                parts: list[tuple[float, list[Tensor]]] | None = None) -> Tensor:
     """eps_hat [D] of x_t [D] for images with masses given as pieces (images [K_j, D], their squared norms [K_j],
     log mass [K_j]): the softmax over all pieces at once, without concatenating the images. The per-image
     constant |x_t|^2 is dropped from the logits:
-    -|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar)) = (2 sqrt(abar) <x_t, x_i> - abar |x_i|^2) / (2 (1 - abar)) + c."""
+    -|x_t - sqrt(abar) x_i|^2 / (2 (1 - abar)) = (2 sqrt(abar) <x_t, x_i> - abar |x_i|^2) / (2 (1 - abar)) + c.
+    ``parts`` [(m_p, log mass [K_j] per piece)], when given, replaces the pieces' log masses: sum_p m_p times the
+    eps_hat under part p's masses. eps_hat is affine in E[x0 | x_t], so the parts' posterior weights mix and the
+    inner products and the weighted sum of the images are computed once."""
     sqrt_ab, var = abar.sqrt(), 1.0 - abar
-    logits = [lm + (2 * sqrt_ab * (x @ x_t) - abar * sq) / (2 * var) for x, sq, lm in pieces]
-    top = torch.stack([lg.max() for lg in logits]).max()
-    weights = [torch.exp(lg - top) for lg in logits]
-    mean = sum(w @ x for w, (x, _, _) in zip(weights, pieces)) / sum(w.sum() for w in weights)  # E[x0 | x_t]
+    inner = [(2 * sqrt_ab * (x @ x_t) - abar * sq) / (2 * var) for x, sq, _ in pieces]
+    posterior = []  # per part: its mass, its unnormalised weights per piece, their sum
+    for m, log_mass in parts if parts is not None else [(1.0, [lm for _, _, lm in pieces])]:
+        logits = [lm + lg for lm, lg in zip(log_mass, inner)]
+        top = torch.stack([lg.max() for lg in logits]).max()
+        weights = [torch.exp(lg - top) for lg in logits]
+        posterior.append((m, weights, sum(w.sum() for w in weights)))
+    if len(posterior) == 1 and posterior[0][0] == 1.0:  # one distribution: E[x0 | x_t]
+        _, weights, total = posterior[0]
+        mean = sum(w @ x for w, (x, _, _) in zip(weights, pieces)) / total
+    else:
+        mixed = [sum(m / total * weights[j] for m, weights, total in posterior) for j in range(len(pieces))]
+        mean = sum(w @ x for w, (x, _, _) in zip(mixed, pieces))
     return (x_t - sqrt_ab * mean) / var.sqrt()
 
 
@@ -176,11 +195,13 @@ class EmbeddedPrior:
         self._set_ids: dict[tuple, int] = {}
         # per view label, the distribution over dataset views that '<prompt>, <label> view' stands for
         labels = view_label(cams.elevation, cams.azimuth)
-        self.label_weights = {}
+        self.label_weights, buckets = {}, []
         for label in ("front", "side", "back", "overhead"):
             mask = torch.tensor([x == label for x in labels], dtype=torch.float32, device=self.device)
+            buckets += [mask.bool()] if mask.sum() > 0 else []
             mask = mask if mask.sum() > 0 else torch.ones_like(mask)
             self.label_weights[label] = mask / mask.sum()
+        self._buckets = torch.stack(buckets)  # [L, V]: the views of each label that has any (disjoint)
 
     def _scene_images(self, scene: Scene) -> Tensor:  # [V, D]
         if scene.legacy:
@@ -265,11 +286,20 @@ class EmbeddedPrior:
             piece = self._pieces[name] = (flat, (flat * flat).sum(-1), views)
         return piece
 
+    def label_parts(self, w: Tensor) -> list[tuple[float, Tensor]]:
+        """(weight, view distribution) pairs whose denoisers' weighted sum serves the view distribution w [V]
+        (module docstring): one per label w has mass on, w restricted to its views and renormalised; [(1, w)]
+        when that is one label, or w is uniform."""
+        mass = (self._buckets.to(w) * w).sum(1)  # [L]
+        if int((mass > 0).sum()) < 2 or torch.allclose(w, torch.full_like(w, 1.0 / w.numel())):
+            return [(1.0, w)]
+        return [(float(m), w * bucket / m) for m, bucket in zip(mass, self._buckets) if m > 0]
+
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
         """x_t [B, 3, R, R], t [B] long, embeddings [K, B, 1, 1 + V] (module docstring) -> eps [K, B, 3, R, R]:
         each image under each of its K conditions, the exact denoiser of the image set with those view masses
-        (``mixture_eps`` in float64)."""
+        (``mixture_eps`` in float64), interpolated over view labels (``label_parts``)."""
         k, batch = embeddings.shape[:2]
         out = torch.empty((k, *x_t.shape), device=x_t.device, dtype=torch.float32)
         for i in range(k):
@@ -278,10 +308,10 @@ class EmbeddedPrior:
                 names = self._sets[int(round(float(e[0])))]
                 pieces = [self._piece(n) for n in names]
                 per_view = sum(p[0].shape[0] for p in pieces) / (e.numel() - 1)  # images per view
-                log_mass = (e[1:].clamp(min=0) / per_view).log()  # [V]: -inf where a view has no mass
                 x = x_t[b].reshape(-1).to(self.device, torch.float64)
-                eps = mixture_eps(x, self.alphas_cumprod[t[b]].double(),
-                                  [(images, sq, log_mass[views]) for images, sq, views in pieces])
+                parts = [(m, [(w / per_view).log()[views] for _, _, views in pieces])  # -inf: a view without mass
+                         for m, w in self.label_parts(e[1:].clamp(min=0))]
+                eps = mixture_eps(x, self.alphas_cumprod[t[b]].double(), pieces, parts)
                 out[i, b] = eps.reshape(x_t.shape[1:]).float()
         return out
 
