@@ -113,11 +113,28 @@ def test_texture_only_keeps_the_coarse_runs_surface(coarse, tmp_path):
     assert _iou(_glb_mesh(fine), _glb_mesh(coarse)) >= 0.9
 
 
+SMALL_REFINE = """\
+steps: 2
+checkpoint_every: 1
+preview_every: 0
+field: {type: dmtet, dmtet: {resolution: 16, texture_fit_steps: 5}}
+render: {width: 16, height: 16}
+guidance: {t_max: 0.5, prior: {resolution: 16, views: 16}}
+export: {video_frames: 2, video_resolution: 16, texture_size: 64}
+"""
+
+
 def test_chained_config_runs_coarse_then_refine(tmp_path):
-    rc, stdout, err = run_cli([*COARSE, "--config", "demo-refined", "prompt=a blue sphere", f"output_dir={tmp_path}",
-                               "refine=demo-refine"])
+    """configs/demo-refined.yaml chains demo-refine; here a small refine config file (refine= takes a path too)."""
+    small = tmp_path / "small-refine.yaml"
+    small.write_text(SMALL_REFINE)
+    runs = tmp_path / "runs"
+    rc, stdout, err = run_cli(["--config", "demo-refined", *COARSE[2:], "steps=4", "prompt=a blue sphere",
+                               f"output_dir={runs}", f"refine={small}"])
     assert rc == 0, err
     fine = Path(last_line(stdout))
+    assert load_run_config(fine / "config.yaml").field.dmtet.resolution == 16 and fine.parent == runs
+    tmp_path = runs
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert len(folders) == 2 and fine.name.startswith("a-blue-sphere-refine-")
     coarse = next(p for p in tmp_path.iterdir() if p != fine)
