@@ -44,6 +44,10 @@ SCRIPTS = {
     "batch.py": ["--prompts", "a red cube", "--max-parallel", "1", *DEMO_SMALL],
     "mesh_raster.py": ["--sizes", "16", "--views", "1", "--faces", "80", "--tet-resolution", "4", "--n-samples", "8",
                        "--warmup", "0", "--iters", "1"],
+    "refine_bed.py": ["--prompts", "a red cube", "--out", "{tmp}", "--coarse-set", *DEMO_SMALL, "--set", "steps=1",
+                      "field.dmtet.resolution=8", "field.dmtet.texture_fit_steps=2", "render.width=8",
+                      "render.height=8", "guidance.prior.resolution=8", "export.texture_size=32",
+                      "export.video_frames=2", "export.video_resolution=16", "preview_every=0"],
     "config_path.py": [a for kv in ("guidance.prior.resolution=8", "render.width=8", "render.height=8",
                                     "render.n_samples=8", "render.eval_grid=12", "export.resolution=12",
                                     "preview_resolution=16") for a in ("--set", kv)],  # a 2-step demo run, traced

@@ -16,7 +16,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from dreamfusion.world.scores import grid_points, mean_surface_albedo, mesh_occupancy, volumetric_iou
+from dreamfusion.world.scores import grid_points, mean_surface_albedo, mesh_occupancy, surface_scores, volumetric_iou
 
 
 def _box(lo, hi) -> trimesh.Trimesh:
@@ -106,3 +106,17 @@ def test_mean_surface_albedo_of_a_texture_is_the_texel_colour():
     uv = np.random.default_rng(0).uniform(0.1, 0.9, (len(mesh.vertices), 2))
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=image)
     np.testing.assert_allclose(mean_surface_albedo(mesh), np.array(colour) / 255.0, atol=1e-12)
+
+
+def test_surface_scores_closed_forms():
+    """The refine stage's surface measures: the cube's own mesh lies on it (0 degrees, 0 distance); inward faces
+    are 180 degrees off; a concentric sphere of radius 0.7 is 0.1 from the prior's 0.6 sphere everywhere, its
+    normals the true ones up to the facets' tilt."""
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    assert surface_scores(box.vertices, box.faces, "cube") == pytest.approx({"normal_deg": 0.0, "surface_dist": 0.0},
+                                                                            abs=1e-9)
+    inward = surface_scores(box.vertices, box.faces[:, ::-1], "cube")
+    assert inward["normal_deg"] == pytest.approx(180.0, abs=1e-6)
+    ball = trimesh.creation.icosphere(subdivisions=5, radius=0.7)
+    out = surface_scores(ball.vertices, ball.faces, "sphere")
+    assert out["surface_dist"] == pytest.approx(0.1, abs=1e-3) and out["normal_deg"] < 1.0

@@ -54,7 +54,7 @@ def coarse(tmp_path_factory):
 @pytest.fixture(scope="module")
 def refined(coarse):
     before = snapshot(coarse)
-    rc, stdout, err = run_cli(["refine", coarse, "--config", "demo-refine", *REFINE])
+    rc, stdout, err = run_cli(["refine", coarse, *REFINE])  # under the prior the default config is demo-refine
     assert rc == 0, err
     return Path(last_line(stdout)), before, err
 
