@@ -35,7 +35,7 @@ def _concatenated(pieces, groups):
 def test_joint_eps_is_tweedie_over_the_concatenated_groups():
     g = torch.Generator().manual_seed(0)
     views, n, d = 8, 2, 5
-    pieces = [torch.rand(3, views, d, generator=g) * 2 - 1, torch.rand(2, views, d, generator=g) * 2 - 1]
+    pieces = [torch.rand(k, views, d, generator=g, dtype=torch.float64) * 2 - 1 for k in (3, 2)]
     pieces = [(p, (p.double() ** 2).sum(-1)) for p in pieces]
     groups = torch.tensor([[0, 1], [3, 2], [6, 7]])
     for abar in (0.9, 0.3, 0.02):

@@ -41,20 +41,27 @@ __all__ = ["MultiViewPrior", "MultiViewCondition", "joint_eps", "group_candidate
 
 def joint_eps(x_t: Tensor, abar: Tensor, pieces: list[tuple[Tensor, Tensor]], groups: Tensor) -> Tensor:
     """eps_hat [n, D] of the noisy group x_t [n, D] at noise level abar (scalar) (module docstring): the candidates
-    are, for each piece (instances [N, V, D], their squared norms [N, V]) and each row of ``groups`` [J, n] (dataset
-    view indices, one per view of the group), the instance's n images at those views; uniform masses. float64."""
-    x_t = x_t.double()
-    sqrt_ab, var = abar.double().sqrt(), 1.0 - abar.double()
+    are, for each piece (instances [N, V, D], their squared norms [N, V] in float64) and each row of ``groups``
+    [J, n] (dataset view indices, one per view of the group), the instance's n images at those views; uniform
+    masses. The images' inner products with x_t are taken in the images' dtype, the logits in float64:
+    -|x_t - sqrt(abar) X|^2 / (2 (1 - abar)) = (2 sqrt(abar) <x_t, X> - abar |X|^2) / (2 (1 - abar)) + c."""
+    j, n = groups.shape
+    flat = groups.reshape(-1)
+    ab = abar.double()
+    sqrt_ab, var = ab.sqrt(), 1.0 - ab
+    x_t = x_t.reshape(-1)
     logits, images = [], []
     for inst, sq in pieces:
-        x = inst[:, groups].double()  # [N, J, n, D]
-        dot = torch.einsum("njkd,kd->nj", x, x_t)
-        # -|x_t - sqrt(abar) X|^2 / (2 var) = (2 sqrt(abar) <x_t, X> - abar |X|^2) / (2 var) + (the same for all)
-        logits.append(((2 * sqrt_ab * dot - abar.double() * sq[:, groups].double().sum(-1)) / (2 * var)).flatten())
-        images.append(x.flatten(0, 1))  # [N J, n, D]
+        x = inst.index_select(1, flat).reshape(inst.shape[0] * j, -1)  # [N J, n D]: candidate groups, concatenated
+        dot = (x @ x_t.to(x.dtype)).double()
+        logits.append((2 * sqrt_ab * dot - ab * sq[:, groups].sum(-1).flatten()) / (2 * var))
+        images.append(x)
     w = torch.softmax(torch.cat(logits), 0)
-    mean = torch.einsum("m,mkd->kd", w, torch.cat(images))  # E[x0 | x_t]
-    return (x_t - sqrt_ab * mean) / var.sqrt()
+    mean, at = 0.0, 0
+    for x in images:  # E[x0 | x_t], piece by piece
+        mean = mean + w[at:at + x.shape[0]].to(x.dtype) @ x
+        at += x.shape[0]
+    return ((x_t - sqrt_ab.to(x_t.dtype) * mean) / var.sqrt().to(x_t.dtype)).reshape(n, -1)
 
 
 def group_candidates(views: int, n: int) -> Tensor:
@@ -96,7 +103,7 @@ class MultiViewPrior(EmbeddedPrior):
     def _with_norms(self, name: tuple, images: Tensor) -> tuple[Tensor, Tensor]:
         """(instances [N, V, D], their squared norms [N, V] in float64), the norms computed once per name."""
         if name not in self._norms:
-            self._norms[name] = (images.double() ** 2).sum(-1)
+            self._norms[name] = torch.stack([(im.double() ** 2).sum(-1) for im in images])  # [N, V]
         return images, self._norms[name]
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool = False) -> MultiViewCondition:
