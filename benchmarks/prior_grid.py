@@ -206,7 +206,7 @@ def bed(args) -> int:
             pool.close()
             pool.join()
     print(f"\n{len(rows)} runs in {time.perf_counter() - t0:.0f} s; load average at the end {os.getloadavg()[0]:.1f}\n")
-    print("| method | Janus score (mean; 1 is right) | runs with Janus 1 | IoU (objects with a front) | "
+    print("| method | Janus score (mean; 1 is right) | runs with Janus 1 (front on +z) | IoU (objects with a front) | "
           "IoU per object (pairs) | pairs split by colour | relation accuracy (pairs) | colour error | seconds per run |")
     print("|---|---|---|---|---|---|---|---|---|")
     for method in methods:
@@ -214,7 +214,8 @@ def bed(args) -> int:
         fronted = [r for r in mine if "janus" in r]
         pairs = [r for r in mine if "relation" in r]
         per_object = [{"v": r[f"iou_{k}"]} for r in pairs for k in range(2)]
-        right = f"{sum(r['janus'] == 1 for r in fronted)} / {len(fronted)}"
+        on_z = sum(r["janus"] == 1 and r["front_front"] > 0.5 for r in fronted)  # the one view showing it: +z
+        right = f"{sum(r['janus'] == 1 for r in fronted)} / {len(fronted)} ({on_z})"
         by_colour = f"{sum(r['colour_split'] == 1 for r in pairs)} / {len(pairs)}"
         print(f"| {method} | {_mean(fronted, 'janus')} | {right} | {_mean(fronted, 'iou')} | {_mean(per_object, 'v')} | "
               f"{by_colour} | {_mean(pairs, 'relation')} | {_mean(mine, 'albedo_err')} | {_mean(mine, 'seconds')} |",
