@@ -88,7 +88,7 @@ class PriorConfig:
     views: int = ranged(256, "[1, inf)")
     """Rendered views per prompt in its image set."""
     view_window: float = ranged(20.0, "(0, 180]")
-    """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent)."""
+    """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent); with camera.n_views > 1 (the multi-view prior) every prompt's dataset groups, view for view."""
 
     def check(self, root) -> None:
         g, n = root.guidance, root.camera.n_views
