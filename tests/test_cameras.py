@@ -255,11 +255,12 @@ def test_random_cameras_sample_groups_from_config():
     from dreamfusion.train.cameras import RandomCameras
     from dreamfusion.errors import ConfigError
 
-    cfg = load_config("demo", ["camera.batch_size=8", "camera.n_views=4"])
+    plain = "guidance.view_dependent=false"  # the multi-view prior reads plain prompts (it refuses view words)
+    cfg = load_config("demo", ["camera.batch_size=8", "camera.n_views=4", plain])
     cams, _ = RandomCameras(cfg.camera, cfg.render, torch.Generator().manual_seed(0), torch.device("cpu")).sample(0)
     assert cams.c2w.shape[0] == 8
     spacing = torch.remainder(cams.azimuth.view(2, 4)[:, 1:] - cams.azimuth.view(2, 4)[:, :-1], 360.0)
     assert torch.allclose(spacing, torch.full_like(spacing, 90.0), atol=1e-4)
     assert not torch.allclose(cams.elevation[0], cams.elevation[4])
     with pytest.raises(ConfigError, match="multiple of camera.n_views"):
-        load_config("demo", ["camera.batch_size=6", "camera.n_views=4"])
+        load_config("demo", ["camera.batch_size=6", "camera.n_views=4", plain])

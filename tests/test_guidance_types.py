@@ -192,7 +192,8 @@ READS = {  # what each loader reads: its own section (the same settings it read 
     "deepfloyd": {f"guidance.deepfloyd.{k}" for k in ("model", "revision", "half_precision", "dtype",
                                                       "channels_last", "compile", "max_length", "variant")},
     "prior": {"camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fovy_range",
-              "guidance.prior.resolution", "guidance.prior.views", "guidance.prior.view_window", "render.background"},
+              "camera.n_views", "guidance.prior.resolution", "guidance.prior.views", "guidance.prior.view_window",
+              "render.background"},
     "clip": {"guidance.clip.model", "guidance.clip.revision", "guidance.clip.half_precision"},
 }
 

@@ -49,10 +49,13 @@ def _load_mvdream(s: _Settings, device: torch.device):
 
 
 def _load_prior(s: _Settings, device: torch.device):
+    from .models.multiview_prior import MultiViewPrior
     from .models.prior import EmbeddedPrior
 
     camera = SimpleNamespace(**{k: s[f"camera.{k}"] for k in  # the ranges of its image set: the training cameras'
                                 ("elevation_range", "azimuth_range", "distance_range", "fovy_range")})
+    if s["camera.n_views"] > 1:  # groups of views graded jointly (models/multiview_prior.py)
+        return MultiViewPrior(camera, s["guidance.prior"], s["render.background"], device, s["camera.n_views"])
     return EmbeddedPrior(camera, s["guidance.prior"], s["render.background"], device)
 
 

@@ -39,7 +39,7 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "deepfloyd": ("guidance.deepfloyd",),
     "mvdream": ("guidance.mvdream", "camera.n_views"),
     "prior": ("guidance.prior", "camera.elevation_range", "camera.azimuth_range", "camera.distance_range",
-              "camera.fovy_range", "render.background"),
+              "camera.fovy_range", "camera.n_views", "render.background"),
     "clip": ("guidance.clip.model", "guidance.clip.revision", "guidance.clip.half_precision"),
 }
 """The keys each model's loader reads, a section name standing for all its keys; the loader is handed these and
@@ -91,7 +91,18 @@ class PriorConfig:
     views: int = ranged(256, "[1, inf)")
     """Rendered views per prompt in its image set."""
     view_window: float = ranged(20.0, "(0, 180]")
-    """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent)."""
+    """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent); with camera.n_views > 1 (the multi-view prior) every prompt's dataset groups, view for view."""
+
+    def check(self, root) -> None:
+        g, n = root.guidance, root.camera.n_views
+        if g.model_kind != "prior" or n == 1 or g.type != "sds":  # perp_neg and vsd refuse n_views > 1 themselves
+            return
+        if self.views % n:
+            raise ConfigError(f"the multi-view prior renders its views in groups of camera.n_views: guidance.prior.views "
+                              f"({self.views}) must be a multiple of camera.n_views ({n})")
+        if g.view_dependent:
+            raise ConfigError("the multi-view prior (camera.n_views > 1) is conditioned on the cameras, not on view "
+                              "words: set guidance.view_dependent=false")
 
 
 @section
@@ -128,6 +139,9 @@ class PerpNegConfig:
             if len(getattr(self, key)) != 3:
                 raise ConfigError(f"guidance.perp_neg.{key} must be three numbers (a, b, c) of a exp(-b r) + c, "
                                   f"got {list(getattr(self, key))}")
+        if _rule_of(root) == "perp_neg" and root.camera.n_views > 1:
+            raise ConfigError(f"guidance.type=perp_neg grades single views: camera.n_views must be 1, got "
+                              f"{root.camera.n_views} (multi-view guidance is guidance.type=sds)")
         if _rule_of(root) == "perp_neg" and not root.guidance.view_dependent:
             raise ConfigError("guidance.type=perp_neg needs guidance.view_dependent=true (its prompts are per view)")
 
@@ -145,6 +159,9 @@ class VSDConfig:
 
     def check(self, root) -> None:
         g = root.guidance
+        if _rule_of(root) == "vsd" and root.camera.n_views > 1:
+            raise ConfigError(f"guidance.type=vsd grades single views: camera.n_views must be 1, got "
+                              f"{root.camera.n_views} (multi-view guidance is guidance.type=sds)")
         if _rule_of(root) == "vsd" and g.model_type != "stable_diffusion":
             raise ConfigError(f"guidance.type=vsd trains a LoRA of Stable Diffusion's UNet: needs "
                               f"guidance.model_type=stable_diffusion, got guidance.model_type={g.model_type} "

@@ -177,8 +177,7 @@ class EmbeddedPrior:
         self.resolution = prior_cfg.resolution
         self.window = math.radians(prior_cfg.view_window)
         self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
-        c = camera_cfg
-        cams = dataset_cameras(prior_cfg.views, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range)
+        cams = self._dataset_cameras(camera_cfg, prior_cfg)
         self.view_dirs = F.normalize(cams.c2w[:, :3, 3], dim=-1).to(self.device)  # [V,3] object -> camera
         self.view_scale = (cams.distance * torch.tan(cams.fovy / 2)).to(self.device)  # apparent size ~ 1/scale
         alphas = torch.stack([load_silhouettes(s, cams, self.resolution) for s in SHAPES]).to(self.device)
@@ -202,6 +201,11 @@ class EmbeddedPrior:
             mask = mask if mask.sum() > 0 else torch.ones_like(mask)
             self.label_weights[label] = mask / mask.sum()
         self._buckets = torch.stack(buckets)  # [L, V]: the views of each label that has any (disjoint)
+
+    def _dataset_cameras(self, camera_cfg, prior_cfg) -> Cameras:
+        """The V cameras of the image set (the multi-view prior's are in groups: multiview_prior.py)."""
+        c = camera_cfg
+        return dataset_cameras(prior_cfg.views, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range)
 
     def _scene_images(self, scene: Scene) -> Tensor:  # [V, D]
         if scene.legacy:
