@@ -120,13 +120,13 @@ def main() -> int:
                "coarse_dir": str(coarse), "refined_dir": str(fine)}
         rows.append(row)
         c, r = row["coarse"], row["refined"]
-        if "albedo_err" not in c:
+        if "normal_deg" not in c:
             print(f"{prompt}: " + "  ".join(f"{k} {c[k]:.4g} -> {r.get(k, float('nan')):.4g}" for k in c), flush=True)
             continue
         print(f"{prompt:18s} IoU {c['iou']:.3f} -> {r['iou']:.3f}  colour err {c['albedo_err']:.3f} -> "
               f"{r['albedo_err']:.3f}  normal {c['normal_deg']:.1f} -> {r['normal_deg']:.1f} deg  dist "
               f"{c['surface_dist']:.4f} -> {r['surface_dist']:.4f}  refine {seconds:.0f} s", flush=True)
-    rows_legacy = [r for r in rows if "albedo_err" in r["coarse"]]
+    rows_legacy = [r for r in rows if "normal_deg" in r["coarse"]]
     if len(rows_legacy) > 1:
         rows = rows_legacy
         mean = lambda side, k: sum(r[side][k] for r in rows) / len(rows)  # noqa: E731

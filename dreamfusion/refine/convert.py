@@ -2,9 +2,11 @@
 
 The SDF is read off the same surface the exporter extracts (export/mesh.py): with ``threshold`` None the level
 where the optical depth seen from outside reaches ``auto_optical_depth``, else the density ``threshold`` on log
-density. At the tet grid's vertices, ``sdf = clamp(level - value, -1, 1)`` (negative inside, as
-stable-dreamfusion's ``--dmtet`` takes ``clamp(sigma - threshold, -1, 1)`` with the sign of an SDF), so marching
-tetrahedra at step 0 give the coarse run's mesh. The texture field is then fitted to the coarse field's albedo
+density. At the tet grid's vertices the SDF is the first-order distance to that level, ``(level - v) / |grad v|`` with the
+steepest slope around the vertex, clamped to two cells (stable-dreamfusion's ``--dmtet`` takes
+``clamp(sigma - threshold, -1, 1)``; on a 32-grid that put the demo cube's step-0 surface at IoU 0.934 against its
+own export, this at 0.953), so marching tetrahedra at step 0 give the coarse run's mesh, and the SDF is in world
+units. The texture field is then fitted to the coarse field's albedo
 at points on and near that surface (MSE, Adam), any field type alike (NeRF, tri-plane, Gaussians).
 """
 
@@ -22,14 +24,21 @@ __all__ = ["coarse_sdf", "fit_texture", "convert_into", "convert_field"]
 def coarse_sdf(coarse, resolution: int, bound: float, *, threshold: float | None = None,
                auto_optical_depth: float = 0.3, device) -> Tensor:
     """SDF [(R + 1)^3] at the vertices of ``tet_grid(R)`` scaled to ``bound`` (x fastest), from the coarse field's
-    density: negative where the exporter's surface encloses the point."""
+    density: negative where the exporter's surface encloses the point; near the surface the first-order distance
+    to it, (level - v) / |grad v| of the exported quantity v, with the steepest slope of the vertex's 3^3
+    neighbourhood (a vertex where the density has saturated takes its neighbours' slope); two cells at most."""
+    from scipy.ndimage import maximum_filter
+
+    cell = 2.0 * bound / resolution
     grid = density_grid(coarse.density, bound, resolution + 1, device=device)  # [x, y, z]
-    values, level = surface_level(grid, 2.0 * bound / resolution, bound, threshold, auto_optical_depth)
-    sdf = np.clip(level - values, -1.0, 1.0).transpose(2, 1, 0).reshape(-1)  # tet order: x fastest
+    values, level = surface_level(grid, cell, bound, threshold, auto_optical_depth)
+    slope = maximum_filter(np.sqrt(sum(g ** 2 for g in np.gradient(values, cell))), size=3)
+    sdf = np.clip((level - values) / np.maximum(slope, 1e-9), -2 * cell, 2 * cell)
+    sdf = sdf.transpose(2, 1, 0).reshape(-1)  # tet order: x fastest
     return torch.as_tensor(np.ascontiguousarray(sdf), dtype=torch.float32, device=device)
 
 
-def fit_texture(field: DMTetField, coarse, steps: int = 200, points: int = 8192, lr: float = 0.01,
+def fit_texture(field: DMTetField, coarse, steps: int = 200, points: int = 8192, lr: float = 0.03,
                 spread: float = 0.02, pool: int = 32768, generator: torch.Generator | None = None) -> float:
     """Fit ``field``'s texture to the coarse albedo at ``pool`` points, the surface's vertices jittered by ``spread``
     (normal noise), the coarse field queried once: ``steps`` Adam steps of ``points`` of them; returns the last
