@@ -24,8 +24,8 @@ import torch
 
 from .artifacts import PhaseTimer, export_run, mesh_scores
 from .checkpoint import load_checkpoint
-from .config import Config, load_run_config, to_yaml
-from .errors import CheckpointError, UserError
+from .config import Config, load_run_config, resolve_config_path, to_yaml
+from .errors import CheckpointError, ConfigError, UserError
 from .extensions import prepare_kernels
 from .io import atomic_write_text
 from .runfolder import (CHECKPOINT, CONFIG, REPORT, RunRecord, check_output_dir, fresh_run_dir, is_run_folder,
@@ -81,6 +81,11 @@ def run(cfg: Config, *, config_name: str | None = None, overrides: list[str] | t
 
     if not cfg.prompt.strip():
         raise UserError('prompt is empty: pass prompt="a red cube" (or any text)')
+    if cfg.refine is not None:  # a chained refine config must exist before the coarse run spends its time
+        try:
+            resolve_config_path(cfg.refine)
+        except ConfigError as exc:
+            raise ConfigError(f"refine={cfg.refine}: {exc}") from None
     device = resolve_device(cfg.device)
     timer = PhaseTimer(quiet=quiet)
     resuming = cfg.resume is not None

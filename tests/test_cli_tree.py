@@ -33,8 +33,8 @@ def run_cli(argv: list) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-def test_the_tree_has_the_seven_commands():
-    assert NAMES == ["run", "export", "eval", "view", "report", "preview", "batch"]
+def test_the_tree_has_the_eight_commands():
+    assert NAMES == ["run", "export", "refine", "eval", "view", "report", "preview", "batch"]
     assert list(build_parser().commands) == NAMES
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import field as dc_field
 from typing import Optional
 
-from ..errors import ConfigError
 from ..export.config import ExportConfig
 from ..fields.config import (LATENT_NEEDS_VOLUME, DMTetConfig, FieldConfig, GaussianConfig, HashGridConfig,
                              TriplaneConfig)
@@ -65,16 +64,6 @@ class Config:
     optim: OptimConfig = dc_field(default_factory=OptimConfig)
     loss: LossConfig = dc_field(default_factory=LossConfig)
     export: ExportConfig = dc_field(default_factory=ExportConfig)
-
-    def check(self, root) -> None:
-        """A chained refine config must exist before the coarse run spends its time."""
-        if self.refine is not None:
-            from .loader import resolve_config_path  # the loader imports this module
-
-            try:
-                resolve_config_path(self.refine)
-            except ConfigError as exc:
-                raise ConfigError(f"refine={self.refine}: {exc}") from None
 
 
 CHOICES: dict[str, tuple[str, ...]] = choices_of(Config)
