@@ -209,7 +209,7 @@ PARSE_ERRORS = [
     # (argv, what the one line must say); none of these texts is part of the arguments
     (["--fast"], "unknown option '--fast'; usage: python -m dreamfusion [run]"),
     (["--config"], "--config needs a value"),
-    (["exprot", "RUN"], "unknown command 'exprot': commands are run, export, eval, view, report, preview, batch; "
+    (["exprot", "RUN"], "unknown command 'exprot': commands are run, export, refine, eval, view, report, preview, batch; "
                         "did you mean export?"),
     (["export"], "export needs RUN_DIR"),
     (["export", "export.resolution=64"], "export needs RUN_DIR"),

@@ -325,6 +325,10 @@ def test_perp_neg_on_mvdream_is_refused_in_one_line():
 
     message = one_line(lambda: load_config("mvdream", ["guidance.type=perp_neg", "guidance.recon_loss=false",
                                                        "guidance.view_dependent=true"]), ConfigError)
+    assert "camera.n_views must be 1" in message  # the view groups first (perp_neg grades single views)
+    message = one_line(lambda: load_config("mvdream", ["guidance.type=perp_neg", "guidance.recon_loss=false",
+                                                       "guidance.view_dependent=true", "camera.n_views=1",
+                                                       "camera.batch_size=1"]), ConfigError)
     assert "guidance.type=sds with guidance.model_type=mvdream" in message
 
 

@@ -184,8 +184,7 @@ def _add_options(name: str, p: argparse.ArgumentParser) -> None:
         _settings(p, "settings for this export on top of the run's config.yaml, e.g. export.resolution=256")
     elif name == "refine":
         _run_dir(p)
-        _config(p, without="the one that follows the run (demo-refine, gaussian-refine, prolificdreamer-refine or "
-                           "magic3d-refine)")
+        _config(p, without="the one that follows the run (see above)")
         _settings(p, "settings on top of the run's config.yaml and the refine config, e.g. steps=2000")
     elif name == "eval":
         p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders to score (their prompts compete "
