@@ -85,6 +85,10 @@ def scores(run_dir: Path, prompt: str) -> dict[str, float]:
         part = scene.parts[0]
         if part.shape == "cube" and getattr(part, "front", None):
             out["front_width"] = front_edge_width(mesh, part.colour, part.front)
+        if len(scene.parts) > 1:  # pieces: connected components (UV seams merged) with >= 5 % of the faces
+            whole = mesh.copy()
+            whole.merge_vertices(merge_tex=True, merge_norm=True)
+            out["pieces"] = sum(len(p.faces) >= 0.05 * len(whole.faces) for p in whole.split(only_watertight=False))
     out["faces"] = len(mesh.faces)
     return out
 
