@@ -8,6 +8,7 @@ whenever elevation > 60° (it wins over the azimuth). Boundaries (exactly 45°, 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -58,6 +59,17 @@ def prompt_texts(prompt: str, negative_prompt: str = "", view_dependent: bool = 
     if not prompt or not prompt.strip():
         raise UserError('prompt is empty: pass prompt="..."')
     return {"uncond": negative_prompt, **(view_prompts(prompt) if view_dependent else {"all": prompt})}
+
+
+def warn_if_truncated(counts: dict[str, int], limit: int, encoder: str = "text encoder") -> None:
+    """One stderr line when the longest of prompt_texts' texts (``counts``: key -> token count) exceeds the text
+    encoder's window of ``limit`` tokens (it is cut, not an error)."""
+    key = max(counts, key=counts.get)
+    if counts[key] > limit:
+        which = "negative prompt" if key == "uncond" else "prompt"
+        suffix = "" if key in ("uncond", "all") else f" (with the ', {key} view' suffix)"
+        print(f"warning: {which} truncated: it is {counts[key]} tokens{suffix}, the {encoder} reads "
+              f"{limit}; the last {counts[key] - limit} are ignored", file=sys.stderr)
 
 
 def labels_for(cameras: Any, batch: int, view_dependent: bool) -> list[str]:

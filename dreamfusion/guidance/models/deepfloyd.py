@@ -38,7 +38,7 @@ from .fastpaths import resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
 from .prediction import TextUNetPredictor, prediction_type
 from ...runfolder import slugify
-from ..prompts import TextConditioning, prompt_texts
+from ..prompts import TextConditioning, prompt_texts, warn_if_truncated
 
 __all__ = ["DeepFloydIF", "DEFAULT_MODEL", "t5_cache_dir"]
 
@@ -204,19 +204,9 @@ class DeepFloydIF(TextUNetPredictor):
         prompt ('' when none), which is the unconditional branch of classifier-free guidance."""
         texts = prompt_texts(prompt, negative_prompt, view_dependent)
         embeddings, counts = self.text.embed(list(texts.values()))  # [N, L, D]
-        self._warn_if_truncated(dict(zip(texts, counts)))
+        warn_if_truncated(dict(zip(texts, counts)), self.text.max_length, "T5 text encoder")
         rows = {k: embeddings[i:i + 1] for i, k in enumerate(texts)}
         return TextConditioning(uncond=rows.pop("uncond"), cond=rows)
-
-    def _warn_if_truncated(self, counts: dict[str, int]) -> None:
-        """One stderr line when the longest text exceeds max_length tokens (it is cut, not an error)."""
-        limit = self.text.max_length
-        key = max(counts, key=counts.get)
-        if counts[key] > limit:
-            which = "negative prompt" if key == "uncond" else "prompt"
-            suffix = "" if key in ("uncond", "all") else f" (with the ', {key} view' suffix)"
-            print(f"warning: {which} truncated: it is {counts[key]} tokens{suffix}, the T5 text encoder reads "
-                  f"{limit}; the last {counts[key] - limit} are ignored", file=sys.stderr)
 
     def encode(self, images: Tensor) -> Tensor:
         """images [B, H, W, 3] in [0, 1] -> x0 [B, 3, S, S] in [-1, 1] (S = the UNet's sample size, 64), fp32.

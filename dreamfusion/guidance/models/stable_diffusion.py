@@ -9,8 +9,6 @@ UNet forward on the batch [uncond x B, cond x B].
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -20,7 +18,7 @@ from ...errors import ModelNotFoundError
 from .fastpaths import apply_fast_paths, resolve_dtype
 from .hub import first_line, hub_kwargs, load_parts, looks_like_path, resolve_model
 from .prediction import TextUNetPredictor, prediction_type
-from ..prompts import TextConditioning, prompt_texts
+from ..prompts import TextConditioning, prompt_texts, warn_if_truncated
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DEFAULT_MODEL = StableDiffusionConfig.model
@@ -117,15 +115,9 @@ class StableDiffusion(TextUNetPredictor):
         return TextConditioning(uncond=rows.pop("uncond"), cond=rows)
 
     def _warn_if_truncated(self, texts: dict[str, str]) -> None:
-        """One stderr line when the longest text exceeds the text encoder's window (it is cut, not an error)."""
-        limit = self.context_length
+        """prompts.warn_if_truncated with this tokenizer's counts and the text encoder's window."""
         counts = {k: len(self.tokenizer(v, truncation=False, verbose=False).input_ids) for k, v in texts.items()}
-        key = max(counts, key=counts.get)
-        if counts[key] > limit:
-            which = "negative prompt" if key == "uncond" else "prompt"
-            suffix = "" if key in ("uncond", "all") else f" (with the ', {key} view' suffix)"
-            print(f"warning: {which} truncated: it is {counts[key]} tokens{suffix}, the text encoder reads "
-                  f"{limit}; the last {counts[key] - limit} are ignored", file=sys.stderr)
+        warn_if_truncated(counts, self.context_length)
 
     @torch.no_grad()
     def _embed(self, texts: list[str]) -> Tensor:
