@@ -193,12 +193,14 @@ def _start_from_coarse(field, cfg: Config, device: torch.device, timer: PhaseTim
 
 
 def default_refine_config(coarse: Config) -> str:
-    """The refine config that follows a coarse run: demo-refine under the embedded prior, gaussian-refine
-    (DreamGaussian's stage 2) after Gaussians, prolificdreamer-refine after VSD, else magic3d-refine."""
-    if coarse.guidance.model_kind == "prior":
-        return "demo-refine"
+    """The refine config that follows a coarse run: DreamGaussian's texture stage after Gaussians
+    (gaussian-refine; demo-gaussian-refine under the embedded prior), else demo-refine under the prior,
+    prolificdreamer-refine after VSD, magic3d-refine otherwise."""
+    prior = coarse.guidance.model_kind == "prior"
     if coarse.field.type == "gaussian":
-        return "gaussian-refine"
+        return "demo-gaussian-refine" if prior else "gaussian-refine"
+    if prior:
+        return "demo-refine"
     return "prolificdreamer-refine" if coarse.guidance.type == "vsd" else "magic3d-refine"
 
 

@@ -39,6 +39,13 @@ def test_normal_consistency_closed_forms():
     expected = 1 - float((n1 * n2).sum() / n2.norm())
     assert abs(float(normal_consistency(folded, faces)) - expected) < 1e-6
     assert expected > 0.1
+    # edge-preserving (field.dmtet.normal_edge = c): c x / (x + c), below c for the sharp fold, ~x for a slight one
+    for c in (0.02, 0.5):
+        assert abs(float(normal_consistency(folded, faces, edge=c)) - c * expected / (expected + c)) < 1e-6
+    slight = folded.clone()
+    slight[3, 2] = 0.01
+    x = float(normal_consistency(slight, faces))
+    assert abs(float(normal_consistency(slight, faces, edge=0.5)) - x) < 0.01 * x and 0 < x < 1e-3
 
 
 def test_laplacian_of_an_octahedron():

@@ -113,6 +113,27 @@ def test_texture_only_keeps_the_coarse_runs_surface(coarse, tmp_path):
     assert _iou(_glb_mesh(fine), _glb_mesh(coarse)) >= 0.9
 
 
+def test_a_gaussian_run_is_refined_texture_only_by_sdedit(tmp_path):
+    """Under the prior a Gaussian run's default refine config is demo-gaussian-refine (DreamGaussian's stage 2): the
+    surface stays the conversion's (SDF bit-identical, deformation 0) and the texture is graded by the SDEdit rule."""
+    from dreamfusion.refine import coarse_sdf
+    from dreamfusion.run import load_run
+
+    rc, stdout, err = run_cli([*COARSE, "prompt=a red cube", "field.type=gaussian", "field.gaussian.count=500",
+                               "field.gaussian.init_radius=0.6", f"output_dir={tmp_path}"])
+    assert rc == 0, err
+    coarse = Path(last_line(stdout))
+    rc, stdout, err = run_cli(["refine", coarse, *REFINE, "steps=3", "guidance.sdedit.steps=10"])
+    assert rc == 0, err
+    fine = Path(last_line(stdout))
+    assert json.loads((fine / "run.json").read_text())["config"] == "demo-gaussian-refine"
+    rows = [json.loads(line) for line in (fine / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["loss_sdedit"] > 0 and "loss_sds" not in row for row in rows if "loss" in row)
+    state = load_checkpoint(fine)["field"]
+    assert torch.equal(state["sdf"], coarse_sdf(load_run(coarse, "cpu").field, 24, 1.0, device="cpu"))
+    assert torch.equal(state["deformation"], torch.zeros_like(state["deformation"]))
+
+
 SMALL_REFINE = """\
 steps: 2
 checkpoint_every: 1

@@ -98,6 +98,8 @@ class DMTetConfig:
     """Run folder whose field starts this one (set by python -m dreamfusion refine RUN_DIR): its exported surface and albedo."""
     texture_fit_steps: int = ranged(200, "[0, inf)")
     """Adam steps fitting the texture to the coarse run's albedo at conversion (0: the texture starts untrained)."""
+    normal_edge: float = ranged(0.0, "[0, inf)")
+    """Edge-preserving normal consistency: each edge costs c x / (x + c) of x = 1 - cos instead of x, with c this value, so small bends are smoothed as before and sharp edges cost at most c; 0 keeps plain 1 - cos (magic3d-refine)."""
 
 
 @section

@@ -52,6 +52,7 @@ class DMTetField(Field):
         self.sdf = nn.Parameter(grid.norm(dim=-1) * self.bound - float(settings.init_radius))
         self.deformation = nn.Parameter(torch.zeros_like(grid))
         self.train_geometry = bool(settings.train_geometry)  # false: texture only (DreamGaussian's stage 2)
+        self.normal_edge = float(settings.normal_edge)  # > 0: edge-preserving normal consistency
         self.sdf.requires_grad_(self.train_geometry)
         self.deformation.requires_grad_(self.train_geometry)
         self.encoding = make_hashgrid(cfg, device)
@@ -106,7 +107,7 @@ class DMTetField(Field):
         if not self.train_geometry or self._surface is None or len(self._surface[1]) == 0:
             return {}
         vertices, faces = self._surface
-        return {"loss_normal_consistency": normal_consistency(vertices, faces, self.adjacency()),
+        return {"loss_normal_consistency": normal_consistency(vertices, faces, self.adjacency(), self.normal_edge),
                 "loss_laplacian": laplacian(vertices, faces)}
 
 
@@ -115,17 +116,19 @@ def _face_normals(vertices: Tensor, faces: Tensor) -> Tensor:
     return torch.nn.functional.normalize(torch.linalg.cross(b - a, c - a), dim=-1, eps=1e-12)
 
 
-def normal_consistency(vertices: Tensor, faces: Tensor, across: Tensor | None = None) -> Tensor:
-    """Mean over the edges shared by two faces of 1 - cos(angle between their normals): 0 for a flat sheet.
-    ``across``: ``face_adjacency(faces)`` when the caller has it already."""
+def normal_consistency(vertices: Tensor, faces: Tensor, across: Tensor | None = None, edge: float = 0.0) -> Tensor:
+    """Mean over the edges shared by two faces of x = 1 - cos(angle between their normals): 0 for a flat sheet.
+    ``across``: ``face_adjacency(faces)`` when the caller has it already. ``edge`` c > 0: the mean of
+    c x / (x + c) instead (Geman-McClure), equal to x for bends far below c and at most c for a sharp edge,
+    so a cube's edges are not rounded off (field.dmtet.normal_edge)."""
     across = face_adjacency(faces) if across is None else across  # [K, 3]
     own = torch.arange(len(faces), device=faces.device)[:, None].expand_as(across)
     pair = across > own  # each shared edge once (boundary edges have -1)
     if not bool(pair.any()):
         return vertices.new_zeros(())
     normals = _face_normals(vertices, faces)
-    cos = (normals[own[pair]] * normals[across[pair]]).sum(-1)
-    return (1 - cos).mean()
+    bend = 1 - (normals[own[pair]] * normals[across[pair]]).sum(-1)
+    return (edge * bend / (bend + edge)).mean() if edge > 0 else bend.mean()
 
 
 def laplacian(vertices: Tensor, faces: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
     model = load_guidance_model(cfg, device)          # the frozen model: slow, once per process
     guidance = build_guidance(cfg, device, model)      # bound to cfg.prompt: fast, once per prompt
 
-``guidance.type`` picks the rule (rules/: sds.py, perp_neg.py, vsd.py, clip.py) and ``guidance.model_type`` the
+``guidance.type`` picks the rule (rules/: sds.py, perp_neg.py, vsd.py, clip.py, sdedit.py) and ``guidance.model_type`` the
 noise model (models/: stable_diffusion.py, deepfloyd.py, prior.py, mvdream.py; CLIP's clip.py); base.py holds the protocols
 between them, config.py their config section, build.py their construction. The names below import their module
 on first use, so reading the config section (``guidance.config``, assembled by ``dreamfusion.config``) does not

@@ -3,7 +3,7 @@
     model = load_guidance_model(cfg, device)          # the frozen model: slow, once per process
     guidance = build_guidance(cfg, device, model)      # bound to cfg.prompt: fast, once per prompt
 
-Two keys choose it (guidance/config.py): ``guidance.type`` the rule (sds, perp_neg, vsd, clip) and
+Two keys choose it (guidance/config.py): ``guidance.type`` the rule (sds, perp_neg, vsd, clip, sdedit) and
 ``guidance.model_type`` the noise predictor (stable_diffusion, deepfloyd, prior, mvdream; clip loads CLIP).
 ``build_guidance(cfg, device)`` alone loads the model too. ``guidance_model_key(cfg)`` says which configs can
 share one loaded model (a batch worker keeps it across prompts): the values of the keys its loader reads
@@ -83,7 +83,14 @@ def _clip():
     return lambda model, g, prompt, negative_prompt: CLIPGuidance(model, prompt, g)
 
 
-RULES = {"sds": lambda: SDSGuidance, "perp_neg": lambda: PerpNegGuidance, "vsd": _vsd, "clip": _clip}
+def _sdedit():
+    from .rules.sdedit import SDEditGuidance
+
+    return SDEditGuidance
+
+
+RULES = {"sds": lambda: SDSGuidance, "perp_neg": lambda: PerpNegGuidance, "vsd": _vsd, "clip": _clip,
+         "sdedit": _sdedit}
 """guidance.type -> its rule's constructor ``rule(model, cfg.guidance, prompt, negative_prompt)``, imported when asked
 for (rules/vsd.py needs peft, rules/clip.py transformers' CLIP)."""
 

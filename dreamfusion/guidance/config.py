@@ -2,14 +2,15 @@
 
 Two keys choose the guidance, apart from each other:
 
-    guidance.type         the rule: sds | perp_neg | vsd | clip                     (rules/: sds, perp_neg, vsd, clip)
+    guidance.type         the rule: sds | perp_neg | vsd | clip | sdedit   (rules/: sds, perp_neg, vsd, clip, sdedit)
     guidance.model_type   the noise predictor: stable_diffusion | deepfloyd | prior | mvdream   (models/:
                           stable_diffusion, deepfloyd, prior, mvdream); clip brings its own model (CLIP) and reads
                           no model_type
 
 Each rule owns its section and its checks (``check(self, root)``, called by the loader): Perp-Neg
-``guidance.perp_neg.*``, VSD ``guidance.vsd.*``, CLIP ``guidance.clip.*``; the SDS keys (guidance_scale, t_*,
-weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd alike. Each model's loader owns its
+``guidance.perp_neg.*``, VSD ``guidance.vsd.*``, CLIP ``guidance.clip.*``, SDEdit ``guidance.sdedit.*``; the SDS
+keys (guidance_scale, t_*, weighting, grad_clip) sit on ``guidance`` itself, read by sds, perp_neg and vsd alike
+(sdedit reads guidance_scale). Each model's loader owns its
 section (``MODEL_KEYS``): ``guidance.stable_diffusion.*``, ``guidance.deepfloyd.*``, ``guidance.mvdream.*`` (with
 camera.n_views, the group size its attention joins), ``guidance.prior.*`` (with
 the camera ranges and background its image set is rendered with), and CLIP's model keys in ``guidance.clip.*``;
@@ -26,9 +27,9 @@ from ..errors import ConfigError
 from ..settings import choice, get_key, ranged, section
 
 __all__ = ["GuidanceConfig", "PriorConfig", "ClipConfig", "PerpNegConfig", "VSDConfig", "DeepFloydConfig",
-           "StableDiffusionConfig", "MVDreamConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "LATENT_NEEDS_SD", "model_settings"]
+           "StableDiffusionConfig", "MVDreamConfig", "SDEditConfig", "RULES", "MODEL_TYPES", "MODEL_KEYS", "LATENT_NEEDS_SD", "model_settings"]
 
-RULES = ("sds", "perp_neg", "vsd", "clip")
+RULES = ("sds", "perp_neg", "vsd", "clip", "sdedit")
 """guidance.type: the rule that turns renders into a loss."""
 MODEL_TYPES = ("stable_diffusion", "deepfloyd", "prior", "mvdream")
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
@@ -169,6 +170,24 @@ class VSDConfig:
 
 
 @section
+class SDEditConfig:
+    """guidance.sdedit: an MSE to an SDEdit-refined copy of each render (guidance.type=sdedit; DreamGaussian's stage 2; guidance/rules/sdedit.py)."""
+
+    strength: List[float] = ranged([0.8, 0.95], "[0, 1)")
+    """(start, end) share of the DDIM steps skipped before the render is noised and denoised, moving linearly over the run (DreamGaussian main2.py: 0.8 -> 0.95, t ~ 0.18 -> 0.04 of 50 steps)."""
+    steps: int = ranged(50, "[2, 1000]")
+    """DDIM steps of the whole schedule; the refinement runs the last (1 - strength) share of them (DreamGaussian: 50)."""
+
+    def check(self, root) -> None:
+        if len(self.strength) != 2:
+            raise ConfigError(f"guidance.sdedit.strength must be two numbers (start, end), got {list(self.strength)}")
+        g = root.guidance
+        if _rule_of(root) == "sdedit" and g.latent_render:
+            raise ConfigError("guidance.type=sdedit compares decoded images with the render: set "
+                              "guidance.latent_render=false")
+
+
+@section
 class DeepFloydConfig:
     """guidance.deepfloyd: DeepFloyd IF stage I, a pixel-space prior read by T5 (guidance.model_type=deepfloyd)."""
 
@@ -249,7 +268,7 @@ class GuidanceConfig:
     """guidance: the rule that grades the renders (type), the model that predicts the noise (model_type), the SDS settings."""
 
     type: str = choice("sds", RULES)
-    """The rule: sds (score distillation), perp_neg (SDS with Perp-Neg view negatives), vsd (ProlificDreamer's variational score distillation, Stable Diffusion only) or clip (Dream Fields' CLIP similarity, its own model)."""
+    """The rule: sds (score distillation), perp_neg (SDS with Perp-Neg view negatives), vsd (ProlificDreamer's variational score distillation, Stable Diffusion only), clip (Dream Fields' CLIP similarity, its own model) or sdedit (an MSE to an SDEdit-refined copy of each render: DreamGaussian's texture stage)."""
     model_type: str = choice("stable_diffusion", MODEL_TYPES)
     """The noise predictor of sds, perp_neg and vsd: stable_diffusion, deepfloyd (DeepFloyd IF stage I, pixel space), prior (the embedded offline prior) or mvdream (multi-view, groups of camera.n_views; sds only); clip does not read it."""
     guidance_scale: float = ranged(100.0, "[0, inf)")
@@ -284,6 +303,7 @@ class GuidanceConfig:
     clip: ClipConfig = dc_field(default_factory=ClipConfig)
     perp_neg: PerpNegConfig = dc_field(default_factory=PerpNegConfig)
     vsd: VSDConfig = dc_field(default_factory=VSDConfig)
+    sdedit: SDEditConfig = dc_field(default_factory=SDEditConfig)
     deepfloyd: DeepFloydConfig = dc_field(default_factory=DeepFloydConfig)
     stable_diffusion: StableDiffusionConfig = dc_field(default_factory=StableDiffusionConfig)
     mvdream: MVDreamConfig = dc_field(default_factory=MVDreamConfig)

@@ -102,6 +102,8 @@ class LossConfig:
     """Weight of the score distillation term."""
     clip: float = ranged(1.0, "[0, inf)")
     """Weight of the CLIP similarity term."""
+    sdedit: float = ranged(1.0, "[0, inf)")
+    """Weight of the MSE to the SDEdit-refined renders (guidance.type=sdedit)."""
     transmittance: float = ranged(0.0, "[0, inf)")
     """Weight of the Dream Fields transmittance term (configs/dreamfields.yaml: 0.5)."""
     orientation: float = ranged(0.0, "[0, inf)")

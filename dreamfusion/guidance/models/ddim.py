@@ -25,7 +25,7 @@ from render.cameras import Cameras
 
 from .prediction import classifier_free_guidance  # the sampler guides as the SDS rule does
 
-__all__ = ["ddim_timesteps", "ddim_sample"]
+__all__ = ["ddim_timesteps", "ddim_sample", "ddim_denoise"]
 
 
 def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> list[int]:
@@ -45,7 +45,17 @@ def ddim_sample(predictor, cond, cameras: Cameras, guidance_scale: float, steps:
     batch = cameras.c2w.shape[0]
     noise_device = generator.device if generator is not None else device
     x = torch.randn((batch, *predictor.sample_shape), generator=generator, device=noise_device).to(device)
-    timesteps = ddim_timesteps(steps, abar.shape[0])
+    return ddim_denoise(predictor, cond, cameras, x, ddim_timesteps(steps, abar.shape[0]), guidance_scale)
+
+
+@torch.no_grad()
+def ddim_denoise(predictor, cond, cameras: Cameras, x: Tensor, timesteps: list[int], guidance_scale: float) -> Tensor:
+    """x0 [B, C, h, w]: the DDIM steps above from x = x_{timesteps[0]} [B, C, h, w] (on the predictor's device)
+    through each of ``timesteps`` (descending) to a clean image. ddim_sample starts from pure noise at T - 1; the
+    SDEdit rule (guidance/rules/sdedit.py) from a noised render partway down."""
+    abar = predictor.alphas_cumprod.float()
+    device = abar.device
+    batch = x.shape[0]
     one = abar.new_ones(())
     for i, t in enumerate(timesteps):
         a_t, a_prev = abar[t], (abar[timesteps[i + 1]] if i + 1 < len(timesteps) else one)
