@@ -273,6 +273,23 @@ def test_as_many_pieces_as_objects_are_split_by_piece_on_colour_and_iou():
     assert scores["iou_0"] == apart["iou_0"] and scores["albedo_err_0"] == pytest.approx(0.101, abs=1e-3), scores
 
 
+def test_a_uv_unwrapped_pair_scores_as_the_welded_one():
+    """An exported .glb's UV seams split its vertices (each face its own three here, the worst case): its pieces
+    are still the surface's, so a pair scores as the welded mesh does, not as chart fragments."""
+    import trimesh
+
+    prompt = "a red cube on a blue sphere"
+    pair = truth_mesh(prompt, 48)
+    welded = scene_scores(pair, prompt)
+    faces = np.asarray(pair.faces)
+    split = trimesh.Trimesh(np.asarray(pair.vertices)[faces].reshape(-1, 3), np.arange(faces.size).reshape(-1, 3),
+                            vertex_colors=np.asarray(pair.visual.vertex_colors)[faces].reshape(-1, 4), process=False)
+    scores = scene_scores(split, prompt)
+    assert welded["colour_split"] == 0.0 and min(welded["iou_0"], welded["iou_1"]) >= 0.95, welded
+    for key in ("iou_0", "iou_1", "albedo_err_0", "albedo_err_1", "relation", "colour_split"):
+        assert scores[key] == pytest.approx(welded[key], abs=1e-9), (key, scores, welded)
+
+
 def test_swapped_objects_fail_the_relation_and_the_iou():
     # The asset holds the right objects in each other's places: the red cube below, the blue one above.
     scores = scene_scores(truth_mesh("a blue cube on a red cube", 48), "a red cube on a blue cube")

@@ -2,11 +2,12 @@
 
 The SDF is read off the same surface the exporter extracts (export/mesh.py): with ``threshold`` None the level
 where the optical depth seen from outside reaches ``auto_optical_depth``, else the density ``threshold`` on log
-density. At the tet grid's vertices the SDF is the first-order distance to that level, ``(level - v) / |grad v|`` with the
-steepest slope around the vertex, clamped to two cells (stable-dreamfusion's ``--dmtet`` takes
-``clamp(sigma - threshold, -1, 1)``; on a 32-grid that put the demo cube's step-0 surface at IoU 0.934 against its
-own export, this at 0.953), so marching tetrahedra at step 0 give the coarse run's mesh, and the SDF is in world
-units. The texture field is then fitted to the coarse field's albedo
+density. At the tet grid's vertices the SDF is the exact Euclidean distance to that level set, found on a sample
+of the density at least ``SAMPLES`` per axis (``coarse_sdf``), clamped to two cells (stable-dreamfusion's
+``--dmtet`` takes ``clamp(sigma - threshold, -1, 1)``: on a 32-grid that put the demo cube's step-0 surface at
+IoU 0.934 against its own export; a first-order distance (level - v) / |grad v| at 0.953, dilated by +0.009;
+the distance transform lies on the export, docs/BENCHMARKS.md), so marching tetrahedra at step 0 give the coarse
+run's mesh, and the SDF is in world units. The texture field is then fitted to the coarse field's albedo
 at points on and near that surface (MSE, Adam), any field type alike (NeRF, tri-plane, Gaussians).
 """
 

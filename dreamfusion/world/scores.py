@@ -172,10 +172,13 @@ def _load_mesh(glb_path):
 
 
 def _components(mesh, max_components: int = 6) -> list[np.ndarray]:
-    """Face indices of the mesh's connected pieces (faces sharing an edge), the largest max_components by area."""
+    """Face indices of the mesh's connected pieces (faces sharing an edge once vertices at one position are merged:
+    a UV-unwrapped export's seams split its vertices, not its surface), the largest max_components by area."""
     import trimesh
 
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    welded = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    welded.merge_vertices(merge_tex=True, merge_norm=True)  # keeps the faces and their order
+    labels = trimesh.graph.connected_component_labels(welded.face_adjacency, node_count=len(mesh.faces))
     pieces = [np.nonzero(labels == k)[0] for k in np.unique(labels)]
     pieces.sort(key=lambda f: -mesh.area_faces[f].sum())
     return pieces[:max_components]
