@@ -116,6 +116,7 @@ def test_texture_only_keeps_the_coarse_runs_surface(coarse, tmp_path):
 def test_a_gaussian_run_is_refined_texture_only_by_sdedit(tmp_path):
     """Under the prior a Gaussian run's default refine config is demo-gaussian-refine (DreamGaussian's stage 2): the
     surface stays the conversion's (SDF bit-identical, deformation 0) and the texture is graded by the SDEdit rule."""
+    from dreamfusion.artifacts import surface_optical_depth
     from dreamfusion.refine import coarse_sdf
     from dreamfusion.run import load_run
 
@@ -130,7 +131,9 @@ def test_a_gaussian_run_is_refined_texture_only_by_sdedit(tmp_path):
     rows = [json.loads(line) for line in (fine / "metrics.jsonl").read_text().splitlines()]
     assert all(row["loss_sdedit"] > 0 and "loss_sds" not in row for row in rows if "loss" in row)
     state = load_checkpoint(fine)["field"]
-    assert torch.equal(state["sdf"], coarse_sdf(load_run(coarse, "cpu").field, 24, 1.0, device="cpu"))
+    run = load_run(coarse, "cpu")
+    level = surface_optical_depth(run.field, run.cfg.export.auto_optical_depth)  # the Gaussians' own export level
+    assert torch.equal(state["sdf"], coarse_sdf(run.field, 24, 1.0, auto_optical_depth=level, device="cpu"))
     assert torch.equal(state["deformation"], torch.zeros_like(state["deformation"]))
 
 
