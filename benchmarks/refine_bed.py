@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from dreamfusion.runfolder import MESH_GLB, read_run_json, slugify  # noqa: E402
 import numpy as np  # noqa: E402
+import trimesh  # noqa: E402
 
 from dreamfusion.world.primitives import COLOURS, parse_prompt, parse_scene  # noqa: E402
 from dreamfusion.world.scores import _load_mesh, face_colours, prior_scores, surface_scores  # noqa: E402
@@ -46,23 +47,43 @@ def _command(args: list[str], threads: int) -> tuple[Path, float]:
     return Path(proc.stdout.strip().splitlines()[-1]), seconds
 
 
+def surface_colours(mesh, count: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(points [N, 3], face index [N], colour [N, 3] in [0, 1]) of ``count`` points sampled uniformly by area on the
+    mesh, each coloured where it lies: its base-colour texture at the interpolated UV (nearest texel), or its
+    vertex colours interpolated barycentrically. A colour change inside a face shows, whatever the face size."""
+    points, face = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    corners = mesh.triangles[face]
+    bary = trimesh.triangles.points_to_barycentric(corners, points)  # [N, 3]
+    faces = np.asarray(mesh.faces)[face]
+    uv, material = getattr(mesh.visual, "uv", None), getattr(mesh.visual, "material", None)
+    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)  # a .glb's / an .obj's
+    if uv is not None and image is not None:
+        at = (np.asarray(uv)[faces] * bary[..., None]).sum(1)
+        colour = trimesh.visual.uv_to_color(at, image)[:, :3] / 255.0
+        factor = getattr(material, "baseColorFactor", None)
+        return points, face, colour * (1.0 if factor is None else np.asarray(factor, dtype=np.float64)[:3] / 255.0)
+    attributes = getattr(mesh.visual, "vertex_attributes", {})
+    rgb = np.asarray(attributes["color"]) if "color" in attributes else np.asarray(mesh.visual.vertex_colors)
+    return points, face, (rgb[faces][..., :3].astype(np.float64) / 255.0 * bary[..., None]).sum(1)
+
+
 def front_edge_width(mesh, body: str, front: str, bins: int = 40) -> float:
-    """How wide the change from the body colour to the front colour is on a cube's side faces: faces of the
-    mesh on x = +-0.5 (normal within 25 degrees of +-x, |y| < 0.35) binned by z; per bin the share of the way from
-    the body colour to the front colour (area-weighted); the width in z between the last bin under 0.1 and the
-    first over 0.9 of that share, walking toward the front (+z). A sharp edge gives about one bin (1 / bins)."""
+    """How wide the change from the body colour to the front colour is on a cube's side faces: points sampled on
+    the mesh's faces on x = +-0.5 (normal within 25 degrees of +-x, |y| < 0.35), coloured where they lie
+    (``surface_colours``), binned by z; per bin the mean share of the way from the body colour to the front colour;
+    the width in z between the last bin under 0.1 and the first over 0.9 of that share, walking toward the front
+    (+z). A sharp change gives about one bin (1 / bins)."""
     b, f = np.array(COLOURS[body]), np.array(COLOURS[front])
-    v, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
-    centre = v[faces].mean(1)
-    normal = mesh.face_normals
-    area = mesh.area_faces
-    side = (np.abs(normal[:, 0]) > np.cos(np.radians(25))) & (np.abs(centre[:, 0]) > 0.35) & (np.abs(centre[:, 1]) < 0.35)
-    share = ((face_colours(mesh)[side] - b) @ (f - b)) / ((f - b) @ (f - b))
-    z, w = centre[side, 2], area[side]
+    points, face, colour = surface_colours(mesh)
+    normal = mesh.face_normals[face]
+    side = (np.abs(normal[:, 0]) > np.cos(np.radians(25))) & (np.abs(points[:, 0]) > 0.35) & \
+        (np.abs(points[:, 1]) < 0.35)
+    share = ((colour[side] - b) @ (f - b)) / ((f - b) @ (f - b))
+    z = points[side, 2]
     edges = np.linspace(-0.5, 0.5, bins + 1)
     which = np.clip(np.digitize(z, edges) - 1, 0, bins - 1)
-    total = np.bincount(which, weights=w, minlength=bins)
-    profile = np.bincount(which, weights=w * share, minlength=bins) / np.maximum(total, 1e-12)
+    total = np.bincount(which, minlength=bins)
+    profile = np.bincount(which, weights=share, minlength=bins) / np.maximum(total, 1)
     mids = 0.5 * (edges[1:] + edges[:-1])
     filled = total > 0
     mids, profile = mids[filled], profile[filled]

@@ -9,6 +9,8 @@ triangles with known areas.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +122,29 @@ def test_surface_scores_closed_forms():
     ball = trimesh.creation.icosphere(subdivisions=5, radius=0.7)
     out = surface_scores(ball.vertices, ball.faces, "sphere")
     assert out["surface_dist"] == pytest.approx(0.1, abs=1e-3) and out["normal_deg"] < 1.0
+
+
+def _side_textured_cube(column_share):
+    """A unit cube of 12 triangles (each side face one quad) whose texture runs along z: u = z + 0.5 on the x = +-0.5
+    faces; column i of a 400 x 4 image has the front share column_share(u) between white and red."""
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    u = (np.arange(400) + 0.5) / 400
+    share = np.clip(column_share(u), 0, 1)[None, :, None]
+    white, red = np.array([1.0, 1.0, 1.0]), np.array([0.85, 0.1, 0.1])
+    image = Image.fromarray(np.round(255 * (white + share * (red - white))).repeat(4, 0).astype(np.uint8))
+    uv = np.stack([box.vertices[:, 2] + 0.5, np.full(len(box.vertices), 0.5)], 1)
+    box.visual = trimesh.visual.TextureVisuals(uv=uv, image=image)
+    return box
+
+
+def test_front_edge_width_reads_the_colour_inside_large_faces():
+    """benchmarks/refine_bed.py front_edge_width samples colours on the surface: a sharp change at z = 0.25 in the
+    middle of a face spanning the whole side is one bin (0.025) wide, a linear ramp over z in [0.15, 0.35] is the
+    distance between its 0.1 and 0.9 points' bins (0.15 +- a bin); per-face mean colours would see neither."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from refine_bed import front_edge_width
+
+    sharp = _side_textured_cube(lambda u: (u >= 0.75).astype(float))
+    assert front_edge_width(sharp, "white", "red") == pytest.approx(0.025, abs=1e-9)
+    ramp = _side_textured_cube(lambda u: (u - 0.65) / 0.2)
+    assert 0.125 - 1e-9 <= front_edge_width(ramp, "white", "red") <= 0.175 + 1e-9
