@@ -141,7 +141,7 @@ def test_the_key_check_tells_stale_keys_from_current_ones():
     assert stale_keys("other prompts need guidance.model_type=stable_diffusion") == []
     assert stale_keys("set render.background=gray, see guidance.prior.* and field.hashgrid.{}") == []
     assert stale_keys("other prompts need guidance.type=sds with Stable Diffusion") == []  # a current setting
-    assert stale_keys("use guidance.type=prior") == ["guidance.type=prior: not one of sds, perp_neg, vsd, clip"]
+    assert stale_keys("use guidance.type=prior") == ["guidance.type=prior: not one of sds, perp_neg, vsd, clip, sdedit"]
     assert stale_keys("guidance.type=prior was replaced by guidance.model_type=prior") == []
     assert stale_keys("raise field.n_levels") == ["field.n_levels: an old key, in a message that does not say so"]
     assert stale_keys("'field.n_levels' was renamed to 'field.hashgrid.n_levels'") == []

@@ -8,8 +8,8 @@ triangles with known areas.
 
 from __future__ import annotations
 
+import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +141,11 @@ def test_front_edge_width_reads_the_colour_inside_large_faces():
     """benchmarks/refine_bed.py front_edge_width samples colours on the surface: a sharp change at z = 0.25 in the
     middle of a face spanning the whole side is one bin (0.025) wide, a linear ramp over z in [0.15, 0.35] is the
     distance between its 0.1 and 0.9 points' bins (0.15 +- a bin); per-face mean colours would see neither."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from refine_bed import front_edge_width
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "refine_bed.py"
+    spec = importlib.util.spec_from_file_location("refine_bed_script", script)
+    bed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bed)
+    front_edge_width = bed.front_edge_width
 
     sharp = _side_textured_cube(lambda u: (u >= 0.75).astype(float))
     assert front_edge_width(sharp, "white", "red") == pytest.approx(0.025, abs=1e-9)
