@@ -185,11 +185,13 @@ def _start_from_coarse(field, cfg: Config, device: torch.device, timer: PhaseTim
     from .renderer.views import rgb_view
 
     coarse = load_run(cfg.field.dmtet.convert_from, device)
-    e, steps = coarse.cfg.export, cfg.field.dmtet.texture_fit_steps
-    with timer.phase("convert", f"the coarse run's surface and a texture fitted in {steps} steps"):
+    e, d = coarse.cfg.export, cfg.field.dmtet
+    with timer.phase("convert", f"the coarse run's surface (fitted in {d.surface_fit_steps} steps) and a texture "
+                                f"fitted in {d.texture_fit_steps} steps"):
         convert_into(field, rgb_view(coarse.field), threshold=e.threshold,
                      auto_optical_depth=surface_optical_depth(coarse.field, e.auto_optical_depth),
-                     texture_steps=steps, generator=torch.Generator().manual_seed(cfg.seed))
+                     texture_steps=d.texture_fit_steps, fit_steps=d.surface_fit_steps,
+                     generator=torch.Generator().manual_seed(cfg.seed))
 
 
 def default_refine_config(coarse: Config) -> str:

@@ -96,45 +96,47 @@ def test_resume_and_export_of_a_refine_run(refined, tmp_path):
 
 
 def test_texture_only_keeps_the_coarse_runs_surface(coarse, tmp_path):
-    """field.dmtet.train_geometry=false (DreamGaussian's stage 2): the SDF stays the conversion's, read off the
-    coarse run's density at its export level (refine.coarse_sdf), the deformation 0, and the refine run's mesh is
-    the coarse run's exported mesh (no jump at conversion)."""
-    from dreamfusion.refine import coarse_sdf
-    from dreamfusion.run import load_run
-
-    rc, stdout, err = run_cli(["refine", coarse, "--config", "demo-refine", *REFINE, "field.dmtet.train_geometry=false",
-                               "steps=2", f"output_dir={tmp_path}"])
+    """field.dmtet.train_geometry=false (DreamGaussian's stage 2): the SDF and the deformation stay the conversion's
+    (the coarse run's density at its export level, fitted onto its surface), and the refine run's mesh is the coarse
+    run's exported mesh (no jump at conversion)."""
+    settings = [*REFINE, "field.dmtet.train_geometry=false", "steps=2"]
+    rc, stdout, err = run_cli(["refine", coarse, "--config", "demo-refine", *settings, f"output_dir={tmp_path}"])
     assert rc == 0, err
     fine = Path(last_line(stdout))
-    state = load_checkpoint(fine)["field"]
-    expected = coarse_sdf(load_run(coarse, "cpu").field, 24, 1.0, device="cpu")
-    assert torch.equal(state["sdf"], expected)
-    assert torch.equal(state["deformation"], torch.zeros_like(state["deformation"]))
+    _assert_geometry_is_the_conversions(fine, coarse, "demo-refine", settings)
     assert _iou(_glb_mesh(fine), _glb_mesh(coarse)) >= 0.9
+
+
+def _assert_geometry_is_the_conversions(fine, coarse, name, settings):
+    """The refine run's SDF and deformation are those its conversion gives (run._start_from_coarse, run here again:
+    the distance-transform SDF and the surface fit), untouched by training."""
+    from dreamfusion.artifacts import PhaseTimer
+    from dreamfusion.fields.dmtet import DMTetField
+    from dreamfusion.run import _start_from_coarse, refine_config
+
+    cfg, _ = refine_config(coarse, name, settings)
+    field = DMTetField(cfg.field, "cpu")
+    _start_from_coarse(field, cfg, torch.device("cpu"), PhaseTimer(quiet=True))
+    state = load_checkpoint(fine)["field"]
+    assert torch.allclose(state["sdf"], field.sdf.detach(), atol=1e-6)
+    assert torch.allclose(state["deformation"], field.deformation.detach(), atol=1e-6)
 
 
 def test_a_gaussian_run_is_refined_texture_only_by_sdedit(tmp_path):
     """Under the prior a Gaussian run's default refine config is demo-gaussian-refine (DreamGaussian's stage 2): the
-    surface stays the conversion's (SDF bit-identical, deformation 0) and the texture is graded by the SDEdit rule."""
-    from dreamfusion.artifacts import surface_optical_depth
-    from dreamfusion.refine import coarse_sdf
-    from dreamfusion.run import load_run
-
+    surface stays the conversion's and the texture is graded by the SDEdit rule."""
     rc, stdout, err = run_cli([*COARSE, "prompt=a red cube", "field.type=gaussian", "field.gaussian.count=500",
                                "field.gaussian.init_radius=0.6", f"output_dir={tmp_path}"])
     assert rc == 0, err
     coarse = Path(last_line(stdout))
-    rc, stdout, err = run_cli(["refine", coarse, *REFINE, "steps=3", "guidance.sdedit.steps=10"])
+    settings = [*REFINE, "steps=3", "guidance.sdedit.steps=10"]
+    rc, stdout, err = run_cli(["refine", coarse, *settings])
     assert rc == 0, err
     fine = Path(last_line(stdout))
     assert json.loads((fine / "run.json").read_text())["config"] == "demo-gaussian-refine"
     rows = [json.loads(line) for line in (fine / "metrics.jsonl").read_text().splitlines()]
     assert all(row["loss_sdedit"] > 0 and "loss_sds" not in row for row in rows if "loss" in row)
-    state = load_checkpoint(fine)["field"]
-    run = load_run(coarse, "cpu")
-    level = surface_optical_depth(run.field, run.cfg.export.auto_optical_depth)  # the Gaussians' own export level
-    assert torch.equal(state["sdf"], coarse_sdf(run.field, 24, 1.0, auto_optical_depth=level, device="cpu"))
-    assert torch.equal(state["deformation"], torch.zeros_like(state["deformation"]))
+    _assert_geometry_is_the_conversions(fine, coarse, "demo-gaussian-refine", settings)
 
 
 SMALL_REFINE = """\
