@@ -191,6 +191,7 @@ def _start_from_coarse(field, cfg: Config, device: torch.device, timer: PhaseTim
         convert_into(field, rgb_view(coarse.field), threshold=e.threshold,
                      auto_optical_depth=surface_optical_depth(coarse.field, e.auto_optical_depth),
                      texture_steps=d.texture_fit_steps, fit_steps=d.surface_fit_steps,
+                     export_resolution=e.resolution, min_component_ratio=e.min_component_ratio,
                      generator=torch.Generator().manual_seed(cfg.seed))
 
 

@@ -124,12 +124,13 @@ def _assert_geometry_is_the_conversions(fine, coarse, name, settings):
 
 def test_a_gaussian_run_is_refined_texture_only_by_sdedit(tmp_path):
     """Under the prior a Gaussian run's default refine config is demo-gaussian-refine (DreamGaussian's stage 2): the
-    surface stays the conversion's and the texture is graded by the SDEdit rule."""
+    surface stays the conversion's (here with 5 steps of the fit onto the coarse export) and the texture is graded
+    by the SDEdit rule."""
     rc, stdout, err = run_cli([*COARSE, "prompt=a red cube", "field.type=gaussian", "field.gaussian.count=500",
                                "field.gaussian.init_radius=0.6", f"output_dir={tmp_path}"])
     assert rc == 0, err
     coarse = Path(last_line(stdout))
-    settings = [*REFINE, "steps=3", "guidance.sdedit.steps=10"]
+    settings = [*REFINE, "steps=3", "guidance.sdedit.steps=10", "field.dmtet.surface_fit_steps=5"]  # fit to the export
     rc, stdout, err = run_cli(["refine", coarse, *settings])
     assert rc == 0, err
     fine = Path(last_line(stdout))

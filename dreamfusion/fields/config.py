@@ -98,8 +98,8 @@ class DMTetConfig:
     """Run folder whose field starts this one (set by python -m dreamfusion refine RUN_DIR): its exported surface and albedo."""
     texture_fit_steps: int = ranged(200, "[0, inf)")
     """Adam steps fitting the texture to the coarse run's albedo at conversion (0: the texture starts untrained)."""
-    surface_fit_steps: int = ranged(50, "[0, inf)")
-    """Adam steps pulling the converted surface (SDF and deformation) onto the coarse run's exported one at conversion, by the symmetric distance between points drawn on both (0: the distance-transform SDF alone)."""
+    surface_fit_steps: int = ranged(0, "[0, inf)")
+    """Adam steps pulling the converted surface (SDF and deformation) onto the coarse run's exported mesh at conversion, by the symmetric distance between points drawn on both: step 0 is then the export itself, thin tips included (0: the distance-transform SDF alone, which lies on the density's level set and can be closer to the shape than the export; docs/BENCHMARKS.md)."""
     normal_edge: float = ranged(0.0, "[0, inf)")
     """Edge-preserving normal consistency: each edge costs c x / (x + c) of x = 1 - cos instead of x, with c this value, so small bends are smoothed as before and sharp edges cost at most c; 0 keeps plain 1 - cos (magic3d-refine)."""
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..export.mesh import density_grid, surface_level
+from ..export.mesh import density_grid, extract_mesh, surface_level
 from ..fields.dmtet import DMTetField
 
 __all__ = ["coarse_sdf", "fit_surface", "fit_texture", "convert_into", "convert_field", "sample_surface", "SAMPLES"]
@@ -146,10 +146,14 @@ def fit_texture(field: DMTetField, coarse, steps: int = 200, points: int = 8192,
 
 
 def convert_into(field: DMTetField, coarse, *, threshold: float | None = None, auto_optical_depth: float = 0.3,
-                 texture_steps: int = 200, fit_steps: int = 0, generator: torch.Generator | None = None) -> DMTetField:
+                 texture_steps: int = 200, fit_steps: int = 0, export_resolution: int | None = None,
+                 min_component_ratio: float = 0.05, generator: torch.Generator | None = None) -> DMTetField:
     """``field`` (a DMTetField) given the coarse field's exported surface as its SDF (the deformation reset to 0),
     pulled onto that surface by ``fit_steps`` steps of :func:`fit_surface`, and, after ``texture_steps`` Adam steps,
-    a texture that follows the coarse albedo; returns ``field``."""
+    a texture that follows the coarse albedo; returns ``field``. The fit's target is the coarse run's own export
+    (``extract_mesh`` at ``export_resolution``, as export.resolution and export.min_component_ratio made it: its
+    integration at that grid's spacing places it slightly off the finer sample's level set), or with
+    ``export_resolution`` None the level set of the finer sample."""
     device = field.sdf.device
     values, level, fine, f = _level_sample(coarse, field.resolution, field.bound, threshold, auto_optical_depth,
                                            SAMPLES, device)
@@ -157,7 +161,14 @@ def convert_into(field: DMTetField, coarse, *, threshold: float | None = None, a
         field.sdf.copy_(_distance_sdf(values, level, fine, f, device))
         field.deformation.zero_()
     if fit_steps > 0:
-        target = _level_points(values, level, fine, field.bound, FIT_POINTS, generator, device)
+        if export_resolution:
+            vertices, faces = extract_mesh(coarse.density, field.bound, export_resolution, threshold=threshold,
+                                           min_component_ratio=min_component_ratio,
+                                           auto_optical_depth=auto_optical_depth, device=device)
+            target = sample_surface(torch.as_tensor(vertices, dtype=torch.float32), torch.as_tensor(faces),
+                                    FIT_POINTS, generator).to(device)
+        else:
+            target = _level_points(values, level, fine, field.bound, FIT_POINTS, generator, device)
         train = field.sdf.requires_grad, field.deformation.requires_grad
         field.sdf.requires_grad_(True)
         field.deformation.requires_grad_(True)
