@@ -187,7 +187,8 @@ def _start_from_coarse(field, cfg: Config, device: torch.device, timer: PhaseTim
     coarse = load_run(cfg.field.dmtet.convert_from, device)
     e, d = coarse.cfg.export, cfg.field.dmtet
     fitted = f" (fitted onto its export in {d.surface_fit_steps} steps)" if d.surface_fit_steps else ""
-    with timer.phase("convert", f"the coarse run's surface{fitted} and a texture fitted in {d.texture_fit_steps} steps"):
+    texture = f"a texture fitted in {d.texture_fit_steps} steps"
+    with timer.phase("convert", f"the coarse run's surface{fitted} and {texture}"):
         convert_into(field, rgb_view(coarse.field), threshold=e.threshold,
                      auto_optical_depth=surface_optical_depth(coarse.field, e.auto_optical_depth),
                      texture_steps=d.texture_fit_steps, fit_steps=d.surface_fit_steps,
