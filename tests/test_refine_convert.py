@@ -103,7 +103,7 @@ def test_the_surface_fit_brings_a_thin_tip_onto_the_export():
     theirs = mesh_occupancy(exported[0], exported[1], 96, 1.0)
     scores = []
     for steps in (0, 50):
-        field = convert_field(coarse, _cfg(16), texture_steps=0, fit_steps=steps,
+        field = convert_field(coarse, _cfg(16), texture_steps=0, fit_steps=steps, export_resolution=65,
                               generator=torch.Generator().manual_seed(0), device="cpu")
         vertices, faces = field.surface()
         scores.append(_iou(mesh_occupancy(vertices.detach().numpy(), faces.numpy(), 96, 1.0), theirs))

@@ -25,18 +25,7 @@ __all__ = ["coarse_sdf", "fit_surface", "fit_texture", "convert_into", "convert_
 SAMPLES = 128
 """The density is sampled on at least this many cells per axis for the conversion (coarse_sdf)."""
 FIT_POINTS = 20000
-"""Points drawn on the exporter's surface (the fine sample's level set) that fit_surface pulls the surface onto."""
-
-def _level_sample(coarse, resolution: int, bound: float, threshold: float | None, auto_optical_depth: float,
-                  samples: int, device) -> tuple[np.ndarray, float, float, int]:
-    """(values [n, n, n] of the exported quantity, its level, the sample spacing, f): the coarse density sampled f =
-    ceil(samples / R) times finer than a tet grid of R cells (n = R f + 1 points per axis over [-bound, bound])."""
-    f = max(1, -(-samples // resolution))
-    fine = 2.0 * bound / (resolution * f)
-    grid = density_grid(coarse.density, bound, resolution * f + 1, device=device)  # [x, y, z]
-    values, level = surface_level(grid, fine, bound, threshold, auto_optical_depth)
-    return values, level, fine, f
-
+"""Points drawn on the coarse run's exported mesh that fit_surface pulls the surface onto."""
 
 def coarse_sdf(coarse, resolution: int, bound: float, *, threshold: float | None = None,
                auto_optical_depth: float = 0.3, samples: int = SAMPLES, device) -> Tensor:
@@ -50,13 +39,12 @@ def coarse_sdf(coarse, resolution: int, bound: float, *, threshold: float | None
     the exporter's surface, without bias. A first-order distance (level - v) / |grad v| does not do: outside the
     object v is flat (optical depth 0), so every outside vertex reads the same small distance and the surface
     moves outward by a fraction of a cell (+0.009 on the demo cube at R = 32)."""
-    values, level, fine, f = _level_sample(coarse, resolution, bound, threshold, auto_optical_depth, samples, device)
-    return _distance_sdf(values, level, fine, f, device)
-
-
-def _distance_sdf(values: np.ndarray, level: float, fine: float, f: int, device) -> Tensor:
     from scipy.ndimage import distance_transform_edt
 
+    f = max(1, -(-samples // resolution))
+    fine = 2.0 * bound / (resolution * f)
+    grid = density_grid(coarse.density, bound, resolution * f + 1, device=device)  # [x, y, z]
+    values, level = surface_level(grid, fine, bound, threshold, auto_optical_depth)
     inside = values > level
     to_inside = distance_transform_edt(~inside, sampling=fine)[::f, ::f, ::f]  # 0 at inside samples
     to_outside = distance_transform_edt(inside, sampling=fine)[::f, ::f, ::f] if (~inside).any() else \
@@ -65,19 +53,6 @@ def _distance_sdf(values: np.ndarray, level: float, fine: float, f: int, device)
     cell = fine * f
     sdf = np.clip(sdf, -2 * cell, 2 * cell).transpose(2, 1, 0).reshape(-1)  # tet order: x fastest
     return torch.as_tensor(np.ascontiguousarray(sdf), dtype=torch.float32, device=device)
-
-
-def _level_points(values: np.ndarray, level: float, fine: float, bound: float, count: int,
-                  generator: torch.Generator | None, device) -> Tensor:
-    """``count`` points [count, 3] drawn uniformly by area on the level set of the fine sample (marching cubes)."""
-    from skimage.measure import marching_cubes
-
-    if not ((values > level).any() and (values < level).any()):
-        return torch.zeros(0, 3, device=device)
-    vertices, faces, _, _ = marching_cubes(values, level=level, spacing=(fine,) * 3)
-    vertices = torch.as_tensor(vertices - bound, dtype=torch.float32)
-    faces = torch.as_tensor(faces.astype(np.int64))
-    return sample_surface(vertices, faces, count, generator).to(device)
 
 
 def sample_surface(vertices: Tensor, faces: Tensor, count: int, generator: torch.Generator | None = None) -> Tensor:
@@ -101,7 +76,11 @@ def fit_surface(field: DMTetField, target: Tensor, steps: int = 50, points: int 
     if steps <= 0 or len(target) == 0:
         return 0.0
     draws = generator.device if generator is not None else target.device
-    optimizer = torch.optim.Adam([field.sdf, field.deformation], lr=lr)
+    geometry = (field.sdf, field.deformation)
+    trained = [p.requires_grad for p in geometry]  # a texture-only field keeps its geometry frozen afterwards
+    for p in geometry:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(geometry, lr=lr)
     loss = torch.zeros(())
     with torch.enable_grad():
         for _ in range(steps):
@@ -115,6 +94,8 @@ def fit_surface(field: DMTetField, target: Tensor, steps: int = 50, points: int 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+    for p, flag in zip(geometry, trained):
+        p.requires_grad_(flag)
     return float(loss.detach())
 
 
@@ -149,42 +130,35 @@ def convert_into(field: DMTetField, coarse, *, threshold: float | None = None, a
                  texture_steps: int = 200, fit_steps: int = 0, export_resolution: int | None = None,
                  min_component_ratio: float = 0.05, generator: torch.Generator | None = None) -> DMTetField:
     """``field`` (a DMTetField) given the coarse field's exported surface as its SDF (the deformation reset to 0),
-    pulled onto that surface by ``fit_steps`` steps of :func:`fit_surface`, and, after ``texture_steps`` Adam steps,
-    a texture that follows the coarse albedo; returns ``field``. The fit's target is the coarse run's own export
-    (``extract_mesh`` at ``export_resolution``, as export.resolution and export.min_component_ratio made it: its
-    integration at that grid's spacing places it slightly off the finer sample's level set), or with
-    ``export_resolution`` None the level set of the finer sample."""
+    pulled by ``fit_steps`` steps of :func:`fit_surface` onto the coarse run's own export (``extract_mesh`` at
+    ``export_resolution`` with ``min_component_ratio``, as its export.* made it: its integration at that grid's
+    spacing places it slightly off the SDF's finer level set), and, after ``texture_steps`` Adam steps, a texture
+    that follows the coarse albedo; returns ``field``."""
+    if fit_steps > 0 and not export_resolution:
+        raise ValueError("convert_into: fit_steps > 0 needs export_resolution (the coarse run's export.resolution)")
     device = field.sdf.device
-    values, level, fine, f = _level_sample(coarse, field.resolution, field.bound, threshold, auto_optical_depth,
-                                           SAMPLES, device)
     with torch.no_grad():
-        field.sdf.copy_(_distance_sdf(values, level, fine, f, device))
+        field.sdf.copy_(coarse_sdf(coarse, field.resolution, field.bound, threshold=threshold,
+                                   auto_optical_depth=auto_optical_depth, device=device))
         field.deformation.zero_()
     if fit_steps > 0:
-        if export_resolution:
-            vertices, faces = extract_mesh(coarse.density, field.bound, export_resolution, threshold=threshold,
-                                           min_component_ratio=min_component_ratio,
-                                           auto_optical_depth=auto_optical_depth, device=device)
-            target = sample_surface(torch.as_tensor(vertices, dtype=torch.float32), torch.as_tensor(faces),
-                                    FIT_POINTS, generator).to(device)
-        else:
-            target = _level_points(values, level, fine, field.bound, FIT_POINTS, generator, device)
-        train = field.sdf.requires_grad, field.deformation.requires_grad
-        field.sdf.requires_grad_(True)
-        field.deformation.requires_grad_(True)
+        vertices, faces = extract_mesh(coarse.density, field.bound, export_resolution, threshold=threshold,
+                                       min_component_ratio=min_component_ratio,
+                                       auto_optical_depth=auto_optical_depth, device=device)
+        target = sample_surface(torch.as_tensor(vertices, dtype=torch.float32), torch.as_tensor(faces),
+                                FIT_POINTS, generator).to(device)
         fit_surface(field, target, fit_steps, generator=generator)
-        field.sdf.requires_grad_(train[0])
-        field.deformation.requires_grad_(train[1])
     if texture_steps > 0:
         fit_texture(field, coarse, steps=texture_steps, generator=generator)
     return field
 
 
 def convert_field(coarse, cfg, *, threshold: float | None = None, auto_optical_depth: float = 0.3,
-                  texture_steps: int = 200, fit_steps: int = 0, generator: torch.Generator | None = None,
-                  device) -> DMTetField:
+                  texture_steps: int = 200, fit_steps: int = 0, export_resolution: int | None = None,
+                  generator: torch.Generator | None = None, device) -> DMTetField:
     """A new DMTetField (``cfg``: the field section with its ``dmtet`` group) whose surface is the coarse field's
     exported surface and whose texture follows the coarse albedo (:func:`convert_into`)."""
     field = DMTetField(cfg, device, albedo_channels=getattr(coarse, "albedo_channels", 3))
     return convert_into(field, coarse, threshold=threshold, auto_optical_depth=auto_optical_depth,
-                        texture_steps=texture_steps, fit_steps=fit_steps, generator=generator)
+                        texture_steps=texture_steps, fit_steps=fit_steps, export_resolution=export_resolution,
+                        generator=generator)
