@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import trimesh  # noqa: E402
 
 from dreamfusion.world.primitives import COLOURS, parse_prompt, parse_scene  # noqa: E402
-from dreamfusion.world.scores import _load_mesh, face_colours, prior_scores, surface_scores  # noqa: E402
+from dreamfusion.world.scores import _components, _load_mesh, prior_scores, surface_scores  # noqa: E402
 
 PROMPTS = ["a red cube", "a blue sphere", "an orange cone", "a green cylinder", "a purple torus",
            "a white sphere", "a yellow cube", "a black cone"]
@@ -107,9 +107,8 @@ def scores(run_dir: Path, prompt: str) -> dict[str, float]:
         if part.shape == "cube" and getattr(part, "front", None):
             out["front_width"] = front_edge_width(mesh, part.colour, part.front)
         if len(scene.parts) > 1:  # pieces: connected components (UV seams merged) with >= 5 % of the faces
-            whole = mesh.copy()
-            whole.merge_vertices(merge_tex=True, merge_norm=True)
-            out["pieces"] = sum(len(p.faces) >= 0.05 * len(whole.faces) for p in whole.split(only_watertight=False))
+            pieces = _components(mesh, max_components=len(mesh.faces))  # the scorer's own, UV seams welded
+            out["pieces"] = sum(len(faces) >= 0.05 * len(mesh.faces) for faces in pieces)
     out["faces"] = len(mesh.faces)
     return out
 
