@@ -25,16 +25,23 @@ class RandomCameras:
     a seed gives the same views on every device), moved to ``device``; the size from render.*'s schedule.
     With camera.n_views > 1 (multi-view guidance) the views come in groups of n_views, one draw per group: the
     group's views share elevation, distance and field of view, azimuths 360 / n_views degrees apart.
+    With ``views`` (a fixed camera set: the embedded prior's dataset views, guidance.prior.snap_cameras) each
+    camera is one of them, drawn uniformly.
 
         cameras = RandomCameras(cfg.camera, cfg.render, generator, device)
         cams, (height, width) = cameras.sample(step)
     """
 
-    def __init__(self, camera_cfg, render_cfg, generator: torch.Generator, device: torch.device):
+    def __init__(self, camera_cfg, render_cfg, generator: torch.Generator, device: torch.device,
+                 views: Cameras | None = None):
         self.cfg, self.render_cfg, self.generator, self.device = camera_cfg, render_cfg, generator, device
+        self.views = views
 
     def sample(self, step: int) -> tuple[Cameras, tuple[int, int]]:
         c = self.cfg
+        if self.views is not None:
+            pick = torch.randint(len(self.views.c2w), (c.batch_size,), generator=self.generator)
+            return self.views.index(pick).to(self.device), render_size(step, self.render_cfg)
         cams = sample_cameras(c.batch_size // c.n_views, c.elevation_range, c.azimuth_range, c.distance_range,
                               c.fovy_range, generator=self.generator)
         if c.n_views > 1:

@@ -62,6 +62,15 @@ def load_scene(state: dict, cfg: Config, field, background) -> int:
     return int(state["step"])
 
 
+def _training_views(cfg: Config):
+    """The prior's dataset cameras when guidance.prior.snap_cameras asks to train from them, else None."""
+    if not cfg.guidance.prior.snap_cameras:
+        return None
+    from ..guidance.models.prior import prior_views
+
+    return prior_views(cfg.camera, cfg.guidance.prior)
+
+
 class Trainer:
     """Holds the field, background, optimizer, RNG, camera sampler, renderer, strategy and (when training) the
     guidance of one run."""
@@ -76,7 +85,7 @@ class Trainer:
         if guidance is not None:
             groups += guidance.param_groups()  # trainable guidance state (e.g. a VSD LoRA)
         self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-        self.cameras = RandomCameras(cfg.camera, cfg.render, self.generator, device)
+        self.cameras = RandomCameras(cfg.camera, cfg.render, self.generator, device, views=_training_views(cfg))
         self.renderer = Renderer(cfg.render, self.field, device, latent=cfg.guidance.latent_render)
         self.strategy = build_strategy(cfg, self.field)  # densification and the means' lr schedule, or none
         self.step = 0

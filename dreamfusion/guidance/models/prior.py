@@ -48,7 +48,7 @@ from ...world.primitives import COLOURS, SHAPES, Scene, parse_scene, scene_palet
 from ...world.renders import render_scene_coverage, render_silhouettes
 from ..prompts import TextConditioning, view_label
 
-__all__ = ["EmbeddedPrior", "PriorCondition", "closed_form_eps", "scaled_linear_alphas_cumprod", "BACKGROUNDS"]
+__all__ = ["EmbeddedPrior", "PriorCondition", "closed_form_eps", "scaled_linear_alphas_cumprod", "BACKGROUNDS", "prior_views"]
 
 BACKGROUNDS = {"gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 MIN_VIEWS = 4  # when no dataset view lies inside the window, use this many nearest ones
@@ -118,6 +118,13 @@ def dataset_cameras(n: int, elevation_range, azimuth_range, distance_range, fovy
     eye = camera_position(elevation, azimuth, distance)
     azimuth = torch.remainder(azimuth + 180.0, 360.0) - 180.0
     return Cameras(look_at(eye, None), torch.deg2rad(fovy), elevation, azimuth, distance)
+
+
+def prior_views(camera_cfg, prior_cfg) -> Cameras:
+    """The single-view prior's V = guidance.prior.views dataset cameras over the camera.* ranges: its images are
+    rendered from them, and guidance.prior.snap_cameras trains from them (train/trainer.py)."""
+    c = camera_cfg
+    return dataset_cameras(prior_cfg.views, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range)
 
 
 def load_silhouettes(shape: str, cams: Cameras, resolution: int) -> Tensor:
@@ -204,8 +211,7 @@ class EmbeddedPrior:
 
     def _dataset_cameras(self, camera_cfg, prior_cfg) -> Cameras:
         """The V cameras of the image set (the multi-view prior's are in groups: multiview_prior.py)."""
-        c = camera_cfg
-        return dataset_cameras(prior_cfg.views, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range)
+        return prior_views(camera_cfg, prior_cfg)
 
     def _scene_images(self, scene: Scene) -> Tensor:  # [V, D]
         if scene.legacy:
