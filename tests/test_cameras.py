@@ -264,3 +264,49 @@ def test_random_cameras_sample_groups_from_config():
     assert not torch.allclose(cams.elevation[0], cams.elevation[4])
     with pytest.raises(ConfigError, match="multiple of camera.n_views"):
         load_config("demo", ["camera.batch_size=6", "camera.n_views=4", plain])
+
+
+def _nearest_view(cams, views):
+    """For each camera, the index of the closest of ``views`` and how far its camera-to-world matrix lies from it."""
+    gap = (cams.c2w[:, None] - views.c2w[None]).abs().flatten(2).amax(-1)  # [B, V]
+    return gap.argmin(1), gap.amin(1)
+
+
+def test_snapped_training_cameras_are_the_priors_own_views(tmp_path):
+    """guidance.prior.snap_cameras: every training camera the trainer draws is one of the embedded prior's dataset
+    views (the cameras its images were rendered from, so a render is registered with the prior's image of it),
+    drawn uniformly; without the flag the cameras come from the camera.* ranges and miss them."""
+    from dreamfusion.config import load_config
+    from dreamfusion.guidance.models.prior import EmbeddedPrior
+    from dreamfusion.train.trainer import Trainer
+
+    settings = ["guidance.prior.views=16", "camera.batch_size=2", "camera.elevation_range=[-30,60]"]
+    cfg = load_config("demo", [*settings, "guidance.prior.snap_cameras=true"])
+    prior = EmbeddedPrior(cfg.camera, cfg.guidance.prior, cfg.render.background, "cpu")
+    trainer = Trainer(cfg, tmp_path, torch.device("cpu"))
+    seen = []
+    for step in range(120):
+        cams, _ = trainer.cameras.sample(step)
+        assert cams.c2w.shape[0] == 2
+        which, gap = _nearest_view(cams, prior._cams)
+        assert float(gap.max()) < 1e-6  # exactly a dataset view
+        assert torch.equal(cams.fovy, prior._cams.fovy[which]) and torch.equal(cams.azimuth, prior._cams.azimuth[which])
+        seen.append(which)
+    counts = torch.bincount(torch.cat(seen), minlength=16)
+    assert int((counts > 0).sum()) == 16 and int(counts.max()) < 3 * 240 / 16  # all of them, none favoured
+    free = Trainer(load_config("demo", settings), tmp_path, torch.device("cpu"))
+    _, gap = _nearest_view(free.cameras.sample(0)[0], prior._cams)
+    assert float(gap.min()) > 1e-3
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["guidance.model_type=stable_diffusion"], "use it with guidance.model_type=prior"),
+    (["camera.n_views=4", "camera.batch_size=4", "guidance.view_dependent=false"], "set camera.n_views=1"),
+])
+def test_snapped_cameras_refuse_what_has_no_single_prior_view(settings, message):
+    from dreamfusion.config import load_config
+    from dreamfusion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("demo", ["guidance.prior.snap_cameras=true", *settings])
+    assert "\n" not in str(info.value)
