@@ -205,10 +205,13 @@ _MAX_WALK = 8  # triangles a silhouette search crosses between two pixel centres
 
 @torch.no_grad()
 def _silhouette_edges(screen: Tensor, faces: Tensor, adjacent: Tensor, b: Tensor, face: Tensor, origin: Tensor,
-                      step: Tensor) -> tuple[Tensor, Tensor]:
+                      step: Tensor, end: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """From inside ``face`` (of view ``b``) along the segment origin -> origin + step, walk across the mesh's
     edges until one is a silhouette (a boundary, or between a front- and a back-facing face). Returns the face
-    [N] owning that edge and the edge's index [N] in it (-1 where the segment reaches the other end first)."""
+    [N] owning that edge and the edge's index [N] in it (-1 where the segment reaches the other end first).
+    ``end`` [N]: the face seen at the segment's far end (-1: none). A walk that steps into it has reached the
+    end (the segment ends inside that triangle) and stops; without ``end`` it would step back and forth across
+    the edge it came in by until _MAX_WALK, with the same result (tests/test_mesh_raster.py)."""
     found_face = torch.full_like(face, -1)
     found_edge = torch.full_like(face, -1)
     active = torch.arange(len(face), device=face.device)
@@ -229,6 +232,8 @@ def _silhouette_edges(screen: Tensor, faces: Tensor, adjacent: Tensor, b: Tensor
         walk = crosses & ~silhouette
         face = face.clone()
         face[active[walk]] = across[walk]
+        if end is not None:
+            walk = walk & (across != end[active])
         active = active[walk]
     return found_face, found_edge
 
@@ -265,7 +270,8 @@ def antialias(color: Tensor, rast: dict[str, Tensor], pos: Tensor, faces: Tensor
         ni, nj = torch.where(p_near, i + di, i), torch.where(p_near, j + dj, j)
         origin = torch.stack([oj, oi], dim=1).to(pos.dtype) + 0.5
         step = torch.stack([nj - oj, ni - oi], dim=1).to(pos.dtype)
-        face, edge = _silhouette_edges(screen.detach(), faces, adjacent, b, triangle[b, oi, oj], origin, step)
+        face, edge = _silhouette_edges(screen.detach(), faces, adjacent, b, triangle[b, oi, oj], origin, step,
+                                       end=triangle[b, ni, nj])
         keep = edge >= 0
         b, oi, oj, ni, nj, face, edge = b[keep], oi[keep], oj[keep], ni[keep], nj[keep], face[keep], edge[keep]
         origin, step = origin[keep], step[keep]
