@@ -67,31 +67,48 @@ def surface_colours(mesh, count: int = 200_000, seed: int = 0) -> tuple[np.ndarr
     return points, face, (rgb[faces][..., :3].astype(np.float64) / 255.0 * bary[..., None]).sum(1)
 
 
-def front_edge_width(mesh, body: str, front: str, bins: int = 40) -> float:
-    """How wide the change from the body colour to the front colour is on a cube's side faces: points sampled on
-    the mesh's faces on x = +-0.5 (normal within 25 degrees of +-x, |y| < 0.35), coloured where they lie
-    (``surface_colours``), binned by z; per bin the mean share of the way from the body colour to the front colour;
-    the width in z between the last bin under 0.1 and the first over 0.9 of that share, walking toward the front
-    (+z). A sharp change gives about one bin (1 / bins)."""
+def _side_share(mesh, body: str, front: str):
+    """(z, share) at points sampled on a cube's side faces (on x = +-0.5: normal within 25 degrees of +-x,
+    |y| < 0.35), coloured where they lie (``surface_colours``): share is the way from the body colour (0) to
+    the front colour (1)."""
     b, f = np.array(COLOURS[body]), np.array(COLOURS[front])
     points, face, colour = surface_colours(mesh)
     normal = mesh.face_normals[face]
     side = (np.abs(normal[:, 0]) > np.cos(np.radians(25))) & (np.abs(points[:, 0]) > 0.35) & \
         (np.abs(points[:, 1]) < 0.35)
-    share = ((colour[side] - b) @ (f - b)) / ((f - b) @ (f - b))
-    z = points[side, 2]
+    return points[side, 2], ((colour[side] - b) @ (f - b)) / ((f - b) @ (f - b))
+
+
+def _profile(z, share, bins: int):
+    """Bin mids and the mean share per bin over z in [-0.5, 0.5], empty bins left out."""
     edges = np.linspace(-0.5, 0.5, bins + 1)
     which = np.clip(np.digitize(z, edges) - 1, 0, bins - 1)
     total = np.bincount(which, minlength=bins)
     profile = np.bincount(which, weights=share, minlength=bins) / np.maximum(total, 1)
-    mids = 0.5 * (edges[1:] + edges[:-1])
     filled = total > 0
-    mids, profile = mids[filled], profile[filled]
+    return (0.5 * (edges[1:] + edges[:-1]))[filled], profile[filled]
+
+
+def front_edge_width(mesh, body: str, front: str, bins: int = 40) -> float:
+    """How wide the change from the body colour to the front colour is on a cube's side faces (``_side_share``),
+    binned by z; per bin the mean share; the width in z between the last bin under 0.1 and the first over 0.9 of
+    that share, walking toward the front (+z). A sharp change gives about one bin (1 / bins). The scene's change
+    (z = 0.25) lies on a bin edge, so a ramp a little wider than a bin may read one bin more or less."""
+    mids, profile = _profile(*_side_share(mesh, body, front), bins)
     above = np.nonzero(profile > 0.9)[0]
     start = above[0] if len(above) else len(profile) - 1
     below = np.nonzero(profile[:start] < 0.1)[0]
     low = mids[below[-1]] if len(below) else mids[0]
     return float(mids[start] - low)
+
+
+def front_edge_ramp(mesh, body: str, front: str, bins: int = 80) -> float:
+    """The same change read without the bins' steps: the z distance between where the share profile (``bins``
+    bins, made non-decreasing toward +z) crosses 0.1 and 0.9, each crossing interpolated linearly between bin
+    mids. A linear ramp over a width w reads 0.8 w; a sharp change about 0.8 of a bin."""
+    mids, profile = _profile(*_side_share(mesh, body, front), bins)
+    rising = np.maximum.accumulate(profile)
+    return float(np.interp(0.9, rising, mids) - np.interp(0.1, rising, mids))
 
 
 def scores(run_dir: Path, prompt: str) -> dict[str, float]:
@@ -106,6 +123,7 @@ def scores(run_dir: Path, prompt: str) -> dict[str, float]:
         part = scene.parts[0]
         if part.shape == "cube" and getattr(part, "front", None):
             out["front_width"] = front_edge_width(mesh, part.colour, part.front)
+            out["front_ramp"] = front_edge_ramp(mesh, part.colour, part.front)
         if len(scene.parts) > 1:  # pieces: connected components (UV seams merged) with >= 5 % of the faces
             pieces = _components(mesh, max_components=len(mesh.faces))  # the scorer's own, UV seams welded
             out["pieces"] = sum(len(faces) >= 0.05 * len(mesh.faces) for faces in pieces)

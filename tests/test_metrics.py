@@ -18,6 +18,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from dreamfusion.world.primitives import COLOURS
 from dreamfusion.world.scores import grid_points, mean_surface_albedo, mesh_occupancy, surface_scores, volumetric_iou
 
 
@@ -130,7 +131,7 @@ def _side_textured_cube(column_share):
     box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
     u = (np.arange(400) + 0.5) / 400
     share = np.clip(column_share(u), 0, 1)[None, :, None]
-    white, red = np.array([1.0, 1.0, 1.0]), np.array([0.85, 0.1, 0.1])
+    white, red = np.array(COLOURS["white"]), np.array(COLOURS["red"])  # the scorer's own: share 0 and 1
     image = Image.fromarray(np.round(255 * (white + share * (red - white))).repeat(4, 0).astype(np.uint8))
     uv = np.stack([box.vertices[:, 2] + 0.5, np.full(len(box.vertices), 0.5)], 1)
     box.visual = trimesh.visual.TextureVisuals(uv=uv, image=image)
@@ -151,3 +152,6 @@ def test_front_edge_width_reads_the_colour_inside_large_faces():
     assert front_edge_width(sharp, "white", "red") == pytest.approx(0.025, abs=1e-9)
     ramp = _side_textured_cube(lambda u: (u - 0.65) / 0.2)
     assert 0.125 - 1e-9 <= front_edge_width(ramp, "white", "red") <= 0.175 + 1e-9
+    # the interpolated reading: 0.8 of the ramp's width (0.16), the sharp change within a bin of 0.0125
+    assert bed.front_edge_ramp(ramp, "white", "red") == pytest.approx(0.16, abs=0.005)
+    assert bed.front_edge_ramp(sharp, "white", "red") <= 0.0125
