@@ -48,7 +48,8 @@ from ...world.primitives import COLOURS, SHAPES, Scene, parse_scene, scene_palet
 from ...world.renders import render_scene_coverage, render_silhouettes
 from ..prompts import TextConditioning, view_label
 
-__all__ = ["EmbeddedPrior", "PriorCondition", "closed_form_eps", "scaled_linear_alphas_cumprod", "BACKGROUNDS", "prior_views"]
+__all__ = ["EmbeddedPrior", "PriorCondition", "closed_form_eps", "scaled_linear_alphas_cumprod", "BACKGROUNDS",
+           "prior_views"]
 
 BACKGROUNDS = {"gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 MIN_VIEWS = 4  # when no dataset view lies inside the window, use this many nearest ones
