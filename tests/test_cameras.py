@@ -273,7 +273,7 @@ def _nearest_view(cams, views):
 
 
 def test_snapped_training_cameras_are_the_priors_own_views(tmp_path):
-    """guidance.prior.snap_cameras: every training camera the trainer draws is one of the embedded prior's dataset
+    """camera.snap_to_prior: every training camera the trainer draws is one of the embedded prior's dataset
     views (the cameras its images were rendered from, so a render is registered with the prior's image of it),
     drawn uniformly; without the flag the cameras come from the camera.* ranges and miss them."""
     from dreamfusion.config import load_config
@@ -281,7 +281,7 @@ def test_snapped_training_cameras_are_the_priors_own_views(tmp_path):
     from dreamfusion.train.trainer import Trainer
 
     settings = ["guidance.prior.views=16", "camera.batch_size=2", "camera.elevation_range=[-30,60]"]
-    cfg = load_config("demo", [*settings, "guidance.prior.snap_cameras=true"])
+    cfg = load_config("demo", [*settings, "camera.snap_to_prior=true"])
     prior = EmbeddedPrior(cfg.camera, cfg.guidance.prior, cfg.render.background, "cpu")
     trainer = Trainer(cfg, tmp_path, torch.device("cpu"))
     seen = []
@@ -308,5 +308,5 @@ def test_snapped_cameras_refuse_what_has_no_single_prior_view(settings, message)
     from dreamfusion.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message) as info:
-        load_config("demo", ["guidance.prior.snap_cameras=true", *settings])
+        load_config("demo", ["camera.snap_to_prior=true", *settings])
     assert "\n" not in str(info.value)

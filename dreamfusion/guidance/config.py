@@ -93,17 +93,9 @@ class PriorConfig:
     """Rendered views per prompt in its image set."""
     view_window: float = ranged(20.0, "(0, 180]")
     """Prompts of one plain object ('a red cube'): keep dataset views within this many degrees of the render camera (other prompts are conditioned on text only: guidance.view_dependent); with camera.n_views > 1 (the multi-view prior) every prompt's dataset groups, view for view."""
-    snap_cameras: bool = False
-    """Draw each training camera from the prior's own dataset views (the guidance.prior.views cameras, uniformly) instead of the camera.* ranges, so that a render and the prior's image of that view are registered pixel for pixel: sharper edges and textures (demo-refine sets it; docs/BENCHMARKS.md). One view per group only (camera.n_views = 1)."""
 
     def check(self, root) -> None:
         g, n = root.guidance, root.camera.n_views
-        if self.snap_cameras and g.model_kind != "prior":
-            raise ConfigError("guidance.prior.snap_cameras draws the training cameras from the embedded prior's views: "
-                              "use it with guidance.model_type=prior, or set it to false")
-        if self.snap_cameras and n > 1:
-            raise ConfigError(f"guidance.prior.snap_cameras draws single views, not groups of camera.n_views ({n}): "
-                              "set camera.n_views=1 or guidance.prior.snap_cameras=false")
         if g.model_kind != "prior" or n == 1 or g.type != "sds":  # perp_neg and vsd refuse n_views > 1 themselves
             return
         if self.views % n:

@@ -25,7 +25,7 @@ class RandomCameras:
     a seed gives the same views on every device), moved to ``device``; the size from render.*'s schedule.
     With camera.n_views > 1 (multi-view guidance) the views come in groups of n_views, one draw per group: the
     group's views share elevation, distance and field of view, azimuths 360 / n_views degrees apart.
-    With ``views`` (a fixed camera set: the embedded prior's dataset views, guidance.prior.snap_cameras) each
+    With ``views`` (a fixed camera set: the embedded prior's dataset views, camera.snap_to_prior) each
     camera is one of them, drawn uniformly.
 
         cameras = RandomCameras(cfg.camera, cfg.render, generator, device)

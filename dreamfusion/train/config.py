@@ -28,6 +28,8 @@ class CameraConfig:
     """Training camera distance range from the origin."""
     fovy_range: List[float] = ranged([40.0, 70.0], "(0, 180)")
     """Training vertical field of view range in degrees."""
+    snap_to_prior: bool = False
+    """Draw each training camera from the embedded prior's own dataset views (its guidance.prior.views cameras over these ranges, uniformly), so that a render and the prior's image of that view are registered pixel for pixel: sharper edges and textures (demo-refine; docs/BENCHMARKS.md). Needs guidance.model_type=prior and n_views = 1."""
     eval_elevation: float = ranged(15.0, "[-90, 90]")
     """Elevation of the orbit video and previews, degrees."""
     eval_distance: float = ranged(1.75, "(0, inf)")
@@ -43,6 +45,12 @@ class CameraConfig:
             value = getattr(self, key)
             if len(value) != 2 or value[0] > value[1]:
                 raise ConfigError(f"camera.{key} must be [min, max] with min <= max, got {list(value)}")
+        if self.snap_to_prior and root.guidance.model_kind != "prior":
+            raise ConfigError("camera.snap_to_prior draws the training cameras from the embedded prior's views: "
+                              "use it with guidance.model_type=prior, or set it to false")
+        if self.snap_to_prior and self.n_views > 1:
+            raise ConfigError(f"camera.snap_to_prior draws single views, not groups of camera.n_views ({self.n_views}): "
+                              "set camera.n_views=1 or camera.snap_to_prior=false")
 
 
 @section

@@ -63,8 +63,8 @@ def load_scene(state: dict, cfg: Config, field, background) -> int:
 
 
 def _training_views(cfg: Config):
-    """The prior's dataset cameras when guidance.prior.snap_cameras asks to train from them, else None."""
-    if not cfg.guidance.prior.snap_cameras:
+    """The prior's dataset cameras when camera.snap_to_prior asks to train from them, else None."""
+    if not cfg.camera.snap_to_prior:
         return None
     from ..guidance.models.prior import prior_views
 

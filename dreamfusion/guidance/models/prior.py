@@ -123,7 +123,7 @@ def dataset_cameras(n: int, elevation_range, azimuth_range, distance_range, fovy
 
 def prior_views(camera_cfg, prior_cfg) -> Cameras:
     """The single-view prior's V = guidance.prior.views dataset cameras over the camera.* ranges: its images are
-    rendered from them, and guidance.prior.snap_cameras trains from them (train/trainer.py)."""
+    rendered from them, and camera.snap_to_prior trains from them (train/trainer.py)."""
     c = camera_cfg
     return dataset_cameras(prior_cfg.views, c.elevation_range, c.azimuth_range, c.distance_range, c.fovy_range)
 
